@@ -1,0 +1,30 @@
+# neon-local: `make install` sets up a fresh machine, `make test` runs every test, `make bench` writes bench/results.md.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install test bench lint clean
+
+install: $(BIN)/neon-local tests/node/node_modules
+
+$(BIN)/neon-local: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	@touch $@
+
+tests/node/node_modules: tests/node/package.json
+	cd tests/node && npm install --no-audit --no-fund --loglevel=error
+	@touch $@
+
+test: install
+	$(BIN)/pytest -n 2 -q
+
+bench: install
+	$(BIN)/python -m bench
+
+lint: install
+	$(BIN)/python -m compileall -q neon_local tests bench
+
+clean:
+	rm -rf $(VENV) tests/node/node_modules .neon-local

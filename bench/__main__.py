@@ -1,0 +1,60 @@
+"""Run every benchmark module and write one Markdown table per module to bench/results.md."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+MODULES = ["bench.bench_engine", "bench.bench_auth", "bench.bench_http", "bench.bench_wire", "bench.bench_pytest"]
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB RAM, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+
+
+def table(rows: list[dict]) -> str:
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(str(row.get(c, "")) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    only = sys.argv[1:]
+    sections = [f"# neon-local benchmarks\n\nMachine: {machine()}  \nRun: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n"]
+    for name in MODULES:
+        if only and not any(o in name for o in only):
+            continue
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        print(f"running {name} ...", file=sys.stderr, flush=True)
+        began = time.perf_counter()
+        rows = module.run()
+        title = (module.__doc__ or name).strip().splitlines()[0]
+        sections.append(f"## {title}\n\n{table(rows)}\n\n_{time.perf_counter() - began:.0f} s_\n")
+    out = Path(__file__).parent / "results.md"
+    out.write_text("\n".join(sections))
+    print(out.read_text())
+
+
+if __name__ == "__main__":
+    main()

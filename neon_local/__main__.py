@@ -1,0 +1,3 @@
+from neon_local.cli import main
+
+main()

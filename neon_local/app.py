@@ -1,0 +1,187 @@
+"""The emulator: one asyncio process that runs Postgres, the JWT issuer and Neon's three client protocols."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+from neon_local import __version__
+from neon_local.postgres.binaries import find_binaries
+from neon_local.postgres.bootstrap import bootstrap
+from neon_local.postgres.cluster import PostgresCluster, PostgresError
+from neon_local.ports import bind
+from neon_local.settings import Settings
+
+log = logging.getLogger(__name__)
+
+STATE_FILENAME = "state.json"
+
+
+class AlreadyRunning(Exception):
+    """Another neon-local serves this data directory."""
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Where clients reach a running emulator; what `up` prints and `status --json` returns."""
+
+    host: str
+    http_port: int
+    pg_port: int
+    database: str
+    owner: str
+    owner_password: str
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.host}:{self.http_port}"
+
+    @property
+    def sql_url(self) -> str:
+        return f"{self.http_url}/sql"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{self.host}:{self.http_port}/v2"
+
+    @property
+    def issuer_url(self) -> str:
+        return self.http_url
+
+    def database_url(self, role: str, password: str | None = None) -> str:
+        credentials = quote(role, safe="") + (":" + quote(password, safe="") if password else "")
+        return f"postgresql://{credentials}@{self.host}:{self.pg_port}/{quote(self.database, safe='')}?sslmode=require"
+
+    @property
+    def owner_url(self) -> str:
+        return self.database_url(self.owner, self.owner_password)
+
+    @property
+    def authenticated_url(self) -> str:
+        return self.database_url("authenticated")
+
+
+def read_state(data_dir: Path) -> dict | None:
+    """The running emulator's state for this data dir, or None when none runs (stale files are ignored)."""
+    try:
+        state = json.loads((data_dir / STATE_FILENAME).read_text())
+        os.kill(state["pid"], 0)
+    except (OSError, ValueError, KeyError):
+        return None
+    return state
+
+
+class Emulator:
+    """Start with `await emulator.start()`, stop with `await emulator.stop()`; `endpoints` says where it listens."""
+
+    def __init__(self, settings: Settings, *, write_state: bool = True) -> None:
+        self.settings = settings
+        self.write_state = write_state
+        self.endpoints: Endpoints | None = None
+        self.started_in: float | None = None
+        self._temp_dir: Path | None = None
+        self._stack: list = []  # things to close, in reverse order
+        self._supervisor: asyncio.Task | None = None
+
+    @property
+    def data_dir(self) -> Path:
+        return self._temp_dir or self.settings.resolved_data_dir
+
+    async def start(self) -> None:
+        began = time.perf_counter()
+        settings = self.settings
+        if settings.ephemeral:
+            self._temp_dir = Path(tempfile.mkdtemp(prefix="neon-local-"))
+        else:
+            running = read_state(self.data_dir)
+            if running:
+                raise AlreadyRunning(
+                    f"neon-local is already running for {self.data_dir} (pid {running['pid']}, "
+                    f"HTTP port {running['http_port']}). Use it, or stop it with `neon-local down`."
+                )
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        http_sock = bind(settings.host, settings.http_port, "http_port")
+        pg_sock = bind(settings.host, settings.pg_port, "pg_port")
+        self.binaries = find_binaries(settings.pg_bin)
+        self.cluster = PostgresCluster(self.binaries, self.data_dir / "pgdata", self.data_dir / "postgres.log")
+        self.cluster.prepare()
+        await self.cluster.start()
+        self._stack.append(self.cluster.stop)
+        await bootstrap(self.cluster, settings)
+        url_host = "127.0.0.1" if settings.host in ("0.0.0.0", "") else settings.host
+        self.endpoints = Endpoints(url_host, http_sock.getsockname()[1], pg_sock.getsockname()[1],
+                                   settings.database, settings.owner, settings.owner_password)
+        await self._start_services(http_sock, pg_sock)
+        self._supervisor = asyncio.create_task(self._supervise_postgres())
+        self.started_in = time.perf_counter() - began
+        if self.write_state:
+            self._write_state()
+
+    async def _start_services(self, http_sock, pg_sock) -> None:
+        from neon_local.services import start_services
+
+        await start_services(self, http_sock, pg_sock)
+
+    def state(self) -> dict:
+        """What `status --json` prints: URLs, ports, pids, data dir, Postgres version."""
+        e = self.endpoints
+        return {
+            "pid": os.getpid(), "version": __version__, "started_at": time.time(),
+            "data_dir": str(self.data_dir), "config_file": str(self.settings.config_file or ""),
+            "postgres": {"version": self.binaries.version, "source": self.binaries.source,
+                         "pid": self.cluster.pid, "socket_dir": str(self.cluster.socket_dir)},
+            "host": e.host, "http_port": e.http_port, "pg_port": e.pg_port,
+            "urls": {"owner": e.owner_url, "authenticated": e.authenticated_url, "sql": e.sql_url,
+                     "websocket": e.ws_url, "issuer": e.issuer_url, "console": f"{e.http_url}/console"},
+            "tls_ca": str(self.data_dir / "tls" / "ca.pem"),
+            "started_in": round(self.started_in or 0, 3),
+        }
+
+    def _write_state(self) -> None:
+        path = self.data_dir / STATE_FILENAME
+        path.write_text(json.dumps(self.state(), indent=2) + "\n")
+        self._stack.append(lambda: path.unlink(missing_ok=True))
+
+    async def _supervise_postgres(self) -> None:
+        """Restart Postgres if it dies under us; clients get errors meanwhile, nobody has to restart neon-local."""
+        delay = 0.2
+        while True:
+            code = await self.cluster.wait_exit()
+            if self.cluster.stopping:
+                return
+            log.error("Postgres exited unexpectedly (code %s); restarting it. Last log lines:\n%s", code, self.cluster.log_tail(5))
+            while True:
+                await asyncio.sleep(delay)
+                try:
+                    await self.cluster.start()
+                    log.warning("Postgres is back (pid %s)", self.cluster.pid)
+                    delay = 0.2
+                    break
+                except PostgresError as exc:
+                    delay = min(delay * 2, 5.0)
+                    log.error("Postgres did not restart yet (%s); retrying in %.1f s", str(exc).splitlines()[0], delay)
+
+    async def stop(self) -> None:
+        if self._supervisor:
+            self._supervisor.cancel()
+        while self._stack:
+            closer = self._stack.pop()
+            try:
+                result = closer()
+                if asyncio.iscoroutine(result):
+                    await result
+            except Exception:  # one failing closer must not keep the others (and Postgres) running
+                log.exception("error while stopping")
+        if self._temp_dir:
+            shutil.rmtree(self._temp_dir, ignore_errors=True)
+
+    def add_closer(self, closer) -> None:
+        self._stack.append(closer)

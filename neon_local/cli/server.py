@@ -1,0 +1,189 @@
+"""Commands that run and inspect the emulator: up, down, status, reset, psql."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from neon_local.app import AlreadyRunning, Emulator, read_state
+from neon_local.cli.common import fail, settings_options
+from neon_local.ports import PortInUse
+from neon_local.postgres.binaries import BinariesNotFound, find_binaries
+from neon_local.postgres.cluster import PostgresError
+from neon_local.settings import Settings
+
+STARTUP_ERRORS = (PortInUse, AlreadyRunning, PostgresError, BinariesNotFound)
+
+
+def banner(state: dict) -> str:
+    urls = state["urls"]
+    pg = state["postgres"]
+    return "\n".join([
+        f"neon-local {state['version']} is ready in {state['started_in']:.2f} s "
+        f"(PostgreSQL {pg['version']} from {pg['source']})",
+        "",
+        f"  Owner URL          {urls['owner']}",
+        f"  Authenticated URL  {urls['authenticated']}   (a JWT is the password)",
+        f"  SQL over HTTP      {urls['sql']}",
+        f"  WebSocket          {urls['websocket']}",
+        f"  Issuer             {urls['issuer']}   (JWKS at /.well-known/jwks.json)",
+        f"  Data               {state['data_dir']}",
+        "",
+        "  Get a token        neon-local token alice",
+        "  Connect as alice   neon-local psql --as alice",
+    ])
+
+
+def _run(coro):
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+async def _serve(settings: Settings) -> None:
+    emulator = Emulator(settings)
+    try:
+        await emulator.start()
+    except STARTUP_ERRORS as exc:
+        await emulator.stop()
+        fail(str(exc))
+    except BaseException:
+        await emulator.stop()
+        raise
+    click.echo(banner(emulator.state()) + "\n\nPress Ctrl-C to stop.", err=False)
+    sys.stdout.flush()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    click.echo("Stopping...", err=True)
+    await emulator.stop()
+
+
+@click.command()
+@click.option("--detach", "-d", is_flag=True, help="Run in the background; stop it with `neon-local down`.")
+@settings_options
+def up(settings: Settings, detach: bool) -> None:
+    """Start Postgres, the JWT issuer and the proxy (SQL over HTTP, WebSocket, TCP)."""
+    if detach:
+        _detach(settings)
+    else:
+        _run(_serve(settings))
+
+
+def _detach(settings: Settings) -> None:
+    data_dir = settings.resolved_data_dir
+    running = read_state(data_dir)
+    if running:
+        fail(f"neon-local is already running for {data_dir} (pid {running['pid']}). `neon-local status` shows it.")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log_path = data_dir / "neon-local.log"
+    argv = [a for a in sys.argv[1:] if a not in ("--detach", "-d")]
+    with open(log_path, "ab") as log_file:
+        child = subprocess.Popen([sys.executable, "-m", "neon_local", *argv], stdin=subprocess.DEVNULL,
+                                 stdout=log_file, stderr=log_file, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        state = read_state(data_dir)
+        if state and state["pid"] == child.pid:
+            click.echo(banner(state) + f"\n\nRunning in the background (pid {child.pid}, log {log_path}). Stop it with `neon-local down`.")
+            return
+        if child.poll() is not None:
+            tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-10:])
+            fail(f"neon-local exited during start-up:\n{tail}")
+        time.sleep(0.05)
+    fail(f"neon-local did not become ready within 60 s; see {log_path}.")
+
+
+@click.command()
+@settings_options
+def down(settings: Settings) -> None:
+    """Stop the emulator running for this project (fast shutdown; committed data is kept)."""
+    state = read_state(settings.resolved_data_dir)
+    if not state:
+        click.echo(f"neon-local is not running for {settings.resolved_data_dir}.")
+        return
+    os.kill(state["pid"], signal.SIGTERM)
+    for _ in range(600):
+        if read_state(settings.resolved_data_dir) is None:
+            click.echo(f"Stopped neon-local (pid {state['pid']}).")
+            return
+        time.sleep(0.05)
+    fail(f"neon-local (pid {state['pid']}) did not stop within 30 s; kill it with `kill {state['pid']}`.")
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON (URLs, ports, pids, data dir).")
+@settings_options
+def status(settings: Settings, as_json: bool) -> None:
+    """Show what runs: ports, URLs, data directory, Postgres version. Exit code 3 when not running."""
+    state = read_state(settings.resolved_data_dir)
+    if as_json:
+        click.echo(json.dumps({"running": bool(state), **(state or {"data_dir": str(settings.resolved_data_dir)})}, indent=2))
+    elif state:
+        click.echo(banner(state).replace("is ready in", "has been running since start-up in", 1))
+        click.echo(f"\n  Ports              HTTP {state['http_port']}, Postgres {state['pg_port']} on {state['host']}")
+        click.echo(f"  Pids               neon-local {state['pid']}, Postgres {state['postgres']['pid']}")
+        click.echo(f"  TLS CA             {state['tls_ca']}")
+    else:
+        click.echo(f"neon-local is not running for {settings.resolved_data_dir}. Start it with `neon-local up`.")
+    if not state:
+        sys.exit(3)
+
+
+@click.command()
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@settings_options
+def reset(settings: Settings, yes: bool) -> None:
+    """Delete the database cluster; the next `up` creates a fresh one. Keys and certificates are kept."""
+    data_dir = settings.resolved_data_dir
+    if read_state(data_dir):
+        fail("neon-local is running for this project; stop it first with `neon-local down`.")
+    pgdata = data_dir / "pgdata"
+    if not pgdata.exists():
+        click.echo(f"Nothing to reset: {pgdata} does not exist.")
+        return
+    if not yes:
+        click.confirm(f"Delete every database in {pgdata}?", abort=True)
+    shutil.rmtree(pgdata)
+    click.echo("Deleted. `neon-local up` creates a fresh neondb.")
+
+
+@click.command(context_settings={"ignore_unknown_options": True})
+@click.option("--as", "as_user", default=None, help="Connect as this test user: role authenticated, their token as password.")
+@click.option("--role", default=None, help="Postgres role to connect as (default: the owner, or authenticated with --as).")
+@click.argument("psql_args", nargs=-1, type=click.UNPROCESSED)
+@settings_options
+def psql(settings: Settings, as_user: str | None, role: str | None, psql_args: tuple[str, ...]) -> None:
+    """Open psql through the proxy, as the owner or, with --as, as a test user (JWT in the password field)."""
+    state = read_state(settings.resolved_data_dir)
+    if not state:
+        fail("neon-local is not running; start it with `neon-local up -d` first.")
+    env = dict(os.environ, PGSSLMODE="require", PGSSLROOTCERT=state["tls_ca"])
+    host, port = state["host"], str(state["pg_port"])
+    if as_user or (role and role in settings.jwt_roles):
+        from neon_local.cli.auth import mint_for_cli
+
+        role = role or "authenticated"
+        env["PGPASSWORD"] = mint_for_cli(settings, as_user or "alice", state["urls"]["issuer"])
+    else:
+        role = role or settings.owner
+        if role == settings.owner:
+            env["PGPASSWORD"] = settings.owner_password
+    binary = shutil.which("psql") or str(find_binaries(settings.pg_bin).tool("psql"))
+    os.execve(binary, [binary, "-h", host, "-p", port, "-U", role, "-d", settings.database, *psql_args], env)
+
+
+COMMANDS = [up, down, status, reset, psql]

@@ -1,0 +1,77 @@
+"""Shape a fresh cluster like a Neon branch set up for RLS: roles, the neondb database, grants, pg_session_jwt.
+
+Runs at every start and is idempotent. Grants are applied only when a database or role is first
+created, so a privilege the user revoked on purpose is never granted back behind their back.
+"""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg import sql
+
+from neon_local.postgres.cluster import PostgresCluster
+from neon_local.settings import Settings
+
+# What Neon's docs tell users to run for each JWT role (Clerk guide §4 plus the Data API's sequence grant).
+ROLE_GRANTS = """
+GRANT USAGE ON SCHEMA public TO {role};
+GRANT SELECT, UPDATE, INSERT, DELETE ON ALL TABLES IN SCHEMA public TO {role};
+GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {role};
+ALTER DEFAULT PRIVILEGES FOR ROLE {owner} IN SCHEMA public GRANT SELECT, UPDATE, INSERT, DELETE ON TABLES TO {role};
+ALTER DEFAULT PRIVILEGES FOR ROLE {owner} IN SCHEMA public GRANT USAGE, SELECT ON SEQUENCES TO {role};
+"""
+
+
+async def _connect(cluster: PostgresCluster, dbname: str) -> psycopg.AsyncConnection:
+    return await psycopg.AsyncConnection.connect(cluster.conninfo(dbname=dbname), autocommit=True)
+
+
+async def _role_exists(conn: psycopg.AsyncConnection, role: str) -> bool:
+    cur = await conn.execute("select 1 from pg_roles where rolname = %s", (role,))
+    return await cur.fetchone() is not None
+
+
+async def _create_roles(conn: psycopg.AsyncConnection, settings: Settings) -> list[str]:
+    """Neon's roles; returns the JWT roles that did not exist before."""
+    if not await _role_exists(conn, "neon_superuser"):
+        await conn.execute(
+            "CREATE ROLE neon_superuser NOLOGIN CREATEDB CREATEROLE REPLICATION BYPASSRLS "
+            "IN ROLE pg_read_all_data, pg_write_all_data"
+        )
+    owner = sql.Identifier(settings.owner)
+    if not await _role_exists(conn, settings.owner):
+        await conn.execute(sql.SQL("CREATE ROLE {} LOGIN CREATEDB CREATEROLE BYPASSRLS IN ROLE neon_superuser").format(owner))
+    await conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(owner, sql.Literal(settings.owner_password)))
+    created = []
+    for role in settings.jwt_roles:
+        if not await _role_exists(conn, role):
+            # As Neon creates them: may log in, has no password, and holds no power beyond its grants.
+            await conn.execute(sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS").format(sql.Identifier(role)))
+            created.append(role)
+    return created
+
+
+async def grant_role(conn: psycopg.AsyncConnection, role: str, owner: str) -> None:
+    """Neon's documented grants for one JWT role in the connected database."""
+    statements = ROLE_GRANTS.format(role=sql.Identifier(role).as_string(conn), owner=sql.Identifier(owner).as_string(conn))
+    await conn.execute(statements)
+
+
+async def prepare_jwt_role(conn: psycopg.AsyncConnection, role: str) -> None:
+    """What Neon's local_proxy does the first time it sees a (database, role): the extension, then USAGE on auth."""
+    await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_session_jwt")
+    await conn.execute(sql.SQL("GRANT USAGE ON SCHEMA auth TO {}").format(sql.Identifier(role)))
+
+
+async def bootstrap(cluster: PostgresCluster, settings: Settings) -> None:
+    async with await _connect(cluster, "postgres") as conn:
+        new_roles = await _create_roles(conn, settings)
+        cur = await conn.execute("select 1 from pg_database where datname = %s", (settings.database,))
+        new_database = await cur.fetchone() is None
+        if new_database:
+            await conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(settings.database), sql.Identifier(settings.owner)))
+    async with await _connect(cluster, settings.database) as conn:
+        for role in settings.jwt_roles if new_database else new_roles:
+            await grant_role(conn, role, settings.owner)
+        for role in settings.jwt_roles:
+            await prepare_jwt_role(conn, role)

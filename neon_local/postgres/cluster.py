@@ -1,0 +1,295 @@
+"""Run one Postgres cluster: copy it from a cached initdb template, start it on a private socket, stop it."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from neon_local.postgres import session_jwt
+from neon_local.postgres.binaries import PgBinaries
+from neon_local.postgres.extension_path import server_command
+
+log = logging.getLogger(__name__)
+
+SUPERUSER = "cloud_admin"  # Neon's name for the superuser that users never get
+SOCKET_PORT = 5432  # only names the socket file; Postgres listens on no TCP port
+TEMPLATE_FORMAT = 1  # bump when the template's contents change, so caches are rebuilt
+
+# Settings fit for a laptop: fast start and stop, English messages (Neon's texts are matched byte
+# for byte), no parallel workers (the pg_session_jwt stub keys its state by backend pid).
+CONF = """
+# neon-local: settings for local development (edit freely; ALTER SYSTEM works too)
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+max_connections = 200
+shared_buffers = 128MB
+max_parallel_workers_per_gather = 0
+lc_messages = 'C'
+timezone = 'UTC'
+log_timezone = 'UTC'
+password_encryption = 'scram-sha-256'
+logging_collector = off
+log_line_prefix = '%m [%p] %q%u@%d '
+"""
+
+HBA = """
+# neon-local: only the private Unix socket exists; the proxy authenticates clients itself.
+local all all trust
+"""
+
+
+class PostgresError(Exception):
+    """Postgres could not be prepared or started; the message says what to do."""
+
+
+class RunAs:
+    """Postgres refuses to run as root: when we are root, run its binaries as `nobody`.
+
+    DAC_READ_SEARCH lets it reach binaries and data under directories only root may enter
+    (a checkout in /root, say) without changing their permissions.
+    """
+
+    def __init__(self) -> None:
+        self.needed = os.geteuid() == 0
+        if self.needed:
+            import pwd
+
+            entry = pwd.getpwnam("nobody")
+            self.uid, self.gid = entry.pw_uid, entry.pw_gid
+            if shutil.which("setpriv") is None:
+                raise PostgresError("running as root needs setpriv (util-linux) to start Postgres as 'nobody'.")
+
+    def prefix(self) -> list[str]:
+        if not self.needed:
+            return []
+        return [
+            "setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups",
+            "--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search", "--pdeathsig=INT",
+        ]
+
+    def reachable(self, binaries: PgBinaries) -> PgBinaries:
+        """Binaries `nobody` can run. Postgres checks its own executable with access(), which ignores
+        capabilities, so an install under /root (a venv there, say) is copied once into the cache."""
+        if not self.needed or _world_reachable(binaries.bin_dir / "postgres"):
+            return binaries
+        install = binaries.bin_dir.parent
+        key = hashlib.sha256(f"{install}:{binaries.version}".encode()).hexdigest()[:12]
+        target = cache_dir() / "installs" / f"pg{binaries.version}-{key}"
+        if not (target / "bin" / "postgres").is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=".copy-", dir=target.parent))
+            subprocess.run(["cp", "-a", f"{install}/.", str(staging)], check=True)
+            staging.chmod(0o755)
+            try:
+                os.rename(staging, target)
+            except OSError:
+                shutil.rmtree(staging, ignore_errors=True)
+        return PgBinaries(target / "bin", binaries.version, f"{binaries.source}, copied to {target} for user nobody")
+
+    def give(self, path: Path, recursive: bool = False) -> None:
+        if not self.needed:
+            return
+        if recursive:
+            subprocess.run(["chown", "-R", f"{self.uid}:{self.gid}", str(path)], check=True)
+        else:
+            os.chown(path, self.uid, self.gid)
+
+
+def cache_dir() -> Path:
+    """Initdb templates and shadow installs. Root's lives where `nobody` can reach it (see RunAs)."""
+    if os.environ.get("NEON_LOCAL_CACHE_DIR"):
+        path = Path(os.environ["NEON_LOCAL_CACHE_DIR"])
+    elif os.geteuid() == 0:
+        path = Path("/var/cache/neon-local")
+    else:
+        path = Path(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")) / "neon-local"
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        path.chmod(0o755)
+    return path
+
+
+def template_path(binaries: PgBinaries) -> Path:
+    key = hashlib.sha256(f"{TEMPLATE_FORMAT}:{binaries.bin_dir}:{binaries.version}".encode()).hexdigest()[:12]
+    return cache_dir() / "templates" / f"pg{binaries.version}-{key}"
+
+
+def ensure_template(binaries: PgBinaries, run_as: RunAs) -> tuple[Path, bool]:
+    """An initdb'd cluster cached per Postgres install; returns (path, whether it was just made)."""
+    target = template_path(binaries)
+    if (target / "PG_VERSION").is_file():
+        return target, False
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".initdb-", dir=target.parent))
+    run_as.give(staging)
+    pgdata = staging / "pgdata"
+    cmd = [*run_as.prefix(), str(binaries.tool("initdb")), "-D", str(pgdata), "-U", SUPERUSER,
+           "--auth=trust", "--encoding=UTF8", "--locale=C", "--no-sync", "--no-instructions"]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise PostgresError(f"initdb failed ({binaries.describe()}):\n{result.stderr.strip()}")
+    with open(pgdata / "postgresql.conf", "a") as conf:
+        conf.write(CONF)
+    (pgdata / "pg_hba.conf").write_text(HBA)
+    try:
+        os.rename(pgdata, target)  # atomic: a parallel worker that lost the race keeps the winner's copy
+    except OSError:
+        pass
+    shutil.rmtree(staging, ignore_errors=True)
+    return target, True
+
+
+def _world_reachable(path: Path) -> bool:
+    return all(p.stat().st_mode & 0o001 for p in path.parents if p != Path("/")) and bool(path.stat().st_mode & 0o001)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class PostgresCluster:
+    """One Postgres server on a private Unix socket, supervised by this process."""
+
+    def __init__(self, binaries: PgBinaries, data_dir: Path, log_file: Path) -> None:
+        self.run_as = RunAs()
+        self.binaries = self.run_as.reachable(binaries)
+        self.data_dir = data_dir
+        self.log_file = log_file
+        digest = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:10]
+        # Unix socket paths are limited to ~107 bytes, so the socket lives in a short private directory.
+        self.socket_dir = Path(tempfile.gettempdir()) / f"neon-local-{digest}"
+        self.port = SOCKET_PORT
+        self.superuser = SUPERUSER
+        self.session_secret = b""
+        self.created = False
+        self._process: asyncio.subprocess.Process | None = None
+        self._stopping = False
+
+    def conninfo(self, user: str = SUPERUSER, dbname: str = "neondb", **params: str) -> str:
+        parts = {"host": str(self.socket_dir), "port": str(self.port), "user": user, "dbname": dbname, **params}
+        return " ".join(f"{k}='{_escape(v)}'" for k, v in parts.items())
+
+    def prepare(self) -> None:
+        """Create the data directory from the template when it does not exist yet."""
+        if not (self.data_dir / "PG_VERSION").is_file():
+            template, _ = ensure_template(self.binaries, self.run_as)
+            if self.data_dir.exists() and any(self.data_dir.iterdir()):
+                raise PostgresError(f"{self.data_dir} exists but holds no Postgres cluster. Move it away or pick another --data-dir.")
+            self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+            if self.data_dir.exists():
+                self.data_dir.rmdir()
+            subprocess.run(["cp", "-a", str(template), str(self.data_dir)], check=True)
+            session_jwt.write_secret(self.data_dir, session_jwt.new_secret())
+            self.run_as.give(self.data_dir / session_jwt.SECRET_FILENAME)
+            self.created = True
+        self._check_version()
+        self.session_secret = session_jwt.read_secret(self.data_dir)
+        self.socket_dir.mkdir(mode=0o700, exist_ok=True)
+        self.run_as.give(self.socket_dir)
+
+    def _check_version(self) -> None:
+        found = (self.data_dir / "PG_VERSION").read_text().strip()
+        if found != str(self.binaries.major):
+            raise PostgresError(
+                f"{self.data_dir} was created by PostgreSQL {found}, but {self.binaries.describe()} was found. "
+                f"Use --pg-bin with a PostgreSQL {found} install, or `neon-local reset` to start over (deletes the data)."
+            )
+
+    def stop_orphan(self) -> None:
+        """Stop a postmaster left running by a neon-local that was killed, so this start owns the data."""
+        pid_file = self.data_dir / "postmaster.pid"
+        try:
+            pid = int(pid_file.read_text().split("\n", 1)[0])
+        except (OSError, ValueError):
+            return
+        if not _pid_alive(pid):
+            return
+        log.warning("stopping a Postgres (pid %d) left running on %s by an earlier neon-local", pid, self.data_dir)
+        os.kill(pid, signal.SIGINT)
+        for _ in range(1000):
+            if not _pid_alive(pid):
+                return
+            time.sleep(0.01)
+        raise PostgresError(f"Postgres pid {pid} on {self.data_dir} did not stop; stop it by hand (kill {pid}) and retry.")
+
+    async def start(self, timeout: float = 30.0) -> None:
+        self.stop_orphan()
+        args = [*self.run_as.prefix(), *server_command(self.binaries), "-D", str(self.data_dir),
+                "-c", "listen_addresses=", "-c", f"unix_socket_directories={self.socket_dir}",
+                "-c", f"port={self.port}"]
+        log_fd = open(self.log_file, "ab")
+        try:
+            self._process = await asyncio.create_subprocess_exec(
+                *args, stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd, start_new_session=True
+            )
+        finally:
+            log_fd.close()
+        self._stopping = False
+        await self._wait_ready(timeout)
+
+    async def _wait_ready(self, timeout: float) -> None:
+        # postmaster.pid's 8th line turns to "ready" once connections are accepted: cheaper than polling with connects.
+        pid_file = self.data_dir / "postmaster.pid"
+        deadline = asyncio.get_running_loop().time() + timeout
+        while asyncio.get_running_loop().time() < deadline:
+            if self._process.returncode is not None:
+                raise PostgresError(f"Postgres exited during start-up (code {self._process.returncode}):\n{self.log_tail()}")
+            try:
+                lines = pid_file.read_text().split("\n")
+                if len(lines) > 7 and lines[7].strip() == "ready":
+                    return
+            except OSError:
+                pass
+            await asyncio.sleep(0.003)
+        raise PostgresError(f"Postgres did not become ready within {timeout:.0f} s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    async def wait_exit(self) -> int:
+        """Wait until the postmaster exits; the supervisor uses this to notice a crash."""
+        return await self._process.wait()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    async def stop(self, timeout: float = 30.0) -> None:
+        """Fast shutdown: open transactions are rolled back, committed data is checkpointed."""
+        if self._process is None or self._process.returncode is not None:
+            return
+        self._stopping = True
+        # setpriv passes the signal on: the postmaster is the setpriv process after exec.
+        self._process.send_signal(signal.SIGINT)
+        try:
+            await asyncio.wait_for(self._process.wait(), timeout)
+        except asyncio.TimeoutError:
+            self._process.send_signal(signal.SIGQUIT)
+            await self._process.wait()
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("'", "\\'")

