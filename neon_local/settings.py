@@ -32,6 +32,7 @@ class Scalar:
     type: type
     default: Any
     help: str
+    choices: tuple[str, ...] = ()
 
     @property
     def env(self) -> str:
@@ -52,8 +53,8 @@ SCALARS: tuple[Scalar, ...] = (
     Scalar("database", str, "neondb", "Name of the database created on first start."),
     Scalar("owner", str, "neondb_owner", "Name of the owner role (a password role, as on Neon)."),
     Scalar("owner_password", str, "npg_neonlocal", "Password of the owner role."),
-    Scalar("compat", str, "neon", 'JWT rules: "neon" accepts exactly what Neon accepts; "extended" also EdDSA and tokens without kid (each use is logged).'),
-    Scalar("log_level", str, "info", "Log level: debug, info, warning or error."),
+    Scalar("compat", str, "neon", 'JWT rules: "neon" accepts exactly what Neon accepts; "extended" also EdDSA and tokens without kid (each use is logged).', ("neon", "extended")),
+    Scalar("log_level", str, "info", "Log level: debug, info, warning or error.", ("debug", "info", "warning", "error")),
 )
 
 
@@ -139,11 +140,13 @@ def _coerce(scalar: Scalar, value: Any, origin: str) -> Any:
             return number
         if scalar.type is Path:
             return Path(os.path.expanduser(str(value)))
-        if not isinstance(value, (str, int, float)):
+        if not isinstance(value, (str, int, float)) or (scalar.choices and str(value) not in scalar.choices):
             raise ValueError(value)
         return str(value)
     except ValueError:
         kind = {bool: "true or false", int: "a whole number", Path: "a path", str: "a string"}[scalar.type]
+        if scalar.choices:
+            kind = "one of " + ", ".join(f'"{c}"' for c in scalar.choices)
         if scalar.name.endswith("_port"):
             kind = "a port number from 0 to 65535"
         raise ConfigError(f"{origin}: {scalar.name} must be {kind}, got {value!r}.") from None
@@ -249,10 +252,6 @@ def load_settings(
         if value is not None:
             scalar = next(s for s in SCALARS if s.name == key)
             values[key] = _coerce(scalar, value, scalar.flag)
-    if values.get("compat", "neon") not in ("neon", "extended"):
-        raise ConfigError(f'compat must be "neon" or "extended", got {values["compat"]!r}.')
-    if values.get("log_level", "info") not in ("debug", "info", "warning", "error"):
-        raise ConfigError(f"log_level must be debug, info, warning or error, got {values['log_level']!r}.")
     if values.get("data_dir") is not None and not values["data_dir"].is_absolute():
         values["data_dir"] = cwd / values["data_dir"]
     return Settings(**values)

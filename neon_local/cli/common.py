@@ -32,7 +32,8 @@ def settings_options(command):
         if scalar.type is bool:
             option = click.option(scalar.flag, scalar.name, is_flag=True, default=None, help=scalar.help + f" [env {scalar.env}]")
         else:
-            option = click.option(scalar.flag, scalar.name, type=_CLICK_TYPES[scalar.type], default=None,
+            kind = click.Choice(scalar.choices) if scalar.choices else _CLICK_TYPES[scalar.type]
+            option = click.option(scalar.flag, scalar.name, type=kind, default=None,
                                   help=scalar.help + f" [env {scalar.env}; default {scalar.default}]")
         wrapper = option(wrapper)
     return click.option("--config", type=click.Path(path_type=Path, dir_okay=False), default=None,
