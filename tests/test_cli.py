@@ -1,0 +1,80 @@
+"""The neon-local command as a user runs it: a real process in an empty directory, no config file."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import psycopg
+import pytest
+
+
+def neon_local(*args: str, cwd, env=None, input: str | None = None) -> subprocess.CompletedProcess:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("NEON_LOCAL_")}
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "neon_local", *args], cwd=cwd, env=full_env, input=input,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def project(tmp_path):
+    return tmp_path
+
+
+def test_version(project):
+    result = neon_local("--version", cwd=project)
+    assert result.returncode == 0 and result.stdout.startswith("neon-local, version ")
+
+
+def test_up_detach_status_psql_down_reset(project):
+    up = neon_local("up", "--detach", "--http-port", "0", "--pg-port", "0", cwd=project)
+    assert up.returncode == 0, up.stderr
+    assert "Owner URL" in up.stdout and "neon-local token alice" in up.stdout and "Running in the background" in up.stdout
+    try:
+        status = neon_local("status", "--json", cwd=project)
+        state = json.loads(status.stdout)
+        assert status.returncode == 0 and state["running"] is True
+        assert state["data_dir"] == str(project.resolve() / ".neon-local")
+        assert state["postgres"]["version"].startswith("18.")
+        with psycopg.connect(state["urls"]["owner"]) as conn:
+            assert conn.execute("select current_user, current_database()").fetchone() == ("neondb_owner", "neondb")
+        again = neon_local("up", "--detach", "--http-port", "0", "--pg-port", "0", cwd=project)
+        assert again.returncode == 1 and "already running" in again.stderr
+        human = neon_local("status", cwd=project)
+        assert f"Postgres {state['pg_port']}" in human.stdout
+        refused = neon_local("reset", "--yes", cwd=project)
+        assert refused.returncode == 1 and "neon-local down" in refused.stderr
+    finally:
+        down = neon_local("down", cwd=project)
+    assert down.returncode == 0 and "Stopped neon-local" in down.stdout
+    stopped = neon_local("status", "--json", cwd=project)
+    assert stopped.returncode == 3 and json.loads(stopped.stdout)["running"] is False
+    reset = neon_local("reset", cwd=project, input="y\n")
+    assert reset.returncode == 0 and "Deleted" in reset.stdout
+    assert not (project / ".neon-local" / "pgdata").exists()
+
+
+def test_port_in_use_is_a_clear_error(project):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = neon_local("up", "--ephemeral", "--pg-port", "0", cwd=project, env={"NEON_LOCAL_HTTP_PORT": str(port)})
+    assert result.returncode == 1
+    assert f"error: port {port} on 127.0.0.1 is already in use" in result.stderr
+    assert "--http-port PORT" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bad_config_is_a_clear_error(project):
+    (project / "neon_local.toml").write_text("http_port = 'eighty'\n")
+    result = neon_local("status", cwd=project)
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"error: {project / 'neon_local.toml'}: http_port must be a port number from 0 to 65535, got 'eighty'."
+
+
+def test_bad_flag_value_is_a_clear_error(project):
+    result = neon_local("up", "--compat", "loose", cwd=project)
+    assert result.returncode == 2 and "'loose' is not one of 'neon', 'extended'" in result.stderr
