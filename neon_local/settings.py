@@ -108,6 +108,15 @@ class Settings:
     def with_overrides(self, **changes: Any) -> "Settings":
         return replace(self, **changes)
 
+    def _with_builtin_roles(self) -> "Settings":
+        """Custom roles take tokens from the built-in issuer unless a [[jwks]] entry for it says otherwise."""
+        providers = tuple(
+            replace(p, role_names=tuple(dict.fromkeys((*p.role_names, *self.roles))))
+            if p.builtin and p.role_names == DEFAULT_JWT_ROLES else p
+            for p in self.providers
+        )
+        return replace(self, providers=providers)
+
 
 def find_config_file(start: Path) -> Path | None:
     """The nearest neon_local.toml in `start` or a parent, like git finds its repository."""
@@ -254,4 +263,4 @@ def load_settings(
             values[key] = _coerce(scalar, value, scalar.flag)
     if values.get("data_dir") is not None and not values["data_dir"].is_absolute():
         values["data_dir"] = cwd / values["data_dir"]
-    return Settings(**values)
+    return Settings(**values)._with_builtin_roles()

@@ -41,6 +41,7 @@ def test_users_roles_and_providers_from_file(tmp_path):
     assert [p.id for p in settings.providers] == ["neon-local", "clerk"]
     assert settings.providers[1].jwt_audience == "app"
     assert settings.jwt_roles == ("authenticated", "anonymous", "admin", "editor")
+    assert settings.providers[0].role_names == ("authenticated", "anonymous", "admin")  # custom roles take built-in tokens
 
 
 def test_relative_data_dir_is_relative_to_the_config_file(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import sys
 from pathlib import Path
@@ -26,7 +27,9 @@ def settings_options(command):
             fail(str(exc))
         click.get_current_context().obj = settings
         configure_logging(settings)
-        return command(*args, settings=settings, **kwargs)
+        if "settings" in inspect.signature(command).parameters:
+            kwargs["settings"] = settings
+        return command(*args, **kwargs)
 
     for scalar in reversed(SCALARS):
         if scalar.type is bool:

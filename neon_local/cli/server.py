@@ -177,7 +177,7 @@ def psql(settings: Settings, as_user: str | None, role: str | None, psql_args: t
         from neon_local.cli.auth import mint_for_cli
 
         role = role or "authenticated"
-        env["PGPASSWORD"] = mint_for_cli(settings, as_user or "alice", state["urls"]["issuer"])
+        env["PGPASSWORD"] = mint_for_cli(settings, as_user or "alice")
     else:
         role = role or settings.owner
         if role == settings.owner:

@@ -1,0 +1,101 @@
+"""JWT verifications per second per algorithm: the raw `cryptography` verify (the floor), cold and cached.
+
+"cold verify" is `Verifier.verify` on a token it has not seen (strict parse, key lookup, signature,
+claims, cache insert); "cached" is `Verifier.verify_cached` on a token it has. EdDSA needs
+compat = "extended", and its per-use warning is silenced here so the numbers measure verification.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+from neon_local.auth.issuer import Issuer
+from neon_local.auth.keys import ALGORITHMS, KeyRing
+from neon_local.auth.providers import ProviderCache
+from neon_local.auth.verifier import Verifier, parse_token
+from neon_local.settings import Settings
+
+REPEATS = 3
+
+
+def _best(measure, n: int) -> float:
+    """Seconds per operation, best of REPEATS runs of `measure(n)`."""
+    return min(measure(n) for _ in range(REPEATS)) / n
+
+
+def _raw(ring: KeyRing, alg: str, token: str):
+    parsed = parse_token(token, extended=True)
+    key = ring.public_keys().by_kid[ring.active(alg).kid]
+
+    def measure(n: int) -> float:
+        started = time.perf_counter()
+        for _ in range(n):
+            key.verify(alg, parsed.signature, parsed.signing_input)
+        return time.perf_counter() - started
+
+    return measure
+
+
+def _cold(verifier: Verifier, tokens: list[str]):
+    async def verify_all(batch: list[str]) -> float:
+        started = time.perf_counter()
+        for token in batch:
+            await verifier.verify(token, "authenticated")
+        return time.perf_counter() - started
+
+    def measure(n: int) -> float:
+        verifier.clear_cache()
+        return asyncio.run(verify_all(tokens[:n]))
+
+    return measure
+
+
+def _cached(verifier: Verifier, token: str):
+    asyncio.run(verifier.verify(token, "authenticated"))
+
+    def measure(n: int) -> float:
+        started = time.perf_counter()
+        for _ in range(n):
+            verifier.verify_cached(token, "authenticated")
+        return time.perf_counter() - started
+
+    return measure
+
+
+def _row(alg: str, mode: str, seconds: float) -> dict:
+    return {"algorithm": alg, "mode": mode, "ops_per_sec": round(1 / seconds), "us_per_op": round(seconds * 1e6, 2)}
+
+
+def _measure(tmp: Path, cold_ops: int, cached_ops: int) -> list[dict]:
+    settings = Settings(project_dir=tmp, compat="extended")
+    ring = KeyRing.load_or_create(tmp / "keys")
+    issuer = Issuer(settings, ring, "http://127.0.0.1:4444")
+    verifier = Verifier(settings, ring, ProviderCache(settings), cache_size=cold_ops + 1)
+    rows = []
+    for alg in ALGORITHMS:
+        tokens = [issuer.mint("alice", alg=alg, claims={"jti": str(i)}) for i in range(cold_ops)]
+        rows.append(_row(alg, "raw cryptography", _best(_raw(ring, alg, tokens[0]), cold_ops)))
+        rows.append(_row(alg, "cold verify", _best(_cold(verifier, tokens), cold_ops)))
+        rows.append(_row(alg, "cached", _best(_cached(verifier, tokens[0]), cached_ops)))
+    return rows
+
+
+def run(cold_ops: int = 1000, cached_ops: int = 200_000) -> list[dict]:
+    """One row per (algorithm, mode): raw cryptography, cold verify, cached."""
+    verifier_log = logging.getLogger("neon_local.auth.verifier")
+    level = verifier_log.level
+    verifier_log.setLevel(logging.ERROR)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            return _measure(Path(tmp), cold_ops, cached_ops)
+    finally:
+        verifier_log.setLevel(level)
+
+
+if __name__ == "__main__":
+    for row in run():
+        print(f"{row['algorithm']:6} {row['mode']:17} {row['ops_per_sec']:>10,}/s {row['us_per_op']:>9} µs")

@@ -1,0 +1,253 @@
+"""CLI commands for tokens, signing keys and JWKS providers: `token`, `keys ...` and `providers ...`."""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from datetime import datetime, timezone
+from pathlib import Path
+
+import click
+
+from neon_local.auth.issuer import Issuer, IssuerError, default_issuer_url
+from neon_local.auth.keys import ALGORITHMS, KeyRing, KeyRingError
+from neon_local.auth.providers import ProviderCache
+from neon_local.app import read_state
+from neon_local.cli.common import settings_options
+from neon_local.settings import BUILTIN_PROVIDER_ID, CONFIG_FILENAME, DEFAULT_JWT_ROLES, ConfigError, Settings, load_settings, read_config_file
+
+__all__ = ["COMMANDS", "keys", "mint_for_cli", "providers", "token"]
+
+_TABLE_HEADER = re.compile(r"^\s*\[")
+_JWKS_HEADER = re.compile(r"^\s*\[\[\s*jwks\s*\]\]\s*(#.*)?$")
+
+
+def _settings() -> Settings:
+    obj = click.get_current_context().obj
+    return obj if isinstance(obj, Settings) else load_settings()
+
+
+def _keyring(settings: Settings) -> KeyRing:
+    return KeyRing.load_or_create(settings.resolved_data_dir / "keys")
+
+
+def _parse_claims(claims_json: str | None, pairs: tuple[str, ...]) -> dict:
+    claims = {}
+    if claims_json:
+        try:
+            claims = json.loads(claims_json)
+        except ValueError as exc:
+            raise click.BadParameter(f"not JSON: {exc}", param_hint="--claims") from None
+        if not isinstance(claims, dict):
+            raise click.BadParameter("must be a JSON object", param_hint="--claims")
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise click.BadParameter(f"expected NAME=VALUE, got {pair!r}", param_hint="--claim")
+        try:
+            claims[name] = json.loads(value)
+        except ValueError:
+            claims[name] = value
+    return claims
+
+
+def _issuer(settings: Settings) -> Issuer:
+    """The issuer as the running emulator has it (its `iss` URL), or as the settings say when none runs."""
+    state = read_state(settings.resolved_data_dir)
+    return Issuer(settings, _keyring(settings), state["urls"]["issuer"] if state else default_issuer_url(settings))
+
+
+def mint_for_cli(settings: Settings, user: str) -> str:
+    """A default token for test user `user` (for `psql --as`); an unknown user is a usage error."""
+    issuer = _issuer(settings)
+    try:
+        return issuer.mint(user)
+    except IssuerError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+@click.command("token")
+@settings_options
+@click.argument("user", required=False)
+@click.option("--sub", help="Subject; with USER it replaces the user's sub, without USER it is the only identity claim.")
+@click.option("--claim", "pairs", multiple=True, metavar="NAME=VALUE", help="Add or override a claim; VALUE is JSON if it parses (42, true, [1]), else a string. Repeatable.")
+@click.option("--claims", "claims_json", metavar="JSON", help="Add or override claims from a JSON object.")
+@click.option("--lifetime", type=int, default=3600, show_default=True, help="Seconds until exp.")
+@click.option("--expired", is_flag=True, help="Make exp two minutes past (beyond Neon's 30 s leeway).")
+@click.option("--not-before", type=int, metavar="SECONDS", help="Set nbf SECONDS from now; Neon refuses nbf 30 s or more ahead.")
+@click.option("--alg", type=click.Choice(ALGORITHMS), default="ES256", show_default=True, help="Signing algorithm; Neon accepts ES256 and RS256 only.")
+@click.option("--no-kid", is_flag=True, help="Leave kid out of the header (Neon refuses this: missing key id).")
+@click.option("--audience", help="Set aud (needed when a provider has jwt_audience).")
+def token(user, sub, pairs, claims_json, lifetime, expired, not_before, alg, no_kid, audience):
+    """Print a JWT for test user USER (see [users.*] in neon_local.toml) from the built-in issuer."""
+    issuer = _issuer(_settings())
+    try:
+        click.echo(
+            issuer.mint(
+                user, sub=sub, claims=_parse_claims(claims_json, pairs), lifetime=lifetime, alg=alg,
+                kid=not no_kid, audience=audience, not_before=not_before, expired=expired,
+            )
+        )
+    except IssuerError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+@click.group("keys")
+def keys():
+    """The built-in issuer's signing keys (in <data_dir>/keys)."""
+
+
+@keys.command("list")
+@settings_options
+def keys_list():
+    """Show every key: kid, algorithm, creation time, and whether it signs new tokens."""
+    ring = _keyring(_settings())
+    for key in sorted(ring.keys, key=lambda k: (k.alg, -k.created)):
+        created = datetime.fromtimestamp(key.created, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+        state = "active" if ring.is_active(key.kid) else "retired"
+        click.echo(f"{key.kid:24} {key.alg:6} {created}  {state}")
+
+
+@keys.command("rotate")
+@settings_options
+@click.option("--alg", "algs", type=click.Choice(ALGORITHMS), multiple=True, help="Rotate only these algorithms (default: all).")
+def keys_rotate(algs):
+    """Make new signing keys; the old ones stay in the JWKS, so issued tokens keep verifying, until removed."""
+    for key in _keyring(_settings()).rotate(list(algs) or list(ALGORITHMS)):
+        click.echo(f"new {key.alg} key {key.kid}")
+
+
+@keys.command("remove")
+@settings_options
+@click.argument("kid")
+def keys_remove(kid):
+    """Remove a retired key; tokens it signed stop verifying."""
+    try:
+        key = _keyring(_settings()).remove(kid)
+    except KeyRingError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"removed {key.alg} key {key.kid}")
+
+
+@click.group("providers")
+def providers():
+    """JWKS providers ([[jwks]] tables in neon_local.toml), shaped like Neon's local_proxy rules."""
+
+
+def _config_path(settings: Settings) -> Path:
+    return settings.config_file or settings.project_dir / CONFIG_FILENAME
+
+
+def _toml_string(value: str) -> str:
+    # JSON string syntax without ASCII escaping is a valid TOML basic string.
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _jwks_table(provider_id, jwks_url, jwks_file, provider_name, roles, audience) -> str:
+    lines = ["[[jwks]]", f"id = {_toml_string(provider_id)}"]
+    if jwks_url:
+        lines.append(f"jwks_url = {_toml_string(jwks_url)}")
+    if jwks_file:
+        lines.append(f"jwks_file = {_toml_string(jwks_file)}")
+    lines.append(f"provider_name = {_toml_string(provider_name or provider_id)}")
+    lines.append("role_names = [" + ", ".join(map(_toml_string, roles)) + "]")
+    if audience:
+        lines.append(f"jwt_audience = {_toml_string(audience)}")
+    return "\n".join(lines) + "\n"
+
+
+def _write_checked(path: Path, text: str) -> None:
+    """Write the edited config, putting the old text back if the result no longer loads."""
+    old = path.read_text() if path.exists() else None
+    path.write_text(text)
+    try:
+        read_config_file(path)
+    except ConfigError as exc:
+        if old is None:
+            path.unlink()
+        else:
+            path.write_text(old)
+        raise click.ClickException(f"{exc} (the file was left unchanged)") from None
+
+
+@providers.command("add")
+@settings_options
+@click.argument("provider_id")
+@click.option("--jwks-url", help="HTTPS URL of the provider's JWKS, e.g. https://<app>.clerk.accounts.dev/.well-known/jwks.json.")
+@click.option("--jwks-file", help="A local JWKS file (relative to the project directory).")
+@click.option("--provider-name", help="Display name, as in Neon's console (default: the id).")
+@click.option("--role", "roles", multiple=True, help=f"Postgres role that accepts this provider's tokens (default: {', '.join(DEFAULT_JWT_ROLES)}). Repeatable.")
+@click.option("--audience", help="Require this aud, as Neon's jwt_audience.")
+def providers_add(provider_id, jwks_url, jwks_file, provider_name, roles, audience):
+    """Add an external provider as a [[jwks]] table in neon_local.toml."""
+    settings = _settings()
+    if bool(jwks_url) == bool(jwks_file):
+        raise click.UsageError("give exactly one of --jwks-url and --jwks-file")
+    if jwks_url and not jwks_url.startswith(("http://", "https://")):
+        raise click.BadParameter("must start with https:// (or http:// for a local server)", param_hint="--jwks-url")
+    if any(p.id == provider_id for p in settings.providers):
+        raise click.ClickException(f"a provider with id {provider_id!r} exists already; remove it first")
+    path = _config_path(settings)
+    text = path.read_text() if path.exists() else ""
+    separator = "" if not text or text.endswith("\n\n") else ("\n" if text.endswith("\n") else "\n\n")
+    table = _jwks_table(provider_id, jwks_url, jwks_file, provider_name, roles or DEFAULT_JWT_ROLES, audience)
+    _write_checked(path, text + separator + table)
+    click.echo(f"added provider {provider_id} to {path}")
+
+
+@providers.command("list")
+@settings_options
+def providers_list():
+    """Show each provider, its key source, roles, audience and cached keys."""
+    settings = _settings()
+    cache = ProviderCache(settings)
+    for p in settings.providers:
+        source = "built-in issuer" if p.builtin else (p.jwks_url or str(p.jwks_file))
+        cached = ""
+        if not p.builtin:
+            status = cache.status(p)
+            when = "never fetched" if status["fetched_at"] is None else "fetched " + datetime.fromtimestamp(status["fetched_at"], timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+            cached = f"  {status['keys']} cached keys, {when}"
+        audience = f"  aud={p.jwt_audience}" if p.jwt_audience else ""
+        click.echo(f"{p.id:16} {source}  roles={','.join(p.role_names)}{audience}{cached}")
+
+
+def _without_jwks_table(text: str, provider_id: str) -> str | None:
+    """`text` minus the [[jwks]] table whose id is `provider_id`, or None if there is no such table."""
+    lines = text.splitlines(keepends=True)
+    starts = [i for i, line in enumerate(lines) if _JWKS_HEADER.match(line)]
+    for start in starts:
+        end = next((j for j in range(start + 1, len(lines)) if _TABLE_HEADER.match(lines[j])), len(lines))
+        try:
+            table = tomllib.loads("".join(lines[start:end]))
+        except tomllib.TOMLDecodeError:
+            continue
+        if table["jwks"][0].get("id") == provider_id:
+            while start > 0 and not lines[start - 1].strip():
+                start -= 1
+            return "".join(lines[:start] + lines[end:])
+    return None
+
+
+@providers.command("remove")
+@settings_options
+@click.argument("provider_id")
+def providers_remove(provider_id):
+    """Remove a provider's [[jwks]] table from neon_local.toml and its cached keys."""
+    settings = _settings()
+    provider = next((p for p in settings.providers if p.id == provider_id), None)
+    if provider is None:
+        raise click.ClickException(f"no provider {provider_id!r}; `neon-local providers list` shows them")
+    if provider.builtin:
+        raise click.ClickException(f"{BUILTIN_PROVIDER_ID} is the built-in issuer and cannot be removed; narrow its role_names instead")
+    path = _config_path(settings)
+    text = _without_jwks_table(path.read_text(), provider_id)
+    if text is None:
+        raise click.ClickException(f"could not find a [[jwks]] table with id = {provider_id!r} in {path}; edit it by hand")
+    _write_checked(path, text)
+    ProviderCache(settings).forget(provider)
+    click.echo(f"removed provider {provider_id} from {path}")
+
+
+COMMANDS = [token, keys, providers]
