@@ -21,10 +21,9 @@ log = logging.getLogger(__name__)
 
 SUPERUSER = "cloud_admin"  # Neon's name for the superuser that users never get
 SOCKET_PORT = 5432  # only names the socket file; Postgres listens on no TCP port
-TEMPLATE_FORMAT = 2  # bump when the template's contents change, so caches are rebuilt
+TEMPLATE_FORMAT = 3  # bump when the template's contents change, so caches are rebuilt
 
-# Settings fit for a laptop: fast start and stop, English messages (Neon's texts are matched byte
-# for byte), no parallel workers (the pg_session_jwt stub keys its state by backend pid).
+# Settings fit for a laptop: fast start and stop, English messages (Neon's texts are matched byte for byte).
 # fsync is off but commits stay synchronous: each commit write()s its WAL to the kernel, so a crash
 # of Postgres or neon-local loses nothing; only an OS crash or power loss can.
 CONF = """
@@ -33,7 +32,6 @@ fsync = off
 full_page_writes = off
 max_connections = 200
 shared_buffers = 128MB
-max_parallel_workers_per_gather = 0
 lc_messages = 'C'
 timezone = 'UTC'
 log_timezone = 'UTC'

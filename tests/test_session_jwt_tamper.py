@@ -1,0 +1,246 @@
+"""A JWT-role session attacking the pg_session_jwt stub: nothing it can do may change whose identity auth.* reports.
+
+Each test connects as `authenticated` with a startup JWK and logs in as alice, as the proxy would,
+then tries one way to become mallory. Success for the attacker would be auth.user_id() = 'mallory';
+acceptable outcomes are an error, no identity (NULL), or alice.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import math
+import time
+
+import psycopg
+import pytest
+from psycopg import errors, sql
+
+from neon_local.postgres import session_jwt
+from session_jwt_support import OWNER, JwtSession, assert_error, b64url, fail, scratch_database
+
+DB = "session_jwt_tamper"
+ALICE = {"sub": "alice", "role": "member"}
+MALLORY = {"sub": "mallory", "role": "admin"}
+
+
+@pytest.fixture(scope="module")
+def db(cluster):
+    with scratch_database(cluster, DB) as name:
+        yield name
+
+
+@pytest.fixture
+def alice(cluster, db):
+    session = JwtSession(cluster, db)
+    session.login(ALICE)
+    yield session
+    session.close()
+
+
+def identity(session: JwtSession):
+    """Who the session is now: the user id and the session's sub, or the error that reading them raised."""
+    try:
+        return session.conn.execute("select auth.user_id(), auth.session() ->> 'sub'").fetchone()
+    except psycopg.Error as error:
+        return type(error)
+
+
+def assert_not_mallory(session: JwtSession, expected=("alice", "alice")) -> None:
+    assert identity(session) == expected
+    assert "mallory" not in json.dumps(session.conn.execute("select auth.session()").fetchone()[0])
+
+
+def forged(claims: dict, secret: bytes, pid: int, backend_start: str) -> str:
+    """A token signed with whatever key material the attacker has, with a jti far above any issued
+    so far, so that only the signature can make it fail."""
+    signing_input = f"{b64url('{}')}.{b64url(json.dumps(claims | {'jti': 10**6}))}"
+    return f"{signing_input}.{session_jwt.SessionSigner(secret, pid, backend_start).sign(signing_input)}"
+
+
+# --- Setting the GUCs the extension reads ------------------------------------------------------------
+
+@pytest.mark.parametrize("statement", [
+    "set pg_session_jwt.jwt = {token}",
+    "select set_config('pg_session_jwt.jwt', {token}, false)",
+    "select set_config('pg_session_jwt.jwt', {token}, true)",
+])
+def test_setting_a_forged_jwt(alice, statement):
+    token = forged(MALLORY, b"\x00" * 32, alice.pid, alice.backend_start)
+    with alice.conn.transaction(force_rollback=True):
+        alice.conn.execute(sql.SQL(statement).format(token=sql.Literal(token)))
+        assert_error(fail(alice, "select auth.user_id()"), "invalid JWT signature", "23514")
+    assert_not_mallory(alice)
+
+
+@pytest.mark.parametrize("jwk", [
+    lambda: session_jwt.startup_options().split("=", 1)[1],  # another well-formed key
+    lambda: "",
+    lambda: "garbage",
+])
+def test_changing_the_jwk(alice, jwk):
+    alice.conn.execute("select set_config('pg_session_jwt.jwk', $1, false)", [jwk()])
+    assert_not_mallory(alice)
+    # the key was loaded once, as in the extension; later values change nothing, for better or worse
+    alice.login(ALICE)
+    assert_not_mallory(alice)
+    alice.conn.execute("reset pg_session_jwt.jwk")
+    assert alice.value("select current_setting('pg_session_jwt.jwk')") == alice.options.split("=", 1)[1]
+
+
+@pytest.mark.parametrize("statement", [
+    """set request.jwt.claims = '{"sub":"mallory","role":"admin"}'""",
+    """select set_config('request.jwt.claims', '{"sub":"mallory"}', false)""",
+    """select set_config('request.jwt.claims', '{"sub":"mallory"}', true)""",
+    """set request.jwt.claim.sub = 'mallory'""",
+])
+def test_postgrest_claims_are_ignored_with_a_jwk(alice, statement):
+    with alice.conn.transaction():
+        alice.conn.execute(statement)
+        assert_not_mallory(alice)
+    assert_not_mallory(alice)
+
+
+@pytest.mark.parametrize("statement", ["reset all", "discard all", "reset pg_session_jwt.jwt", "set pg_session_jwt.jwt to default"])
+def test_resets_drop_the_identity_but_not_the_jwk_or_the_replay_guard(alice, statement):
+    earlier = alice.token(MALLORY)  # issued before alice's current token is replaced below
+    alice.login(ALICE)
+    alice.conn.execute(statement)
+    assert identity(alice) == (None, None)
+    assert alice.value("select current_setting('pg_session_jwt.jwk')") == alice.options.split("=", 1)[1]
+    # the jti guard lives outside the session's reach, so an older token is still a replay
+    assert_error(fail(alice, session_jwt.INIT_QUERY, [earlier]), "Token ID must be strictly monotonically increasing.", "23514")
+    with pytest.raises(errors.CheckViolation):
+        alice.conn.execute(sql.SQL("set pg_session_jwt.jwt = {}").format(sql.Literal(earlier)))
+        alice.conn.execute("select auth.user_id()")
+    alice.conn.execute("reset pg_session_jwt.jwt")
+    alice.login(ALICE)
+    assert_not_mallory(alice)
+
+
+# --- Shadowing the stub's objects ------------------------------------------------------------------
+
+def test_temp_objects_named_like_the_stubs(alice):
+    conn = alice.conn
+    token = forged(MALLORY, b"\x00" * 32, alice.pid, alice.backend_start)
+    conn.execute("""
+        create temp table backend (pid integer, backend_start text, ipad bytea, opad bytea, jwk_loaded boolean,
+                                   last_jti bigint, cached_jwt text, cached_payload jsonb);
+        create function pg_temp.current_setting(text, boolean) returns text language sql as $$ select null::text $$;
+        create function pg_temp.pg_backend_pid() returns integer language sql as $$ select 1 $$;
+        create function pg_temp.sha256(bytea) returns bytea language sql as $$ select '\\x00'::bytea $$;
+        create function pg_temp.claims() returns jsonb language sql as $$ select '{"sub":"mallory"}'::jsonb $$;
+        set search_path = pg_temp, public;
+    """)
+    conn.execute("insert into pg_temp.backend values ($1, $2, '', '', true, 0, $3, $4)",
+                 [alice.pid, alice.backend_start, token, json.dumps(MALLORY)])
+    assert_not_mallory(alice)
+    conn.execute(sql.SQL("set pg_session_jwt.jwt = {}").format(sql.Literal(token)))
+    assert identity(alice) is errors.CheckViolation
+    conn.execute("discard all")
+
+
+@pytest.mark.parametrize("query, message", [
+    ("select * from _pg_session_jwt.backend", "permission denied for schema _pg_session_jwt"),
+    ("update _pg_session_jwt.backend set cached_payload = '{\"sub\":\"mallory\"}'", "permission denied for schema _pg_session_jwt"),
+    ("select _pg_session_jwt.verify('x')", "permission denied for schema _pg_session_jwt"),
+    ("select _pg_session_jwt.new_state()", "permission denied for schema _pg_session_jwt"),
+    ("select pg_read_file('neon_local_session.key')", "permission denied for function pg_read_file"),
+    ("select pg_read_binary_file('neon_local_session.key')", "permission denied for function pg_read_binary_file"),
+    ("set role cloud_admin", "permission denied to set role \"cloud_admin\""),
+    ("create schema _pg_session_jwt_shadow", "permission denied for database session_jwt_tamper"),
+])
+def test_private_state_and_the_secret_are_out_of_reach(alice, query, message):
+    error = fail(alice, query)
+    assert (error.sqlstate, error.diag.message_primary) == ("42501", message)
+    assert_not_mallory(alice)
+
+
+# --- Tokens the attacker might bring ----------------------------------------------------------------
+
+def test_token_signed_with_another_secret(alice):
+    token = forged(MALLORY, hashlib.sha256(b"guess").digest(), alice.pid, alice.backend_start)
+    assert_error(fail(alice, session_jwt.INIT_QUERY, [token]), "invalid JWT signature", "23514")
+    assert_not_mallory(alice)
+
+
+def test_altered_payload(alice):
+    header, payload, signature = alice.token(ALICE).split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))) | {"sub": "mallory"}
+    tampered = f"{header}.{b64url(json.dumps(claims))}.{signature}"
+    assert_error(fail(alice, session_jwt.INIT_QUERY, [tampered]), "invalid JWT signature", "23514")
+    assert_not_mallory(alice)
+
+
+def test_replayed_earlier_token(alice):
+    old = alice.token(MALLORY)
+    alice.login(ALICE)
+    assert_error(fail(alice, session_jwt.INIT_QUERY, [old]), "Token ID must be strictly monotonically increasing.", "23514")
+    assert_not_mallory(alice)
+
+
+def test_token_minted_for_another_connection(cluster, db, alice):
+    other = JwtSession(cluster, db)
+    try:
+        token = forged(MALLORY, cluster.session_secret, other.pid, other.backend_start)
+        assert_error(fail(alice, session_jwt.INIT_QUERY, [token]), "invalid JWT signature", "23514")
+        assert_not_mallory(alice)
+        other.init(token)  # the token is genuine, just not for alice's backend
+        assert identity(other) == ("mallory", "mallory")
+    finally:
+        other.close()
+
+
+def test_token_for_a_previous_backend_with_the_same_pid(alice):
+    """Pids are reused: a token bound to (pid, an older start time) must not pass on the new backend."""
+    token = forged(MALLORY, alice.cluster.session_secret, alice.pid, "1000000000.000001")
+    assert_error(fail(alice, session_jwt.INIT_QUERY, [token]), "invalid JWT signature", "23514")
+    assert_not_mallory(alice)
+
+
+def test_stale_state_left_by_a_previous_backend_is_not_trusted(cluster, db):
+    victim = psycopg.connect(cluster.conninfo(user="authenticated", dbname=db, options=session_jwt.startup_options()),
+                             autocommit=True)
+    try:
+        pid = victim.info.backend_pid
+        token = f"{b64url('{}')}.{b64url(json.dumps(MALLORY | {'jti': 1}))}.forged"
+        with psycopg.connect(cluster.conninfo(dbname=db), autocommit=True) as admin:
+            # what a backend that used this pid before would have left: a cached token and a high jti
+            admin.execute("""insert into _pg_session_jwt.backend values (%s, 'earlier', '\\x00', '\\x00', true, 99, %s, %s)
+                             on conflict (pid) do update set backend_start = 'earlier', cached_jwt = excluded.cached_jwt,
+                                 cached_payload = excluded.cached_payload, last_jti = 99""",
+                          [pid, token, json.dumps(MALLORY | {"jti": 1})])
+        victim.execute(sql.SQL("set pg_session_jwt.jwt = {}").format(sql.Literal(token)))
+        with pytest.raises(errors.CheckViolation, match="invalid JWT signature"):
+            victim.execute("select auth.user_id()")
+    finally:
+        victim.close()
+
+
+def test_expired_token(alice):
+    exp = math.floor(time.time()) - 120
+    assert_error(fail(alice, session_jwt.INIT_QUERY, [alice.token(MALLORY | {"exp": exp})]),
+                 "Token used after it has expired", "23514", f"exp={exp}")
+    assert_not_mallory(alice)
+
+
+@pytest.mark.parametrize("parameter", ["pg_session_jwt.jwt", "pg_session_jwt.jwk", "request.jwt.claims"])
+def test_role_defaults_cannot_carry_the_extensions_parameters(alice, db, parameter):
+    """A role may set its own defaults, but not for a parameter no loaded module defines (PG15+),
+    so a token cannot be planted for the connections the proxy opens later."""
+    token = forged(MALLORY, alice.cluster.session_secret, alice.pid, alice.backend_start)
+    for target in (sql.SQL(""), sql.SQL("in database {} ").format(sql.Identifier(db))):
+        statement = sql.SQL("alter role authenticated {}set {} = {}").format(target, sql.Identifier(*parameter.split(".")), sql.Literal(token))
+        error = fail(alice, statement)
+        assert (error.sqlstate, error.diag.message_primary) == ("42501", f'permission denied to set parameter "{parameter}"')
+    assert_not_mallory(alice)
+
+
+# --- The other side: sessions without a JWK keep the PostgREST fallback -----------------------------
+
+def test_owner_session_without_jwk_honours_request_jwt_claims(cluster, db):
+    """The owner, the console and test helpers connect without a JWK: claims are theirs to set."""
+    with psycopg.connect(cluster.conninfo(user=OWNER, dbname=db), autocommit=True) as owner:
+        owner.execute("""set request.jwt.claims = '{"sub":"console-user"}'""")
+        assert owner.execute("select auth.user_id(), auth.session() ->> 'sub'").fetchone() == ("console-user", "console-user")
