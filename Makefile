@@ -13,8 +13,8 @@ $(BIN)/neon-local: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	@touch $@
 
-tests/node/node_modules: tests/node/package.json
-	cd tests/node && npm install --no-audit --no-fund --loglevel=error
+tests/node/node_modules: tests/node/package.json tests/node/package-lock.json
+	cd tests/node && npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
 test: install
