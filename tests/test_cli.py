@@ -78,3 +78,21 @@ def test_bad_config_is_a_clear_error(project):
 def test_bad_flag_value_is_a_clear_error(project):
     result = neon_local("up", "--compat", "loose", cwd=project)
     assert result.returncode == 2 and "'loose' is not one of 'neon', 'extended'" in result.stderr
+
+
+def test_up_again_after_neon_local_was_killed(project):
+    """kill -9 of neon-local leaves its Postgres behind (or stops it via the parent-death signal); `up` recovers either way."""
+    first = neon_local("up", "--detach", "--http-port", "0", "--pg-port", "0", cwd=project)
+    assert first.returncode == 0, first.stderr
+    state = json.loads(neon_local("status", "--json", cwd=project).stdout)
+    with psycopg.connect(state["urls"]["owner"], autocommit=True) as conn:
+        conn.execute("create table kept (v text); insert into kept values ('before kill -9')")
+    os.kill(state["pid"], 9)
+    second = neon_local("up", "--detach", "--http-port", "0", "--pg-port", "0", cwd=project)
+    try:
+        assert second.returncode == 0, second.stderr
+        state = json.loads(neon_local("status", "--json", cwd=project).stdout)
+        with psycopg.connect(state["urls"]["owner"]) as conn:
+            assert conn.execute("select v from kept").fetchall() == [("before kill -9",)]
+    finally:
+        neon_local("down", cwd=project)
