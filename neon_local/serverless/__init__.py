@@ -1,0 +1,1 @@
+"""Neon's serverless protocols: SQL over HTTP and Postgres over WebSocket."""

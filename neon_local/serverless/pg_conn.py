@@ -1,0 +1,338 @@
+"""One Postgres connection driven at the libpq level (psycopg's `pq`), as Neon's proxy drives tokio-postgres.
+
+Every statement goes through the extended protocol in pipeline mode (so `$1` and `%` pass untouched
+and two statements in one query fail as on Neon), rows arrive in chunks (so a huge result can be
+refused before it is all in memory), and values stay Postgres text (a TextLoader for every type OID).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import struct
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, Sequence
+
+import psycopg
+from psycopg import pq
+from psycopg.adapt import AdaptersMap, Transformer
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.types.string import TextLoader
+
+from neon_local.postgres import session_jwt
+from neon_local.serverless.json import Column
+
+if TYPE_CHECKING:
+    from neon_local.serverless.conn_pool import Pool
+
+__all__ = ["Backend", "ConnectionLost", "PgError", "RESET_STATEMENTS", "ResultSink", "Statement", "connect"]
+
+log = logging.getLogger(__name__)
+
+# Neon's reset_session_background, statement by statement; no DISCARD ALL (query plans survive).
+RESET_STATEMENTS = (
+    b"ROLLBACK", b"CLOSE ALL", b"SET SESSION AUTHORIZATION DEFAULT", b"RESET ALL", b"DEALLOCATE ALL",
+    b"UNLISTEN *", b"SELECT pg_advisory_unlock_all()", b"DISCARD TEMP", b"DISCARD SEQUENCES",
+)
+CHUNK_ROWS = 1000
+
+S = pq.ExecStatus
+_BUSY = object()
+_ROW_STATUSES = frozenset((S.TUPLES_CHUNK, S.TUPLES_OK, S.SINGLE_TUPLE, S.COMMAND_OK, S.EMPTY_QUERY))
+_TEXT = AdaptersMap()
+_TEXT.register_loader(0, TextLoader)  # the fallback loader: every type comes back as its text
+
+
+class PgError(Exception):
+    """Postgres answered with an ErrorResponse; `fields` maps its field codes (C, M, S, …) to text."""
+
+    def __init__(self, fields: dict[str, str]) -> None:
+        super().__init__(fields.get("M", ""))
+        self.fields = fields
+
+
+class ConnectionLost(Exception):
+    """The backend connection broke or misbehaved; the message is libpq's (or ours)."""
+
+
+class ResultSink(Protocol):
+    """Receives one statement's result: its columns once, its rows in chunks, then its command tag."""
+
+    async def columns(self, columns: list[Column]) -> None: ...
+
+    def rows(self, rows: list[tuple]) -> None: ...
+
+    def end(self, tag: str) -> None: ...
+
+
+@dataclass
+class Statement:
+    sql: str
+    params: Sequence[str | None] = ()
+    sink: ResultSink | None = None
+
+
+class _FirstRow:
+    """A sink that keeps the first row, for the proxy's own queries."""
+
+    def __init__(self) -> None:
+        self.row: tuple | None = None
+
+    async def columns(self, columns: list[Column]) -> None:
+        pass
+
+    def rows(self, rows: list[tuple]) -> None:
+        if self.row is None:
+            self.row = rows[0]
+
+    def end(self, tag: str) -> None:
+        pass
+
+
+def _error_fields(result: pq.PGresult) -> dict[str, str]:
+    fields = {}
+    for code in "SVCMDHPpqWstcdnFLR":
+        value = result.error_field(ord(code))
+        if value is not None:
+            fields[code] = value.decode(errors="replace")
+    return fields or {"M": result.error_message.decode(errors="replace").strip()}
+
+
+def _columns(result: pq.PGresult) -> list[Column]:
+    return [Column(result.fname(i).decode(), result.ftype(i), result.ftable(i), result.ftablecol(i),
+                   result.fsize(i), result.fmod(i)) for i in range(result.nfields)]
+
+
+class Backend:
+    """One Postgres connection in non-blocking mode, driven from the event loop."""
+
+    def __init__(self, conn: psycopg.AsyncConnection, pool: Pool | None = None) -> None:
+        self.conn = conn
+        self.pool = pool
+        self.pg = conn.pgconn
+        self.pg.nonblocking = 1
+        self.pid = self.pg.backend_pid
+        self.signer: session_jwt.SessionSigner | None = None
+        self.broken = False
+        self.idle_since = 0.0
+        self.reset_pending = False
+        self._running = False
+        self._transformer = Transformer(_TEXT)
+        self._loop = asyncio.get_running_loop()
+        self._waiter: asyncio.Future | None = None
+        self._fd = self.pg.socket
+        # Pipeline mode for the connection's whole life: every statement takes the extended protocol,
+        # and the reset can ride in the same write as the request's last statement.
+        self.pg.enter_pipeline_mode()
+        # One reader for the connection's whole life: it wakes a waiting request, or, while the
+        # connection idles, drains what arrives (the reset's results, notices) and notices a closed socket.
+        self._loop.add_reader(self._fd, self._on_readable)
+
+    def _on_readable(self) -> None:
+        if self._waiter is not None:
+            if not self._waiter.done():
+                self._waiter.set_result(None)
+            return
+        try:
+            self.pg.consume_input()
+        except psycopg.OperationalError:
+            self._mark_broken()
+
+    def _mark_broken(self) -> None:
+        if not self.broken:
+            self.broken = True
+            self._loop.remove_reader(self._fd)
+
+    async def _readable(self) -> None:
+        self._waiter = self._loop.create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    async def _flush(self) -> None:
+        while self.pg.flush():
+            writable = self._loop.create_future()
+            self._loop.add_writer(self._fd, writable.set_result, None)
+            try:
+                await writable
+            finally:
+                self._loop.remove_writer(self._fd)
+
+    def _take(self) -> pq.PGresult | None | object:
+        """The next result if libpq holds it whole, else _BUSY: lets loops skip a coroutine per result."""
+        return _BUSY if self.pg.is_busy() else self.pg.get_result()
+
+    async def _result(self) -> pq.PGresult | None:
+        try:
+            while self.pg.is_busy():
+                await self._readable()
+                self.pg.consume_input()
+            return self.pg.get_result()
+        except psycopg.OperationalError as exc:
+            self._mark_broken()
+            raise ConnectionLost(str(exc).strip() or "connection closed") from None
+
+    async def run(self, statements: Sequence[Statement], reset_after: bool = False) -> None:
+        """Send the statements and one Sync in a single write, read every result; raise the first PgError.
+
+        With `reset_after`, Neon's reset follows in the same write: Postgres runs it as soon as the
+        statements are done, and its results are read when the connection is next taken from the pool.
+        Anything escaping but a PgError (a sink's error, cancellation) leaves the connection
+        mid-pipeline, so it is marked broken and must be discarded.
+        """
+        self._running = True
+        try:
+            self._send(statements, reset_after)
+            await self._flush()
+            error = await self._receive(statements)
+            self._running = False
+        except psycopg.OperationalError as exc:
+            raise ConnectionLost(str(exc).strip()) from None
+        finally:
+            if self._running:
+                self._mark_broken()
+        if error is not None:
+            raise PgError(error)
+
+    def _send(self, statements: Sequence[Statement], reset_after: bool) -> None:
+        for statement in statements:
+            self.pg.send_query_params(statement.sql.encode(), [p if p is None else p.encode() for p in statement.params])
+        self.pg.pipeline_sync()
+        if reset_after:
+            self._send_reset()
+
+    async def _receive(self, statements: Sequence[Statement]) -> dict[str, str] | None:
+        """Every statement's results, then the Sync's; the first error's fields, if any."""
+        error = None
+        for statement in statements:
+            failed = await self._read_statement(statement.sink)
+            error = error or failed
+        await self._read_sync()
+        return error
+
+    async def _read_sync(self) -> None:
+        result = await self._result()
+        if result is None or result.status != S.PIPELINE_SYNC:
+            raise ConnectionLost("unexpected message from server")
+
+    async def _read_statement(self, sink: ResultSink | None) -> dict[str, str] | None:
+        """One statement's results, up to the NULL that ends them; returns its error fields, if any."""
+        try:
+            self.pg.set_chunked_rows_mode(CHUNK_ROWS)
+        except psycopg.OperationalError:  # refused after an error aborted the pipeline: nothing to chunk
+            pass
+        error, tag, described = None, "", False
+        while True:
+            result = self._take()
+            if result is _BUSY:
+                result = await self._result()
+            if result is None:
+                break
+            status = result.status
+            if status in _ROW_STATUSES:
+                tag = (result.command_status or b"").decode() or tag
+                if sink is not None:
+                    if not described:
+                        await sink.columns(_columns(result))
+                        described = True
+                    if result.ntuples:
+                        self._transformer.set_pgresult(result)
+                        sink.rows(self._transformer.load_rows(0, result.ntuples, tuple))
+            elif status == S.FATAL_ERROR:
+                error = _error_fields(result)
+            elif status != S.PIPELINE_ABORTED:  # COPY and friends: tokio-postgres fails on them too
+                raise ConnectionLost("unexpected message from server")
+        if sink is not None and error is None:
+            sink.end(tag)
+        return error
+
+    async def first_row(self, sql: str, params: Sequence[str | None] = ()) -> tuple | None:
+        sink = _FirstRow()
+        await self.run([Statement(sql, params, sink)])
+        return sink.row
+
+    def _send_reset(self) -> None:
+        for statement in RESET_STATEMENTS:
+            self.pg.send_query_params(statement, [])
+        self.pg.pipeline_sync()
+        self.reset_pending = True
+
+    def queue_reset(self) -> None:
+        """Send Neon's reset now without waiting (locks and an open transaction go at once)."""
+        try:
+            self._send_reset()
+            if self.pg.flush():
+                self._mark_broken()  # the socket is backed up: not worth keeping
+        except psycopg.OperationalError:
+            self._mark_broken()
+
+    async def finish_reset(self) -> bool:
+        """Read the pending reset's results: True if it ran cleanly and the session is idle."""
+        if not self.reset_pending:
+            return True
+        self.reset_pending = False
+        clean = True
+        while True:
+            result = self._take()
+            if result is _BUSY:
+                result = await self._result()
+            if result is None:  # the end of one statement's results
+                continue
+            if result.status == S.PIPELINE_SYNC:
+                return clean and self.pg.transaction_status == pq.TransactionStatus.IDLE
+            clean = clean and result.status in (S.COMMAND_OK, S.TUPLES_OK)
+
+    async def close(self) -> None:
+        """Close; a query still running is cancelled first, so it neither finishes nor commits."""
+        self._mark_broken()
+        if self._running:
+            try:
+                await self.conn.cancel_safe(timeout=5.0)
+            except psycopg.Error as exc:
+                log.warning("could not cancel the query on backend %s: %s", self.pid, exc)
+        await self.conn.close()
+
+
+async def connect(conninfo: str, pool: Pool | None = None) -> Backend:
+    """Open a connection; a refusal raises PgError with Postgres's own fields (e.g. 3D000)."""
+    try:
+        conn = await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
+    except psycopg.OperationalError as exc:
+        fields = await _startup_error(conninfo)
+        if fields is None:
+            raise ConnectionLost(str(exc).strip()) from None
+        raise PgError(fields) from None
+    return Backend(conn, pool)
+
+
+async def _startup_error(conninfo: str) -> dict[str, str] | None:
+    """Replay the startup by hand to read the ErrorResponse's fields, which libpq only gives as text."""
+    params = conninfo_to_dict(conninfo)
+    path = os.path.join(params["host"], f".s.PGSQL.{params.get('port', 5432)}")
+    startup = {"user": params.get("user"), "database": params.get("dbname"), "options": params.get("options")}
+    body = struct.pack("!i", 196608) + b"".join(
+        k.encode() + b"\0" + str(v).encode() + b"\0" for k, v in startup.items() if v) + b"\0"
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(path), 5)
+        try:
+            writer.write(struct.pack("!i", len(body) + 4) + body)
+            return await asyncio.wait_for(_read_startup_error(reader), 5)
+        finally:
+            writer.close()
+    except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, struct.error):
+        return None
+
+
+async def _read_startup_error(reader: asyncio.StreamReader) -> dict[str, str] | None:
+    """Skip AuthenticationOk and ParameterStatus; the ErrorResponse's fields, or None at ReadyForQuery."""
+    while True:
+        kind, length = struct.unpack("!ci", await reader.readexactly(5))
+        data = await reader.readexactly(length - 4)
+        if kind == b"E":
+            return {chr(item[0]): item[1:].decode(errors="replace") for item in data.split(b"\0") if item}
+        if kind == b"Z" or (kind == b"R" and data[:4] != b"\0\0\0\0"):  # ready, or asked for a password
+            return None
+
+

@@ -1,0 +1,247 @@
+"""POST /sql, OPTIONS /sql and the catch-all 400: Neon's SQL over HTTP on the pools and the JWT verifier.
+
+One request: parse (connection string, option headers, body), authenticate (bearer JWT for the JWT
+roles, the role's SCRAM verifier otherwise), take a pooled connection, initialise the session JWT
+as Neon's local_proxy does, run the query or the batch, answer Neon's JSON. Any error or a client
+that went away drops the connection (cancelling its query); a clean one goes back behind the reset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from typing import Sequence
+
+from aiohttp import web
+
+from neon_local.auth.verifier import JwtError, VerifiedToken
+from neon_local.postgres import session_jwt
+from neon_local.serverless.conn_pool import MAX_PER_POOL, ConnPool, ExtensionSetupError
+from neon_local.serverless.errors import SqlOverHttpError, cancelled_body, not_supported_body
+from neon_local.serverless.http_request import (
+    MAX_REQUEST_BYTES, ConnInfo, Headers, Payload, Query, parse_body, parse_conn_info, parse_headers,
+)
+from neon_local.serverless.json import Column, PgTextError, ResponseTooLarge, ResponseWriter, row_encoder
+from neon_local.serverless.pg_conn import Backend, ConnectionLost, PgError, Statement
+
+__all__ = ["SqlOverHttp"]
+
+log = logging.getLogger(__name__)
+
+MAX_RESPONSE_BYTES = 10 * 1024 * 1024
+DISCONNECT_POLL = 0.1  # how often a running request checks that its client is still there
+OPTIONS_HEADERS = {
+    "Allow": "OPTIONS, POST",
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Headers": "Authorization, Neon-Connection-String, Neon-Raw-Text-Output, Neon-Array-Mode, "
+                                    "Neon-Pool-Opt-In, Neon-Batch-Read-Only, Neon-Batch-Isolation-Level",
+    "Access-Control-Max-Age": "86400",
+}
+
+
+class _ClientGone(Exception):
+    """The HTTP client disconnected while its request ran."""
+
+
+def _request_id(request: web.Request) -> str:
+    """Neon's local_proxy keeps a valid neon-request-id from the request; otherwise a new one."""
+    given = request.headers.get("neon-request-id")
+    if given:
+        try:
+            return str(uuid.UUID(given))
+        except ValueError:
+            pass
+    return str(uuid.uuid4())
+
+
+def _json_response(status: int, body: bytes, request: web.Request, extra: dict[str, str] | None = None) -> web.Response:
+    headers = {"Access-Control-Allow-Origin": "*", "neon-request-id": _request_id(request), **(extra or {})}
+    return web.Response(status=status, body=body, headers=headers, content_type="application/json")
+
+
+async def _read_body(request: web.Request) -> bytes:
+    try:
+        return await _read_limited(request)
+    except (asyncio.IncompleteReadError, ConnectionError) as exc:  # the client went away mid-body
+        raise SqlOverHttpError(400, f"could not read the HTTP request body: {exc}") from None
+
+
+async def _read_limited(request: web.Request) -> bytes:
+    too_large = SqlOverHttpError(413, f"request is too large (max is {MAX_REQUEST_BYTES} bytes)")
+    length = request.content_length
+    if length is not None:
+        if length > MAX_REQUEST_BYTES:
+            raise too_large
+        return await request.content.readexactly(length)
+    chunks, size = [], 0  # chunked transfer encoding: count as it comes
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > MAX_REQUEST_BYTES:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class _DisconnectWatch:
+    """Cancels the request's task if its client disconnects (Neon cancels the query then)."""
+
+    def __init__(self, request: web.Request) -> None:
+        self.fired = False
+        self._request = request
+        self._task = asyncio.current_task()
+        self._handle: asyncio.TimerHandle | None = None
+
+    def __enter__(self) -> "_DisconnectWatch":
+        self._handle = asyncio.get_running_loop().call_later(DISCONNECT_POLL, self._check)
+        return self
+
+    def _check(self) -> None:
+        transport = self._request.transport
+        if transport is None or transport.is_closing():
+            self.fired = True
+            self._task.cancel()
+        else:
+            self._handle = asyncio.get_running_loop().call_later(DISCONNECT_POLL, self._check)
+
+    def __exit__(self, *exc_info) -> None:
+        self._handle.cancel()
+
+
+class _QuerySink:
+    """Writes one query's result into the response as it streams in."""
+
+    def __init__(self, owner: "SqlOverHttp", writer: ResponseWriter, dbname: str, raw: bool, array_mode: bool) -> None:
+        self._owner = owner
+        self._writer = writer
+        self._dbname = dbname
+        self._raw = raw
+        self._array_mode = array_mode
+        self._encode = None
+
+    async def columns(self, columns: list[Column]) -> None:
+        elements = {} if self._raw else await self._owner.pools.array_elements(self._dbname, [c.type_oid for c in columns])
+        self._writer.begin_result(columns)
+        self._encode = row_encoder(columns, self._raw, self._array_mode, elements)
+
+    def rows(self, rows: list[tuple]) -> None:
+        self._writer.add_rows(self._encode(rows), len(rows), lambda: self._encode(rows[-1:]))
+
+    def end(self, tag: str) -> None:
+        self._writer.end_result(tag, self._array_mode)
+
+
+class SqlOverHttp:
+    """The /sql handlers; `close()` closes every pooled connection."""
+
+    def __init__(self, settings, cluster, verifier, *, max_connections_per_pool: int = MAX_PER_POOL) -> None:
+        self.settings = settings
+        self.pools = ConnPool(cluster, max_connections_per_pool)
+        self._verifier = verifier
+        self._jwt_roles = frozenset(settings.jwt_roles)
+
+    async def handle_options(self, request: web.Request) -> web.Response:
+        return web.Response(status=200, headers={**OPTIONS_HEADERS, "neon-request-id": _request_id(request)})
+
+    async def not_supported(self, request: web.Request) -> web.Response:
+        return _json_response(400, not_supported_body(), request)
+
+    async def close(self) -> None:
+        await self.pools.close()
+
+    async def handle_sql(self, request: web.Request) -> web.Response:
+        try:
+            body, extra = await self._serve(request)
+        except SqlOverHttpError as exc:
+            return _json_response(exc.status, exc.body(), request)
+        except _ClientGone:
+            return _json_response(400, cancelled_body(), request)
+        return _json_response(200, body, request, extra)
+
+    async def _serve(self, request: web.Request) -> tuple[bytes, dict[str, str]]:
+        info = parse_conn_info(request.headers, self._jwt_roles)
+        headers = parse_headers(request.headers)
+        payload = parse_body(await _read_body(request))
+        with _DisconnectWatch(request) as watch:
+            try:
+                return await self._authorized(info, headers, payload), headers.echo() if payload.batch else {}
+            except asyncio.CancelledError:
+                if not watch.fired:
+                    raise
+                asyncio.current_task().uncancel()
+                raise _ClientGone() from None
+
+    async def _authorized(self, info: ConnInfo, headers: Headers, payload: Payload) -> bytes:
+        verified = await self._authenticate(info)
+        backend = await self._connect(info, verified is not None)
+        try:
+            if verified is not None:
+                await self._init_session(backend, verified)
+            body = await (self._batch if payload.batch else self._single)(backend, info.dbname, headers, payload.queries)
+        except BaseException:
+            self.pools.discard(backend)
+            raise
+        self.pools.release(backend)
+        return body
+
+    async def _authenticate(self, info: ConnInfo) -> VerifiedToken | None:
+        if info.jwt is None:
+            if not await self.pools.check_password(info.user, info.password):
+                raise SqlOverHttpError(400, f"password authentication failed for user '{info.user}'")
+            return None
+        try:
+            return self._verifier.verify_cached(info.jwt, info.user) or await self._verifier.verify(info.jwt, info.user)
+        except JwtError as exc:
+            raise SqlOverHttpError(400, exc.message) from None
+
+    async def _connect(self, info: ConnInfo, jwt: bool) -> Backend:
+        try:
+            return await self.pools.acquire(info.dbname, info.user, jwt)
+        except PgError as exc:  # a wrong database name is the user's mistake; anything else is ours
+            raise SqlOverHttpError.postgres(exc.fields, 400 if exc.fields.get("C") == "3D000" else 500) from None
+        except ConnectionLost as exc:
+            raise SqlOverHttpError(500, str(exc)) from None
+        except ExtensionSetupError as exc:
+            log.error("could not set up pg_session_jwt for role %s in database %s: %s", info.user, info.dbname, exc)
+            raise SqlOverHttpError(500, "could not set up the JWT authorization database extension") from None
+
+    async def _init_session(self, backend: Backend, verified: VerifiedToken) -> None:
+        """local_proxy's per-request step: the verified claims, re-signed with the next jti, before any user SQL."""
+        token = backend.signer.token_for(verified.payload)
+        try:
+            await backend.run([Statement(session_jwt.INIT_QUERY, [token])])
+        except PgError as exc:
+            raise SqlOverHttpError.internal_postgres(exc.fields) from None
+        except ConnectionLost as exc:
+            raise SqlOverHttpError(500, str(exc)) from None
+
+    def _statement(self, query: Query, writer: ResponseWriter, dbname: str, headers: Headers) -> Statement:
+        array_mode = headers.array_mode if query.array_mode is None else query.array_mode
+        return Statement(query.text, query.params, _QuerySink(self, writer, dbname, headers.raw_output, array_mode))
+
+    async def _single(self, backend: Backend, dbname: str, headers: Headers, queries: Sequence[Query]) -> bytes:
+        writer = ResponseWriter(MAX_RESPONSE_BYTES)
+        await self._run(backend, [self._statement(queries[0], writer, dbname, headers)], reset_after=True)
+        return writer.body()
+
+    async def _batch(self, backend: Backend, dbname: str, headers: Headers, queries: Sequence[Query]) -> bytes:
+        """One transaction: the first error fails the whole batch; COMMIT only once every result is in."""
+        writer = ResponseWriter(MAX_RESPONSE_BYTES)
+        writer.begin_batch()
+        statements = [self._statement(query, writer, dbname, headers) for query in queries]
+        await self._run(backend, [Statement(headers.begin_statement()), *statements])
+        await self._run(backend, [Statement("COMMIT")], reset_after=True)
+        writer.end_batch()
+        return writer.body()
+
+    async def _run(self, backend: Backend, statements: list[Statement], reset_after: bool = False) -> None:
+        try:
+            await backend.run(statements, reset_after)
+        except PgError as exc:
+            raise SqlOverHttpError.postgres(exc.fields) from None
+        except ConnectionLost as exc:
+            raise SqlOverHttpError(400, str(exc)) from None
+        except ResponseTooLarge as exc:
+            raise SqlOverHttpError(507, str(exc)) from None
+        except PgTextError:
+            raise SqlOverHttpError(500, "could not parse postgres response") from None
