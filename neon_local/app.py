@@ -150,7 +150,7 @@ class Emulator:
             "host": e.host, "http_port": e.http_port, "pg_port": e.pg_port,
             "urls": {"owner": e.owner_url, "authenticated": e.authenticated_url, "sql": e.sql_url,
                      "websocket": e.ws_url, "issuer": e.issuer_url, "console": f"{e.http_url}/console"},
-            "tls_ca": str(self.data_dir / "tls" / "ca.pem"),
+            "tls_ca": str(self.pg_proxy.tls_files.ca_cert),
             "started_in": round(self.started_in or 0, 3),
         }
 

@@ -1,0 +1,157 @@
+"""Clients that act as one identity on one database: SQL over HTTP, psycopg through the TCP proxy, or directly.
+
+Rows come back as dicts with values decoded by psycopg's type loaders on every path, so the same query
+gives equal results over HTTP and over TCP. A refused query carries a note (PEP 678, shown by pytest)
+saying which role and claims it ran with and which policy or grant Postgres points at.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import psycopg
+from psycopg.adapt import Transformer
+from psycopg.pq import Format
+from psycopg.rows import dict_row
+
+from neon_local.testing.explain import Explainer, Identity, is_refusal
+
+HTTP_TIMEOUT = 30.0
+
+
+class QueryError(Exception):
+    """SQL over HTTP answered with an error: Postgres's message, its SQLSTATE as `code`, the HTTP `status` and `body`."""
+
+    def __init__(self, status: int, body: Any) -> None:
+        fields = body if isinstance(body, dict) else {"message": str(body)}
+        super().__init__(fields.get("message") or f"HTTP {status}")
+        self.status = status
+        self.body = body
+        self.code: str = fields.get("code") or ""
+        self.detail: str | None = fields.get("detail")
+        self.hint: str | None = fields.get("hint")
+
+
+class HttpClient:
+    """Neon's SQL over HTTP as one identity, sent the way the serverless driver sends it (raw text, array mode)."""
+
+    def __init__(self, url: str, connection_string: str, token: str, identity: Identity, explainer: Explainer,
+                 http: httpx.Client) -> None:
+        self.url = url
+        self.connection_string = connection_string
+        self.token = token
+        self.identity = identity
+        self._explainer = explainer
+        self._http = http
+
+    def __repr__(self) -> str:
+        return f"<HttpClient {self.identity.describe()} token=[secure]>"
+
+    def sql(self, query: str, *params: Any) -> list[dict[str, Any]]:
+        """Run one query with $1, $2 ... bound to `params`; rows as dicts."""
+        return self._rows(self._http.post(self.url, **self._request(query, params)), query)
+
+    async def asql(self, query: str, *params: Any) -> list[dict[str, Any]]:
+        async with httpx.AsyncClient(timeout=HTTP_TIMEOUT) as http:
+            response = await http.post(self.url, **self._request(query, params))
+        return self._rows(response, query)
+
+    def _request(self, query: str, params: tuple) -> dict[str, Any]:
+        headers = {"Neon-Connection-String": self.connection_string, "Authorization": f"Bearer {self.token}",
+                   "Neon-Raw-Text-Output": "true", "Neon-Array-Mode": "true", "Content-Type": "application/json"}
+        # Dates, UUIDs and decimals go as their text, as the JS driver sends Date objects as ISO strings.
+        return {"headers": headers, "content": json.dumps({"query": query, "params": list(params)}, default=str)}
+
+    def _rows(self, response: httpx.Response, query: str) -> list[dict[str, Any]]:
+        try:
+            body = response.json()
+        except ValueError:
+            body = response.text
+        if response.status_code != 200:
+            error = QueryError(response.status_code, body)
+            if not error.code or is_refusal(error.code):  # no code: the proxy refused (a bad or expired JWT, say)
+                error.add_note(self._explainer.explain(str(error), self.identity, query))
+            raise error
+        return decode_rows(body["fields"], body["rows"])
+
+
+def decode_rows(fields: list[dict[str, Any]], rows: list[list[str | None]]) -> list[dict[str, Any]]:
+    """Text values to Python values by type OID, with psycopg's loaders (unknown types stay text)."""
+    transformer = Transformer()
+    transformer.set_loader_types([f["dataTypeID"] for f in fields], Format.TEXT)
+    names = [f["name"] for f in fields]
+    return [dict(zip(names, transformer.load_sequence([None if v is None else v.encode() for v in row]))) for row in rows]
+
+
+def _note(exc: psycopg.Error, connection: Any, query: Any) -> None:
+    identity, explainer = getattr(connection, "identity", None), getattr(connection, "explainer", None)
+    if identity is not None and explainer is not None and is_refusal(exc.sqlstate):
+        text = query if isinstance(query, str) else ""
+        exc.add_note(explainer.explain(exc.diag.message_primary or str(exc), identity, text))
+
+
+class ExplainingCursor(psycopg.Cursor):
+    def execute(self, query, params=None, **kwargs):
+        try:
+            return super().execute(query, params, **kwargs)
+        except psycopg.Error as exc:
+            _note(exc, self.connection, query)
+            raise
+
+    def executemany(self, query, params_seq, **kwargs):
+        try:
+            return super().executemany(query, params_seq, **kwargs)
+        except psycopg.Error as exc:
+            _note(exc, self.connection, query)
+            raise
+
+
+class AsyncExplainingCursor(psycopg.AsyncCursor):
+    async def execute(self, query, params=None, **kwargs):
+        try:
+            return await super().execute(query, params, **kwargs)
+        except psycopg.Error as exc:
+            _note(exc, self.connection, query)
+            raise
+
+    async def executemany(self, query, params_seq, **kwargs):
+        try:
+            return await super().executemany(query, params_seq, **kwargs)
+        except psycopg.Error as exc:
+            _note(exc, self.connection, query)
+            raise
+
+
+class NeonConnection(psycopg.Connection):
+    """A psycopg connection that knows whom it acts as (`identity`), so refused queries explain themselves."""
+
+    identity: Identity | None = None
+    explainer: Explainer | None = None
+
+
+class AsyncNeonConnection(psycopg.AsyncConnection):
+    identity: Identity | None = None
+    explainer: Explainer | None = None
+
+
+def connect(url: str, identity: Identity, explainer: Explainer, **kwargs: Any) -> NeonConnection:
+    """psycopg.connect, with dict rows and explained refusals."""
+    try:
+        conn = NeonConnection.connect(url, row_factory=dict_row, cursor_factory=ExplainingCursor, **kwargs)
+    except psycopg.OperationalError as exc:
+        exc.add_note(f"neon-local: connecting {identity.describe()} failed.")
+        raise
+    conn.identity, conn.explainer = identity, explainer
+    return conn
+
+
+async def aconnect(url: str, identity: Identity, explainer: Explainer, **kwargs: Any) -> AsyncNeonConnection:
+    try:
+        conn = await AsyncNeonConnection.connect(url, row_factory=dict_row, cursor_factory=AsyncExplainingCursor, **kwargs)
+    except psycopg.OperationalError as exc:
+        exc.add_note(f"neon-local: connecting {identity.describe()} failed.")
+        raise
+    conn.identity, conn.explainer = identity, explainer
+    return conn
