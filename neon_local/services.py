@@ -11,7 +11,6 @@ from neon_local.auth.keys import KeyRing
 from neon_local.auth.providers import ProviderCache
 from neon_local.auth.verifier import Verifier
 from neon_local.proxy.server import PgProxyServer
-from neon_local.proxy.tls import ensure_tls
 from neon_local.serverless.sql_over_http import SqlOverHttp
 from neon_local.serverless.websocket import WebSocketAdapter
 
@@ -30,8 +29,7 @@ async def start_services(emulator: "Emulator", http_sock, pg_sock) -> None:
     emulator.verifier = Verifier(settings, emulator.keyring, emulator.providers)
     emulator.sql = SqlOverHttp(settings, emulator.cluster, emulator.verifier)
     emulator.add_closer(emulator.sql.close)
-    tls = ensure_tls(data_dir / "tls")
-    emulator.pg_proxy = PgProxyServer(settings, emulator.cluster, emulator.verifier, tls)
+    emulator.pg_proxy = PgProxyServer(settings, emulator.cluster, emulator.verifier, data_dir / "tls")
     emulator.websocket = WebSocketAdapter(emulator.pg_proxy)
     await emulator.pg_proxy.start(pg_sock)
     emulator.add_closer(emulator.pg_proxy.close)

@@ -1,0 +1,282 @@
+"""The asyncio side of the proxy: the TCP listener, the Unix-socket connections to Postgres, the byte relay.
+
+This is the only module that opens sockets. Each connection is a `Conduit` (an asyncio Protocol):
+during the handshake the session pulls bytes from it with `read()`; in the relay, bytes go
+straight from one transport to the other in `data_received`, and a full write buffer on one side
+pauses reading on the other (pause_writing/resume_writing), the shape PgBouncer-class relays need.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import secrets
+import socket
+import ssl
+from pathlib import Path
+
+from neon_local.proxy import tls
+from neon_local.proxy.backend import Catalog
+from neon_local.proxy.session import MITM_DETAIL, UNENCRYPTED_DATA, ProxyContext, Session
+from neon_local.wire.codec import ProtocolViolation
+
+log = logging.getLogger(__name__)
+
+
+class Conduit(asyncio.Protocol):
+    """One socket of a proxied session: read in the handshake, joined to a peer for the relay."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.closed = asyncio.get_running_loop().create_future()
+        self._buffer = bytearray()
+        self._waiter: asyncio.Future | None = None
+        self._eof = False
+        self._peer = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if self._peer is not None:
+            self._peer.write(data)
+            return
+        self._buffer += data
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._wake()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._eof = True
+        self._wake()
+        if not self.closed.done():
+            self.closed.set_result(None)
+        if self._peer is not None:
+            self._peer.close()
+
+    # A full outgoing buffer here means the peer is sending faster than we can deliver: hold it back.
+    def pause_writing(self) -> None:
+        if self._peer is not None:
+            self._peer.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._peer is not None:
+            self._peer.resume_reading()
+
+    def pause_reading(self) -> None:
+        if not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    async def read(self) -> bytes:
+        while not self._buffer and not self._eof:
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        data = bytes(self._buffer)
+        self._buffer.clear()
+        return data
+
+    def write(self, data: bytes) -> None:
+        if not self.transport.is_closing():
+            self.transport.write(data)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def join(self, peer, pending: bytes = b"") -> None:
+        """From now on relay to `peer`: first `pending` (already parsed past), then anything buffered."""
+        if pending:
+            peer.write(pending)
+        if self._buffer:
+            peer.write(bytes(self._buffer))
+            self._buffer.clear()
+        self._peer = peer
+        if self._eof:
+            peer.close()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+
+class DirectTls:
+    """TLS for a client that opens with a ClientHello (libpq 17+ `sslnegotiation=direct`).
+
+    asyncio cannot start TLS over bytes it has already delivered, so this runs the TLS object over
+    memory buffers: received bytes in, plaintext out; plaintext in, bytes to send out.
+    """
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        self._incoming, self._outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self._tls = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
+        self._ready = False
+
+    def unwrap(self, data: bytes) -> bytes:
+        """Feed received bytes; return the plaintext they complete. Raises ssl.SSLError on a bad peer."""
+        self._incoming.write(data)
+        if not self._ready:
+            try:
+                self._tls.do_handshake()
+            except ssl.SSLWantReadError:
+                return b""
+            if self._tls.selected_alpn_protocol() != "postgresql":  # Postgres refuses direct TLS without it
+                raise ssl.SSLError("direct TLS without the postgresql ALPN protocol")
+            self._ready = True
+        chunks = []
+        while True:
+            try:
+                chunk = self._tls.read(65536)
+            except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def wrap(self, data: bytes) -> bytes:
+        self._tls.write(data)
+        return self.pending()
+
+    def pending(self) -> bytes:
+        return self._outgoing.read()
+
+
+class ClientConduit(Conduit):
+    """A TCP client: it starts its own session and can switch to TLS in place (or start with it)."""
+
+    can_tls = True
+
+    def __init__(self, server: "PgProxyServer") -> None:
+        super().__init__()
+        self._server = server
+        self._direct: DirectTls | None = None
+        self._first = True
+        self.is_tls = False
+        self.is_loopback = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        peer = transport.get_extra_info("peername")
+        self.is_loopback = _is_loopback(peer)
+        self._server.spawn(Session(self._server.context, self).run())
+
+    def data_received(self, data: bytes) -> None:
+        if self._first:
+            self._first = False
+            # A TLS handshake record where a startup packet's length would be: direct TLS.
+            if data[:1] == b"\x16" and self._server.context.tls_context is not None:
+                self._direct, self.is_tls = DirectTls(self._server.context.tls_context), True
+        if self._direct is not None:
+            try:
+                data = self._direct.unwrap(data)
+            except ssl.SSLError as exc:
+                log.info("direct TLS handshake with a client failed: %s", exc)
+                self.transport.abort()
+                return
+            self.transport.write(self._direct.pending())
+            if not data:
+                return
+        super().data_received(data)
+
+    def write(self, data: bytes) -> None:
+        if self._direct is not None:
+            data = self._direct.wrap(data)
+        super().write(data)
+
+    async def start_tls(self, context: ssl.SSLContext) -> None:
+        if self._buffer:  # plaintext that arrived before the handshake
+            raise ProtocolViolation(UNENCRYPTED_DATA, detail=MITM_DETAIL)
+        loop = asyncio.get_running_loop()
+        try:
+            self.transport = await loop.start_tls(self.transport, self, context, server_side=True)
+        except (OSError, ssl.SSLError, ConnectionError) as exc:
+            log.info("TLS handshake with a client failed: %s", exc)
+            raise ProtocolViolation(None) from None
+        self.is_tls = True
+
+    async def relay(self, backend: Conduit, pending: bytes, backend_pending: bytes) -> None:
+        backend.join(self, backend_pending)
+        self.join(backend, pending)
+        try:
+            await asyncio.wait([self.closed, backend.closed], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            backend.close()
+
+
+def _is_loopback(peer) -> bool:
+    try:
+        return ipaddress.ip_address(peer[0]).is_loopback
+    except (TypeError, ValueError, IndexError):
+        return isinstance(peer, str)  # a Unix socket peer is local
+
+
+class PgProxyServer:
+    """Postgres over TCP (TLS offered) and, through `serverless.websocket`, over WebSocket.
+
+    `PgProxyServer(settings, cluster, verifier, tls_files)`: `settings.jwt_roles` take JWTs as their
+    password, every other role authenticates with its Postgres password; `cluster` is the running
+    Postgres (its `socket_dir`, `port`, `superuser` and `session_secret` are used); `verifier` is the
+    auth module's JWT verifier; `tls_files` is `tls.ensure_tls(dir)` (or the directory itself).
+    Then `port = await server.start(host, port)` (or `start(bound_socket)`) and `await server.close()`.
+    """
+
+    def __init__(self, settings, cluster, verifier, tls_files: tls.TlsFiles | Path) -> None:
+        self.settings = settings
+        self.cluster = cluster
+        self.tls_files = tls_files if isinstance(tls_files, tls.TlsFiles) else tls.ensure_tls(Path(tls_files))
+        self.context = ProxyContext(
+            jwt_roles=settings.jwt_roles,
+            verifier=verifier,
+            session_secret=cluster.session_secret,
+            open_backend_socket=self.open_backend_socket,
+            catalog=Catalog(self.open_backend_socket, cluster.superuser, settings.database),
+            tls_context=tls.server_context(self.tls_files),
+            channel_binding=tls.channel_binding_data(self.tls_files),
+            mock_secret=secrets.token_bytes(32),
+        )
+        self._servers: list[asyncio.AbstractServer] = []
+        self._tasks: set[asyncio.Task] = set()
+
+    @property
+    def socket_path(self) -> str:
+        return str(Path(self.cluster.socket_dir) / f".s.PGSQL.{self.cluster.port}")
+
+    async def open_backend_socket(self) -> Conduit:
+        _, conduit = await asyncio.get_running_loop().create_unix_connection(Conduit, self.socket_path)
+        return conduit
+
+    async def start(self, host: str | socket.socket, port: int = 0) -> int:
+        """Listen on host:port (port 0 picks one) or on an already bound socket; returns the port."""
+        loop = asyncio.get_running_loop()
+        if isinstance(host, socket.socket):
+            server = await loop.create_server(lambda: ClientConduit(self), sock=host)
+        else:
+            server = await loop.create_server(lambda: ClientConduit(self), host, port, reuse_address=True)
+        self._servers.append(server)
+        return server.sockets[0].getsockname()[1]
+
+    def spawn(self, coroutine) -> asyncio.Task:
+        """Run a session as its own task, so one client's failure never reaches another."""
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def close(self) -> None:
+        for server in self._servers:
+            server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for server in self._servers:
+            await server.wait_closed()
+        self.context.catalog.close()
+
