@@ -165,7 +165,7 @@ class ClientConduit(Conduit):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         peer = transport.get_extra_info("peername")
-        self.is_loopback = _is_loopback(peer)
+        self.is_loopback = is_loopback(peer)
         self._server.spawn(Session(self._server.context, self).run())
 
     def data_received(self, data: bytes) -> None:
@@ -211,7 +211,8 @@ class ClientConduit(Conduit):
             backend.close()
 
 
-def _is_loopback(peer) -> bool:
+def is_loopback(peer) -> bool:
+    """Whether a peer address is this machine: where a JWT may travel as a cleartext password."""
     try:
         return ipaddress.ip_address(peer[0]).is_loopback
     except (TypeError, ValueError, IndexError):

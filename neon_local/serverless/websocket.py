@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import ipaddress
 import ssl
 
 from aiohttp import WSMsgType, web
 
+from neon_local.proxy.server import is_loopback
 from neon_local.proxy.session import Session
 from neon_local.wire.codec import ProtocolViolation
 
@@ -33,7 +33,7 @@ class WebSocketChannel:
         self._ws = ws
         transport = request.transport
         self.is_tls = transport is not None and transport.get_extra_info("sslcontext") is not None
-        self.is_loopback = _is_loopback(transport.get_extra_info("peername") if transport else None)
+        self.is_loopback = is_loopback(transport.get_extra_info("peername") if transport else None)
         self._outgoing: collections.deque[bytes] = collections.deque()
         self._queued = 0
         self._backend = None
@@ -117,13 +117,6 @@ class WebSocketChannel:
         finally:
             if not self.done.done():
                 self.done.set_result(None)
-
-
-def _is_loopback(peer) -> bool:
-    try:
-        return ipaddress.ip_address(peer[0]).is_loopback
-    except (TypeError, ValueError, IndexError):
-        return False
 
 
 class WebSocketAdapter:
