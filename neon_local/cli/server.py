@@ -24,12 +24,12 @@ from neon_local.settings import Settings
 STARTUP_ERRORS = (PortInUse, AlreadyRunning, PostgresError, BinariesNotFound)
 
 
-def banner(state: dict) -> str:
+def banner(state: dict, headline: str | None = None) -> str:
     urls = state["urls"]
     pg = state["postgres"]
+    headline = headline or f"neon-local {state['version']} is ready in {state['started_in']:.2f} s"
     return "\n".join([
-        f"neon-local {state['version']} is ready in {state['started_in']:.2f} s "
-        f"(PostgreSQL {pg['version']} from {pg['source']})",
+        f"{headline} (PostgreSQL {pg['version']} from {pg['source']})",
         "",
         f"  Owner URL          {urls['owner']}",
         f"  Authenticated URL  {urls['authenticated']}   (a JWT is the password)",
@@ -133,7 +133,8 @@ def status(settings: Settings, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"running": bool(state), **(state or {"data_dir": str(settings.resolved_data_dir)})}, indent=2))
     elif state:
-        click.echo(banner(state).replace("is ready in", "has been running since start-up in", 1))
+        minutes = (time.time() - state["started_at"]) / 60
+        click.echo(banner(state, f"neon-local {state['version']} is running, up {minutes:.0f} min"))
         click.echo(f"\n  Ports              HTTP {state['http_port']}, Postgres {state['pg_port']} on {state['host']}")
         click.echo(f"  Pids               neon-local {state['pid']}, Postgres {state['postgres']['pid']}")
         click.echo(f"  TLS CA             {state['tls_ca']}")
