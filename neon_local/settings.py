@@ -68,6 +68,7 @@ class Provider:
     jwks_file: Path | None = None
     provider_name: str = ""
     jwt_audience: str | None = None
+    jwt_issuer: str | None = None  # neon-local only: Neon never checks iss
 
     @property
     def builtin(self) -> bool:
@@ -187,6 +188,7 @@ def _providers_from(raw: Any, origin: str) -> tuple[Provider, ...]:
                 jwks_file=Path(jwks_file) if jwks_file else None,
                 provider_name=str(entry.get("provider_name", "")),
                 jwt_audience=entry.get("jwt_audience"),
+                jwt_issuer=entry.get("jwt_issuer"),
             )
         )
     if not any(p.builtin for p in providers):

@@ -263,12 +263,13 @@ def test_providers_cli_adds_lists_and_removes_tables(tmp_path, monkeypatch):
     def run(*args):
         return runner.invoke(providers, list(args))
 
-    added = run("add", "clerk", "--jwks-url", "https://x.clerk.accounts.dev/.well-known/jwks.json", "--role", "authenticated", "--audience", 'a "quoted" \\ aud')
+    added = run("add", "clerk", "--jwks-url", "https://x.clerk.accounts.dev/.well-known/jwks.json", "--role", "authenticated", "--audience", 'a "quoted" \\ aud', "--issuer", "https://x.clerk.accounts.dev")
     assert added.exit_code == 0, added.output
     assert run("add", "local", "--jwks-file", "keys/jwks.json", "--provider-name", "Ünïcode").exit_code == 0
     settings = load_settings(cwd=tmp_path)
     clerk, local = settings.providers[1:]
     assert clerk.role_names == ("authenticated",) and clerk.jwt_audience == 'a "quoted" \\ aud'
+    assert clerk.jwt_issuer == "https://x.clerk.accounts.dev"
     assert local.jwks_file.as_posix() == "keys/jwks.json" and local.provider_name == "Ünïcode"
     assert local.role_names == ("authenticated", "anonymous")
     listed = run("list").output.splitlines()

@@ -401,3 +401,23 @@ def test_bench_reports_every_algorithm_and_mode():
         (alg, mode) for alg in ("ES256", "RS256", "EdDSA") for mode in ("raw cryptography", "cold verify", "cached")
     ]
     assert all(r["ops_per_sec"] > 0 and r["us_per_op"] > 0 for r in rows)
+
+
+@pytest.mark.parametrize("iss, accepted", [
+    ("http://issuer.example", True),
+    ("http://issuer.example/evil", False),  # a longer string starting with the configured one
+    ("http://issuer.exampl", False),
+    (None, False),
+])
+async def test_issuer_is_checked_only_when_configured_and_exactly(tmp_path, iss, accepted):
+    ring = KeyRing.load_or_create(tmp_path / "keys")
+    strict = Settings(project_dir=tmp_path, providers=(Provider(BUILTIN_PROVIDER_ID, jwt_issuer="http://issuer.example"),))
+    claims = {"iss": iss} if iss else {}
+    token = Issuer(Settings(project_dir=tmp_path), ring, "http://ignored").sign({"sub": "u", "exp": NOW + 600, **claims})
+    if accepted:
+        assert (await Verifier(strict, ring, ProviderCache(strict)).verify(token, "authenticated")).claims["iss"] == iss
+    else:
+        with pytest.raises(JwtError, match="is not the provider's jwt_issuer 'http://issuer.example'"):
+            await Verifier(strict, ring, ProviderCache(strict)).verify(token, "authenticated")
+    lax = Settings(project_dir=tmp_path)
+    assert (await Verifier(lax, ring, ProviderCache(lax)).verify(token, "authenticated")).claims["sub"] == "u"

@@ -243,9 +243,12 @@ def _check_signature(token: _Token, key: VerifyKey, extended: bool) -> str | Non
 
 
 def _check_claims(token: _Token, provider: Provider, now: float) -> None:
-    """Neon's aud, exp and nbf checks, then our iat rule."""
+    """Neon's aud, exp and nbf checks, then our iss (only when configured) and iat rules."""
     if provider.jwt_audience is not None and provider.jwt_audience not in token.audience:
         raise JwtError(INVALID_AUDIENCE, f"expected {provider.jwt_audience!r}, got {list(token.audience)!r}")
+    if provider.jwt_issuer is not None and token.claims.get("iss") != provider.jwt_issuer:
+        # Exact match: a prefix or a lookalike must not pass (the CVE-2024-53861 pattern).
+        raise JwtError(f"JWT token issuer {token.claims.get('iss')!r} is not the provider's jwt_issuer {provider.jwt_issuer!r}")
     exp = token.claims.get("exp")
     if exp is not None and now >= exp + LEEWAY_SECONDS:
         raise JwtError(f"JWT token has expired (exp={exp})")

@@ -144,7 +144,7 @@ def _toml_string(value: str) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def _jwks_table(provider_id, jwks_url, jwks_file, provider_name, roles, audience) -> str:
+def _jwks_table(provider_id, jwks_url, jwks_file, provider_name, roles, audience, issuer) -> str:
     lines = ["[[jwks]]", f"id = {_toml_string(provider_id)}"]
     if jwks_url:
         lines.append(f"jwks_url = {_toml_string(jwks_url)}")
@@ -154,6 +154,8 @@ def _jwks_table(provider_id, jwks_url, jwks_file, provider_name, roles, audience
     lines.append("role_names = [" + ", ".join(map(_toml_string, roles)) + "]")
     if audience:
         lines.append(f"jwt_audience = {_toml_string(audience)}")
+    if issuer:
+        lines.append(f"jwt_issuer = {_toml_string(issuer)}")
     return "\n".join(lines) + "\n"
 
 
@@ -179,7 +181,8 @@ def _write_checked(path: Path, text: str) -> None:
 @click.option("--provider-name", help="Display name, as in Neon's console (default: the id).")
 @click.option("--role", "roles", multiple=True, help=f"Postgres role that accepts this provider's tokens (default: {', '.join(DEFAULT_JWT_ROLES)}). Repeatable.")
 @click.option("--audience", help="Require this aud, as Neon's jwt_audience.")
-def providers_add(provider_id, jwks_url, jwks_file, provider_name, roles, audience):
+@click.option("--issuer", help="Require exactly this iss (neon-local only: Neon never checks iss).")
+def providers_add(provider_id, jwks_url, jwks_file, provider_name, roles, audience, issuer):
     """Add an external provider as a [[jwks]] table in neon_local.toml."""
     settings = _settings()
     if bool(jwks_url) == bool(jwks_file):
@@ -191,7 +194,7 @@ def providers_add(provider_id, jwks_url, jwks_file, provider_name, roles, audien
     path = _config_path(settings)
     text = path.read_text() if path.exists() else ""
     separator = "" if not text or text.endswith("\n\n") else ("\n" if text.endswith("\n") else "\n\n")
-    table = _jwks_table(provider_id, jwks_url, jwks_file, provider_name, roles or DEFAULT_JWT_ROLES, audience)
+    table = _jwks_table(provider_id, jwks_url, jwks_file, provider_name, roles or DEFAULT_JWT_ROLES, audience, issuer)
     _write_checked(path, text + separator + table)
     click.echo(f"added provider {provider_id} to {path}")
 
