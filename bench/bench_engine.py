@@ -60,7 +60,11 @@ def floor_by_hand() -> tuple[float, float]:
 
 
 def _rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:  # a short-lived backend that exited meanwhile
+        return 0
+    for line in status.splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
@@ -86,7 +90,8 @@ def up_to_first_query(cache: Path, data_dir: Path | None) -> tuple[float, int, i
     url = f"postgresql://neondb_owner:npg_neonlocal@127.0.0.1:{pg_port}/neondb?sslmode=require"
     began = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "neon_local", "up", *where, "--http-port", str(http_port),
-                             "--pg-port", str(pg_port)], stdout=subprocess.DEVNULL, env=env, cwd=tempfile.gettempdir())
+                             "--pg-port", str(pg_port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=env, cwd=tempfile.gettempdir())
     try:
         while True:
             if proc.poll() is not None:
