@@ -85,7 +85,7 @@ def _descendants(pid: int) -> list[int]:
 def up_to_first_query(cache: Path, data_dir: Path | None) -> tuple[float, int, int]:
     """Seconds from spawning `neon-local up` to a query answered through the TCP proxy; RSS of it and of Postgres."""
     http_port, pg_port = _free_port(), _free_port()
-    env = dict(os.environ, XDG_CACHE_HOME=str(cache), NEON_LOCAL_LOG_LEVEL="warning")
+    env = dict(os.environ, NEON_LOCAL_CACHE_DIR=str(cache), NEON_LOCAL_LOG_LEVEL="warning")
     where = ["--data-dir", str(data_dir)] if data_dir else ["--ephemeral"]
     url = f"postgresql://neondb_owner:npg_neonlocal@127.0.0.1:{pg_port}/neondb?sslmode=require"
     began = time.perf_counter()
