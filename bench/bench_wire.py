@@ -136,12 +136,13 @@ async def _bench(directory: Path) -> list[dict]:
     from neon_local.postgres.binaries import find_binaries
     from neon_local.postgres.bootstrap import bootstrap
     from neon_local.postgres.cluster import PostgresCluster
+    from neon_local.postgres.template import neon_template
     from neon_local.settings import Settings
 
     settings = Settings(project_dir=directory, data_dir=directory / "data", http_port=0, pg_port=0)
     binaries = find_binaries()
     cluster = PostgresCluster(binaries, directory / "data" / "pgdata", directory / "postgres.log")
-    cluster.prepare()
+    cluster.prepare(await neon_template(binaries, settings))
     await cluster.start()
     bouncer = None
     try:

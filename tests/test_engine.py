@@ -18,6 +18,7 @@ from neon_local.ports import PortInUse
 from neon_local.postgres.binaries import BinariesNotFound, find_binaries
 from neon_local.postgres.bootstrap import bootstrap
 from neon_local.postgres.cluster import PostgresCluster
+from neon_local.postgres.template import neon_template
 from neon_local.settings import Settings
 
 # The migration drizzle-kit generates for a todos table with crudPolicy (reference §3), applied unchanged.
@@ -185,7 +186,7 @@ async def test_older_postgres_gets_the_stub_without_system_writes(tmp_path):
     assert binaries.major == 15
     settings = _emulator_settings(tmp_path)
     pg = PostgresCluster(binaries, tmp_path / "pgdata", tmp_path / "postgres.log")
-    pg.prepare()
+    pg.prepare(await neon_template(binaries, settings))
     await pg.start()
     try:
         await bootstrap(pg, settings)

@@ -16,6 +16,7 @@ import pytest
 from neon_local.postgres.binaries import find_binaries
 from neon_local.postgres.bootstrap import bootstrap
 from neon_local.postgres.cluster import PostgresCluster
+from neon_local.postgres.template import neon_template
 from neon_local.wire import messages as m
 from proxy_support import RawClient, proxy, start_proxy, wait_until_running  # noqa: F401 (fixtures)
 
@@ -232,7 +233,7 @@ async def test_wrong_key_and_finished_session_cancel_nothing(proxy):
 async def own_cluster(settings, tmp_path):
     """A Postgres of this test's own, so restarting it disturbs no other test."""
     pg = PostgresCluster(find_binaries(settings.pg_bin), tmp_path / "pgdata", tmp_path / "postgres.log")
-    pg.prepare()
+    pg.prepare(await neon_template(pg.binaries, settings))
     await pg.start()
     await bootstrap(pg, settings)
     yield pg

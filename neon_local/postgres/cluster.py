@@ -21,7 +21,6 @@ log = logging.getLogger(__name__)
 
 SUPERUSER = "cloud_admin"  # Neon's name for the superuser that users never get
 SOCKET_PORT = 5432  # only names the socket file; Postgres listens on no TCP port
-TEMPLATE_FORMAT = 3  # bump when the template's contents change, so caches are rebuilt
 
 # Settings fit for a laptop: fast start and stop, English messages (Neon's texts are matched byte for byte).
 # fsync is off but commits stay synchronous: each commit write()s its WAL to the kernel, so a crash
@@ -30,6 +29,7 @@ CONF = """
 # neon-local: settings for local development (edit freely; ALTER SYSTEM works too)
 fsync = off
 full_page_writes = off
+min_wal_size = 2MB
 max_connections = 200
 shared_buffers = 128MB
 lc_messages = 'C'
@@ -117,35 +117,16 @@ def cache_dir() -> Path:
     return path
 
 
-def template_path(binaries: PgBinaries) -> Path:
-    key = hashlib.sha256(f"{TEMPLATE_FORMAT}:{binaries.bin_dir}:{binaries.version}".encode()).hexdigest()[:12]
-    return cache_dir() / "templates" / f"pg{binaries.version}-{key}"
-
-
-def ensure_template(binaries: PgBinaries, run_as: RunAs) -> tuple[Path, bool]:
-    """An initdb'd cluster cached per Postgres install; returns (path, whether it was just made)."""
-    target = template_path(binaries)
-    if (target / "PG_VERSION").is_file():
-        return target, False
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".initdb-", dir=target.parent))
-    run_as.give(staging)
-    pgdata = staging / "pgdata"
-    cmd = [*run_as.prefix(), str(binaries.tool("initdb")), "-D", str(pgdata), "-U", SUPERUSER,
-           "--auth=trust", "--encoding=UTF8", "--locale=C", "--no-sync", "--no-instructions"]
+def initdb(binaries: PgBinaries, run_as: RunAs, pgdata: Path) -> None:
+    """A new cluster with neon-local's settings. 1 MB WAL segments keep copies of it small and fast."""
+    cmd = [*run_as.prefix(), str(binaries.tool("initdb")), "-D", str(pgdata), "-U", SUPERUSER, "--auth=trust",
+           "--encoding=UTF8", "--locale=C", "--no-sync", "--no-instructions", "--wal-segsize=1"]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
-        shutil.rmtree(staging, ignore_errors=True)
         raise PostgresError(f"initdb failed ({binaries.describe()}):\n{result.stderr.strip()}")
     with open(pgdata / "postgresql.conf", "a") as conf:
         conf.write(CONF)
     (pgdata / "pg_hba.conf").write_text(HBA)
-    try:
-        os.rename(pgdata, target)  # atomic: a parallel worker that lost the race keeps the winner's copy
-    except OSError:
-        pass
-    shutil.rmtree(staging, ignore_errors=True)
-    return target, True
 
 
 def _world_reachable(path: Path) -> bool:
@@ -184,23 +165,22 @@ class PostgresCluster:
         parts = {"host": str(self.socket_dir), "port": str(self.port), "user": user, "dbname": dbname, **params}
         return " ".join(f"{k}='{_escape(v)}'" for k, v in parts.items())
 
-    def prepare(self) -> None:
-        """Create the data directory from the template when it does not exist yet."""
+    def prepare(self, template: Path) -> None:
+        """Create the data directory as a copy of `template` (see postgres.template) when it does not exist yet."""
         if not (self.data_dir / "PG_VERSION").is_file():
-            template, _ = ensure_template(self.binaries, self.run_as)
             if self.data_dir.exists() and any(self.data_dir.iterdir()):
                 raise PostgresError(f"{self.data_dir} exists but holds no Postgres cluster. Move it away or pick another --data-dir.")
             self.data_dir.parent.mkdir(parents=True, exist_ok=True)
             if self.data_dir.exists():
                 self.data_dir.rmdir()
             subprocess.run(["cp", "-a", str(template), str(self.data_dir)], check=True)
-            session_jwt.write_secret(self.data_dir, session_jwt.new_secret())
-            self.run_as.give(self.data_dir / session_jwt.SECRET_FILENAME)
             self.created = True
         self._check_version()
+        if not (self.data_dir / session_jwt.SECRET_FILENAME).is_file():
+            # Each cluster gets its own secret: copies of one template must not share it.
+            session_jwt.write_secret(self.data_dir, session_jwt.new_secret())
+            self.run_as.give(self.data_dir / session_jwt.SECRET_FILENAME)
         self.session_secret = session_jwt.read_secret(self.data_dir)
-        self.socket_dir.mkdir(mode=0o700, exist_ok=True)
-        self.run_as.give(self.socket_dir)
 
     def _check_version(self) -> None:
         found = (self.data_dir / "PG_VERSION").read_text().strip()
@@ -229,6 +209,8 @@ class PostgresCluster:
 
     async def start(self, timeout: float = 30.0) -> None:
         self.stop_orphan()
+        self.socket_dir.mkdir(mode=0o700, exist_ok=True)
+        self.run_as.give(self.socket_dir)
         args = [*self.run_as.prefix(), *server_command(self.binaries), "-D", str(self.data_dir),
                 "-c", "listen_addresses=", "-c", f"unix_socket_directories={self.socket_dir}",
                 "-c", f"port={self.port}"]
@@ -288,6 +270,7 @@ class PostgresCluster:
         except asyncio.TimeoutError:
             self._process.send_signal(signal.SIGQUIT)
             await self._process.wait()
+        shutil.rmtree(self.socket_dir, ignore_errors=True)
 
 
 def _escape(value: str) -> str:

@@ -1,0 +1,65 @@
+"""The cached template cluster: initdb plus the Neon-shaped bootstrap, done once so new data dirs are copies.
+
+A template is keyed by the Postgres install, by the settings the bootstrap reads (database, owner,
+password, JWT roles) and by the stub's files, so changing any of them builds a new one. Building
+happens in a staging directory renamed into place at the end, so parallel test workers racing to
+build the same template each end up with a complete one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from neon_local.postgres import session_jwt
+from neon_local.postgres.binaries import PgBinaries
+from neon_local.postgres.bootstrap import bootstrap
+from neon_local.postgres.cluster import PostgresCluster, RunAs, cache_dir, initdb
+from neon_local.postgres.extension_path import STUB_FILES_DIR
+from neon_local.settings import Settings
+
+FORMAT = 5  # bump when what a template holds changes without its inputs changing
+
+
+def _key(binaries: PgBinaries, settings: Settings) -> str:
+    digest = hashlib.sha256()
+    for part in (FORMAT, binaries.bin_dir, binaries.version, settings.database, settings.owner,
+                 settings.owner_password, settings.jwt_roles):
+        digest.update(repr(part).encode())
+    for stub_file in sorted(STUB_FILES_DIR.iterdir()):
+        digest.update(stub_file.name.encode() + stub_file.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+async def neon_template(binaries: PgBinaries, settings: Settings) -> Path:
+    """The path of a stopped cluster shaped like a Neon branch for `settings`, built on first use."""
+    run_as = RunAs()
+    binaries = run_as.reachable(binaries)
+    target = cache_dir() / "templates" / f"pg{binaries.version}-{_key(binaries, settings)}"
+    if (target / "PG_VERSION").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".build-", dir=target.parent))
+    try:
+        run_as.give(staging)
+        pgdata = staging / "pgdata"
+        initdb(binaries, run_as, pgdata)
+        builder = PostgresCluster(binaries, pgdata, staging / "build.log")
+        builder.prepare(pgdata)
+        await builder.start()
+        try:
+            await bootstrap(builder, settings)
+        finally:
+            await builder.stop()
+        for leftover in ("postmaster.opts", session_jwt.SECRET_FILENAME):
+            (pgdata / leftover).unlink(missing_ok=True)
+        try:
+            os.rename(pgdata, target)
+        except OSError:  # another process built the same template first: keep theirs
+            pass
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
