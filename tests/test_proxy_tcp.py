@@ -264,3 +264,15 @@ def test_tls_files_are_kept_and_the_server_certificate_renewed(tmp_path, monkeyp
     short = (tmp_path / "short" / "server.crt").read_bytes()
     assert tls.ensure_tls(tmp_path / "short").server_cert.read_bytes() != short
     assert tls.ensure_tls(tmp_path).ca_cert.read_bytes() == ca
+
+
+async def test_plain_tcp_on_loopback_works_but_says_neon_would_refuse(settings, cluster, tmp_path, caplog):
+    own = await start_proxy(settings, cluster, tmp_path)
+    try:
+        for _ in range(2):
+            assert await fetch(own.url("authenticated", sslmode="disable"), "select auth.user_id()", own.token("plain")) == [("plain",)]
+    finally:
+        await own.server.close()
+    warnings = [r.getMessage() for r in caplog.records if "without TLS" in r.getMessage()]
+    assert warnings == [f"a client connected over TCP without TLS; Neon refuses that ({INSECURE}), "
+                        "neon-local allows it from this machine only. Use sslmode=require to match Neon."]

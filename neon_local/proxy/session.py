@@ -66,6 +66,13 @@ class ProxyContext:
     channel_binding: bytes | None = None
     mock_secret: bytes = b""
     auth_timeout: float = 60.0  # Postgres's authentication_timeout: no connection idles in the handshake
+    warned: set[str] = field(default_factory=set)
+
+    def warn_once(self, key: str, message: str) -> None:
+        """Say once per process where neon-local is looser than Neon, without flooding the log."""
+        if key not in self.warned:
+            self.warned.add(key)
+            log.warning(message)
 
 
 class ClientError(Exception):
@@ -229,6 +236,9 @@ class Session:
         if startup is None:
             return None
         vetted = vet_startup(startup)
+        if self.client.can_tls and not self.client.is_tls:
+            self.ctx.warn_once("plaintext-tcp", f"a client connected over TCP without TLS; Neon refuses that ({INSECURE}), "
+                                                "neon-local allows it from this machine only. Use sslmode=require to match Neon.")
         if vetted.minor > 0 or vetted.unrecognized:
             self.client.write(m.negotiate_protocol_version(0, vetted.unrecognized))
         if vetted.user in self.ctx.jwt_roles:
