@@ -21,7 +21,7 @@ from neon_local.postgres.bootstrap import bootstrap
 from neon_local.postgres.cluster import PostgresCluster, PostgresError
 from neon_local.postgres.template import neon_template
 from neon_local.services import start_services
-from neon_local.settings import Settings
+from neon_local.settings import Settings, url_host
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +135,7 @@ class Emulator:
         await self.cluster.start()
         self._stack.append(self.cluster.stop)
         await bootstrap(self.cluster, settings)
-        url_host = "127.0.0.1" if settings.host in ("0.0.0.0", "") else settings.host
-        self.endpoints = Endpoints(url_host, http_sock.getsockname()[1], pg_sock.getsockname()[1],
+        self.endpoints = Endpoints(url_host(settings.host), http_sock.getsockname()[1], pg_sock.getsockname()[1],
                                    settings.database, settings.owner, settings.owner_password)
         await start_services(self, await keyring, http_sock, pg_sock)
         self._supervisor = asyncio.create_task(self._supervise_postgres())

@@ -119,6 +119,12 @@ class Settings:
         return replace(self, providers=providers)
 
 
+def url_host(host: str) -> str:
+    """How URLs name a listener bound to `host`: a wildcard becomes loopback, IPv6 gets brackets."""
+    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"[{host}]" if ":" in host else host
+
+
 def find_config_file(start: Path) -> Path | None:
     """The nearest neon_local.toml in `start` or a parent, like git finds its repository."""
     for directory in (start, *start.parents):

@@ -28,7 +28,7 @@ from joserfc.errors import SecurityWarning
 
 from neon_local.auth.keys import ALGORITHMS, KeyRing
 from neon_local.auth.verifier import JwtError, parse_token
-from neon_local.settings import Settings
+from neon_local.settings import Settings, url_host
 
 __all__ = ["Issuer", "IssuerError", "default_issuer_url"]
 
@@ -66,10 +66,7 @@ class _Grant:
 
 def default_issuer_url(settings: Settings) -> str:
     """The issuer URL tokens carry as `iss`: the HTTP listener as seen from this machine."""
-    host = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(settings.host, settings.host)
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"
-    return f"http://{host}:{settings.http_port}"
+    return f"http://{url_host(settings.host)}:{settings.http_port}"
 
 
 def _b64url(data: bytes) -> str:

@@ -173,7 +173,7 @@ def psql(settings: Settings, as_user: str | None, role: str | None, psql_args: t
     if not state:
         fail("neon-local is not running; start it with `neon-local up -d` first.")
     env = dict(os.environ, PGSSLMODE="require", PGSSLROOTCERT=state["tls_ca"])
-    host, port = state["host"], str(state["pg_port"])
+    host, port = state["host"].strip("[]"), str(state["pg_port"])  # psql -h takes IPv6 without brackets
     if as_user or (role and role in settings.jwt_roles):
         from neon_local.cli.auth import mint_for_cli
 

@@ -13,6 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from psycopg.conninfo import make_conninfo
+
 from neon_local.postgres import session_jwt
 from neon_local.postgres.binaries import PgBinaries
 from neon_local.postgres.extension_path import server_command
@@ -162,8 +164,7 @@ class PostgresCluster:
         self._stopping = False
 
     def conninfo(self, user: str = SUPERUSER, dbname: str = "neondb", **params: str) -> str:
-        parts = {"host": str(self.socket_dir), "port": str(self.port), "user": user, "dbname": dbname, **params}
-        return " ".join(f"{k}='{_escape(v)}'" for k, v in parts.items())
+        return make_conninfo(host=str(self.socket_dir), port=self.port, user=user, dbname=dbname, **params)
 
     def prepare(self, template: Path) -> None:
         """Create the data directory as a copy of `template` (see postgres.template) when it does not exist yet."""
@@ -272,6 +273,3 @@ class PostgresCluster:
             await self._process.wait()
         shutil.rmtree(self.socket_dir, ignore_errors=True)
 
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("'", "\\'")
