@@ -107,6 +107,8 @@ class Emulator:
         self._temp_dir: Path | None = None
         self._stack: list = []  # things to close, in reverse order
         self._supervisor: asyncio.Task | None = None
+        self._state_written = False
+        self.started_at: float | None = None
 
     @property
     def data_dir(self) -> Path:
@@ -114,16 +116,20 @@ class Emulator:
 
     async def start(self) -> None:
         began = time.perf_counter()
+        self.started_at = time.time()
         settings = self.settings
-        if settings.ephemeral:
-            self._temp_dir = Path(tempfile.mkdtemp(prefix="neon-local-", dir=_memory_dir()))
-        else:
-            running = read_state(self.data_dir)
+        # Even an --ephemeral instance keeps its state.json in the project's data dir, so that
+        # `status`, `psql` and `down` run from the project find it.
+        project_dir = settings.resolved_data_dir
+        if self.write_state:
+            running = read_state(project_dir)
             if running:
                 raise AlreadyRunning(
-                    f"neon-local is already running for {self.data_dir} (pid {running['pid']}, "
+                    f"neon-local is already running for {project_dir} (pid {running['pid']}, "
                     f"HTTP port {running['http_port']}). Use it, or stop it with `neon-local down`."
                 )
+        if settings.ephemeral:
+            self._temp_dir = Path(tempfile.mkdtemp(prefix="neon-local-", dir=_memory_dir()))
         self.data_dir.mkdir(parents=True, exist_ok=True)
         http_sock = bind(settings.host, settings.http_port, "http_port")
         pg_sock = bind(settings.host, settings.pg_port, "pg_port")
@@ -147,21 +153,26 @@ class Emulator:
         """What `status --json` prints: URLs, ports, pids, data dir, Postgres version."""
         e = self.endpoints
         return {
-            "pid": os.getpid(), "version": __version__, "started_at": time.time(),
-            "data_dir": str(self.data_dir), "config_file": str(self.settings.config_file or ""),
+            "pid": os.getpid(), "version": __version__, "started_at": self.started_at,
+            "data_dir": str(self.data_dir), "ephemeral": self.settings.ephemeral,
+            "config_file": str(self.settings.config_file) if self.settings.config_file else None,
+            "database": e.database, "owner": e.owner,
             "postgres": {"version": self.binaries.version, "source": self.binaries.source,
                          "pid": self.cluster.pid, "socket_dir": str(self.cluster.socket_dir)},
             "host": e.host, "http_port": e.http_port, "pg_port": e.pg_port,
             "urls": {"owner": e.owner_url, "authenticated": e.authenticated_url, "sql": e.sql_url,
-                     "websocket": e.ws_url, "issuer": e.issuer_url, "console": f"{e.http_url}/console"},
+                     "websocket": e.ws_url, "issuer": e.issuer_url},
             "tls_ca": str(self.pg_proxy.tls_files.ca_cert),
             "started_in": round(self.started_in or 0, 3),
         }
 
     def _write_state(self) -> None:
-        path = self.data_dir / STATE_FILENAME
+        path = self.settings.resolved_data_dir / STATE_FILENAME
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(self.state(), indent=2) + "\n")
-        self._stack.append(lambda: path.unlink(missing_ok=True))
+        if not self._state_written:
+            self._state_written = True
+            self._stack.append(lambda: path.unlink(missing_ok=True))
 
     async def _supervise_postgres(self) -> None:
         """Restart Postgres if it dies under us; clients get errors meanwhile, nobody has to restart neon-local."""
@@ -176,6 +187,8 @@ class Emulator:
                 try:
                     await self.cluster.start()
                     log.warning("Postgres is back (pid %s)", self.cluster.pid)
+                    if self.write_state:
+                        self._write_state()  # status shows the new pid
                     delay = 0.2
                     break
                 except PostgresError as exc:

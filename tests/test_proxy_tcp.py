@@ -58,6 +58,25 @@ async def test_wrong_expired_and_foreign_tokens_get_neons_messages(proxy, tmp_pa
     assert "jwk not found" in await connect_error(url, foreign)
 
 
+@pytest.mark.parametrize("token, message, hint", [
+    ("", "Provided authentication token is not a valid JWT encoding",
+     "authenticated is a JWT role: put a JWT in the password field (e.g. `neon-local token alice`)."),
+    ("expired", "JWT token has expired (exp=", "Get a fresh token, e.g. `neon-local token alice`."),
+])
+async def test_refusals_keep_neons_text_and_add_a_next_step(proxy, token, message, hint):
+    client = await RawClient.connect(proxy.port)
+    try:
+        await client.send(m.startup_message({"user": "authenticated", "database": "neondb"}))
+        assert (await client.read_message()).type == b"R"
+        await client.send(m.password_message(proxy.token(expired=True) if token == "expired" else token))
+        reply = await client.read_message()
+    finally:
+        client.close()
+    fields = {body[:1]: body[1:].decode() for body in reply.body.split(b"\0") if body}
+    assert reply.type == b"E" and fields[b"C"] == "28000"
+    assert fields[b"M"].startswith(message) and fields[b"H"] == hint
+
+
 async def test_token_for_a_role_its_provider_does_not_list_is_refused(proxy):
     # neondb_owner is a password role: a JWT there is just a wrong password.
     message = await connect_error(proxy.url(proxy.settings.owner), proxy.token())

@@ -14,7 +14,7 @@ from neon_local.auth.issuer import Issuer, IssuerError, default_issuer_url
 from neon_local.auth.keys import ALGORITHMS, KeyRing, KeyRingError
 from neon_local.auth.providers import ProviderCache
 from neon_local.app import read_state
-from neon_local.cli.common import settings_options
+from neon_local.cli.common import project_options
 from neon_local.settings import BUILTIN_PROVIDER_ID, CONFIG_FILENAME, DEFAULT_JWT_ROLES, ConfigError, Settings, load_settings, read_config_file
 
 __all__ = ["COMMANDS", "keys", "mint_for_cli", "providers", "token"]
@@ -58,22 +58,31 @@ def _issuer(settings: Settings) -> Issuer:
     return Issuer(settings, _keyring(settings), state["urls"]["issuer"] if state else default_issuer_url(settings))
 
 
+def _known_user(settings: Settings, user: str | None, sub: str | None) -> None:
+    """Refuse an unknown test user with the two ways forward the CLI offers."""
+    if user is None and sub is None:
+        raise click.UsageError("name a test user (neon-local token alice) or give a subject with --sub.")
+    if user is not None and user not in settings.users:
+        where = settings.config_file or "neon_local.toml"
+        raise click.UsageError(
+            f"no test user {user!r} (known: {', '.join(settings.users) or 'none'}). Add a [users.{user}] table "
+            f"to {where}, or mint for any subject with `neon-local token --sub user_{user}`."
+        )
+
+
 def mint_for_cli(settings: Settings, user: str) -> str:
     """A default token for test user `user` (for `psql --as`); an unknown user is a usage error."""
-    issuer = _issuer(settings)
-    try:
-        return issuer.mint(user)
-    except IssuerError as exc:
-        raise click.UsageError(str(exc)) from None
+    _known_user(settings, user, None)
+    return _issuer(settings).mint(user)
 
 
 @click.command("token")
-@settings_options
+@project_options
 @click.argument("user", required=False)
 @click.option("--sub", help="Subject; with USER it replaces the user's sub, without USER it is the only identity claim.")
 @click.option("--claim", "pairs", multiple=True, metavar="NAME=VALUE", help="Add or override a claim; VALUE is JSON if it parses (42, true, [1]), else a string. Repeatable.")
 @click.option("--claims", "claims_json", metavar="JSON", help="Add or override claims from a JSON object.")
-@click.option("--lifetime", type=int, default=3600, show_default=True, help="Seconds until exp.")
+@click.option("--lifetime", type=click.IntRange(min=1), default=3600, show_default=True, help="Seconds until exp.")
 @click.option("--expired", is_flag=True, help="Make exp two minutes past (beyond Neon's 30 s leeway).")
 @click.option("--not-before", type=int, metavar="SECONDS", help="Set nbf SECONDS from now; Neon refuses nbf 30 s or more ahead.")
 @click.option("--alg", type=click.Choice(ALGORITHMS), default="ES256", show_default=True, help="Signing algorithm; Neon accepts ES256 and RS256 only.")
@@ -81,7 +90,9 @@ def mint_for_cli(settings: Settings, user: str) -> str:
 @click.option("--audience", help="Set aud (needed when a provider has jwt_audience).")
 def token(user, sub, pairs, claims_json, lifetime, expired, not_before, alg, no_kid, audience):
     """Print a JWT for test user USER (see [users.*] in neon_local.toml) from the built-in issuer."""
-    issuer = _issuer(_settings())
+    settings = _settings()
+    _known_user(settings, user, sub)
+    issuer = _issuer(settings)
     try:
         click.echo(
             issuer.mint(
@@ -99,7 +110,7 @@ def keys():
 
 
 @keys.command("list")
-@settings_options
+@project_options
 def keys_list():
     """Show every key: kid, algorithm, creation time, and whether it signs new tokens."""
     ring = _keyring(_settings())
@@ -110,7 +121,7 @@ def keys_list():
 
 
 @keys.command("rotate")
-@settings_options
+@project_options
 @click.option("--alg", "algs", type=click.Choice(ALGORITHMS), multiple=True, help="Rotate only these algorithms (default: all).")
 def keys_rotate(algs):
     """Make new signing keys; the old ones stay in the JWKS, so issued tokens keep verifying, until removed."""
@@ -119,7 +130,7 @@ def keys_rotate(algs):
 
 
 @keys.command("remove")
-@settings_options
+@project_options
 @click.argument("kid")
 def keys_remove(kid):
     """Remove a retired key; tokens it signed stop verifying."""
@@ -159,6 +170,12 @@ def _jwks_table(provider_id, jwks_url, jwks_file, provider_name, roles, audience
     return "\n".join(lines) + "\n"
 
 
+def _restart_hint(settings: Settings) -> None:
+    # Keys are re-read by a running emulator; providers are read at start-up only.
+    if read_state(settings.resolved_data_dir):
+        click.echo("neon-local is running: restart it (`neon-local down`, then `neon-local up`) to use this change.")
+
+
 def _write_checked(path: Path, text: str) -> None:
     """Write the edited config, putting the old text back if the result no longer loads."""
     old = path.read_text() if path.exists() else None
@@ -174,9 +191,9 @@ def _write_checked(path: Path, text: str) -> None:
 
 
 @providers.command("add")
-@settings_options
+@project_options
 @click.argument("provider_id")
-@click.option("--jwks-url", help="HTTPS URL of the provider's JWKS, e.g. https://<app>.clerk.accounts.dev/.well-known/jwks.json.")
+@click.option("--jwks-url", help="URL of the provider's JWKS, e.g. https://<app>.clerk.accounts.dev/.well-known/jwks.json (http:// for a local server).")
 @click.option("--jwks-file", help="A local JWKS file (relative to the project directory).")
 @click.option("--provider-name", help="Display name, as in Neon's console (default: the id).")
 @click.option("--role", "roles", multiple=True, help=f"Postgres role that accepts this provider's tokens (default: {', '.join(DEFAULT_JWT_ROLES)}). Repeatable.")
@@ -197,10 +214,11 @@ def providers_add(provider_id, jwks_url, jwks_file, provider_name, roles, audien
     table = _jwks_table(provider_id, jwks_url, jwks_file, provider_name, roles or DEFAULT_JWT_ROLES, audience, issuer)
     _write_checked(path, text + separator + table)
     click.echo(f"added provider {provider_id} to {path}")
+    _restart_hint(settings)
 
 
 @providers.command("list")
-@settings_options
+@project_options
 def providers_list():
     """Show each provider, its key source, roles, audience and cached keys."""
     settings = _settings()
@@ -234,7 +252,7 @@ def _without_jwks_table(text: str, provider_id: str) -> str | None:
 
 
 @providers.command("remove")
-@settings_options
+@project_options
 @click.argument("provider_id")
 def providers_remove(provider_id):
     """Remove a provider's [[jwks]] table from neon_local.toml and its cached keys."""
@@ -251,6 +269,7 @@ def providers_remove(provider_id):
     _write_checked(path, text)
     ProviderCache(settings).forget(provider)
     click.echo(f"removed provider {provider_id} from {path}")
+    _restart_hint(settings)
 
 
 COMMANDS = [token, keys, providers]

@@ -15,12 +15,12 @@ from neon_local.settings import SCALARS, ConfigError, Settings, load_settings
 _CLICK_TYPES = {int: int, str: str, Path: click.Path(path_type=Path)}
 
 
-def settings_options(command):
-    """Add --config and one flag per setting; the command receives the resolved `settings`."""
+def _with_settings(command, scalars):
+    """Add --config and a flag for each of `scalars`; the command receives the resolved `settings`."""
 
     @functools.wraps(command)
     def wrapper(*args, config: Path | None, **kwargs):
-        flags = {s.name: kwargs.pop(s.name) for s in SCALARS}
+        flags = {s.name: kwargs.pop(s.name) for s in scalars}
         try:
             settings = load_settings(flags, config_file=config)
         except ConfigError as exc:
@@ -31,16 +31,27 @@ def settings_options(command):
             kwargs["settings"] = settings
         return command(*args, **kwargs)
 
-    for scalar in reversed(SCALARS):
+    for scalar in reversed(scalars):
+        default = "" if scalar.default is None else f"; default {scalar.default}"
         if scalar.type is bool:
-            option = click.option(scalar.flag, scalar.name, is_flag=True, default=None, help=scalar.help + f" [env {scalar.env}]")
+            option = click.option(scalar.flag, scalar.name, is_flag=True, default=None, help=f"{scalar.help} [env {scalar.env}]")
         else:
             kind = click.Choice(scalar.choices) if scalar.choices else _CLICK_TYPES[scalar.type]
-            option = click.option(scalar.flag, scalar.name, type=kind, default=None,
-                                  help=scalar.help + f" [env {scalar.env}; default {scalar.default}]")
+            option = click.option(scalar.flag, scalar.name, type=kind, default=None, help=f"{scalar.help} [env {scalar.env}{default}]")
         wrapper = option(wrapper)
     return click.option("--config", type=click.Path(path_type=Path, dir_okay=False), default=None,
                         help="Path to neon_local.toml (default: the nearest one up from here) [env NEON_LOCAL_CONFIG].")(wrapper)
+
+
+def settings_options(command):
+    """Every setting as a flag: for `up`, which runs the emulator."""
+    return _with_settings(command, SCALARS)
+
+
+def project_options(command):
+    """Only what finds the project (--config, --data-dir): for commands that use a running emulator or its files.
+    The other settings still come from neon_local.toml and NEON_LOCAL_* variables."""
+    return _with_settings(command, tuple(s for s in SCALARS if s.name == "data_dir"))
 
 
 def configure_logging(settings: Settings) -> None:

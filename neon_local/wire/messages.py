@@ -165,10 +165,12 @@ def negotiate_protocol_version(minor: int, unrecognized: list[str]) -> bytes:
     return frame(b"v", body)
 
 
-def error_response(severity: str, code: str, message: str, detail: str | None = None) -> bytes:
+def error_response(severity: str, code: str, message: str, detail: str | None = None, hint: str | None = None) -> bytes:
     fields = [(b"S", severity), (b"V", severity), (b"C", code), (b"M", message)]
     if detail:
         fields.append((b"D", detail))
+    if hint:
+        fields.append((b"H", hint))
     return frame(b"E", b"".join(tag + cstr(value) for tag, value in fields) + b"\0")
 
 
