@@ -96,3 +96,22 @@ def test_up_again_after_neon_local_was_killed(project):
             assert conn.execute("select v from kept").fetchall() == [("before kill -9",)]
     finally:
         neon_local("down", cwd=project)
+
+
+def test_an_ephemeral_instance_is_found_by_status_and_down(project):
+    up = neon_local("up", "--detach", "--ephemeral", "--http-port", "0", "--pg-port", "0", "--database", "appdb", cwd=project)
+    assert up.returncode == 0, up.stderr
+    try:
+        state = json.loads(neon_local("status", "--json", cwd=project).stdout)
+        assert state["running"] and state["ephemeral"] and state["database"] == "appdb"
+        assert not state["data_dir"].startswith(str(project))  # the data itself lives elsewhere (in memory)
+    finally:
+        down = neon_local("down", cwd=project)
+    assert down.returncode == 0 and "Stopped neon-local" in down.stdout
+    assert not os.path.exists(state["data_dir"])
+
+
+def test_only_up_takes_every_setting_flag(project):
+    assert "--owner-password" in neon_local("up", "--help", cwd=project).stdout
+    status_help = neon_local("status", "--help", cwd=project).stdout
+    assert "--data-dir" in status_help and "--owner-password" not in status_help
