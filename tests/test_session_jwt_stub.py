@@ -463,3 +463,43 @@ def test_an_auth_schema_that_is_not_the_extensions_blocks_it(cluster):
             conn.execute("CREATE SCHEMA auth")
             error = fail(conn, "CREATE EXTENSION pg_session_jwt")
             assert "is not a member of extension" in error.diag.message_primary
+
+
+# --- Cheaper paths that must answer exactly as the plain ones ---------------------------------------
+
+def test_parallel_worker_without_a_remembered_identity(jwt_session):
+    """After RESET ALL the leader has no remembered identity; a worker then asks the statistics for its leader."""
+    token = jwt_session.login({"sub": "a"})
+    jwt_session.conn.execute("reset all")
+    jwt_session.conn.execute(sql.SQL("set pg_session_jwt.jwt = {}").format(sql.Literal(token)))
+    query = "select auth.user_id(), auth.session()"
+    force_parallel(jwt_session.conn, query)
+    assert row(jwt_session.conn, query) == ("a", {"sub": "a", "jti": 1})
+
+
+def test_reads_after_reset_all_and_relogin(jwt_session):
+    for n, statement in enumerate(["reset all", "discard all", "discard sequences", "select 1"], start=1):
+        jwt_session.login({"sub": f"u{n}"})
+        assert row(jwt_session.conn, "select auth.user_id(), auth.user_id()") == (f"u{n}", f"u{n}")
+        jwt_session.conn.execute(statement)
+
+
+def test_hmac_pad_matches_rfc_2104(cluster, db):
+    """The bit-string XOR gives the same key blocks as a byte-by-byte one."""
+    with psycopg.connect(cluster.conninfo(dbname=db), autocommit=True) as admin:
+        for key in (b"", b"\x00", bytes(range(32)), bytes(range(200, 256)) + bytes(range(8)), bytes(range(64)), bytes(range(70))):
+            for fill in (0x36, 0x5C):
+                expected = bytes((key[i] if i < len(key) else 0) ^ fill for i in range(64))
+                assert admin.execute("select _pg_session_jwt.hmac_pad(%s, %s)", [key, fill]).fetchone()[0] == expected
+
+
+@pytest.mark.parametrize("payload", [
+    b"{}", b'{"jti":"x"}', b'{"a":1,"jti":5,"b":[1,2,{"c":"\\u00e9"}]}', '{"ü":"ß","n":1.5e300,"x":null}'.encode(),
+    b'{"a":{"jti":1}}', b'{"z":0,"jti":1,"y":2}', b'{"s":"a\\"jti\\":1"}',
+])
+def test_token_payload_is_the_claims_reserialized(jwt_session, payload):
+    for jti in (1, 2):
+        segment = jwt_session.signer.token_for(payload).split(".")[1]
+        claims = json.loads(payload) | {"jti": jti}
+        expected = json.dumps(claims, separators=(",", ":"), ensure_ascii=False)
+        assert base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)).decode() == expected

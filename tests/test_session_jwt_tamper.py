@@ -244,3 +244,37 @@ def test_owner_session_without_jwk_honours_request_jwt_claims(cluster, db):
     with psycopg.connect(cluster.conninfo(user=OWNER, dbname=db), autocommit=True) as owner:
         owner.execute("""set request.jwt.claims = '{"sub":"console-user"}'""")
         assert owner.execute("select auth.user_id(), auth.session() ->> 'sub'").fetchone() == ("console-user", "console-user")
+
+
+# --- The remembered backend identity (a superuser-only setting that spares cached reads the statistics) ---
+
+@pytest.mark.parametrize("statement", [
+    "set session_preload_libraries = {value}",
+    "select set_config('session_preload_libraries', {value}, false)",
+    "select set_config('session_preload_libraries', {value}, true)",
+])
+def test_the_remembered_identity_cannot_be_planted(alice, statement):
+    value = sql.Literal(f"pg_session_jwt:{alice.pid}:1000000000.000001")
+    error = fail(alice, sql.SQL(statement).format(value=value))
+    assert (error.sqlstate, error.diag.message_primary) == ("42501", 'permission denied to set parameter "session_preload_libraries"')
+    assert_not_mallory(alice)
+
+
+def test_the_remembered_identity_cannot_be_planted_at_startup(cluster, db):
+    options = session_jwt.startup_options() + " -c session_preload_libraries=pg_session_jwt:1:1"
+    with pytest.raises(psycopg.OperationalError, match='permission denied to set parameter "session_preload_libraries"'):
+        psycopg.connect(cluster.conninfo(user="authenticated", dbname=db, options=options), autocommit=True).close()
+
+
+def test_the_remembered_identity_names_the_start_time_too(cluster, db, alice):
+    """A row under alice's pid but another start time (what a previous backend would leave) is not
+    reached through alice's remembered identity either."""
+    token = f"{b64url('{}')}.{b64url(json.dumps(MALLORY | {'jti': 1}))}.forged"
+    with psycopg.connect(cluster.conninfo(dbname=db), autocommit=True) as admin:
+        admin.execute("""update _pg_session_jwt.backend set backend_start = 'earlier', last_jti = 99, cached_jwt = %s,
+                         cached_payload = %s where pid = %s""", [token, json.dumps(MALLORY | {"jti": 1}), alice.pid])
+    alice.conn.execute(sql.SQL("set pg_session_jwt.jwt = {}").format(sql.Literal(token)))
+    assert identity(alice) is errors.CheckViolation
+    alice.conn.execute("reset pg_session_jwt.jwt")
+    alice.login(ALICE)
+    assert_not_mallory(alice)

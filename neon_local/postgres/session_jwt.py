@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import json
@@ -98,11 +99,35 @@ class SessionSigner:
 
         Neon overwrites jti in place, so an existing key keeps its position and a missing one goes last.
         """
-        claims = json.loads(payload)
-        if not isinstance(claims, dict):
-            raise ValueError("the JWT payload must be a JSON object")
+        before, after = _payload_template(bytes(payload))
         self._jti += 1
-        claims["jti"] = self._jti
-        body = _b64url(json.dumps(claims, separators=(",", ":"), ensure_ascii=False).encode())
+        body = _b64url(f"{before}{self._jti}{after}".encode())
         signing_input = f"{_HEADER_B64}.{body}"
         return f"{signing_input}.{self.sign(signing_input)}"
+
+
+@functools.lru_cache(maxsize=1024)
+def _payload_template(payload: bytes) -> tuple[str, str]:
+    """`payload` re-serialized compactly, as the text before and after the value of jti.
+
+    Clients send the same claims request after request, so each distinct payload is parsed once. Joined
+    around n, the halves are exactly json.dumps(claims, separators=(",", ":"), ensure_ascii=False) after
+    claims["jti"] = n: jti keeps its position (dict order) or goes last.
+    """
+    claims = json.loads(payload)
+    if not isinstance(claims, dict):
+        raise ValueError("the JWT payload must be a JSON object")
+    claims["jti"] = None  # only its position matters
+    before: list[str] = []
+    after: list[str] = []
+    members = before
+    for key, value in claims.items():
+        if key == "jti":
+            members = after
+        else:
+            members.append(f"{_dump(key)}:{_dump(value)}")
+    return "{" + "".join(m + "," for m in before) + '"jti":', "".join("," + m for m in after) + "}"
+
+
+def _dump(value) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)

@@ -12,7 +12,9 @@
 -- The per-backend state the extension keeps in backend memory (last jti, last validated token) lives in
 -- an unlogged table in the private schema _pg_session_jwt, which no role but the bootstrap superuser
 -- can reach; SECURITY DEFINER entry points in auth are the only way in. Unlike backend memory it is
--- transactional: a ROLLBACK also forgets a token accepted in that transaction.
+-- transactional: a ROLLBACK also forgets a token accepted in that transaction. Which row is this
+-- backend's is settled by its pid and start time from the activity statistics; that answer is then
+-- remembered in a superuser-only setting (see remembered_backend()), so cached reads skip the statistics.
 
 \echo Use "CREATE EXTENSION pg_session_jwt" to load this file. \quit
 
@@ -54,13 +56,13 @@ $$;
 
 -- An HMAC-SHA256 key block (RFC 2104): the key zero-filled to 64 bytes, each byte XORed with fill
 -- (0x36 for the inner pad, 0x5c for the outer). Keys here are 32 bytes, so none needs hashing first.
+-- One XOR of two 512-bit strings; bit_send() gives the bits back as bytes after a 4-byte length.
 CREATE FUNCTION _pg_session_jwt.hmac_pad(key bytea, fill integer) RETURNS bytea
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
 AS $$
-    SELECT pg_catalog.decode(pg_catalog.string_agg(pg_catalog.lpad(pg_catalog.to_hex(
-               CASE WHEN i < pg_catalog.length(key) THEN pg_catalog.get_byte(key, i) ELSE 0 END # fill), 2, '0'),
-           '' ORDER BY i), 'hex')
-    FROM pg_catalog.generate_series(0, 63) AS i
+    SELECT pg_catalog.substr(pg_catalog.bit_send(
+        ('x' || pg_catalog.rpad(pg_catalog.encode(key, 'hex'), 128, '0'))::pg_catalog.bit(512)
+        OPERATOR(pg_catalog.#) ('x' || pg_catalog.repeat(pg_catalog.lpad(pg_catalog.to_hex(fill & 255), 2, '0'), 64))::pg_catalog.bit(512)), 5)
 $$;
 
 CREATE FUNCTION _pg_session_jwt.hmac(ipad bytea, opad bytea, message bytea) RETURNS bytea
@@ -73,7 +75,7 @@ $$;
 CREATE FUNCTION _pg_session_jwt.json_int(v jsonb) RETURNS bigint
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $$
-    SELECT CASE WHEN pg_catalog.jsonb_typeof(v) = 'number' AND v::text ~ '^-?[0-9]{1,19}$' THEN
+    SELECT CASE WHEN pg_catalog.jsonb_typeof(v) = 'number' AND v::text ~ '^-?[0-9]+$' AND pg_catalog.length(pg_catalog.ltrim(v::text, '-')) <= 19 THEN
         CASE WHEN v::text::numeric BETWEEN -9223372036854775808 AND 9223372036854775807 THEN v::text::bigint END
     END
 $$;
@@ -97,20 +99,54 @@ END
 $$;
 
 -- This backend's pid and start time (epoch seconds as text, exactly as the proxy's BIND_QUERY reads
--- them). A parallel worker answers for its leader, whose session it serves.
+-- them). A parallel worker answers for its leader, whose session it serves: only a worker looks twice.
 CREATE FUNCTION _pg_session_jwt.current_backend() RETURNS TABLE (pid integer, backend_start text)
 LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
-    SELECT b.pid, extract(epoch FROM b.backend_start)::text
-    FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid()) AS me,
-         pg_catalog.pg_stat_get_activity(coalesce(me.leader_pid, me.pid)) AS b
+    SELECT coalesce(me.leader_pid, me.pid),
+           CASE WHEN me.leader_pid IS NULL THEN extract(epoch FROM me.backend_start)::text
+                ELSE (SELECT extract(epoch FROM l.backend_start)::text
+                      FROM pg_catalog.pg_stat_get_activity(me.leader_pid) AS l) END
+    FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid()) AS me
+$$;
+
+-- Finding this backend's row means asking the activity statistics who this backend is (above), which
+-- costs more than everything else on a read. So once a VOLATILE entry point has asked, it remembers the
+-- answer for the rest of the session in session_preload_libraries, as 'pg_session_jwt:<pid>:<start>'.
+-- That setting is a stand-in for backend memory because:
+--  * only a superuser can set it (PGC_SUSET; no role here is granted SET on it), and the only code that
+--    sets it is loaded_state() below, running as the superuser that owns this extension, with the
+--    answer current_backend() just gave in this very backend. A session cannot write it, not even
+--    through startup options, ALTER ROLE/DATABASE SET or a function's SET clause, and cannot read it;
+--  * it is per backend: it starts out empty (or as the server configured it) in every new backend,
+--    so a row left by an earlier backend with the same pid is never reached through it;
+--  * parallel workers receive the leader's value, which names the leader, as current_backend() does;
+--  * RESET ALL or DISCARD ALL (which Neon's pool runs between requests) only empty it: the next call
+--    asks the statistics again. A ROLLBACK undoes it together with the row it was set beside;
+--  * it is read once per backend, at backend start, so changing it later loads nothing.
+-- Anything not in that exact form (e.g. a list the server was configured with) is ignored. No regular
+-- expression: matching one costs more here than the rest of a cached read.
+CREATE FUNCTION _pg_session_jwt.remembered_backend(setting text[]) RETURNS text[]
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT CASE WHEN pg_catalog.cardinality(setting) = 3 AND setting[1] = 'pg_session_jwt'
+                 AND pg_catalog.length(setting[2]) BETWEEN 1 AND 9 AND pg_catalog.ltrim(setting[2], '0123456789') = ''
+                THEN setting[2:3] END
+$$;
+
+CREATE FUNCTION _pg_session_jwt.remembered_backend() RETURNS text[]
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$
+    SELECT _pg_session_jwt.remembered_backend(
+        pg_catalog.string_to_array(pg_catalog.current_setting('session_preload_libraries'), ':'))
 $$;
 
 -- Everything that reads or writes the state table is SECURITY DEFINER with a pinned search_path.
 
--- A fresh row for this backend: K_conn = HMAC(secret, "<pid>:<backend_start>"), the key the proxy
--- signs this connection's tokens with. Also drops rows of backends that have exited.
-CREATE FUNCTION _pg_session_jwt.new_state() RETURNS _pg_session_jwt.backend
+-- A fresh row for this backend, given its pid and start time as current_backend() reports them:
+-- K_conn = HMAC(secret, "<pid>:<backend_start>"), the key the proxy signs this connection's tokens with.
+-- It replaces any row an earlier backend with the same pid left. The caller has checked the JWK.
+CREATE FUNCTION _pg_session_jwt.new_state(me_pid integer, me_start text) RETURNS _pg_session_jwt.backend
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -119,7 +155,6 @@ DECLARE
                                         ' ' || pg_catalog.chr(10) || pg_catalog.chr(13));
     secret bytea;
     conn_key bytea;
-    me record;
     state _pg_session_jwt.backend;
 BEGIN
     IF secret_hex IS NULL OR secret_hex !~ '^[0-9a-fA-F]{64}$' THEN
@@ -128,30 +163,44 @@ BEGIN
                   HINT = 'neon-local writes it when it creates the cluster (neon_local.postgres.session_jwt.write_secret).';
     END IF;
     secret := pg_catalog.decode(secret_hex, 'hex');
-    SELECT c.pid, c.backend_start INTO me FROM _pg_session_jwt.current_backend() AS c;
-    -- The DELETE must see backends through a stats snapshot taken after its own MVCC snapshot, or a
-    -- backend that started in between would look exited while its row is already visible.
-    PERFORM pg_catalog.pg_stat_clear_snapshot();
-    DELETE FROM _pg_session_jwt.backend AS b
-    WHERE b.pid = me.pid
-       OR NOT EXISTS (SELECT FROM pg_catalog.pg_stat_get_activity(NULL) AS a WHERE a.pid = b.pid);
+    -- Housekeeping, done by one new backend in eight (the rows it drops are never trusted anyway, see
+    -- above): drop the rows of backends that have exited. The DELETE must see backends through a stats
+    -- snapshot taken after its own MVCC snapshot, or a backend that started in between would look exited
+    -- while its row is already visible. Every pid is positive: "pid > 0" only lets the planner walk the
+    -- primary key instead of reading every page of a table that churned (each token accepted updates a row).
+    IF pg_catalog.random() < 0.125 THEN
+        PERFORM pg_catalog.pg_stat_clear_snapshot();
+        DELETE FROM _pg_session_jwt.backend AS b
+        WHERE b.pid > 0
+          AND b.pid <> ALL (ARRAY(SELECT pg_catalog.pg_stat_get_backend_pid(i) FROM pg_catalog.pg_stat_get_backend_idset() AS i));
+    END IF;
     conn_key := _pg_session_jwt.hmac(_pg_session_jwt.hmac_pad(secret, 54), _pg_session_jwt.hmac_pad(secret, 92),
-                                     pg_catalog.convert_to(me.pid || ':' || me.backend_start, 'UTF8'));
-    INSERT INTO _pg_session_jwt.backend (pid, backend_start, ipad, opad)
-    VALUES (me.pid, me.backend_start, _pg_session_jwt.hmac_pad(conn_key, 54), _pg_session_jwt.hmac_pad(conn_key, 92))
+                                     pg_catalog.convert_to(me_pid || ':' || me_start, 'UTF8'));
+    INSERT INTO _pg_session_jwt.backend AS b (pid, backend_start, ipad, opad, jwk_loaded)
+    VALUES (me_pid, me_start, _pg_session_jwt.hmac_pad(conn_key, 54), _pg_session_jwt.hmac_pad(conn_key, 92), true)
+    ON CONFLICT (pid) DO UPDATE
+        SET backend_start = excluded.backend_start, ipad = excluded.ipad, opad = excluded.opad, jwk_loaded = true,
+            last_jti = 0, cached_jwt = NULL, cached_payload = NULL
     RETURNING * INTO state;
     RETURN state;
 END
 $$;
 
 -- This backend's state with the JWK loaded: the extension's get_jwk_guc(), which auth.init() forces.
--- Like its OnceCell, the GUC's shape is checked on first use only.
+-- Like its OnceCell, the GUC's shape is checked on first use only. The row is found through the
+-- remembered identity when there is one (see remembered_backend()), else by asking the statistics,
+-- after which the identity is remembered. A parallel worker never sets it: it cannot, and its
+-- leader's value is already what it has.
 CREATE FUNCTION _pg_session_jwt.loaded_state() RETURNS _pg_session_jwt.backend
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     jwk_text text := pg_catalog.current_setting('pg_session_jwt.jwk', true);
+    known text[] := _pg_session_jwt.remembered_backend();
+    me_pid integer;
+    me_start text;
+    found_row boolean;
     jwk jsonb;
     problem text;
     state _pg_session_jwt.backend;
@@ -159,28 +208,45 @@ BEGIN
     IF jwk_text IS NULL THEN
         RAISE EXCEPTION 'Missing runtime parameter: pg_session_jwt.jwk' USING ERRCODE = '02000';
     END IF;
-    SELECT b.* INTO state FROM _pg_session_jwt.backend AS b JOIN _pg_session_jwt.current_backend() AS c USING (pid, backend_start);
-    IF NOT FOUND THEN
-        state := _pg_session_jwt.new_state();
+    IF known IS NOT NULL THEN
+        SELECT b.* INTO state FROM _pg_session_jwt.backend AS b WHERE b.pid = known[1]::integer AND b.backend_start = known[2];
+        IF FOUND AND state.jwk_loaded THEN
+            RETURN state;
+        END IF;
     END IF;
-    IF state.jwk_loaded THEN
-        RETURN state;
+    SELECT c.pid, c.backend_start INTO me_pid, me_start FROM _pg_session_jwt.current_backend() AS c;
+    SELECT b.* INTO state FROM _pg_session_jwt.backend AS b WHERE b.pid = me_pid AND b.backend_start = me_start;
+    found_row := FOUND;
+    IF NOT found_row OR NOT state.jwk_loaded THEN
+        -- parse_json() inline where PG16+ has pg_input_is_valid (PL/pgSQL plans a statement when it first
+        -- runs it, so older servers never see the name), which spares a new backend a function to compile.
+        IF pg_catalog.current_setting('server_version_num')::integer >= 160000 THEN
+            jwk := CASE WHEN pg_catalog.pg_input_is_valid(jwk_text, 'jsonb') THEN jwk_text::jsonb END;
+        ELSE
+            jwk := _pg_session_jwt.parse_json(jwk_text);
+        END IF;
+        problem := CASE
+            WHEN pg_catalog.jsonb_typeof(jwk) IS DISTINCT FROM 'object' THEN 'expected a JSON object'
+            WHEN jwk -> 'kty' IS DISTINCT FROM '"OKP"' THEN 'kty must be "OKP"'
+            WHEN jwk -> 'crv' IS DISTINCT FROM '"Ed25519"' THEN 'crv must be "Ed25519"'
+            -- 43 characters ending in one that leaves the last 2 bits zero: 32 bytes, canonically encoded
+            WHEN pg_catalog.jsonb_typeof(jwk -> 'x') IS DISTINCT FROM 'string'
+              OR (jwk ->> 'x') !~ '^[A-Za-z0-9_-]*[AEIMQUYcgkosw048]$' OR pg_catalog.length(jwk ->> 'x') <> 43 THEN 'x must be 32 bytes in base64url'
+        END;
+        IF problem IS NOT NULL THEN
+            -- The extension's message still says ES256, though it has wanted Ed25519 since 0.2.0.
+            RAISE EXCEPTION 'pg_session_jwt.jwk requires an ES256 JWK' USING ERRCODE = '42804', DETAIL = problem;
+        END IF;
+        IF found_row THEN
+            UPDATE _pg_session_jwt.backend AS b SET jwk_loaded = true WHERE b.pid = state.pid;
+            state.jwk_loaded := true;
+        ELSE
+            state := _pg_session_jwt.new_state(me_pid, me_start);
+        END IF;
     END IF;
-    jwk := _pg_session_jwt.parse_json(jwk_text);
-    problem := CASE
-        WHEN pg_catalog.jsonb_typeof(jwk) IS DISTINCT FROM 'object' THEN 'expected a JSON object'
-        WHEN jwk -> 'kty' IS DISTINCT FROM '"OKP"' THEN 'kty must be "OKP"'
-        WHEN jwk -> 'crv' IS DISTINCT FROM '"Ed25519"' THEN 'crv must be "Ed25519"'
-        -- 43 characters ending in one that leaves the last 2 bits zero: 32 bytes, canonically encoded
-        WHEN pg_catalog.jsonb_typeof(jwk -> 'x') IS DISTINCT FROM 'string'
-          OR (jwk ->> 'x') !~ '^[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]$' THEN 'x must be 32 bytes in base64url'
-    END;
-    IF problem IS NOT NULL THEN
-        -- The extension's message still says ES256, though it has wanted Ed25519 since 0.2.0.
-        RAISE EXCEPTION 'pg_session_jwt.jwk requires an ES256 JWK' USING ERRCODE = '42804', DETAIL = problem;
+    IF me_pid = pg_catalog.pg_backend_pid() THEN
+        PERFORM pg_catalog.set_config('session_preload_libraries', 'pg_session_jwt:' || me_pid || ':' || me_start, false);
     END IF;
-    UPDATE _pg_session_jwt.backend AS b SET jwk_loaded = true WHERE b.pid = state.pid;
-    state.jwk_loaded := true;
     RETURN state;
 END
 $$;
@@ -193,7 +259,9 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     state _pg_session_jwt.backend := _pg_session_jwt.loaded_state();
-    parts text[];
+    first_dot integer;
+    last_dot integer;
+    signature text;
     expected text;
     raw bytea;
     payload jsonb;
@@ -207,21 +275,25 @@ BEGIN
     END IF;
 
     -- The signed part ends at the last dot and the payload starts after the first; the header is never read.
-    parts := pg_catalog.regexp_match(jwt, '^([^.]*)[.](.*)[.]([^.]*)$');
-    IF parts IS NULL THEN
+    -- (strpos rather than a regular expression with groups, which costs several times as much.)
+    first_dot := pg_catalog.strpos(jwt, '.');
+    last_dot := pg_catalog.length(jwt) + 1 - pg_catalog.strpos(pg_catalog.reverse(jwt), '.');
+    IF first_dot = 0 OR last_dot <= first_dot THEN
         RAISE EXCEPTION 'invalid JWT encoding' USING ERRCODE = '42804';
     END IF;
-    IF parts[3] !~ '^[A-Za-z0-9_-]{0,43}$' OR pg_catalog.length(parts[3]) % 4 = 1 THEN
+    signature := pg_catalog.substr(jwt, last_dot + 1);
+    -- Bounded repetitions ({0,43}) make the regex engine build a state per count: lengths are checked apart.
+    IF signature !~ '^[A-Za-z0-9_-]*$' OR pg_catalog.length(signature) > 43 OR pg_catalog.length(signature) % 4 = 1 THEN
         RAISE EXCEPTION 'invalid JWT signature encoding' USING ERRCODE = '42804';
     END IF;
     expected := _pg_session_jwt.b64url_encode(_pg_session_jwt.hmac(state.ipad, state.opad,
-                    pg_catalog.convert_to(parts[1] || '.' || parts[2], 'UTF8')));
+                    pg_catalog.convert_to(pg_catalog.substr(jwt, 1, last_dot - 1), 'UTF8')));
     -- Comparing digests keeps the comparison's timing independent of how much of the MAC was guessed.
-    IF pg_catalog.sha256(pg_catalog.convert_to(parts[3], 'UTF8')) <> pg_catalog.sha256(pg_catalog.convert_to(expected, 'UTF8')) THEN
+    IF pg_catalog.sha256(pg_catalog.convert_to(signature, 'UTF8')) <> pg_catalog.sha256(pg_catalog.convert_to(expected, 'UTF8')) THEN
         RAISE EXCEPTION 'invalid JWT signature' USING ERRCODE = '23514';
     END IF;
 
-    raw := _pg_session_jwt.b64url_decode(parts[2]);
+    raw := _pg_session_jwt.b64url_decode(pg_catalog.substr(jwt, first_dot + 1, last_dot - first_dot - 1));
     IF raw IS NULL THEN
         RAISE EXCEPTION 'could not decode JWT component' USING ERRCODE = '42804', DETAIL = 'invalid Base64 encoding';
     END IF;
@@ -280,6 +352,9 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     jwt text := pg_catalog.current_setting('pg_session_jwt.jwt', true);
+    known text[];
+    me_pid integer;
+    me_start text;
     payload jsonb;
 BEGIN
     IF pg_catalog.current_setting('pg_session_jwt.jwk', true) IS NULL THEN
@@ -289,9 +364,18 @@ BEGIN
     IF jwt IS NULL OR jwt = '' THEN
         RETURN NULL;
     END IF;
+    -- Who this backend is: remembered (see remembered_backend()), or else asked of the statistics
+    -- (e.g. after RESET ALL; a parallel worker asks for its leader).
+    known := _pg_session_jwt.remembered_backend();
+    IF known IS NOT NULL THEN
+        me_pid := known[1]::integer;
+        me_start := known[2];
+    ELSE
+        SELECT c.pid, c.backend_start INTO me_pid, me_start FROM _pg_session_jwt.current_backend() AS c;
+    END IF;
     SELECT b.cached_payload INTO payload
-    FROM _pg_session_jwt.backend AS b JOIN _pg_session_jwt.current_backend() AS c USING (pid, backend_start)
-    WHERE b.cached_jwt = jwt;
+    FROM _pg_session_jwt.backend AS b
+    WHERE b.pid = me_pid AND b.backend_start = me_start AND b.cached_jwt = jwt;
     IF FOUND THEN
         RETURN payload;
     END IF;
