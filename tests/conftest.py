@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,14 +19,19 @@ def settings(tmp_path_factory) -> Settings:
     return Settings(project_dir=root, data_dir=root / "data", http_port=0, pg_port=0)
 
 
-@pytest.fixture(scope="session")
-async def cluster(settings):
-    """A started Postgres shaped like a Neon branch (neondb, neondb_owner, authenticated, anonymous)."""
-    data_dir = settings.resolved_data_dir
-    data_dir.mkdir(parents=True, exist_ok=True)
-    pg = PostgresCluster(find_binaries(settings.pg_bin), data_dir / "pgdata", data_dir / "postgres.log")
+async def start_cluster(settings: Settings, directory: Path) -> PostgresCluster:
+    """A started Postgres in `directory`, shaped like a Neon branch (neondb, neondb_owner, authenticated, anonymous)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    pg = PostgresCluster(find_binaries(settings.pg_bin), directory / "pgdata", directory / "postgres.log")
     pg.prepare(await neon_template(pg.binaries, settings))
     await pg.start()
     await bootstrap(pg, settings)
+    return pg
+
+
+@pytest.fixture(scope="session")
+async def cluster(settings):
+    """The session's Postgres, shared by every test that only needs a database."""
+    pg = await start_cluster(settings, settings.resolved_data_dir)
     yield pg
     await pg.stop()

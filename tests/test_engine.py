@@ -10,6 +10,7 @@ import socket
 import subprocess
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 from psycopg import errors
@@ -139,6 +140,11 @@ async def test_port_in_use_names_port_and_flag(tmp_path):
     assert "--pg-port PORT" in message and "NEON_LOCAL_PG_PORT" in message and "--pg-port 0 picks a free port" in message
 
 
+def sql_over_http(emulator, query: str) -> httpx.Response:
+    return httpx.post(emulator.endpoints.sql_url, json={"query": query},
+                      headers={"Neon-Connection-String": emulator.endpoints.owner_url})
+
+
 async def test_postgres_killed_is_restarted_with_data_intact(tmp_path):
     emulator = Emulator(_emulator_settings(tmp_path), write_state=False)
     await emulator.start()
@@ -146,6 +152,8 @@ async def test_postgres_killed_is_restarted_with_data_intact(tmp_path):
         conninfo = emulator.cluster.conninfo(user="neondb_owner")
         with psycopg.connect(conninfo, autocommit=True) as conn:
             conn.execute("create table kept (v text); insert into kept values ('before the crash')")
+        pooled = await asyncio.to_thread(sql_over_http, emulator, "select v from kept")  # leaves a pooled connection
+        assert pooled.json()["rows"] == [{"v": "before the crash"}]
         old_pid = emulator.cluster.pid
         os.kill(old_pid, signal.SIGKILL)
         for _ in range(500):
@@ -158,6 +166,8 @@ async def test_postgres_killed_is_restarted_with_data_intact(tmp_path):
                 except psycopg.OperationalError:
                     continue
         assert rows == [("before the crash",)]
+        again = await asyncio.to_thread(sql_over_http, emulator, "select v from kept")  # the stale pooled one is replaced
+        assert again.status_code == 200 and again.json()["rows"] == [{"v": "before the crash"}]
     finally:
         await emulator.stop()
 
@@ -215,3 +225,18 @@ async def test_a_wheel_install_nobody_can_reach_is_copied_with_its_libraries(tmp
             assert conn.execute("select current_setting('server_version_num')::int / 10000").fetchone() == (18,)
     finally:
         await pg.stop()
+
+
+async def test_a_pooled_connection_terminated_while_idle_is_replaced(tmp_path):
+    emulator = Emulator(_emulator_settings(tmp_path), write_state=False)
+    await emulator.start()
+    try:
+        first = await asyncio.to_thread(sql_over_http, emulator, "select pg_backend_pid() as pid")
+        pid = first.json()["rows"][0]["pid"]
+        with psycopg.connect(emulator.cluster.conninfo(), autocommit=True) as admin:
+            assert admin.execute("select pg_terminate_backend(%s)", (pid,)).fetchone() == (True,)
+        second = await asyncio.to_thread(sql_over_http, emulator, "select pg_backend_pid() as pid")
+        assert second.status_code == 200, second.text
+        assert second.json()["rows"][0]["pid"] != pid
+    finally:
+        await emulator.stop()

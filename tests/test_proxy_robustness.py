@@ -13,11 +13,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from neon_local.postgres.binaries import find_binaries
-from neon_local.postgres.bootstrap import bootstrap
-from neon_local.postgres.cluster import PostgresCluster
-from neon_local.postgres.template import neon_template
 from neon_local.wire import messages as m
+from conftest import start_cluster
 from proxy_support import RawClient, proxy, start_proxy, wait_until_running  # noqa: F401 (fixtures)
 
 
@@ -232,10 +229,7 @@ async def test_wrong_key_and_finished_session_cancel_nothing(proxy):
 @pytest.fixture
 async def own_cluster(settings, tmp_path):
     """A Postgres of this test's own, so restarting it disturbs no other test."""
-    pg = PostgresCluster(find_binaries(settings.pg_bin), tmp_path / "pgdata", tmp_path / "postgres.log")
-    pg.prepare(await neon_template(pg.binaries, settings))
-    await pg.start()
-    await bootstrap(pg, settings)
+    pg = await start_cluster(settings, tmp_path)
     yield pg
     await pg.stop()
 

@@ -19,7 +19,7 @@ import psycopg
 from neon_local.postgres import session_jwt
 from neon_local.postgres.bootstrap import prepare_jwt_role
 from neon_local.proxy.scram import Verifier as ScramVerifier
-from neon_local.serverless.pg_conn import Backend, connect
+from neon_local.serverless.pg_conn import Backend, ConnectionLost, connect
 
 __all__ = ["ConnPool", "ExtensionSetupError", "MAX_PER_POOL"]
 
