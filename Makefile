@@ -24,7 +24,7 @@ bench: install
 	$(BIN)/python -m bench
 
 lint: install
-	$(BIN)/python -m compileall -q neon_local tests bench
+	$(BIN)/python -m pyflakes neon_local bench
 
 clean:
 	rm -rf $(VENV) tests/node/node_modules .neon-local
