@@ -17,7 +17,7 @@ tests/node/node_modules: tests/node/package.json tests/node/package-lock.json
 	cd tests/node && npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
-test: install
+test: install lint
 	$(BIN)/pytest -n 2 -q
 
 bench: install
