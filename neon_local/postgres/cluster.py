@@ -165,7 +165,6 @@ class PostgresCluster:
         self.port = SOCKET_PORT
         self.superuser = SUPERUSER
         self.session_secret = b""
-        self.created = False
         self._process: asyncio.subprocess.Process | None = None
         self._stopping = False
 
@@ -181,7 +180,6 @@ class PostgresCluster:
             if self.data_dir.exists():
                 self.data_dir.rmdir()
             subprocess.run(["cp", "-a", str(template), str(self.data_dir)], check=True)
-            self.created = True
         self._check_version()
         if not (self.data_dir / session_jwt.SECRET_FILENAME).is_file():
             # Each cluster gets its own secret: copies of one template must not share it.
