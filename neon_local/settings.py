@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+from neon_local.errors import NeonLocalError
+
 CONFIG_FILENAME = "neon_local.toml"
 BUILTIN_PROVIDER_ID = "neon-local"
 DEFAULT_JWT_ROLES = ("authenticated", "anonymous")
@@ -22,7 +24,7 @@ DEFAULT_USERS: dict[str, dict[str, Any]] = {
 }
 
 
-class ConfigError(Exception):
+class ConfigError(NeonLocalError):
     """A setting is missing, malformed or contradictory; the message names it and the fix."""
 
 
@@ -55,6 +57,10 @@ SCALARS: tuple[Scalar, ...] = (
     Scalar("owner_password", str, "npg_neonlocal", "Password of the owner role."),
     Scalar("compat", str, "neon", 'JWT rules: "neon" accepts exactly what Neon accepts; "extended" also EdDSA and tokens without kid (each use is logged).', ("neon", "extended")),
     Scalar("log_level", str, "info", "Log level: debug, info, warning or error.", ("debug", "info", "warning", "error")),
+    Scalar("allowed_origins", tuple, (), "Web origins (e.g. https://app.example) whose pages may use password roles over /sql and WebSocket, and mint tokens; loopback origins always may (comma-separated; * allows every origin)."),
+    Scalar("http_idle_timeout", int, 75, "Seconds an HTTP connection may idle, or take to send a request's headers or body, before it is closed."),
+    Scalar("client_idle_timeout", int, 0, "Seconds a TCP or WebSocket Postgres session may stay silent before it is closed (0: never)."),
+    Scalar("role_connection_limit", int, 50, "Most TCP and WebSocket sessions one role other than the owner may hold at once, so the owner always gets in (0: no limit)."),
 )
 
 
@@ -90,6 +96,10 @@ class Settings:
     owner_password: str = "npg_neonlocal"
     compat: str = "neon"
     log_level: str = "info"
+    allowed_origins: tuple[str, ...] = ()
+    http_idle_timeout: int = 75
+    client_idle_timeout: int = 0
+    role_connection_limit: int = 50
     roles: tuple[str, ...] = ()
     users: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: dict(DEFAULT_USERS))
     providers: tuple[Provider, ...] = (Provider(BUILTIN_PROVIDER_ID, provider_name="neon-local"),)
@@ -151,16 +161,22 @@ def _coerce(scalar: Scalar, value: Any, origin: str) -> Any:
             if isinstance(value, bool):
                 raise ValueError(value)
             number = int(value)
-            if scalar.name.endswith("_port") and not 0 <= number <= 65535:
+            if (scalar.name.endswith("_port") and not 0 <= number <= 65535) or number < 0:
                 raise ValueError(value)
             return number
         if scalar.type is Path:
             return Path(os.path.expanduser(str(value)))
+        if scalar.type is tuple:  # a TOML list, or comma-separated text from a flag or env var
+            items = value.split(",") if isinstance(value, str) else value
+            if not isinstance(items, (list, tuple)) or not all(isinstance(item, str) for item in items):
+                raise ValueError(value)
+            return tuple(item.strip() for item in items if item.strip())
         if not isinstance(value, (str, int, float)) or (scalar.choices and str(value) not in scalar.choices):
             raise ValueError(value)
         return str(value)
     except ValueError:
-        kind = {bool: "true or false", int: "a whole number", Path: "a path", str: "a string"}[scalar.type]
+        kind = {bool: "true or false", int: "a whole number from 0", Path: "a path", str: "a string",
+                tuple: "a list of strings (comma-separated in a flag or env var)"}[scalar.type]
         if scalar.choices:
             kind = "one of " + ", ".join(f'"{c}"' for c in scalar.choices)
         if scalar.name.endswith("_port"):

@@ -12,7 +12,7 @@ import click
 
 from neon_local.settings import SCALARS, ConfigError, Settings, load_settings
 
-_CLICK_TYPES = {int: int, str: str, Path: click.Path(path_type=Path)}
+_CLICK_TYPES = {int: int, str: str, tuple: str, Path: click.Path(path_type=Path)}
 
 
 def _with_settings(command, scalars):

@@ -7,6 +7,7 @@ Sans-io: headers come in as a mapping, the body as bytes. Facts follow Neon's `h
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Collection, Mapping
@@ -24,6 +25,11 @@ ISOLATION_LEVELS = {
     "ReadCommitted": "READ COMMITTED", "RepeatableRead": "REPEATABLE READ",
 }
 UNTAGGED = "data did not match any variant of untagged enum Payload"
+MAX_JSON_DEPTH = 127  # serde_json's recursion limit: the 128th nested array or object is refused
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+# A \uXXXX escape preceded by an even number of backslashes (so it is an escape, not an escaped backslash).
+_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u([0-9a-fA-F]{4})")
+_STRING_OR_BRACKET = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
 _FORBIDDEN_HOST = frozenset(" \t\n\r#/<>?@[\\]^|")
 
 
@@ -90,6 +96,11 @@ class Payload:
 
     queries: list[Query]
     batch: bool
+
+    @property
+    def has_nul(self) -> bool:
+        """Whether any query text or text parameter holds U+0000 (arrays and objects carry it escaped)."""
+        return any("\x00" in q.text or any(p is not None and "\x00" in p for p in q.params) for q in self.queries)
 
 
 def _header_text(value: str) -> bool:
@@ -188,7 +199,9 @@ class _Constant(ValueError):
 def parse_body(body: bytes) -> Payload:
     """Neon's untagged `Payload`: a single query is tried first, then a batch."""
     try:
-        doc = json.loads(body.decode(), parse_constant=_refuse_constant)
+        text = body.decode()
+        _check_serde_limits(text)
+        doc = json.loads(text, parse_constant=_refuse_constant)
     except (UnicodeDecodeError, ValueError) as exc:
         raise _bad_request("could not parse the HTTP request body: " + _serde_message(exc, body)) from None
     single = _query(doc)
@@ -200,6 +213,50 @@ def parse_body(body: bytes) -> Payload:
         if all(q is not None for q in queries):
             return Payload(queries, batch=True)
     raise _bad_request("could not parse the HTTP request body: " + UNTAGGED)
+
+
+class _SerdeError(ValueError):
+    """What serde_json refuses and Python's json reads: nesting past its limit, lone UTF-16 surrogates."""
+
+    def __init__(self, message: str, text: str, end: int) -> None:
+        line = text.count("\n", 0, end) + 1
+        column = end - (text.rfind("\n", 0, end) + 1)
+        super().__init__(f"{message} at line {line} column {column}")
+
+
+def _check_serde_limits(text: str) -> None:
+    """Raise _SerdeError where serde_json would stop; the scans run only when a body could fail them."""
+    if text.count("[") + text.count("{") > MAX_JSON_DEPTH:
+        depth = 0
+        for match in _STRING_OR_BRACKET.finditer(text):
+            bracket = match.group()
+            if bracket in "[{":
+                depth += 1
+                if depth > MAX_JSON_DEPTH:
+                    raise _SerdeError("recursion limit exceeded", text, match.end())
+            elif bracket in "]}":
+                depth -= 1
+    if _SURROGATE_ESCAPE.search(text):
+        _check_surrogates(text)
+
+
+def _check_surrogates(text: str) -> None:
+    """A high surrogate escape must be followed at once by a low one; a low one alone is refused."""
+    high_end = None  # where the escape of an unpaired high surrogate ended
+    for match in _ESCAPE.finditer(text):
+        unit = int(match.group(2), 16)
+        if high_end is not None:
+            if match.end() - 6 != high_end:
+                raise _SerdeError("unexpected end of hex escape", text, high_end + 1)
+            if not 0xDC00 <= unit <= 0xDFFF:
+                raise _SerdeError("lone leading surrogate in hex escape", text, match.end())
+            high_end = None
+        elif 0xD800 <= unit <= 0xDBFF:
+            high_end = match.end()
+        elif 0xDC00 <= unit <= 0xDFFF:
+            raise _SerdeError("lone leading surrogate in hex escape", text, match.end())
+    if high_end is not None:
+        raise _SerdeError("unexpected end of hex escape", text, high_end + 1)
 
 
 def _refuse_constant(name: str) -> None:
@@ -230,6 +287,8 @@ def _serde_message(exc: Exception, body: bytes) -> str:
     """serde_json's wording for the common syntax errors, with its 1-based line and column."""
     if isinstance(exc, UnicodeDecodeError):
         return "invalid unicode code point"
+    if isinstance(exc, _SerdeError):
+        return str(exc)
     if isinstance(exc, _Constant):  # approximate: the first place the word appears
         text = body.decode()
         pos = text.find(str(exc))
