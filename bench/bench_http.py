@@ -171,10 +171,11 @@ async def _sql_endpoint(settings, cluster, directory: Path):
     from neon_local.auth.keys import KeyRing
     from neon_local.auth.providers import ProviderCache
     from neon_local.auth.verifier import Verifier
+    from neon_local.control_plane import ControlPlane
     from neon_local.serverless.sql_over_http import SqlOverHttp
 
     keyring = KeyRing.load_or_create(directory / "keys")
-    handler = SqlOverHttp(settings, cluster, Verifier(settings, keyring, ProviderCache(settings, directory / "jwks-cache")))
+    handler = SqlOverHttp(settings, ControlPlane(cluster), Verifier(settings, keyring, ProviderCache(settings, directory / "jwks-cache")))
     app = web.Application()
     app.router.add_post("/sql", handler.handle_sql)
     sock = socket.socket()

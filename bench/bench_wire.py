@@ -107,10 +107,11 @@ async def _start_proxy(settings, cluster, directory: Path):
     from neon_local.auth.keys import KeyRing
     from neon_local.auth.providers import ProviderCache
     from neon_local.auth.verifier import Verifier
+    from neon_local.control_plane import ControlPlane
     from neon_local.proxy.server import PgProxyServer
 
     keyring = KeyRing.load_or_create(directory / "keys")
-    server = PgProxyServer(settings, cluster, Verifier(settings, keyring, ProviderCache(settings, directory / "jwks")), directory / "tls")
+    server = PgProxyServer(settings, ControlPlane(cluster), Verifier(settings, keyring, ProviderCache(settings, directory / "jwks")), directory / "tls")
     return server, await server.start("127.0.0.1", 0), Issuer(settings, keyring, "http://127.0.0.1:4444")
 
 

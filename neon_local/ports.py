@@ -5,10 +5,11 @@ from __future__ import annotations
 import errno
 import socket
 
+from neon_local.errors import NeonLocalError
 from neon_local.settings import SCALARS
 
 
-class PortInUse(Exception):
+class PortInUse(NeonLocalError):
     """The port is taken; the message names it, the flag and the env var that change it."""
 
 

@@ -10,6 +10,7 @@ from neon_local.auth.issuer import Issuer
 from neon_local.auth.keys import KeyRing
 from neon_local.auth.providers import ProviderCache
 from neon_local.auth.verifier import Verifier
+from neon_local.control_plane import ControlPlane
 from neon_local.proxy.server import PgProxyServer
 from neon_local.serverless.sql_over_http import SqlOverHttp
 from neon_local.serverless.websocket import WebSocketAdapter
@@ -27,15 +28,19 @@ async def start_services(emulator: "Emulator", keyring: KeyRing, http_sock, pg_s
     emulator.issuer = Issuer(settings, emulator.keyring, emulator.endpoints.issuer_url)
     emulator.providers = ProviderCache(settings, data_dir / "jwks-cache")
     emulator.verifier = Verifier(settings, emulator.keyring, emulator.providers)
-    emulator.sql = SqlOverHttp(settings, emulator.cluster, emulator.verifier)
+    emulator.control_plane = ControlPlane(emulator.cluster)
+    emulator.add_closer(emulator.control_plane.close)
+    emulator.sql = SqlOverHttp(settings, emulator.control_plane, emulator.verifier)
     emulator.add_closer(emulator.sql.close)
-    emulator.pg_proxy = PgProxyServer(settings, emulator.cluster, emulator.verifier, data_dir / "tls")
+    emulator.pg_proxy = PgProxyServer(settings, emulator.control_plane, emulator.verifier, data_dir / "tls")
     emulator.websocket = WebSocketAdapter(emulator.pg_proxy)
     await emulator.pg_proxy.start(pg_sock)
     emulator.add_closer(emulator.pg_proxy.close)
 
     app = build_http_app(emulator)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    # keepalive_timeout also bounds how long a new connection may take to send its headers (slowloris).
+    runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                           keepalive_timeout=settings.http_idle_timeout or 3630)
     await runner.setup()
     await web.SockSite(runner, http_sock).start()
     emulator.add_closer(runner.cleanup)

@@ -27,6 +27,7 @@ from neon_local.auth.issuer import Issuer
 from neon_local.auth.keys import KeyRing
 from neon_local.auth.providers import ProviderCache
 from neon_local.auth.verifier import Verifier
+from neon_local.control_plane import ControlPlane
 from neon_local.serverless.sql_over_http import SqlOverHttp
 
 NODE_DIR = Path(__file__).parent / "node"
@@ -124,7 +125,7 @@ async def serve_sql_http(settings, cluster, directory, **handler_options):
     """The handlers on a free loopback port, with their own keys and issuer."""
     keyring = KeyRing.load_or_create(directory / "keys")
     verifier = Verifier(settings, keyring, ProviderCache(settings, directory / "jwks-cache"))
-    handler = SqlOverHttp(settings, cluster, verifier, **handler_options)
+    handler = SqlOverHttp(settings, ControlPlane(cluster), verifier, **handler_options)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -138,6 +139,7 @@ async def serve_sql_http(settings, cluster, directory, **handler_options):
     finally:
         await runner.cleanup()
         await handler.close()
+        await handler.control_plane.close()
 
 
 @pytest.fixture(scope="session")

@@ -26,6 +26,7 @@ from neon_local.auth.issuer import Issuer
 from neon_local.auth.keys import KeyRing
 from neon_local.auth.providers import ProviderCache
 from neon_local.auth.verifier import Verifier
+from neon_local.control_plane import ControlPlane
 from neon_local.proxy.server import PgProxyServer
 from neon_local.wire import messages as m
 
@@ -63,7 +64,7 @@ class Proxy:
 async def start_proxy(settings, cluster, directory: Path) -> Proxy:
     keyring = KeyRing.load_or_create(directory / "keys")
     verifier = Verifier(settings, keyring, ProviderCache(settings, directory / "jwks-cache"))
-    server = PgProxyServer(settings, cluster, verifier, directory / "tls")
+    server = PgProxyServer(settings, ControlPlane(cluster), verifier, directory / "tls")
     port = await server.start("127.0.0.1", 0)
     return Proxy(server, port, Issuer(settings, keyring, "http://127.0.0.1:4444"), settings, cluster)
 
@@ -74,6 +75,7 @@ async def proxy(settings, cluster, tmp_path_factory):
     started = await start_proxy(settings, cluster, tmp_path_factory.mktemp("proxy"))
     yield started
     await started.server.close()
+    await started.server.context.control_plane.close()
 
 
 @pytest.fixture(scope="session")

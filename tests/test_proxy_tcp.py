@@ -13,7 +13,7 @@ import pytest
 from neon_local.auth.issuer import Issuer
 from neon_local.auth.keys import KeyRing
 from neon_local.proxy import tls
-from neon_local.proxy.scram import Verifier
+from neon_local.auth.scram import ScramVerifier
 from neon_local.proxy.session import INSECURE, Session
 from neon_local.wire import messages as m
 from proxy_support import RawClient, now, proxy, run_node, start_proxy, todos, wait_until_running  # noqa: F401 (fixtures)
@@ -250,10 +250,10 @@ async def test_cleartext_jwt_refused_on_a_remote_plain_connection(proxy):
 
 
 async def test_scram_verifier_from_pg_authid_checks_passwords_like_postgres(proxy):
-    verifier = Verifier.parse(await proxy.server.context.catalog.scram_secret(proxy.settings.owner))
+    verifier = ScramVerifier.parse(await proxy.server.context.control_plane.role_secret(proxy.settings.owner))
     assert verifier.check_password(proxy.settings.owner_password.encode())
     assert not verifier.check_password(b"wrong")
-    assert await proxy.server.context.catalog.scram_secret("authenticated") is None
+    assert await proxy.server.context.control_plane.role_secret("authenticated") is None
 
 
 async def test_postgres_errors_at_connect_are_passed_on(proxy):

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from neon_local.proxy.scram import AuthenticationFailed, ScramError, ScramExchange, Verifier
+from neon_local.auth.scram import AuthenticationFailed, ScramError, ScramExchange, ScramVerifier
 from neon_local.proxy.session import ClientError, parse_options, strip_password_hack, vet_startup
 from neon_local.wire import messages as m
 from neon_local.wire.codec import FrameDecoder, ProtocolViolation, parse_startup_packet
@@ -147,6 +147,9 @@ def test_options_parsed_as_postgres_splits_them(options, expected):
 @pytest.mark.parametrize("options", [
     "-c pg_session_jwt.jwk={}", "-c PG_SESSION_JWT.jwt=x", "-crequest.jwt.claims={}", "-c role=postgres",
     "--session-authorization=cloud_admin", "-c session_authorization=cloud_admin", "-c Role=x",
+    # Postgres turns dashes into underscores in -c names too, so these name the same settings.
+    "-c pg-session-jwt.jwk={}", "-c pg-session-jwt.jwt=x", "-c session-authorization=cloud_admin",
+    "-c Pg-Session_Jwt.jwk={}",
 ])
 def test_options_that_could_forge_identity_are_refused(options):
     with pytest.raises(ClientError) as caught:
@@ -238,7 +241,7 @@ def test_fuzz_options_parse_or_refuse(text):
 @given(st.sampled_from(["SCRAM-SHA-256", "SCRAM-SHA-256-PLUS", "PLAIN"]), st.binary(max_size=80), st.binary(max_size=120),
        st.booleans())
 def test_fuzz_scram_messages_fail_only_with_scram_errors(mechanism, first, final, tls):
-    exchange = ScramExchange(Verifier.mock("u", b"k"), b"\x01" * 32 if tls else None, real=False)
+    exchange = ScramExchange(ScramVerifier.mock("u", b"k"), b"\x01" * 32 if tls else None, real=False)
     try:
         exchange.server_first(mechanism, first)
         exchange.server_final(final)

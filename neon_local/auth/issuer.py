@@ -26,8 +26,10 @@ from aiohttp import web
 from joserfc import jwt
 from joserfc.errors import SecurityWarning
 
+from neon_local.errors import NeonLocalError
 from neon_local.auth.keys import ALGORITHMS, KeyRing
 from neon_local.auth.verifier import JwtError, parse_token
+from neon_local.origins import OriginPolicy
 from neon_local.settings import Settings, url_host
 
 __all__ = ["Issuer", "IssuerError", "default_issuer_url"]
@@ -45,7 +47,7 @@ _CORS = {"Access-Control-Allow-Origin": "*"}
 _PREFLIGHT = _CORS | {"Access-Control-Allow-Headers": "Authorization, Content-Type", "Access-Control-Allow-Methods": "GET, POST"}
 
 
-class IssuerError(Exception):
+class IssuerError(NeonLocalError):
     """A mint or OAuth request that cannot be served; `error` is the OAuth error code."""
 
     def __init__(self, description: str, error: str = "invalid_request"):
@@ -187,6 +189,9 @@ class Issuer:
 
     async def _mint(self, request: web.Request) -> web.Response:
         """Test-only: POST a JSON object with the `mint` keyword arguments, get {"token": ...} back."""
+        origin = request.headers.get("Origin")
+        if not OriginPolicy(self._settings.allowed_origins).allows(origin):  # any site could mint any identity
+            return _oauth_error(IssuerError(OriginPolicy.refusal(origin, "minting tokens"), "access_denied"))
         try:
             options = await request.json()
         except ValueError:

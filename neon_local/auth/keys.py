@@ -25,6 +25,8 @@ from joserfc import jwk
 from joserfc.errors import JoseError, SecurityWarning
 from joserfc.jwk import ECKey, OKPKey, RSAKey
 
+from neon_local.errors import NeonLocalError
+
 __all__ = ["ALGORITHMS", "KeyRing", "KeyRingError", "PublicKeySet", "SigningKey", "VerifyKey", "verify_key_from_jwk"]
 
 log = logging.getLogger(__name__)
@@ -37,7 +39,7 @@ _SHA256 = hashes.SHA256()
 _ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
 
 
-class KeyRingError(Exception):
+class KeyRingError(NeonLocalError):
     """The key file is unreadable, or a key operation is not allowed; the message says which and why."""
 
 

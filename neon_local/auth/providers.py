@@ -21,6 +21,7 @@ from typing import Any
 
 import aiohttp
 
+from neon_local.errors import NeonLocalError
 from neon_local.auth.keys import PublicKeySet
 from neon_local.settings import Provider, Settings
 
@@ -32,7 +33,7 @@ USER_AGENT = "neon-local"
 _TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
 
-class FetchError(Exception):
+class FetchError(NeonLocalError):
     """A JWKS could not be fetched or decoded; the message names the provider, the source and the cause."""
 
 

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from neon_local.errors import NeonLocalError
 from neon_local.auth.keys import KeyRing, PublicKeySet, VerifyKey
 from neon_local.auth.providers import ProviderCache
 from neon_local.settings import Provider, Settings
@@ -58,7 +59,7 @@ STRING_CLAIMS = ("iss", "sub", "jti", "sid")
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")
 
 
-class JwtError(Exception):
+class JwtError(NeonLocalError):
     """A refused token; `message` is the client-facing text (Neon's where Neon has one), `detail` is for logs."""
 
     def __init__(self, message: str, detail: str | None = None):

@@ -9,10 +9,12 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from neon_local.errors import NeonLocalError
+
 SUPPORTED_MAJORS = range(14, 19)
 
 
-class BinariesNotFound(Exception):
+class BinariesNotFound(NeonLocalError):
     """No usable Postgres; the message lists what was probed and how to fix it."""
 
 

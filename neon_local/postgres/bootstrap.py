@@ -57,15 +57,26 @@ async def grant_role(conn: psycopg.AsyncConnection, role: str, owner: str) -> No
     await conn.execute(statements)
 
 
-async def prepare_jwt_role(conn: psycopg.AsyncConnection, role: str) -> None:
-    """What Neon's local_proxy does the first time it sees a (database, role): the extension, then USAGE on auth."""
-    await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_session_jwt")
-    await conn.execute(sql.SQL("GRANT USAGE ON SCHEMA auth TO {}").format(sql.Identifier(role)))
+def jwt_role_statements(role: str) -> list[str]:
+    """What Neon's local_proxy has done the first time it sees a (database, role): the extension, then USAGE on auth."""
+    return ["CREATE EXTENSION IF NOT EXISTS pg_session_jwt",
+            "GRANT USAGE ON SCHEMA auth TO " + sql.Identifier(role).as_string()]
+
+
+async def _let_the_owner_manage_roles(conn: psycopg.AsyncConnection, settings: Settings) -> None:
+    """As on Neon: neon_superuser's members (the owner) may end other roles' sessions (DROP DATABASE ... WITH
+    (FORCE)) and, from PostgreSQL 16, manage the JWT roles, so they can undo `ALTER ROLE authenticated SET ...`
+    that any user of the role may run. ADMIN only: the owner gets none of the roles' privileges."""
+    await conn.execute("GRANT pg_signal_backend TO neon_superuser WITH ADMIN OPTION")
+    if conn.info.server_version >= 160000:
+        for role in settings.jwt_roles:
+            await conn.execute(sql.SQL("GRANT {} TO neon_superuser WITH ADMIN OPTION, INHERIT FALSE, SET FALSE").format(sql.Identifier(role)))
 
 
 async def bootstrap(cluster: PostgresCluster, settings: Settings) -> None:
     async with await _connect(cluster, "postgres") as conn:
         new_roles = await _create_roles(conn, settings)
+        await _let_the_owner_manage_roles(conn, settings)
         cur = await conn.execute("select 1 from pg_database where datname = %s", (settings.database,))
         new_database = await cur.fetchone() is None
         if new_database:
@@ -74,4 +85,5 @@ async def bootstrap(cluster: PostgresCluster, settings: Settings) -> None:
         for role in settings.jwt_roles if new_database else new_roles:
             await grant_role(conn, role, settings.owner)
         for role in settings.jwt_roles:
-            await prepare_jwt_role(conn, role)
+            for statement in jwt_role_statements(role):
+                await conn.execute(statement)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from psycopg.conninfo import make_conninfo
 
+from neon_local.errors import NeonLocalError
 from neon_local.postgres import session_jwt
 from neon_local.postgres.binaries import PgBinaries
 from neon_local.postgres.extension_path import server_command
@@ -48,7 +49,7 @@ local all all trust
 """
 
 
-class PostgresError(Exception):
+class PostgresError(NeonLocalError):
     """Postgres could not be prepared or started; the message says what to do."""
 
 

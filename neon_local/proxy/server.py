@@ -16,8 +16,9 @@ import socket
 import ssl
 from pathlib import Path
 
+from neon_local.control_plane import ControlPlane
 from neon_local.proxy import tls
-from neon_local.proxy.backend import Catalog
+from neon_local.proxy.limits import RoleSlots, at_message_boundary, idle_close_message, tune_keepalive
 from neon_local.proxy.session import MITM_DETAIL, UNENCRYPTED_DATA, ProxyContext, Session
 from neon_local.wire.codec import ProtocolViolation
 
@@ -153,6 +154,7 @@ class ClientConduit(Conduit):
     """A TCP client: it starts its own session and can switch to TLS in place (or start with it)."""
 
     can_tls = True
+    password_refusal = None  # no web origin over TCP
 
     def __init__(self, server: "PgProxyServer") -> None:
         super().__init__()
@@ -161,14 +163,29 @@ class ClientConduit(Conduit):
         self._first = True
         self.is_tls = False
         self.is_loopback = False
+        self.last_active = asyncio.get_running_loop().time()
+        self._last_sent = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        tune_keepalive(transport.get_extra_info("socket"))
         peer = transport.get_extra_info("peername")
         self.is_loopback = is_loopback(peer)
+        self._server.track(self)
         self._server.spawn(Session(self._server.context, self).run())
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._server.untrack(self)
+        super().connection_lost(exc)
+
+    def close_idle(self, limit: int) -> None:
+        """End a session silent past the limit, with Postgres's idle FATAL when it may be sent."""
+        if at_message_boundary(self._last_sent):
+            self.write(idle_close_message(limit))
+        self.close()
+
     def data_received(self, data: bytes) -> None:
+        self.last_active = self.closed.get_loop().time()
         if self._first:
             self._first = False
             # A TLS handshake record where a startup packet's length would be: direct TLS.
@@ -187,6 +204,8 @@ class ClientConduit(Conduit):
         super().data_received(data)
 
     def write(self, data: bytes) -> None:
+        self.last_active = self.closed.get_loop().time()
+        self._last_sent = data[-6:]
         if self._direct is not None:
             data = self._direct.wrap(data)
         super().write(data)
@@ -222,29 +241,31 @@ def is_loopback(peer) -> bool:
 class PgProxyServer:
     """Postgres over TCP (TLS offered) and, through `serverless.websocket`, over WebSocket.
 
-    `PgProxyServer(settings, cluster, verifier, tls_files)`: `settings.jwt_roles` take JWTs as their
-    password, every other role authenticates with its Postgres password; `cluster` is the running
-    Postgres (its `socket_dir`, `port`, `superuser` and `session_secret` are used); `verifier` is the
+    `PgProxyServer(settings, control_plane, verifier, tls_files)`: `settings.jwt_roles` take JWTs as
+    their password, every other role authenticates with its Postgres password; `control_plane` does
+    the Postgres-side work (credentials, JWT sessions) on the running Postgres; `verifier` is the
     auth module's JWT verifier; `tls_files` is `tls.ensure_tls(dir)` (or the directory itself).
     Then `port = await server.start(host, port)` (or `start(bound_socket)`) and `await server.close()`.
     """
 
-    def __init__(self, settings, cluster, verifier, tls_files: tls.TlsFiles | Path) -> None:
+    def __init__(self, settings, control_plane: ControlPlane, verifier, tls_files: tls.TlsFiles | Path) -> None:
         self.settings = settings
-        self.cluster = cluster
+        self.cluster = control_plane.cluster
         self.tls_files = tls_files if isinstance(tls_files, tls.TlsFiles) else tls.ensure_tls(Path(tls_files))
         self.context = ProxyContext(
             jwt_roles=settings.jwt_roles,
             verifier=verifier,
-            session_secret=cluster.session_secret,
             open_backend_socket=self.open_backend_socket,
-            catalog=Catalog(self.open_backend_socket, cluster.superuser, settings.database),
+            control_plane=control_plane,
             tls_context=tls.server_context(self.tls_files),
             channel_binding=tls.channel_binding_data(self.tls_files),
             mock_secret=secrets.token_bytes(32),
+            role_slots=RoleSlots(settings.role_connection_limit, exempt=settings.owner),
         )
         self._servers: list[asyncio.AbstractServer] = []
         self._tasks: set[asyncio.Task] = set()
+        self.clients: set = set()  # TCP and WebSocket client channels, for the idle limit
+        self._idle_sweeper: asyncio.Task | None = None
 
     @property
     def socket_path(self) -> str:
@@ -262,7 +283,26 @@ class PgProxyServer:
         else:
             server = await loop.create_server(lambda: ClientConduit(self), host, port, reuse_address=True)
         self._servers.append(server)
+        if self.settings.client_idle_timeout and self._idle_sweeper is None:
+            self._idle_sweeper = loop.create_task(self._close_idle_clients(self.settings.client_idle_timeout))
         return server.sockets[0].getsockname()[1]
+
+    def track(self, channel) -> None:
+        """Count a client channel (it has `last_active` and `close_idle(limit)`) for the idle limit."""
+        self.clients.add(channel)
+
+    def untrack(self, channel) -> None:
+        self.clients.discard(channel)
+
+    async def _close_idle_clients(self, limit: int) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(limit / 4, 5.0))
+            deadline = loop.time() - limit
+            for channel in [c for c in self.clients if c.last_active < deadline]:
+                log.info("closing a Postgres client session silent for over %s s (client_idle_timeout)", limit)
+                self.clients.discard(channel)
+                channel.close_idle(limit)
 
     def spawn(self, coroutine) -> asyncio.Task:
         """Run a session as its own task, so one client's failure never reaches another."""
@@ -272,6 +312,8 @@ class PgProxyServer:
         return task
 
     async def close(self) -> None:
+        if self._idle_sweeper is not None:
+            self._idle_sweeper.cancel()
         for server in self._servers:
             server.close()
         for task in list(self._tasks):
@@ -279,5 +321,4 @@ class PgProxyServer:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for server in self._servers:
             await server.wait_closed()
-        self.context.catalog.close()
 

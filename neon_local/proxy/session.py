@@ -15,11 +15,15 @@ import ssl
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from neon_local.errors import NeonLocalError
+from neon_local.auth import scram
 from neon_local.auth.verifier import JwtError, Verifier
+from neon_local.control_plane import ControlPlane
+from neon_local.errors import PostgresErrorResponse, PostgresUnavailable
 from neon_local.postgres import session_jwt
-from neon_local.proxy import scram
-from neon_local.proxy.backend import Backend, BackendError, BackendUnavailable, Catalog, Opener, open_backend, send_cancel
+from neon_local.proxy.compute import BackendError, ComputeConnection, Opener, open_compute, send_cancel
 from neon_local.proxy.cancellation import CancelKey, CancelMap
+from neon_local.proxy.limits import RoleSlots, TooManySessions
 from neon_local.wire import messages as m
 from neon_local.wire.codec import FrameDecoder, ProtocolViolation
 
@@ -40,6 +44,7 @@ class ClientChannel(Protocol):
     is_tls: bool
     is_loopback: bool
     can_tls: bool  # False on WebSocket: no TLS inside the tunnel
+    password_refusal: str | None  # why password roles are refused here (a disallowed web origin), if they are
 
     async def read(self) -> bytes: ...  # b"" once the client is gone
 
@@ -58,14 +63,14 @@ class ProxyContext:
 
     jwt_roles: tuple[str, ...]
     verifier: Verifier
-    session_secret: bytes
     open_backend_socket: Opener
-    catalog: Catalog
+    control_plane: ControlPlane
     cancellations: CancelMap = field(default_factory=CancelMap)
     tls_context: ssl.SSLContext | None = None
     channel_binding: bytes | None = None
     mock_secret: bytes = b""
     auth_timeout: float = 60.0  # Postgres's authentication_timeout: no connection idles in the handshake
+    role_slots: RoleSlots = field(default_factory=RoleSlots)  # sessions per role (owner exempt)
     warned: set[str] = field(default_factory=set)
 
     def warn_once(self, key: str, message: str) -> None:
@@ -75,7 +80,7 @@ class ProxyContext:
             log.warning(message)
 
 
-class ClientError(Exception):
+class ClientError(NeonLocalError):
     """An error for the client to read: its text (Neon's or Postgres's), SQLSTATE and severity."""
 
     def __init__(self, message: str, code: str, severity: str = "FATAL", hint: str | None = None) -> None:
@@ -151,18 +156,18 @@ def parse_options(text: str) -> list[tuple[str, str]]:
         elif word.startswith("-c") and len(word) > 2:
             gucs.append(_guc(word[2:]))
         elif word.startswith("--"):
-            gucs.append(_guc(word[2:], dashes=True))
+            gucs.append(_guc(word[2:]))
         elif not word.startswith(IGNORED_OPTION_PREFIXES):
             raise ClientError(f'unsupported startup option "{word}": only -c name=value and --name=value are allowed', "0A000")
         index += 1
     return gucs
 
 
-def _guc(setting: str, dashes: bool = False) -> tuple[str, str]:
+def _guc(setting: str) -> tuple[str, str]:
     name, sep, value = setting.partition("=")
     if not sep:
         raise ClientError(f'-c {setting} requires a value', "42601")
-    name = name.replace("-", "_") if dashes else name
+    name = name.replace("-", "_")  # as Postgres' ParseLongOption does for -c and -- alike, before the name is looked up
     if name.lower().startswith(DENIED_GUC_PREFIXES) or name.lower() in DENIED_GUCS:
         raise ClientError(f'permission denied to set parameter "{name}"', "42501")
     return name, value
@@ -216,6 +221,7 @@ class Session:
         self.client = client
         self.decoder = FrameDecoder()
         self.cancel_key: CancelKey | None = None
+        self.role: str | None = None  # holds one of its role's slots while set
 
     async def run(self) -> None:
         try:
@@ -224,7 +230,10 @@ class Session:
             self.client.write(exc.encode())
         except BackendError as exc:
             self.client.write(exc.raw)
-        except BackendUnavailable as exc:
+        except PostgresErrorResponse as exc:  # refused by the control plane, or by Postgres to it
+            f = exc.fields
+            self.client.write(m.error_response(f.get("S", "FATAL"), exc.sqlstate or "XX000", f.get("M", ""), f.get("D"), f.get("H")))
+        except PostgresUnavailable as exc:
             log.warning("Postgres unavailable for a client: %s", exc)
             message = f"neon-local could not reach Postgres: {exc}. It may be restarting; try again in a moment."
             self.client.write(m.error_response("FATAL", "08006", message))
@@ -236,6 +245,8 @@ class Session:
         finally:
             if self.cancel_key is not None:
                 self.ctx.cancellations.unregister(self.cancel_key)
+            if self.role is not None:
+                self.ctx.role_slots.give(self.role)
             self.client.close()
 
     async def _run(self) -> None:
@@ -244,7 +255,7 @@ class Session:
         if backend is not None:
             await self.client.relay(backend.conduit, self.decoder.take_rest(), backend.take_rest())
 
-    async def _handshake(self) -> Backend | None:
+    async def _handshake(self) -> ComputeConnection | None:
         startup = await self._negotiate()
         if startup is None:
             return None
@@ -254,6 +265,13 @@ class Session:
                                                 "neon-local allows it from this machine only. Use sslmode=require to match Neon.")
         if vetted.minor > 0 or vetted.unrecognized:
             self.client.write(m.negotiate_protocol_version(0, vetted.unrecognized))
+        if vetted.user not in self.ctx.jwt_roles and self.client.password_refusal:  # a web page's WebSocket
+            raise ClientError(self.client.password_refusal, "28000")
+        try:  # before any backend opens, so a role can never hold more than its share of Postgres
+            self.ctx.role_slots.take(vetted.user)
+        except TooManySessions as exc:
+            raise ClientError(exc.message, "53300", hint=exc.hint) from None
+        self.role = vetted.user
         if vetted.user in self.ctx.jwt_roles:
             backend, final = await self._jwt_login(vetted), b""
         else:
@@ -323,7 +341,7 @@ class Session:
             raise ProtocolViolation("invalid password packet size")
         return strip_password_hack(body[:-1])
 
-    async def _jwt_login(self, vetted: ClientStartup) -> Backend:
+    async def _jwt_login(self, vetted: ClientStartup) -> ComputeConnection:
         if not (self.client.is_tls or self.client.is_loopback):
             raise ClientError(INSECURE, "28000", "ERROR")
         token = (await self._cleartext_password()).decode("utf-8", "replace")
@@ -332,39 +350,34 @@ class Session:
         except JwtError as exc:
             log.info("refused a JWT for role %s: %s", vetted.user, exc.detail or exc.message)
             raise ClientError(exc.message, "28000", "ERROR", jwt_refusal_hint(exc.message, token, vetted.user)) from None
-        backend = await open_backend(self.ctx.open_backend_socket, vetted.backend_params(session_jwt.startup_options()))
+        # The same steps as the HTTP path: a prepared database, a bound backend, a re-signed token.
+        backend, signer = await self.ctx.control_plane.start_jwt_session(
+            vetted.database, vetted.user,
+            lambda options: open_compute(self.ctx.open_backend_socket, vetted.backend_params(options)))
         try:
-            await self._init_jwt_session(backend, verified.payload)
+            await backend.first_row(session_jwt.INIT_QUERY, [signer.token_for(verified.payload)])
         except BaseException:
             backend.close()
             raise
         return backend
 
-    async def _init_jwt_session(self, backend: Backend, payload: bytes) -> None:
-        # The same steps as the HTTP path: bind the backend, then hand pg_session_jwt a re-signed token.
-        pid, backend_start = await backend.query_row(session_jwt.BIND_QUERY, [])
-        signer = session_jwt.SessionSigner(self.ctx.session_secret, int(pid), backend_start.decode())
-        await backend.query_row(session_jwt.INIT_QUERY, [signer.token_for(payload)])
-
-    async def _password_login(self, vetted: ClientStartup) -> tuple[Backend, bytes]:
-        secret = await self.ctx.catalog.scram_secret(vetted.user)
-        verifier = scram.Verifier.parse(secret)
-        real = verifier is not None
-        verifier = verifier or scram.Verifier.mock(vetted.user, self.ctx.mock_secret)
+    async def _password_login(self, vetted: ClientStartup) -> tuple[ComputeConnection, bytes]:
         try:
             if self.client.can_tls:  # TCP: SCRAM end to end, as Postgres and Neon do
-                final = await self._scram(verifier, real)
+                verifier = scram.ScramVerifier.parse(await self.ctx.control_plane.role_secret(vetted.user))
+                real = verifier is not None
+                final = await self._scram(verifier or scram.ScramVerifier.mock(vetted.user, self.ctx.mock_secret), real)
             else:  # WebSocket: cleartext inside the tunnel, as Neon does, so pipelined connects work
                 final = b""
-                if not (real and verifier.check_password(await self._cleartext_password())):
+                if not await self.ctx.control_plane.check_password(vetted.user, await self._cleartext_password()):
                     raise scram.AuthenticationFailed()
         except scram.AuthenticationFailed:
             raise ClientError(f"password authentication failed for user '{vetted.user}'", "28P01", "ERROR") from None
         except scram.ScramError as exc:
             raise ProtocolViolation(str(exc), "28000") from None
-        return await open_backend(self.ctx.open_backend_socket, vetted.backend_params()), final
+        return await open_compute(self.ctx.open_backend_socket, vetted.backend_params()), final
 
-    async def _scram(self, verifier: scram.Verifier, real: bool) -> bytes:
+    async def _scram(self, verifier: scram.ScramVerifier, real: bool) -> bytes:
         binding = self.ctx.channel_binding if self.client.is_tls else None
         exchange = scram.ScramExchange(verifier, binding, real)
         self.client.write(m.authentication_sasl(exchange.mechanisms))
@@ -372,7 +385,7 @@ class Session:
         self.client.write(m.authentication(m.AUTH_SASL_CONTINUE, exchange.server_first(mechanism, client_first)))
         return exchange.server_final(await self._read_password())
 
-    def _greet(self, backend: Backend, sasl_final: bytes) -> None:
+    def _greet(self, backend: ComputeConnection, sasl_final: bytes) -> None:
         self.cancel_key = self.ctx.cancellations.register(backend.key)
         out = [m.authentication(m.AUTH_SASL_FINAL, sasl_final)] if sasl_final else []
         out.append(m.authentication(m.AUTH_OK))

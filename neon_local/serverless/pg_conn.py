@@ -12,7 +12,7 @@ import logging
 import os
 import struct
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, Sequence
+from typing import Protocol, Sequence
 
 import psycopg
 from psycopg import pq
@@ -20,13 +20,11 @@ from psycopg.adapt import AdaptersMap, Transformer
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.string import TextLoader
 
+from neon_local.errors import PostgresErrorResponse, PostgresUnavailable
 from neon_local.postgres import session_jwt
 from neon_local.serverless.json import Column
 
-if TYPE_CHECKING:
-    from neon_local.serverless.conn_pool import Pool
-
-__all__ = ["Backend", "ConnectionLost", "PgError", "RESET_STATEMENTS", "ResultSink", "Statement", "connect"]
+__all__ = ["ConnectionLost", "PgError", "RESET_STATEMENTS", "ResultSink", "PgConnection", "Statement", "connect"]
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +42,11 @@ _TEXT = AdaptersMap()
 _TEXT.register_loader(0, TextLoader)  # the fallback loader: every type comes back as its text
 
 
-class PgError(Exception):
+class PgError(PostgresErrorResponse):
     """Postgres answered with an ErrorResponse; `fields` maps its field codes (C, M, S, …) to text."""
 
-    def __init__(self, fields: dict[str, str]) -> None:
-        super().__init__(fields.get("M", ""))
-        self.fields = fields
 
-
-class ConnectionLost(Exception):
+class ConnectionLost(PostgresUnavailable):
     """The backend connection broke or misbehaved; the message is libpq's (or ours)."""
 
 
@@ -104,12 +98,11 @@ def _columns(result: pq.PGresult) -> list[Column]:
                    result.fsize(i), result.fmod(i)) for i in range(result.nfields)]
 
 
-class Backend:
+class PgConnection:
     """One Postgres connection in non-blocking mode, driven from the event loop."""
 
-    def __init__(self, conn: psycopg.AsyncConnection, pool: Pool | None = None) -> None:
+    def __init__(self, conn: psycopg.AsyncConnection) -> None:
         self.conn = conn
-        self.pool = pool
         self.pg = conn.pgconn
         self.pg.nonblocking = 1
         self.pid = self.pg.backend_pid
@@ -295,7 +288,7 @@ class Backend:
         await self.conn.close()
 
 
-async def connect(conninfo: str, pool: Pool | None = None) -> Backend:
+async def connect(conninfo: str) -> PgConnection:
     """Open a connection; a refusal raises PgError with Postgres's own fields (e.g. 3D000)."""
     try:
         conn = await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
@@ -304,7 +297,7 @@ async def connect(conninfo: str, pool: Pool | None = None) -> Backend:
         if fields is None:
             raise ConnectionLost(str(exc).strip()) from None
         raise PgError(fields) from None
-    return Backend(conn, pool)
+    return PgConnection(conn)
 
 
 async def _startup_error(conninfo: str) -> dict[str, str] | None:

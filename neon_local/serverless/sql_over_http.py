@@ -13,17 +13,23 @@ import logging
 import uuid
 from typing import Sequence
 
+import psycopg
 from aiohttp import web
 
 from neon_local.auth.verifier import JwtError, VerifiedToken
+from neon_local.origins import PNA_ALLOW, PNA_REQUEST, OriginPolicy
 from neon_local.postgres import session_jwt
-from neon_local.serverless.conn_pool import MAX_PER_POOL, ConnPool, ExtensionSetupError
-from neon_local.serverless.errors import SqlOverHttpError, cancelled_body, not_supported_body
+from neon_local.control_plane import ControlPlane
+from neon_local.errors import PostgresErrorResponse
+from neon_local.serverless.conn_pool import MAX_PER_POOL, ConnPool
+from neon_local.serverless.errors import (
+    SqlOverHttpError, cancelled_body, internal_error, not_supported_body, nul_byte_error, postgres_unavailable,
+)
 from neon_local.serverless.http_request import (
     MAX_REQUEST_BYTES, ConnInfo, Headers, Payload, Query, parse_body, parse_conn_info, parse_headers,
 )
 from neon_local.serverless.json import Column, PgTextError, ResponseTooLarge, ResponseWriter, row_encoder
-from neon_local.serverless.pg_conn import Backend, ConnectionLost, PgError, Statement
+from neon_local.serverless.pg_conn import ConnectionLost, PgConnection, PgError, Statement
 
 __all__ = ["SqlOverHttp"]
 
@@ -38,6 +44,12 @@ OPTIONS_HEADERS = {
                                     "Neon-Pool-Opt-In, Neon-Batch-Read-Only, Neon-Batch-Isolation-Level",
     "Access-Control-Max-Age": "86400",
 }
+
+
+def _unavailable(exc: BaseException | None) -> bool:
+    """Whether a failure says Postgres is out of a resource or not there, rather than a problem of the SQL itself."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    return isinstance(exc, psycopg.OperationalError) if sqlstate is None else sqlstate[:2] in ("08", "53", "57", "58")
 
 
 class _ClientGone(Exception):
@@ -60,11 +72,14 @@ def _json_response(status: int, body: bytes, request: web.Request, extra: dict[s
     return web.Response(status=status, body=body, headers=headers, content_type="application/json")
 
 
-async def _read_body(request: web.Request) -> bytes:
+async def _read_body(request: web.Request, timeout: float) -> bytes:
     try:
-        return await _read_limited(request)
+        async with asyncio.timeout(timeout or None):  # a body trickled in slowly must not hold a task forever
+            return await _read_limited(request)
     except (asyncio.IncompleteReadError, ConnectionError) as exc:  # the client went away mid-body
         raise SqlOverHttpError(400, f"could not read the HTTP request body: {exc}") from None
+    except TimeoutError:
+        raise SqlOverHttpError(408, f"the request body did not arrive within {timeout} s (http_idle_timeout)") from None
 
 
 async def _read_limited(request: web.Request) -> bytes:
@@ -120,7 +135,7 @@ class _QuerySink:
         self._encode = None
 
     async def columns(self, columns: list[Column]) -> None:
-        elements = {} if self._raw else await self._owner.pools.array_elements(self._dbname, [c.type_oid for c in columns])
+        elements = {} if self._raw else await self._owner.control_plane.array_elements(self._dbname, [c.type_oid for c in columns])
         self._writer.begin_result(columns)
         self._encode = row_encoder(columns, self._raw, self._array_mode, elements)
 
@@ -134,14 +149,21 @@ class _QuerySink:
 class SqlOverHttp:
     """The /sql handlers; `close()` closes every pooled connection."""
 
-    def __init__(self, settings, cluster, verifier, *, max_connections_per_pool: int = MAX_PER_POOL) -> None:
+    def __init__(self, settings, control_plane: ControlPlane, verifier, *, max_connections_per_pool: int = MAX_PER_POOL) -> None:
         self.settings = settings
-        self.pools = ConnPool(cluster, max_connections_per_pool)
+        self.control_plane = control_plane
+        self.pools = ConnPool(control_plane, max_connections_per_pool)
         self._verifier = verifier
         self._jwt_roles = frozenset(settings.jwt_roles)
+        self._origins = OriginPolicy(settings.allowed_origins)
+        self._body_timeout = settings.http_idle_timeout
 
     async def handle_options(self, request: web.Request) -> web.Response:
-        return web.Response(status=200, headers={**OPTIONS_HEADERS, "neon-request-id": _request_id(request)})
+        headers = {**OPTIONS_HEADERS, "neon-request-id": _request_id(request)}
+        # Private Network Access: a public page may reach this machine only from an allowed origin.
+        if request.headers.get(PNA_REQUEST) == "true" and self._origins.allows(request.headers.get("Origin")):
+            headers[PNA_ALLOW] = "true"
+        return web.Response(status=200, headers=headers)
 
     async def not_supported(self, request: web.Request) -> web.Response:
         return _json_response(400, not_supported_body(), request)
@@ -156,12 +178,18 @@ class SqlOverHttp:
             return _json_response(exc.status, exc.body(), request)
         except _ClientGone:
             return _json_response(400, cancelled_body(), request)
+        except Exception as exc:  # a bug of ours still answers Neon's JSON, never aiohttp's plain-text 500
+            log.exception("unexpected error in a /sql request")
+            return _json_response(500, internal_error(exc).body(), request)
         return _json_response(200, body, request, extra)
 
     async def _serve(self, request: web.Request) -> tuple[bytes, dict[str, str]]:
         info = parse_conn_info(request.headers, self._jwt_roles)
+        origin = request.headers.get("Origin")
+        if info.jwt is None and not self._origins.allows(origin):
+            raise SqlOverHttpError(400, OriginPolicy.refusal(origin, f"password requests (as {info.user})"))
         headers = parse_headers(request.headers)
-        payload = parse_body(await _read_body(request))
+        payload = parse_body(await _read_body(request, self._body_timeout))
         with _DisconnectWatch(request) as watch:
             try:
                 return await self._authorized(info, headers, payload), headers.echo() if payload.batch else {}
@@ -173,10 +201,11 @@ class SqlOverHttp:
 
     async def _authorized(self, info: ConnInfo, headers: Headers, payload: Payload) -> bytes:
         verified = await self._authenticate(info)
-        backend = await self._connect(info, verified is not None)
+        backend = await self._session(info, verified)
+        if payload.has_nul:  # libpq would cut the text at the NUL: refuse it as Postgres does
+            self.pools.release(backend)
+            raise nul_byte_error()
         try:
-            if verified is not None:
-                await self._init_session(backend, verified)
             body = await (self._batch if payload.batch else self._single)(backend, info.dbname, headers, payload.queries)
         except BaseException:
             self.pools.discard(backend)
@@ -186,7 +215,11 @@ class SqlOverHttp:
 
     async def _authenticate(self, info: ConnInfo) -> VerifiedToken | None:
         if info.jwt is None:
-            if not await self.pools.check_password(info.user, info.password):
+            try:
+                matched = await self.control_plane.check_password(info.user, info.password)
+            except (PgError, ConnectionLost, psycopg.Error, OSError) as exc:
+                raise postgres_unavailable(exc) from None
+            if not matched:
                 raise SqlOverHttpError(400, f"password authentication failed for user '{info.user}'")
             return None
         try:
@@ -194,37 +227,63 @@ class SqlOverHttp:
         except JwtError as exc:
             raise SqlOverHttpError(400, exc.message) from None
 
-    async def _connect(self, info: ConnInfo, jwt: bool) -> Backend:
+    async def _connect(self, info: ConnInfo, jwt: bool) -> PgConnection:
         try:
             return await self.pools.acquire(info.dbname, info.user, jwt)
-        except PgError as exc:  # a wrong database name is the user's mistake; anything else is ours
-            raise SqlOverHttpError.postgres(exc.fields, 400 if exc.fields.get("C") == "3D000" else 500) from None
-        except ConnectionLost as exc:
-            raise SqlOverHttpError(500, str(exc)) from None
-        except ExtensionSetupError as exc:
-            log.error("could not set up pg_session_jwt for role %s in database %s: %s", info.user, info.dbname, exc)
-            raise SqlOverHttpError(500, "could not set up the JWT authorization database extension") from None
+        except PostgresErrorResponse as exc:
+            if exc.sqlstate == "3D000":
+                await self.pools.forget_database(info.dbname)
+            if _unavailable(exc):  # disk full, too many connections, restarting: say so
+                raise postgres_unavailable(exc) from None
+            # A wrong database name or a template database is the user's mistake; anything else is ours.
+            raise SqlOverHttpError.postgres(exc.fields, 400 if exc.sqlstate in ("3D000", "42501") else 500) from None
+        except (ConnectionLost, psycopg.OperationalError, OSError) as exc:
+            raise postgres_unavailable(exc) from None
 
-    async def _init_session(self, backend: Backend, verified: VerifiedToken) -> None:
-        """local_proxy's per-request step: the verified claims, re-signed with the next jti, before any user SQL."""
+    async def _session(self, info: ConnInfo, verified: VerifiedToken | None) -> PgConnection:
+        """A pooled connection ready for the user's SQL: a JWT role's with this request's claims installed.
+
+        A pooled session whose set-up fails for want of the extension or its grant (the user reset the
+        schema) makes the database be prepared again, and the request goes on, on a fresh connection.
+        """
+        backend = await self._connect(info, verified is not None)
+        if verified is None:
+            return backend
+        try:
+            return await self._init_session(backend, verified)
+        except PgError as exc:
+            if not ControlPlane.unprepared(exc):
+                raise SqlOverHttpError.internal_postgres(exc.fields) from None
+        await self.pools.repair(info.dbname, info.user)
+        try:
+            return await self._init_session(await self._connect(info, True), verified)
+        except PgError as exc:
+            raise SqlOverHttpError.internal_postgres(exc.fields) from None
+
+    async def _init_session(self, backend: PgConnection, verified: VerifiedToken) -> PgConnection:
+        """local_proxy's per-request step: the verified claims, re-signed with the next jti, before any user SQL.
+        A connection whose set-up failed is dropped."""
         token = backend.signer.token_for(verified.payload)
         try:
             await backend.run([Statement(session_jwt.INIT_QUERY, [token])])
-        except PgError as exc:
-            raise SqlOverHttpError.internal_postgres(exc.fields) from None
         except ConnectionLost as exc:
+            self.pools.discard(backend)
             raise SqlOverHttpError(500, str(exc)) from None
+        except BaseException:
+            self.pools.discard(backend)
+            raise
+        return backend
 
     def _statement(self, query: Query, writer: ResponseWriter, dbname: str, headers: Headers) -> Statement:
         array_mode = headers.array_mode if query.array_mode is None else query.array_mode
         return Statement(query.text, query.params, _QuerySink(self, writer, dbname, headers.raw_output, array_mode))
 
-    async def _single(self, backend: Backend, dbname: str, headers: Headers, queries: Sequence[Query]) -> bytes:
+    async def _single(self, backend: PgConnection, dbname: str, headers: Headers, queries: Sequence[Query]) -> bytes:
         writer = ResponseWriter(MAX_RESPONSE_BYTES)
         await self._run(backend, [self._statement(queries[0], writer, dbname, headers)], reset_after=True)
         return writer.body()
 
-    async def _batch(self, backend: Backend, dbname: str, headers: Headers, queries: Sequence[Query]) -> bytes:
+    async def _batch(self, backend: PgConnection, dbname: str, headers: Headers, queries: Sequence[Query]) -> bytes:
         """One transaction: the first error fails the whole batch; COMMIT only once every result is in."""
         writer = ResponseWriter(MAX_RESPONSE_BYTES)
         writer.begin_batch()
@@ -234,7 +293,7 @@ class SqlOverHttp:
         writer.end_batch()
         return writer.body()
 
-    async def _run(self, backend: Backend, statements: list[Statement], reset_after: bool = False) -> None:
+    async def _run(self, backend: PgConnection, statements: list[Statement], reset_after: bool = False) -> None:
         try:
             await backend.run(statements, reset_after)
         except PgError as exc:

@@ -1,4 +1,4 @@
-"""The proxy's own connections to Postgres over its private Unix socket: startup, a few queries, cancel.
+"""The proxy's connections to the compute (Postgres over its private Unix socket): startup, a few queries, cancel.
 
 Postgres trusts every connection on that socket, so the proxy authenticates clients first and
 then opens a backend as the client's role. The conversation runs over a `Conduit` from the
@@ -9,8 +9,9 @@ handed to the relay untouched.
 from __future__ import annotations
 
 import asyncio
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Sequence
 
+from neon_local.errors import PostgresErrorResponse, PostgresUnavailable
 from neon_local.proxy.cancellation import CancelKey
 from neon_local.wire import messages as m
 from neon_local.wire.codec import FrameDecoder, ProtocolViolation
@@ -19,20 +20,19 @@ MAX_BACKEND_MESSAGE = 1 << 30
 CANCEL_TIMEOUT = 5.0
 
 
-class BackendError(Exception):
+class BackendError(PostgresErrorResponse):
     """Postgres answered with an ErrorResponse; `raw` is that message, to pass on to the client as is."""
 
     def __init__(self, raw: bytes, fields: dict[str, str]) -> None:
-        super().__init__(fields.get("M", "error from Postgres"))
+        super().__init__(fields)
         self.raw = raw
-        self.fields = fields
 
 
-class BackendUnavailable(Exception):
+class BackendUnavailable(PostgresUnavailable):
     """The Unix socket could not be reached or closed early: Postgres is down or restarting."""
 
 
-class Backend:
+class ComputeConnection:
     """One Postgres connection driven by the proxy until it is handed to the relay."""
 
     def __init__(self, conduit) -> None:
@@ -54,14 +54,14 @@ class Backend:
                 return
             self._note(message)
 
-    async def query_row(self, sql: str, params: list[str | None]) -> list[bytes | None] | None:
-        """Run one statement with the extended protocol (params bound, never spliced); its first row."""
+    async def first_row(self, sql: str, params: Sequence[str | None] = ()) -> tuple[str | None, ...] | None:
+        """Run one statement with the extended protocol (params bound, never spliced); its first row, as text."""
         self.conduit.write(m.parse(sql) + m.bind(params) + m.execute() + m.sync())
         row, error = None, None
         while True:
             message = await self.read_message()
             if message.type == b"D" and row is None:
-                row = m.data_row(message.body)
+                row = tuple(None if value is None else value.decode() for value in m.data_row(message.body))
             elif message.type == b"E":
                 error = BackendError(message.encode(), m.error_fields(message.body))
             elif message.type == b"Z":
@@ -102,13 +102,13 @@ class Backend:
 Opener = Callable[[], Awaitable[object]]
 
 
-async def open_backend(opener: Opener, params: dict[str, str]) -> Backend:
+async def open_compute(opener: Opener, params: dict[str, str]) -> ComputeConnection:
     """Open a socket with `opener` and run the startup; errors close the socket."""
     try:
         conduit = await opener()
     except OSError as exc:
         raise BackendUnavailable(f"its socket refused the connection ({exc.strerror or exc})") from None
-    backend = Backend(conduit)
+    backend = ComputeConnection(conduit)
     try:
         await backend.startup(params)
     except BaseException:
@@ -132,38 +132,3 @@ async def send_cancel(opener: Opener, key: CancelKey) -> None:
         pass
     finally:
         conduit.close()
-
-
-class Catalog:
-    """A superuser connection kept open to read roles' SCRAM verifiers; reopened after any failure."""
-
-    QUERY = (
-        "select rolpassword from pg_catalog.pg_authid where rolname = $1 and rolcanlogin"
-        " and (rolvaliduntil is null or rolvaliduntil > now())"
-    )
-
-    def __init__(self, opener: Opener, superuser: str, database: str) -> None:
-        self._opener = opener
-        self._params = {"user": superuser, "database": database, "application_name": "neon-local proxy"}
-        self._backend: Backend | None = None
-        self._lock = asyncio.Lock()
-
-    async def scram_secret(self, role: str) -> str | None:
-        """The role's rolpassword if it may log in now, else None."""
-        async with self._lock:
-            for attempt in range(2):
-                try:
-                    if self._backend is None:
-                        self._backend = await open_backend(self._opener, self._params)
-                    row = await self._backend.query_row(self.QUERY, [role])
-                    return row[0].decode() if row and row[0] is not None else None
-                except (BackendUnavailable, BackendError):
-                    self.close()
-                    if attempt:
-                        raise
-        return None
-
-    def close(self) -> None:
-        if self._backend is not None:
-            self._backend.conduit.close()
-            self._backend = None

@@ -13,13 +13,15 @@ import hmac
 import secrets
 from dataclasses import dataclass
 
+from neon_local.errors import NeonLocalError
+
 MECHANISM = "SCRAM-SHA-256"
 MECHANISM_PLUS = "SCRAM-SHA-256-PLUS"
 CHANNEL_BINDING = "tls-server-end-point"
 MOCK_ITERATIONS = 4096
 
 
-class ScramError(Exception):
+class ScramError(NeonLocalError):
     """The client broke the SCRAM exchange (malformed message, binding mismatch); the text is Postgres's."""
 
 
@@ -28,7 +30,7 @@ class AuthenticationFailed(Exception):
 
 
 @dataclass(frozen=True)
-class Verifier:
+class ScramVerifier:
     """A parsed `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>` secret."""
 
     iterations: int
@@ -37,10 +39,10 @@ class Verifier:
     server_key: bytes
 
     def __repr__(self) -> str:
-        return "Verifier([secure])"
+        return "ScramVerifier([secure])"
 
     @classmethod
-    def parse(cls, text: str | None) -> "Verifier | None":
+    def parse(cls, text: str | None) -> "ScramVerifier | None":
         """None for roles without a SCRAM secret (no password, or an old md5 one)."""
         try:
             scheme, params, keys = text.split("$")
@@ -53,7 +55,7 @@ class Verifier:
             return None
 
     @classmethod
-    def mock(cls, user: str, secret: bytes) -> "Verifier":
+    def mock(cls, user: str, secret: bytes) -> "ScramVerifier":
         """A stable fake for unknown roles, so a failed login looks the same whether or not the role exists."""
         salt = hashlib.sha256(secret + user.encode()).digest()[:16]
         return cls(MOCK_ITERATIONS, salt, secrets.token_bytes(32), secrets.token_bytes(32))
@@ -67,7 +69,7 @@ class Verifier:
 class ScramExchange:
     """One server-side SCRAM exchange: `server_first()`, then `server_final()`; no I/O."""
 
-    def __init__(self, verifier: Verifier, binding_data: bytes | None, real: bool) -> None:
+    def __init__(self, verifier: ScramVerifier, binding_data: bytes | None, real: bool) -> None:
         self._verifier = verifier
         self._binding_data = binding_data
         self._real = real  # False for the mock verifier: the exchange runs to the end and then fails

@@ -1,0 +1,290 @@
+"""The control plane: the Postgres-side work every client path needs, in one place.
+
+Neon's proxy asks one control plane for a role's credentials and has compute_ctl prepare a database
+for JWT roles; here SQL over HTTP, the Data API, TCP and WebSocket all call this module for:
+- credentials: a role's SCRAM secret from pg_authid, and the password check against it
+  (PBKDF2 on a thread, good passwords remembered);
+- JWT sessions: pg_session_jwt installed and `USAGE ON SCHEMA auth` granted in a database before a
+  JWT role's first session there, then the backend bound to its signer. When a reset took the
+  extension away (`DROP SCHEMA public CASCADE`), the session that trips over it prepares the
+  database again, once; no request pays for a check otherwise;
+- catalog lookups (which types are arrays, for the JSON encoding).
+
+Its superuser connections never linger: the one for pg_authid closes when idle, the others close
+after their query, so none of them blocks the owner's DROP DATABASE or CREATE DATABASE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import inspect
+import logging
+from collections import OrderedDict
+from typing import Awaitable, Callable, Protocol, Sequence, TypeVar
+
+from neon_local.auth.scram import ScramVerifier
+from neon_local.errors import PostgresErrorResponse
+from neon_local.postgres import session_jwt
+from neon_local.postgres.bootstrap import jwt_role_statements
+from neon_local.serverless.pg_conn import PgConnection, Statement, connect
+
+__all__ = ["ControlPlane", "JwtSessionBackend", "TEMPLATE_DATABASES"]
+
+log = logging.getLogger(__name__)
+
+ADMIN_USER = "cloud_admin"
+ADMIN_IDLE_SECONDS = 2.0  # the pg_authid connection closes this long after its last use
+PASSWORD_CACHE_SIZE = 1024
+TEMPLATE_DATABASES = frozenset(("template0", "template1"))
+
+# The session set-up failed because the database lost what preparing it put there: the auth schema,
+# the extension's functions or state, or the role's USAGE on the schema.
+_UNPREPARED = frozenset(("3F000", "42883", "42P01", "42501"))
+# Startup refusals that role defaults cannot cause (a missing database, no free slot, shutting down, ...).
+_NOT_FROM_ROLE_DEFAULTS = frozenset(("3D000", "53300", "57P01", "57P03", "55000", "28000", "28P01", "08006"))
+
+_SECRET_SQL = ("select rolpassword from pg_catalog.pg_authid where rolname = $1 and rolcanlogin"
+               " and (rolvaliduntil is null or rolvaliduntil > now())")
+_ROLE_DEFAULTS_SQL = (
+    "select coalesce(string_agg(coalesce(d.datname, '') || chr(1) || array_to_string(s.setconfig, chr(2)), chr(3)), '')"
+    " from pg_catalog.pg_db_role_setting s join pg_catalog.pg_roles r on r.oid = s.setrole"
+    " left join pg_catalog.pg_database d on d.oid = s.setdatabase where r.rolname = $1")
+# Pairs "oid:elem" of array types; 0 marks a looked-up type that is not an array.
+_ARRAYS_SQL = ("select coalesce(string_agg(t.oid || ':' || t.typelem, ','), '') from pg_catalog.pg_type t"
+               " where t.typelem <> 0 and t.typtype not in ('d', 'e', 'p')"
+               " and (t.typcategory = 'A' or t.oid >= 16384) and {}")
+
+
+class JwtSessionBackend(Protocol):
+    """What a path's backend connection offers the control plane: one query, its first row as text."""
+
+    async def first_row(self, sql: str, params: Sequence[str | None] = ()) -> tuple | None: ...
+
+
+B = TypeVar("B", bound=JwtSessionBackend)
+
+
+def template_refusal(dbname: str) -> PostgresErrorResponse:
+    return PostgresErrorResponse({
+        "S": "FATAL", "V": "FATAL", "C": "42501",
+        "M": f'JWT sessions are not allowed on template database "{dbname}"',
+        "H": "pg_session_jwt would be installed there and copied into every new database; "
+             "connect to your app's database (e.g. neondb) instead.",
+    })
+
+
+class ControlPlane:
+    """`ControlPlane(cluster)`: `cluster` is the running Postgres (`conninfo()`, `session_secret`)."""
+
+    def __init__(self, cluster) -> None:
+        self.cluster = cluster
+        self._prepared: dict[tuple[str, str], asyncio.Future] = {}
+        self._prepare_lock = asyncio.Lock()
+        self._authid: PgConnection | None = None
+        self._authid_lock = asyncio.Lock()
+        self._authid_closer: asyncio.TimerHandle | None = None
+        self._good_passwords: OrderedDict[bytes, None] = OrderedDict()
+        self._builtin_arrays: dict[int, int] | None = None
+        self._arrays: dict[str, dict[int, int]] = {}
+        self._closing: set[asyncio.Future] = set()
+
+    def conninfo(self, user: str, dbname: str, options: str = "") -> str:
+        # An explicit empty `options` keeps PGOPTIONS from the environment out of the session.
+        return self.cluster.conninfo(user=user, dbname=dbname, options=options, client_encoding="UTF8")
+
+    # --- credentials ---------------------------------------------------------------------------
+
+    async def role_secret(self, role: str) -> str | None:
+        """The role's SCRAM secret (rolpassword) if it may log in now, else None."""
+        async with self._authid_lock:
+            for attempt in range(2):
+                if self._authid is None or self._authid.broken:
+                    self._authid = await connect(self.conninfo(ADMIN_USER, "postgres"))
+                try:
+                    row = await self._authid.first_row(_SECRET_SQL, [role])
+                    break
+                except PostgresErrorResponse:
+                    raise
+                except Exception:
+                    self._authid = None  # a connection from before a Postgres restart: one more try
+                    if attempt:
+                        raise
+            self._close_authid_later()
+        return row[0] if row else None
+
+    def _close_authid_later(self) -> None:
+        if self._authid_closer is not None:
+            self._authid_closer.cancel()
+        self._authid_closer = asyncio.get_running_loop().call_later(ADMIN_IDLE_SECONDS, self._close_authid)
+
+    def _close_authid(self) -> None:
+        if self._authid is not None and not self._authid_lock.locked():
+            self._track(asyncio.ensure_future(self._authid.close()))
+            self._authid = None
+
+    async def check_password(self, role: str, password: bytes) -> bool:
+        """Neon's password check: the role's SCRAM verifier from pg_authid, read every time."""
+        secret = await self.role_secret(role)
+        verifier = ScramVerifier.parse(secret)
+        if verifier is None:
+            return False
+        # PBKDF2 costs milliseconds: remember the (verifier, password) pairs that matched.
+        key = hashlib.sha256(secret.encode() + b"\0" + password).digest()
+        if key in self._good_passwords:
+            self._good_passwords.move_to_end(key)
+            return True
+        if not await asyncio.to_thread(verifier.check_password, password):
+            return False
+        self._good_passwords[key] = None
+        if len(self._good_passwords) > PASSWORD_CACHE_SIZE:
+            self._good_passwords.popitem(last=False)
+        return True
+
+    # --- JWT sessions ----------------------------------------------------------------------------
+
+    async def start_jwt_session(self, dbname: str, role: str, open_backend: Callable[[str], Awaitable[B]]
+                                ) -> tuple[B, session_jwt.SessionSigner]:
+        """A backend for a JWT role, bound to its signer: what every path does before a JWT role's first statement.
+
+        `open_backend(options)` connects as `role` to `dbname` with those startup options and raises
+        PostgresErrorResponse when Postgres refuses. Role defaults that stop the role from connecting
+        at all (a JWT user ran `ALTER ROLE ... SET local_preload_libraries`) are cleared, once, and logged.
+        """
+        if dbname in TEMPLATE_DATABASES:
+            raise template_refusal(dbname)
+        await self.prepare_jwt_role(dbname, role)
+        try:
+            backend = await open_backend(session_jwt.startup_options())
+        except PostgresErrorResponse as exc:
+            if exc.sqlstate in _NOT_FROM_ROLE_DEFAULTS or not await self._clear_role_defaults(role, exc):
+                raise
+            backend = await open_backend(session_jwt.startup_options())
+        try:
+            return backend, await self._bind(dbname, role, backend)
+        except BaseException:
+            await _close(backend)
+            raise
+
+    async def _bind(self, dbname: str, role: str, backend: JwtSessionBackend) -> session_jwt.SessionSigner:
+        try:
+            pid, backend_start = await backend.first_row(session_jwt.BIND_QUERY)
+        except PostgresErrorResponse as exc:
+            if not self.unprepared(exc):
+                raise
+            await self.repair_jwt_role(dbname, role)
+            pid, backend_start = await backend.first_row(session_jwt.BIND_QUERY)
+        return session_jwt.SessionSigner(self.cluster.session_secret, int(pid), _text(backend_start))
+
+    @staticmethod
+    def unprepared(exc: BaseException) -> bool:
+        """Whether a JWT session's set-up failed for want of what `prepare_jwt_role` installs."""
+        return isinstance(exc, PostgresErrorResponse) and exc.sqlstate in _UNPREPARED
+
+    async def prepare_jwt_role(self, dbname: str, role: str) -> None:
+        """What local_proxy asks compute_ctl for the first time it sees a (database, role); once, even when raced."""
+        key = (dbname, role)
+        prepared = self._prepared.get(key)
+        if prepared is None or (prepared.done() and prepared.exception() is not None):
+            prepared = self._prepared[key] = asyncio.ensure_future(self._prepare(dbname, role))
+        await asyncio.shield(prepared)
+
+    async def repair_jwt_role(self, dbname: str, role: str) -> None:
+        """Prepare again after the database lost the extension or the grant (a schema reset)."""
+        log.warning("pg_session_jwt or USAGE on schema auth went missing in database %s (a schema reset?); "
+                    "installing it again for role %s", dbname, role)
+        for key in [k for k in self._prepared if k[0] == dbname]:
+            if self._prepared[key].done():
+                del self._prepared[key]
+        await self.prepare_jwt_role(dbname, role)
+
+    async def _prepare(self, dbname: str, role: str) -> None:
+        # One at a time: two roles' GRANTs on schema auth at once fail with "tuple concurrently updated".
+        async with self._prepare_lock:
+            admin = await connect(self.conninfo(ADMIN_USER, dbname))
+            try:
+                await admin.run([Statement(sql) for sql in jwt_role_statements(role)])
+            finally:
+                await admin.close()
+
+    async def _clear_role_defaults(self, role: str, refusal: PostgresErrorResponse) -> bool:
+        """Reset a JWT role's own defaults when they stop it from connecting; False if it has none."""
+        admin = await connect(self.conninfo(ADMIN_USER, "postgres"))
+        try:
+            (found,) = await admin.first_row(_ROLE_DEFAULTS_SQL, [role])
+            if not found:
+                return False
+            entries = [entry.split("\x01") for entry in found.split("\x03")]
+            statements = [f"ALTER ROLE {_quote_ident(role)}"
+                          + (f" IN DATABASE {_quote_ident(db)}" if db else "") + " RESET ALL" for db, _ in entries]
+            await admin.run([Statement(sql) for sql in statements])
+        finally:
+            await admin.close()
+        settings = "; ".join((f"in database {db}: " if db else "") + values.replace("\x02", ", ") for db, values in entries)
+        log.warning("role %s could not connect (%s): cleared its role defaults (%s). Any user of a JWT role can "
+                    "set these with ALTER ROLE ... SET; set them again as the owner if you meant them.",
+                    role, refusal.fields.get("M", refusal.sqlstate), settings)
+        return True
+
+    # --- catalog lookups ------------------------------------------------------------------------
+
+    async def array_elements(self, dbname: str, oids: Sequence[int]) -> dict[int, int]:
+        """Array type OID → element OID for `dbname`, as tokio-postgres classifies types (domains are not arrays)."""
+        known = self._arrays.get(dbname)
+        missing = [oid for oid in oids if oid >= 16384 and (known is None or oid not in known)]
+        if known is not None and not missing:
+            return known
+        admin = await connect(self.conninfo(ADMIN_USER, dbname))
+        try:
+            if self._builtin_arrays is None:  # built-in types are the same in every database
+                (pairs,) = await admin.first_row(_ARRAYS_SQL.format("t.oid < 16384"))
+                self._builtin_arrays = _pairs(pairs)
+            if known is None:
+                known = self._arrays[dbname] = dict(self._builtin_arrays)
+            if missing:
+                (pairs,) = await admin.first_row(_ARRAYS_SQL.format("t.oid = any($1::oid[])"),
+                                                 ["{" + ",".join(map(str, missing)) + "}"])
+                known.update({oid: 0 for oid in missing})
+                known.update(_pairs(pairs))
+        finally:
+            await admin.close()
+        return known
+
+    def forget_database(self, dbname: str) -> None:
+        """The database is gone or was replaced: what was learnt about it no longer holds."""
+        self._arrays.pop(dbname, None)
+        for key in [k for k in self._prepared if k[0] == dbname]:
+            del self._prepared[key]
+
+    # --- life cycle -----------------------------------------------------------------------------
+
+    def _track(self, future: asyncio.Future) -> None:
+        self._closing.add(future)
+        future.add_done_callback(self._closing.discard)
+
+    async def close(self) -> None:
+        if self._authid_closer is not None:
+            self._authid_closer.cancel()
+        if self._authid is not None:
+            await self._authid.close()
+            self._authid = None
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+
+
+async def _close(backend) -> None:
+    result = backend.close()
+    if inspect.isawaitable(result):
+        await result
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _pairs(text: str) -> dict[int, int]:
+    return {int(a): int(b) for a, b in (pair.split(":") for pair in text.split(",") if pair)}

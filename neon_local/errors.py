@@ -1,0 +1,37 @@
+"""The one base of neon-local's own errors, and the Postgres error every client path passes on.
+
+What each family means to a user (the message always says what to do next):
+- `ConfigError` (settings): a setting is missing, malformed or contradictory; it names the file, env var or flag.
+- `PortInUse` (ports), `AlreadyRunning` (app): something else holds the port or the data directory.
+- `BinariesNotFound`, `PostgresError` (postgres): no usable Postgres, or it would not start.
+- `KeyRingError`, `IssuerError` (auth): the signing keys or a token request are unusable.
+- `PostgresErrorResponse`: Postgres refused something; `fields` carry its SQLSTATE and texts for the client.
+- `PostgresUnavailable`: Postgres cannot be reached (restarting, out of connections, gone).
+- `JwtError`, `SqlOverHttpError`, `ClientError`: refusals shaped for one client protocol.
+
+The CLI catches `NeonLocalError` and prints its message; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+__all__ = ["NeonLocalError", "PostgresErrorResponse", "PostgresUnavailable"]
+
+
+class NeonLocalError(Exception):
+    """Base of every error neon-local raises on purpose; its text is fit to show a user."""
+
+
+class PostgresErrorResponse(NeonLocalError):
+    """Postgres answered with an ErrorResponse; `fields` maps its field codes (C, M, S, D, H, …) to text."""
+
+    def __init__(self, fields: dict[str, str]) -> None:
+        super().__init__(fields.get("M", "error from Postgres"))
+        self.fields = fields
+
+    @property
+    def sqlstate(self) -> str:
+        return self.fields.get("C", "")
+
+
+class PostgresUnavailable(NeonLocalError):
+    """Postgres could not be reached or dropped the connection; the text says how."""
