@@ -6,10 +6,10 @@ The pieces, in the order a connection meets them:
 - `session`: one client from its first byte to the relay: SSLRequest/GSSENCRequest/CancelRequest,
   startup vetting (allow-listed parameters, `options` parsed), then JWT or password login.
   WebSocket clients (`neon_local.serverless.websocket`) run the very same session.
-- `backend`: the proxy's side of a Postgres connection: startup, the session-init queries, cancels,
-  and the superuser `Catalog` that reads SCRAM verifiers.
-- `scram`: server-side SCRAM-SHA-256(-PLUS) against pg_authid's verifier; `cancellation`: our own
-  BackendKeyData mapped to real backends; `tls`: the local CA and the server certificate.
+- `compute`: the proxy's side of a Postgres connection: startup, the session-init queries, cancels.
+  Credentials and JWT-session set-up come from `neon_local.control_plane`, shared with /sql.
+- `cancellation`: our own BackendKeyData mapped to real backends; `limits`: sessions per role,
+  keepalive, idle sessions; `tls`: the local CA and the server certificate.
 """
 
 from neon_local.proxy.server import PgProxyServer
