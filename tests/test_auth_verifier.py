@@ -302,6 +302,16 @@ async def test_cache_is_bounded(world):
     assert [v.verify_cached(t, "authenticated") is not None for t in tokens] == [False, False, True, True, True]
 
 
+async def test_cache_evicts_the_least_recently_used(world):
+    v = Verifier(world["settings"], world["ring"], world["cache"], cache_size=3)
+    tokens = [world["issuer"].mint(sub=f"user{i}") for i in range(4)]
+    for token in tokens[:3]:
+        await v.verify(token, "authenticated")
+    assert v.verify_cached(tokens[0], "authenticated") is not None  # used again: now the most recent
+    await v.verify(tokens[3], "authenticated")
+    assert [v.verify_cached(t, "authenticated") is not None for t in tokens] == [True, False, True, True]
+
+
 async def test_removing_a_key_drops_its_cached_tokens(tmp_path):
     ring = KeyRing.load_or_create(tmp_path / "keys")
     settings = Settings(project_dir=tmp_path)
