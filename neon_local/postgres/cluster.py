@@ -18,6 +18,7 @@ from psycopg.conninfo import make_conninfo
 from neon_local.errors import NeonLocalError
 from neon_local.postgres import session_jwt
 from neon_local.postgres.binaries import PgBinaries
+from neon_local.postgres.cache import cache_dir
 from neon_local.postgres.extension_path import server_command
 
 log = logging.getLogger(__name__)
@@ -110,20 +111,6 @@ class RunAs:
             subprocess.run(["chown", "-R", f"{self.uid}:{self.gid}", str(path)], check=True)
         else:
             os.chown(path, self.uid, self.gid)
-
-
-def cache_dir() -> Path:
-    """Initdb templates and shadow installs. Root's lives where `nobody` can reach it (see RunAs)."""
-    if os.environ.get("NEON_LOCAL_CACHE_DIR"):
-        path = Path(os.environ["NEON_LOCAL_CACHE_DIR"])
-    elif os.geteuid() == 0:
-        path = Path("/var/cache/neon-local")
-    else:
-        path = Path(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")) / "neon-local"
-    path.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() == 0:
-        path.chmod(0o755)
-    return path
 
 
 def initdb(binaries: PgBinaries, run_as: RunAs, pgdata: Path) -> None:

@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 from neon_local.postgres.binaries import PgBinaries
+from neon_local.postgres.cache import cache_dir
 
 STUB_DIR = Path(__file__).parent / "extension"
 STUB_FILES_DIR = STUB_DIR / "extension"
@@ -40,7 +41,6 @@ def _pg_config(binaries: PgBinaries) -> dict[str, Path]:
 
 def shadow_install(binaries: PgBinaries) -> Path:
     """Build (once) and return the shadow `postgres` executable for a pre-18 server."""
-    from neon_local.postgres.cluster import cache_dir
 
     paths = _pg_config(binaries)
     stub_names = sorted(p.name for p in STUB_FILES_DIR.iterdir())

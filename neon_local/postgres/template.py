@@ -17,7 +17,8 @@ from pathlib import Path
 from neon_local.postgres import session_jwt
 from neon_local.postgres.binaries import PgBinaries
 from neon_local.postgres.bootstrap import bootstrap
-from neon_local.postgres.cluster import PostgresCluster, RunAs, cache_dir, initdb
+from neon_local.postgres.cache import cache_dir
+from neon_local.postgres.cluster import PostgresCluster, RunAs, initdb
 from neon_local.postgres.extension_path import STUB_FILES_DIR
 from neon_local.settings import Settings
 
