@@ -7,17 +7,24 @@ import re
 import tomllib
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import click
 
-from neon_local.auth.issuer import Issuer, IssuerError, default_issuer_url
-from neon_local.auth.keys import ALGORITHMS, KeyRing, KeyRingError
-from neon_local.auth.providers import ProviderCache
-from neon_local.app import read_state
 from neon_local.cli.common import project_options
 from neon_local.settings import BUILTIN_PROVIDER_ID, CONFIG_FILENAME, DEFAULT_JWT_ROLES, ConfigError, Settings, load_settings, read_config_file
+from neon_local.state import read_state
 
-__all__ = ["COMMANDS", "keys", "mint_for_cli", "providers", "token"]
+if TYPE_CHECKING:
+    from neon_local.auth.issuer import Issuer
+    from neon_local.auth.keys import KeyRing
+
+__all__ = ["ALGORITHMS", "keys", "mint_for_cli", "providers", "token"]
+
+# neon_local.auth.keys.ALGORITHMS, spelled out so that `token` need not import joserfc to build its
+# options (tests/test_cli_imports.py checks the two agree).
+ALGORITHMS = ("ES256", "RS256", "EdDSA")
 
 _TABLE_HEADER = re.compile(r"^\s*\[")
 _JWKS_HEADER = re.compile(r"^\s*\[\[\s*jwks\s*\]\]\s*(#.*)?$")
@@ -28,7 +35,9 @@ def _settings() -> Settings:
     return obj if isinstance(obj, Settings) else load_settings()
 
 
-def _keyring(settings: Settings) -> KeyRing:
+def _keyring(settings: Settings) -> "KeyRing":
+    from neon_local.auth.keys import KeyRing
+
     return KeyRing.load_or_create(settings.resolved_data_dir / "keys")
 
 
@@ -52,10 +61,58 @@ def _parse_claims(claims_json: str | None, pairs: tuple[str, ...]) -> dict:
     return claims
 
 
-def _issuer(settings: Settings) -> Issuer:
+def _issuer(settings: Settings, state: dict | None) -> "Issuer":
     """The issuer as the running emulator has it (its `iss` URL), or as the settings say when none runs."""
-    state = read_state(settings.resolved_data_dir)
+    from neon_local.auth.issuer import Issuer, default_issuer_url
+
     return Issuer(settings, _keyring(settings), state["urls"]["issuer"] if state else default_issuer_url(settings))
+
+
+def _mint_options(settings: Settings, user: str | None, sub: str | None, claims: dict, **options) -> dict:
+    """Issuer.mint's arguments with a test user spelled out as sub + claims, so that the running emulator
+    mints from this command's neon_local.toml even if the user was added after it started."""
+    if user is not None:
+        user_claims = dict(settings.users[user])
+        user_sub = user_claims.pop("sub")
+        sub = user_sub if sub is None else sub
+        claims = user_claims | claims
+    return {"sub": sub, "claims": claims, **options}
+
+
+def _mint_by_running_emulator(state: dict, options: dict) -> str | None:
+    """Ask the running emulator's issuer to sign (it has the keys loaded, and this process then needs
+    neither aiohttp nor joserfc); None when it cannot be reached."""
+    import http.client
+
+    issuer = urlsplit(state["urls"]["issuer"])
+    body = json.dumps({k: v for k, v in options.items() if v is not None})
+    connection = http.client.HTTPConnection(issuer.hostname, issuer.port, timeout=10)
+    try:
+        connection.request("POST", issuer.path.rstrip("/") + "/oauth/mint", body, {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        answer = json.loads(response.read())
+    except (OSError, ValueError, http.client.HTTPException):
+        return None
+    finally:
+        connection.close()
+    if response.status != 200 or not isinstance(answer, dict) or "token" not in answer:
+        if isinstance(answer, dict) and answer.get("error_description"):
+            raise click.UsageError(answer["error_description"])
+        return None
+    return answer["token"]
+
+
+def _mint(settings: Settings, options: dict) -> str:
+    state = read_state(settings.resolved_data_dir)
+    token = _mint_by_running_emulator(state, options) if state else None
+    if token is not None:
+        return token
+    from neon_local.auth.issuer import IssuerError
+
+    try:
+        return _issuer(settings, state).mint(**options)
+    except IssuerError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 def _known_user(settings: Settings, user: str | None, sub: str | None) -> None:
@@ -73,7 +130,7 @@ def _known_user(settings: Settings, user: str | None, sub: str | None) -> None:
 def mint_for_cli(settings: Settings, user: str) -> str:
     """A default token for test user `user` (for `psql --as`); an unknown user is a usage error."""
     _known_user(settings, user, None)
-    return _issuer(settings).mint(user)
+    return _mint(settings, _mint_options(settings, user, None, {}))
 
 
 @click.command("token")
@@ -92,16 +149,9 @@ def token(user, sub, pairs, claims_json, lifetime, expired, not_before, alg, no_
     """Print a JWT for test user USER (see [users.*] in neon_local.toml) from the built-in issuer."""
     settings = _settings()
     _known_user(settings, user, sub)
-    issuer = _issuer(settings)
-    try:
-        click.echo(
-            issuer.mint(
-                user, sub=sub, claims=_parse_claims(claims_json, pairs), lifetime=lifetime, alg=alg,
-                kid=not no_kid, audience=audience, not_before=not_before, expired=expired,
-            )
-        )
-    except IssuerError as exc:
-        raise click.UsageError(str(exc)) from None
+    options = _mint_options(settings, user, sub, _parse_claims(claims_json, pairs), lifetime=lifetime, alg=alg,
+                            kid=not no_kid, audience=audience, not_before=not_before, expired=expired)
+    click.echo(_mint(settings, options))
 
 
 @click.group("keys")
@@ -134,6 +184,8 @@ def keys_rotate(algs):
 @click.argument("kid")
 def keys_remove(kid):
     """Remove a retired key; tokens it signed stop verifying."""
+    from neon_local.auth.keys import KeyRingError
+
     try:
         key = _keyring(_settings()).remove(kid)
     except KeyRingError as exc:
@@ -221,6 +273,8 @@ def providers_add(provider_id, jwks_url, jwks_file, provider_name, roles, audien
 @project_options
 def providers_list():
     """Show each provider, its key source, roles, audience and cached keys."""
+    from neon_local.auth.providers import ProviderCache
+
     settings = _settings()
     cache = ProviderCache(settings)
     for p in settings.providers:
@@ -256,6 +310,8 @@ def _without_jwks_table(text: str, provider_id: str) -> str | None:
 @click.argument("provider_id")
 def providers_remove(provider_id):
     """Remove a provider's [[jwks]] table from neon_local.toml and its cached keys."""
+    from neon_local.auth.providers import ProviderCache
+
     settings = _settings()
     provider = next((p for p in settings.providers if p.id == provider_id), None)
     if provider is None:
@@ -270,6 +326,3 @@ def providers_remove(provider_id):
     ProviderCache(settings).forget(provider)
     click.echo(f"removed provider {provider_id} from {path}")
     _restart_hint(settings)
-
-
-COMMANDS = [token, keys, providers]

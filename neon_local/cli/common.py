@@ -5,7 +5,9 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import os
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -62,3 +64,15 @@ def configure_logging(settings: Settings) -> None:
 def fail(message: str, code: int = 1):
     click.secho(f"error: {message}", fg="red", err=True)
     sys.exit(code)
+
+
+def process_age() -> float:
+    """Seconds since this process started (what "ready in" counts), from /proc at the kernel's tick resolution."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        return time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return time.perf_counter() - _IMPORTED_AT
+
+
+_IMPORTED_AT = time.perf_counter()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
@@ -15,15 +14,12 @@ from urllib.parse import unquote, urlsplit
 import click
 
 from neon_local.cli.common import fail, process_age, project_options, settings_options
-from neon_local.errors import NeonLocalError
 from neon_local.postgres.binaries import find_binaries
 from neon_local.settings import Settings
 from neon_local.state import read_state
 
 # Only what `status`, `down` and `up -d`'s waiting parent need is imported here: the server's modules
-# (aiohttp, psycopg, joserfc: ~0.4 s) are imported by the command that runs it (tests/test_cli_imports.py).
-
-STARTUP_ERRORS = NeonLocalError  # the errors neon-local raises on purpose: their text is for the user
+# (aiohttp, psycopg, joserfc: ~0.4 s) are imported by cli/foreground.py, which runs it.
 
 
 def banner(state: dict, headline: str | None = None, ready_in: float | None = None) -> str:
@@ -46,37 +42,6 @@ def banner(state: dict, headline: str | None = None, ready_in: float | None = No
     ])
 
 
-def _run(coro):
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coro)
-    return uvloop.run(coro)
-
-
-async def _serve(settings: Settings) -> None:
-    from neon_local.app import Emulator
-
-    emulator = Emulator(settings)
-    try:
-        await emulator.start()
-    except STARTUP_ERRORS as exc:
-        await emulator.stop()
-        fail(str(exc))
-    except BaseException:
-        await emulator.stop()
-        raise
-    click.echo(banner(emulator.state(), ready_in=process_age()) + "\n\nPress Ctrl-C to stop.", err=False)
-    sys.stdout.flush()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
-    click.echo("Stopping...", err=True)
-    await emulator.stop()
-
-
 @click.command()
 @click.option("--detach", "-d", is_flag=True, help="Run in the background; stop it with `neon-local down`.")
 @settings_options
@@ -85,7 +50,9 @@ def up(settings: Settings, detach: bool) -> None:
     if detach:
         _detach(settings)
     else:
-        _run(_serve(settings))
+        from neon_local.cli.foreground import serve
+
+        serve(settings)
 
 
 def _detach(settings: Settings) -> None:
@@ -200,6 +167,3 @@ def psql(settings: Settings, as_user: str | None, role: str | None, psql_args: t
     host, port = state["host"].strip("[]"), str(state["pg_port"])  # psql -h takes IPv6 without brackets
     binary = shutil.which("psql") or str(find_binaries(settings.pg_bin).tool("psql"))
     os.execve(binary, [binary, "-h", host, "-p", port, "-U", role, "-d", state["database"], *psql_args], env)
-
-
-COMMANDS = [up, down, status, reset, psql]

@@ -1,0 +1,45 @@
+"""`neon-local up` in the foreground (also the process `up -d` leaves running): start, print, wait for a signal."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+
+import click
+
+from neon_local.app import Emulator
+from neon_local.cli.common import fail, process_age
+from neon_local.cli.server import banner
+from neon_local.errors import NeonLocalError
+from neon_local.settings import Settings
+
+
+def serve(settings: Settings) -> None:
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(_serve(settings))
+    else:
+        uvloop.run(_serve(settings))
+
+
+async def _serve(settings: Settings) -> None:
+    emulator = Emulator(settings)
+    try:
+        await emulator.start()
+    except NeonLocalError as exc:  # raised on purpose: the text is for the user
+        await emulator.stop()
+        fail(str(exc))
+    except BaseException:
+        await emulator.stop()
+        raise
+    click.echo(banner(emulator.state(), ready_in=process_age()) + "\n\nPress Ctrl-C to stop.")
+    sys.stdout.flush()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    click.echo("Stopping...", err=True)
+    await emulator.stop()
