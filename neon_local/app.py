@@ -15,20 +15,20 @@ from urllib.parse import quote
 
 from neon_local import __version__
 from neon_local.auth.keys import KeyRing
+from neon_local.errors import NeonLocalError
 from neon_local.ports import bind
 from neon_local.postgres.binaries import find_binaries
 from neon_local.postgres.bootstrap import bootstrap
 from neon_local.postgres.cluster import PostgresCluster, PostgresError
 from neon_local.postgres.template import neon_template
-from neon_local.services import start_services
+from neon_local.services import Services, start_services
 from neon_local.settings import Settings, url_host
+from neon_local.state import STATE_FILENAME, read_state
 
 log = logging.getLogger(__name__)
 
-STATE_FILENAME = "state.json"
 
-
-class AlreadyRunning(Exception):
+class AlreadyRunning(NeonLocalError):
     """Another neon-local serves this data directory."""
 
 
@@ -77,25 +77,6 @@ def _memory_dir() -> str | None:
     return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
 
 
-def _is_live_neon_local(pid: int) -> bool:
-    """True for a running (not zombie) neon-local process; a pid reused by another program does not count."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z" and (b"neon_local" in cmdline or b"neon-local" in cmdline)
-
-
-def read_state(data_dir: Path) -> dict | None:
-    """The running emulator's state for this data dir, or None when none runs (stale files are ignored)."""
-    try:
-        state = json.loads((data_dir / STATE_FILENAME).read_text())
-    except (OSError, ValueError):
-        return None
-    return state if isinstance(state, dict) and _is_live_neon_local(state.get("pid", -1)) else None
-
-
 class Emulator:
     """Start with `await emulator.start()`, stop with `await emulator.stop()`; `endpoints` says where it listens."""
 
@@ -106,6 +87,7 @@ class Emulator:
         self.started_in: float | None = None
         self._temp_dir: Path | None = None
         self._stack: list = []  # things to close, in reverse order
+        self.services: Services | None = None  # once started: issuer, verifier, control plane, /sql, proxy
         self._supervisor: asyncio.Task | None = None
         self._state_written = False
         self.started_at: float | None = None
@@ -143,7 +125,8 @@ class Emulator:
         await bootstrap(self.cluster, settings)
         self.endpoints = Endpoints(url_host(settings.host), http_sock.getsockname()[1], pg_sock.getsockname()[1],
                                    settings.database, settings.owner, settings.owner_password)
-        await start_services(self, await keyring, http_sock, pg_sock)
+        self.services = await start_services(settings, self.cluster, self.data_dir, self.endpoints.issuer_url,
+                                             await keyring, http_sock, pg_sock, self._stack.append)
         self._supervisor = asyncio.create_task(self._supervise_postgres())
         self.started_in = time.perf_counter() - began
         if self.write_state:
@@ -162,7 +145,7 @@ class Emulator:
             "host": e.host, "http_port": e.http_port, "pg_port": e.pg_port,
             "urls": {"owner": e.owner_url, "authenticated": e.authenticated_url, "sql": e.sql_url,
                      "websocket": e.ws_url, "issuer": e.issuer_url},
-            "tls_ca": str(self.pg_proxy.tls_files.ca_cert),
+            "tls_ca": str(self.services.pg_proxy.tls_files.ca_cert),
             "started_in": round(self.started_in or 0, 3),
         }
 
@@ -208,6 +191,3 @@ class Emulator:
                 log.exception("error while stopping")
         if self._temp_dir:
             shutil.rmtree(self._temp_dir, ignore_errors=True)
-
-    def add_closer(self, closer) -> None:
-        self._stack.append(closer)

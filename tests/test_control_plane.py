@@ -30,7 +30,7 @@ async def emulator(tmp_path_factory):
 
 
 def token(emu, sub: str = "user_alice") -> str:
-    return emu.issuer.mint(sub=sub)
+    return emu.services.issuer.mint(sub=sub)
 
 
 async def as_jwt_user(emu, path: str, query: str, dbname: str = "neondb", sub: str = "user_alice") -> list:

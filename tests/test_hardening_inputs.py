@@ -53,7 +53,7 @@ async def test_nul_in_a_param_does_not_match_the_text_before_it(emulator, client
 
 
 async def test_nul_in_a_param_is_not_stored_cut(emulator, client):
-    token = emulator.issuer.mint(sub="user_alice")
+    token = emulator.services.issuer.mint(sub="user_alice")
     response = await post_sql(client, emulator, {"query": "insert into accounts values ($1)", "params": ["admin\u0000ignored"]},
                               token=token)
     _assert_nul_refused(response)
@@ -77,7 +77,7 @@ async def test_nul_escaped_inside_arrays_and_objects_reaches_postgres_as_text(em
 
 async def test_nul_over_tcp_is_refused_by_postgres(emulator):
     conn = await asyncpg.connect(host="127.0.0.1", port=emulator.endpoints.pg_port, user="authenticated",
-                                 password=emulator.issuer.mint(sub="user_alice"), database="neondb", ssl=False)
+                                 password=emulator.services.issuer.mint(sub="user_alice"), database="neondb", ssl=False)
     try:
         with pytest.raises(asyncpg.exceptions.CharacterNotInRepertoireError, match="0x00"):
             await conn.fetchval("select $1::text", "alice secret\x00anything")
@@ -91,7 +91,7 @@ async def test_nul_over_websocket_with_the_neon_driver(emulator):
     result = await run_node("hardening_ws.mjs", {
         "WS_PROXY": f"127.0.0.1:{emulator.endpoints.http_port}/v2",
         "OWNER_URL": f"postgresql://{s.owner}:{s.owner_password}@localhost/neondb",
-        "JWT_URL": f"postgresql://authenticated:{emulator.issuer.mint(sub='user_alice')}@localhost/neondb",
+        "JWT_URL": f"postgresql://authenticated:{emulator.services.issuer.mint(sub='user_alice')}@localhost/neondb",
     })
     assert result["owner"] == {"code": "22021", "message": NUL_MESSAGE}
     assert result["jwt"] == {"code": "22021", "message": NUL_MESSAGE}
@@ -149,7 +149,7 @@ async def test_connections_exhausted_is_neons_json_with_the_real_cause(tmp_path)
                     assert "too many clients" in str(exc)
                     break
                 assert len(fillers) < 400
-            for token in (None, emulator.issuer.mint(sub="user_alice")):
+            for token in (None, emulator.services.issuer.mint(sub="user_alice")):
                 response = await post_sql(client, emulator, {"query": "select 1"}, token=token)
                 assert response.status_code == 500, response.text
                 body = neon_error(response)
@@ -178,7 +178,7 @@ async def test_owner_sql_from_loopback_or_allowed_pages_and_from_no_page(emulato
 
 async def test_jwt_sql_stays_open_to_every_origin(emulator, client):
     response = await post_sql(client, emulator, {"query": "select auth.user_id() as me"},
-                              token=emulator.issuer.mint(sub="user_alice"), headers={"Origin": EVIL})
+                              token=emulator.services.issuer.mint(sub="user_alice"), headers={"Origin": EVIL})
     assert response.status_code == 200 and response.json()["rows"] == [{"me": "user_alice"}]
 
 
@@ -217,7 +217,7 @@ async def test_websocket_password_session_from_a_foreign_page_is_refused(emulato
 async def test_websocket_jwt_session_from_any_page(emulator):
     ws = await WsPg.connect(emulator, origin=EVIL)
     try:
-        assert error_of(await ws.login("authenticated", emulator.issuer.mint(sub="user_alice"))) is None
+        assert error_of(await ws.login("authenticated", emulator.services.issuer.mint(sub="user_alice"))) is None
         await ws.ws.send_bytes(m.query("select auth.user_id()"))
         rows = [m.data_row(msg.body) for msg in await ws.until_ready() if msg.type == b"D"]
         assert rows == [[b"user_alice"]]
