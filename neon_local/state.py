@@ -11,7 +11,7 @@ from pathlib import Path
 STATE_FILENAME = "state.json"
 
 
-def _is_live_neon_local(pid: int) -> bool:
+def is_live_neon_local(pid: int) -> bool:
     """True for a running (not zombie) neon-local process; a pid reused by another program does not count."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -27,4 +27,4 @@ def read_state(data_dir: Path) -> dict | None:
         state = json.loads((data_dir / STATE_FILENAME).read_text())
     except (OSError, ValueError):
         return None
-    return state if isinstance(state, dict) and _is_live_neon_local(state.get("pid", -1)) else None
+    return state if isinstance(state, dict) and is_live_neon_local(state.get("pid", -1)) else None

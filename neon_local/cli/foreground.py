@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+from typing import Callable
 
 import click
 
@@ -15,16 +16,22 @@ from neon_local.errors import NeonLocalError
 from neon_local.settings import Settings
 
 
-def serve(settings: Settings) -> None:
+def serve(settings: Settings, on_ready: Callable[[dict], None] | None = None) -> None:
+    """Run until SIGINT/SIGTERM/SIGHUP; once started, `on_ready(state)` (default: print the banner)."""
     try:
         import uvloop
     except ImportError:
-        asyncio.run(_serve(settings))
+        asyncio.run(_serve(settings, on_ready or _print_banner))
     else:
-        uvloop.run(_serve(settings))
+        uvloop.run(_serve(settings, on_ready or _print_banner))
 
 
-async def _serve(settings: Settings) -> None:
+def _print_banner(state: dict) -> None:
+    click.echo(banner(state, ready_in=process_age()) + "\n\nPress Ctrl-C to stop.")
+    sys.stdout.flush()
+
+
+async def _serve(settings: Settings, on_ready: Callable[[dict], None]) -> None:
     emulator = Emulator(settings)
     try:
         await emulator.start()
@@ -34,8 +41,7 @@ async def _serve(settings: Settings) -> None:
     except BaseException:
         await emulator.stop()
         raise
-    click.echo(banner(emulator.state(), ready_in=process_age()) + "\n\nPress Ctrl-C to stop.")
-    sys.stdout.flush()
+    on_ready(emulator.state())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from urllib.parse import unquote, urlsplit
@@ -16,7 +16,7 @@ import click
 from neon_local.cli.common import fail, process_age, project_options, settings_options
 from neon_local.postgres.binaries import find_binaries
 from neon_local.settings import Settings
-from neon_local.state import read_state
+from neon_local.state import is_live_neon_local, read_state
 
 # Only what `status`, `down` and `up -d`'s waiting parent need is imported here: the server's modules
 # (aiohttp, psycopg, joserfc: ~0.4 s) are imported by cli/foreground.py, which runs it.
@@ -56,6 +56,8 @@ def up(settings: Settings, detach: bool) -> None:
 
 
 def _detach(settings: Settings) -> None:
+    """Fork: the child becomes the server (importing its libraries once, there), the parent waits for the
+    child to report ready through a pipe and prints the banner, or the child's log if it failed."""
     data_dir = settings.resolved_data_dir
     running = read_state(data_dir)
     if running:
@@ -63,23 +65,62 @@ def _detach(settings: Settings) -> None:
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir / "neon-local.log"
     log_start = log_path.stat().st_size if log_path.exists() else 0
-    argv = [a for a in sys.argv[1:] if a not in ("--detach", "-d")]
-    with open(log_path, "ab") as log_file:
-        child = subprocess.Popen([sys.executable, "-m", "neon_local", *argv], stdin=subprocess.DEVNULL,
-                                 stdout=log_file, stderr=log_file, start_new_session=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        state = read_state(data_dir)
-        if state and state["pid"] == child.pid:
-            click.echo(banner(state, ready_in=process_age()) + f"\n\nRunning in the background (pid {child.pid}, log {log_path}). Stop it with `neon-local down`.")
-            return
-        if child.poll() is not None:
-            with open(log_path, "rb") as log_file:
-                log_file.seek(log_start)
-                click.echo(log_file.read().decode(errors="replace").rstrip(), err=True)
-            sys.exit(1)
-        time.sleep(0.01)
-    fail(f"neon-local did not become ready within 60 s; see {log_path}.")
+    ready_read, ready_write = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        os.close(ready_read)
+        _run_detached(settings, log_path, ready_write)
+        return
+    os.close(ready_write)
+    report = _read_until_closed(ready_read, timeout=60)
+    if report is None:
+        fail(f"neon-local did not become ready within 60 s; see {log_path}.")
+    if not report:
+        with open(log_path, "rb") as log_file:
+            log_file.seek(log_start)
+            click.echo(log_file.read().decode(errors="replace").rstrip(), err=True)
+        sys.exit(1)
+    click.echo(banner(json.loads(report), ready_in=process_age())
+               + f"\n\nRunning in the background (pid {pid}, log {log_path}). Stop it with `neon-local down`.")
+
+
+def _run_detached(settings: Settings, log_path, ready_write: int) -> None:
+    """The forked child: its own session, output to the log (so no caller waits on our pipes), then serve."""
+    os.setsid()
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    log = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.dup2(devnull, 0)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(devnull)
+    os.close(log)
+    from neon_local.cli.foreground import serve
+
+    def report_ready(state: dict) -> None:
+        click.echo(banner(state, ready_in=process_age()))
+        sys.stdout.flush()
+        os.write(ready_write, json.dumps(state).encode())
+        os.close(ready_write)
+
+    serve(settings, on_ready=report_ready)
+
+
+def _read_until_closed(fd: int, timeout: float) -> bytes | None:
+    """Everything written to pipe `fd` until its writer closes it (b"" if it wrote nothing); None on timeout."""
+    deadline = time.monotonic() + timeout
+    chunks = []
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+            os.close(fd)
+            return None
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            os.close(fd)
+            return b"".join(chunks)
+        chunks.append(chunk)
 
 
 @click.command()
@@ -91,11 +132,11 @@ def down(settings: Settings) -> None:
         click.echo(f"neon-local is not running for {settings.resolved_data_dir}.")
         return
     os.kill(state["pid"], signal.SIGTERM)
-    for _ in range(600):
-        if read_state(settings.resolved_data_dir) is None:
+    for _ in range(3000):
+        if not is_live_neon_local(state["pid"]):  # gone, not just its state.json: --ephemeral data is removed last
             click.echo(f"Stopped neon-local (pid {state['pid']}).")
             return
-        time.sleep(0.05)
+        time.sleep(0.01)
     fail(f"neon-local (pid {state['pid']}) did not stop within 30 s; kill it with `kill {state['pid']}`.")
 
 
