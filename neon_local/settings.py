@@ -229,11 +229,12 @@ def _users_from(raw: Any, origin: str) -> dict[str, dict[str, Any]]:
     return users
 
 
-def read_config_file(path: Path) -> dict[str, Any]:
-    """Parse neon_local.toml into Settings keyword arguments, with errors that name the line and the key."""
+def read_config_file(path: Path, text: str | None = None) -> dict[str, Any]:
+    """Parse neon_local.toml into Settings keyword arguments, with errors that name the line and the key.
+    With `text`, check that candidate content for `path` instead of reading it (`neon-local config set`)."""
     origin = str(path)
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_text() if text is None else text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{origin} is not valid TOML: {exc}. Fix the line it names.") from None
     except OSError as exc:
