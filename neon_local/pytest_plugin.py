@@ -2,14 +2,19 @@
 
     neon_local     session: the running emulator (started in about a second, or reused)
     neon_template  session: the template database the migrations and seed were applied to, once
-    neon_db        per test: a fresh database cloned from the template, dropped afterwards
+    neon_db        per test: a fresh database cloned from the template, dropped afterwards (or, in rollback
+                   mode, the shared one in a transaction rolled back afterwards)
     neon_token     JWTs: neon_token("alice"), neon_token(sub="u1", org_id="o1")
+    neon_user      identities on the fly: neon_user(sub="u1", claims={"org_id": "o1"}, role="authenticated")
     neon_http      neon_http("alice").sql("select ...") over SQL over HTTP
     neon_connect   neon_connect("alice"): psycopg through the TCP proxy, the JWT as password
+    neon_ws        neon_ws("alice"): psycopg over the WebSocket path (/v2), the JWT as password
     neon_owner     a direct owner connection to the test's database
 """
 
 from __future__ import annotations
+
+import sys
 
 import pytest
 
@@ -26,9 +31,22 @@ neon_template = factories.neon_template()
 neon_db = factories.neon_db()
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "neon_rollback: run this test's neon_db in a transaction rolled back at its end")
+    config.addinivalue_line("markers", "neon_clone: give this test a fresh database of its own (the default)")
+
+
 @pytest.fixture(scope="session")
 def neon_token(neon_local) -> TokenFactory:
-    return TokenFactory(neon_local.mint)
+    return neon_local.tokens
+
+
+@pytest.fixture(scope="session")
+def neon_user():
+    """`neon_user(sub="u1", claims={"org_id": "o1"})`, `neon_user("alice", role=...)`, `neon_user(role="anonymous")`."""
+    from neon_local.testing.tokens import User
+
+    return User
 
 
 @pytest.fixture
@@ -39,6 +57,11 @@ def neon_http(neon_db):
 @pytest.fixture
 def neon_connect(neon_db):
     return neon_db.connect
+
+
+@pytest.fixture
+def neon_ws(neon_db):
+    return neon_db.ws
 
 
 @pytest.fixture
@@ -57,3 +80,10 @@ def pytest_testnodedown(node, error) -> None:
 
 def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
     report.summary(config, terminalreporter)
+
+
+def pytest_assertrepr_compare(config: pytest.Config, op: str, left, right):
+    """`assert neon_db.access_matrix(...) == EXPECTED`: each differing cell with the policy that decided it."""
+    if op == "==" and "neon_local.testing.access" in sys.modules:
+        return sys.modules["neon_local.testing.access"].compare_matrix(left, right)
+    return None

@@ -50,7 +50,7 @@ def test_the_sample_app_passes_in_process(app):
     result = app.runpytest()
     result.assert_outcomes(passed=SAMPLE_TESTS)
     result.stdout.fnmatch_lines([f"neon-local: emulator started in * s; template nl_main_* built once in * s (2 step(s)); "
-                                 f"{SAMPLE_TESTS} test database(s), * ms median to clone"])
+                                 f"{SAMPLE_TESTS} test database(s), * ms median, * ms p95 to clone"])
 
 
 def test_the_sample_app_passes_under_xdist_with_its_own_databases_per_worker(app):
@@ -89,9 +89,11 @@ def test_a_broken_insert_policy_fails_the_test_that_inserts_and_says_why(app):
     result.stdout.fnmatch_lines([
         '*new row violates row-level security policy for table "todos"',
         'E * neon-local: refused as role "authenticated" over the TCP proxy with claims {"email": "alice@example.com", "sub": "user_alice"}.',
-        "E *   INSERT policies on public.todos for authenticated:",
+        # INSERT ... RETURNING: the returned row must pass the SELECT policies too, so they are listed
+        "E *   INSERT/SELECT policies on public.todos for authenticated:",
         'E *     "crud-authenticated-policy-insert" PERMISSIVE FOR INSERT WITH CHECK ( SELECT (auth.user_id() = todos.task))',
-        'E *   With these claims auth.user_id() is "user_alice"*',
+        'E *     "crud-authenticated-policy-select" PERMISSIVE FOR SELECT USING ( SELECT (auth.user_id() = todos.user_id))',
+        'E *   With these claims auth.user_id() is "user_alice"*and a returned row the USING of the SELECT policies.',
     ])
 
 

@@ -6,7 +6,9 @@
   database.py    one test's database and each way to act on it
   clients.py     SQL over HTTP, psycopg through the TCP proxy, direct connections; dict rows either way
   tokens.py      JWTs for named test users and ad-hoc claims
-  identity.py    authenticate_as (act as a user at SQL level) and row-level-security checks
+  identity.py    authenticate_as (act as a user at SQL level), RLS and policy-shape checks
+  access.py      what each user may do to a table (assert_access, access_matrix), and which policy decided it
+  websocket.py   a local port whose connections go over the emulator's WebSocket path
   explain.py     why a query was refused: role, claims, and the policy or grant Postgres points at
   config.py, factories.py, report.py   the pytest side: settings, fixture factories, the summary line
 
@@ -19,14 +21,16 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
+    "AccessMatrix": "access",
     "AsyncNeonConnection": "clients", "HttpClient": "clients", "NeonConnection": "clients", "QueryError": "clients",
-    "Database": "database",
+    "Database": "database", "RollbackDatabase": "database",
     "Explainer": "explain", "Identity": "explain",
-    "assert_rls_enabled": "identity", "authenticate_as": "identity", "tables_without_rls": "identity",
+    "assert_policies": "identity", "assert_policy": "identity", "assert_rls_enabled": "identity",
+    "authenticate_as": "identity", "tables_without_rls": "identity",
     "Janitor": "janitor",
     "MigrationError": "migrations",
     "NeonLocal": "server", "NotRunning": "server",
-    "TokenFactory": "tokens", "claims_of": "tokens",
+    "NotAJwt": "tokens", "TokenFactory": "tokens", "User": "tokens", "claims_of": "tokens",
     "factories": None,
 }
 

@@ -8,10 +8,12 @@ saying which role and claims it ran with and which policy or grant Postgres poin
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import httpx
 import psycopg
+from psycopg import sql
 from psycopg.adapt import Transformer
 from psycopg.pq import Format
 from psycopg.rows import dict_row
@@ -19,10 +21,16 @@ from psycopg.rows import dict_row
 from neon_local.testing.explain import Explainer, Identity, is_refusal
 
 HTTP_TIMEOUT = 30.0
+TEST_SAVEPOINT = "neon_local_test"
+_TRANSACTION_CONTROL = re.compile(r"^\s*(commit|end|rollback|abort|begin|start)(?:\s+(?:work|transaction))?\s*;?\s*$", re.I)
+AUTH_REFUSED = "28000"  # invalid_authorization_specification, as the TCP proxy sends it
 
 
 class QueryError(Exception):
-    """SQL over HTTP answered with an error: Postgres's message, its SQLSTATE as `code`, the HTTP `status` and `body`."""
+    """SQL over HTTP answered with an error: Postgres's message, its SQLSTATE as `code`, the HTTP `status` and `body`.
+
+    A refused token has code 28000 here, as over TCP (Neon's body leaves `code` empty; `body` keeps it as sent).
+    """
 
     def __init__(self, status: int, body: Any) -> None:
         fields = body if isinstance(body, dict) else {"message": str(body)}
@@ -71,8 +79,12 @@ class HttpClient:
             body = response.text
         if response.status_code != 200:
             error = QueryError(response.status_code, body)
-            if not error.code or is_refusal(error.code):  # no code: the proxy refused (a bad or expired JWT, say)
-                error.add_note(self._explainer.explain(str(error), self.identity, query))
+            if not error.code and response.status_code == 400:
+                # Neon's proxy refuses a bad, expired or unknown JWT before Postgres, with an empty code;
+                # over TCP the same refusal is SQLSTATE 28000, which is what a test wants to match.
+                error.code = AUTH_REFUSED
+            if is_refusal(error.code):
+                error.add_note(self._explainer.explain(str(error), self.identity, query, error.code))
             raise error
         return decode_rows(body["fields"], body["rows"])
 
@@ -89,7 +101,7 @@ def _note(exc: psycopg.Error, connection: Any, query: Any) -> None:
     identity, explainer = getattr(connection, "identity", None), getattr(connection, "explainer", None)
     if identity is not None and explainer is not None and is_refusal(exc.sqlstate):
         text = query if isinstance(query, str) else ""
-        exc.add_note(explainer.explain(exc.diag.message_primary or str(exc), identity, text))
+        exc.add_note(explainer.explain(exc.diag.message_primary or str(exc), identity, text, exc.sqlstate or ""))
 
 
 class ExplainingCursor(psycopg.Cursor):
@@ -136,12 +148,50 @@ class AsyncNeonConnection(psycopg.AsyncConnection):
     explainer: Explainer | None = None
 
 
-def connect(url: str, identity: Identity, explainer: Explainer, **kwargs: Any) -> NeonConnection:
+class SharedSession(NeonConnection):
+    """Rollback mode's one session, in a transaction the test's end rolls back: what the test calls a commit
+    (`commit()`, leaving `with conn:`, COMMIT sent as SQL) keeps a savepoint instead, and a rollback returns to it."""
+
+    def commit(self) -> None:
+        self.execute(f"RELEASE SAVEPOINT {TEST_SAVEPOINT}; SAVEPOINT {TEST_SAVEPOINT}")
+
+    def rollback(self) -> None:
+        self.execute(f"ROLLBACK TO SAVEPOINT {TEST_SAVEPOINT}")
+
+    def close(self) -> None:
+        """The session outlives the test; `end_session` closes it."""
+
+    def begin_test(self, owner: str) -> None:
+        self.execute(sql.SQL("SET LOCAL ROLE {}; SAVEPOINT {}").format(sql.Identifier(owner), sql.SQL(TEST_SAVEPOINT)))
+
+    def end_test(self) -> None:
+        psycopg.Connection.rollback(self)
+
+    def end_session(self) -> None:
+        psycopg.Connection.close(self)
+
+
+class SharedSessionCursor(ExplainingCursor):
+    def execute(self, query, params=None, **kwargs):
+        control = _TRANSACTION_CONTROL.match(query) if isinstance(query, str) and params is None else None
+        if control is None:
+            return super().execute(query, params, **kwargs)
+        verb = control[1].lower()
+        if verb in ("commit", "end"):
+            self.connection.commit()
+        elif verb in ("rollback", "abort"):
+            self.connection.rollback()
+        return self
+
+
+def connect(url: str, identity: Identity, explainer: Explainer, cls: type[NeonConnection] = NeonConnection,
+            **kwargs: Any) -> NeonConnection:
     """psycopg.connect, with dict rows and explained refusals."""
+    cursor = SharedSessionCursor if issubclass(cls, SharedSession) else ExplainingCursor
     try:
-        conn = NeonConnection.connect(url, row_factory=dict_row, cursor_factory=ExplainingCursor, **kwargs)
+        conn = cls.connect(url, row_factory=dict_row, cursor_factory=cursor, **kwargs)
     except psycopg.OperationalError as exc:
-        exc.add_note(f"neon-local: connecting {identity.describe()} failed.")
+        exc.add_note(f"neon-local: connecting {identity.describe(accepted=False)} failed.")
         raise
     conn.identity, conn.explainer = identity, explainer
     return conn
@@ -151,7 +201,7 @@ async def aconnect(url: str, identity: Identity, explainer: Explainer, **kwargs:
     try:
         conn = await AsyncNeonConnection.connect(url, row_factory=dict_row, cursor_factory=AsyncExplainingCursor, **kwargs)
     except psycopg.OperationalError as exc:
-        exc.add_note(f"neon-local: connecting {identity.describe()} failed.")
+        exc.add_note(f"neon-local: connecting {identity.describe(accepted=False)} failed.")
         raise
     conn.identity, conn.explainer = identity, explainer
     return conn

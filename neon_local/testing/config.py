@@ -37,7 +37,10 @@ OPTIONS: tuple[Option, ...] = (
                          "a module:function called with the database URL, or a shell command given DATABASE_URL."),
     Option("seed", "Seed data, loaded after the migrations, in the same forms."),
     Option("reuse", "Use the neon-local already running for this project (`neon-local up`) instead of starting one.", bool),
+    Option("isolation", "How neon_db isolates tests: `clone` (a fresh database each, the default) or `rollback` "
+                        "(one shared database, each test in a transaction rolled back at its end)."),
 )
+ISOLATIONS = ("clone", "rollback")
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,7 @@ class PluginConfig:
     migrations: str | None = None  # paths are absolute here; anything else is a callable or a command
     seed: str | None = None
     reuse: bool = False
+    isolation: str = "clone"
     rootdir: Path = Path(".")  # where commands run
 
 
@@ -79,6 +83,11 @@ def get_config(pytestconfig: pytest.Config, environ: Mapping[str, str]) -> Plugi
             values[option.name] = raw.strip().lower() in ("1", "true", "yes", "on")
         elif option.name == "config":
             values["config"] = (base / raw).resolve()
+        elif option.name == "isolation":
+            if raw not in ISOLATIONS:
+                raise pytest.UsageError(f"{option.flag} / {option.ini} / {option.env} is one of "
+                                        f"{', '.join(ISOLATIONS)}, not {raw!r}")
+            values["isolation"] = raw
         else:
             values[option.name] = _resolve(raw, base)
     return PluginConfig(**values)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import time
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ def neon_local(*, config_file: str | Path | None = None, reuse: bool | None = No
         report.of(pytestconfig).emulator = (
             f"emulator started in {server.started_in:.2f} s" if server.started_in is not None
             else f"reused the emulator at {server.endpoints.http_url}")
+        report.of(pytestconfig).started = int(server.started_in is not None)
         yield server
         server.stop()
 
@@ -73,24 +75,44 @@ def neon_template(server: str = "neon_local", *, migrations: Any = None, seed: A
             f"template {name} built once in {janitor.template_seconds:.2f} s ({len(steps)} step(s))")
         yield janitor
         report.of(pytestconfig).clone_seconds += janitor.clone_seconds
+        report.of(pytestconfig).rollback_seconds += janitor.rollback_seconds
         janitor.close()
 
     return neon_template_fixture
 
 
-def neon_db(template: str = "neon_template"):
-    """A fresh database per test, cloned from the template and dropped afterwards."""
+def neon_db(template: str = "neon_template", *, isolation: str | None = None):
+    """A database per test: a fresh clone of the template dropped afterwards (`clone`), or the session's shared
+    clone inside a transaction rolled back afterwards (`rollback`). Precedence: the test's marker
+    (`@pytest.mark.neon_clone` / `@pytest.mark.neon_rollback`), then `isolation`, then the setting."""
 
     @pytest.fixture
     def neon_db_fixture(request: pytest.FixtureRequest):
-        from neon_local.testing.database import Database
+        from neon_local.testing.database import Database, RollbackDatabase
         from neon_local.testing.janitor import run_all
-        from neon_local.testing.tokens import TokenFactory
 
         janitor = request.getfixturevalue(template)
+        if _isolation(request, isolation) == "rollback":
+            began = time.perf_counter()
+            name, session = janitor.shared()
+            database = RollbackDatabase(name, janitor.server, session)
+            begin_cost = time.perf_counter() - began
+            yield database
+            began = time.perf_counter()
+            database.close()
+            janitor.rollback_seconds.append(begin_cost + time.perf_counter() - began)
+            return
         name = janitor.clone()
-        database = Database(name, janitor.server, TokenFactory(janitor.server.mint))
+        database = Database(name, janitor.server)
         yield database
         run_all([database.close, lambda: janitor.drop(name)])
 
     return neon_db_fixture
+
+
+def _isolation(request: pytest.FixtureRequest, default: str | None) -> str:
+    if request.node.get_closest_marker("neon_rollback"):
+        return "rollback"
+    if request.node.get_closest_marker("neon_clone"):
+        return "clone"
+    return default or get_config(request.config, os.environ).isolation

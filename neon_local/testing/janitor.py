@@ -11,7 +11,10 @@ from typing import Callable
 import psycopg
 from psycopg import sql
 
-from neon_local.postgres.bootstrap import grant_role, prepare_jwt_role
+from neon_local.postgres.bootstrap import grant_role, jwt_role_statements
+from neon_local.postgres.cluster import SUPERUSER
+from neon_local.testing.clients import SharedSession, connect
+from neon_local.testing.explain import Explainer, Identity
 from neon_local.testing.migrations import Step, Target, apply
 from neon_local.testing.server import NeonLocal
 
@@ -48,6 +51,9 @@ class Janitor:
         self.template: str | None = None
         self.template_seconds = 0.0
         self.clone_seconds: list[float] = []
+        self.rollback_seconds: list[float] = []  # rollback mode: a test's begin and end, measured by the fixture
+        self._shared: SharedSession | None = None
+        self._shared_name: str | None = None
         self._live: set[str] = set()
         self._count = 0
         self._admin = psycopg.connect(server.superuser_conninfo(), autocommit=True)
@@ -77,13 +83,25 @@ class Janitor:
         self.clone_seconds.append(time.perf_counter() - began)
         return name
 
+    def shared(self) -> tuple[str, SharedSession]:
+        """Rollback mode's database (cloned once) and its one session, reopened if a test broke it."""
+        if self._shared_name is None:
+            self._shared_name = f"{self.prefix}_shared"
+            self._create(self._shared_name, self.template)
+        if self._shared is None or self._shared.closed or self._shared.broken:
+            conninfo = self.server.superuser_conninfo(self._shared_name)
+            self._shared = connect(conninfo, Identity(SUPERUSER, None, "directly"), Explainer(conninfo),
+                                   cls=SharedSession, autocommit=False)
+        return self._shared_name, self._shared
+
     def drop(self, name: str) -> None:
         self._live.discard(name)
         self._admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
     def close(self) -> None:
         """Drop what is left (clones of failed set-ups, then the template) and disconnect."""
-        run_all([*(lambda n=n: self.drop(n) for n in sorted(self._live)), self._admin.close])
+        shared = [self._shared.end_session] if self._shared is not None else []
+        run_all([*shared, *(lambda n=n: self.drop(n) for n in sorted(self._live)), self._admin.close])
 
     def _create(self, name: str, template: str | None) -> None:
         owner = sql.Identifier(self.server.settings.owner)
@@ -101,7 +119,8 @@ class Janitor:
             async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
                 for role in settings.jwt_roles:
                     await grant_role(conn, role, settings.owner)
-                    await prepare_jwt_role(conn, role)
+                    for statement in jwt_role_statements(role):
+                        await conn.execute(statement)
 
         # asyncio.run needs a thread with no running loop, which pytest-asyncio's thread may not be.
         with ThreadPoolExecutor(1) as pool:

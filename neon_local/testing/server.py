@@ -21,6 +21,8 @@ import httpx
 from neon_local.app import Emulator, Endpoints, read_state
 from neon_local.postgres.cluster import SOCKET_PORT, SUPERUSER
 from neon_local.settings import Settings, load_settings
+from neon_local.testing.tokens import TokenFactory
+from neon_local.testing.websocket import WebSocketBridge
 
 START_TIMEOUT = 60.0
 HTTP_TIMEOUT = 30.0
@@ -80,13 +82,17 @@ class NeonLocal:
     _thread: EmulatorThread | None = dataclasses.field(default=None, repr=False)
     _scratch: Path | None = dataclasses.field(default=None, repr=False)  # a data dir to remove at stop
     http: httpx.Client = dataclasses.field(default_factory=lambda: httpx.Client(timeout=HTTP_TIMEOUT), repr=False)
+    sign: Callable[[dict, str], str] | None = dataclasses.field(default=None, repr=False)  # None when reused
+    _bridge: WebSocketBridge | None = dataclasses.field(default=None, repr=False)
+    _tokens: TokenFactory | None = dataclasses.field(default=None, repr=False)
 
     @classmethod
     def start(cls, settings: Settings) -> "NeonLocal":
         thread = EmulatorThread(settings)
         emulator = thread.start()
-        return cls(settings, emulator.endpoints, emulator.cluster.socket_dir, emulator.pg_proxy.tls_files.ca_cert,
-                   emulator.issuer.mint, emulator.started_in, thread)
+        return cls(settings, emulator.endpoints, emulator.cluster.socket_dir, emulator.services.pg_proxy.tls_files.ca_cert,
+                   emulator.services.issuer.mint, emulator.started_in, thread,
+                   sign=lambda claims, alg: emulator.services.issuer.sign(claims, alg=alg))
 
     @classmethod
     def attach(cls, settings: Settings) -> "NeonLocal":
@@ -117,8 +123,23 @@ class NeonLocal:
         server._scratch = scratch
         return server
 
+    @property
+    def tokens(self) -> TokenFactory:
+        """The session's one token factory, so every client knows which tokens it minted."""
+        if self._tokens is None:
+            self._tokens = TokenFactory(self.mint, self.sign)
+        return self._tokens
+
+    def ws_port(self) -> int:
+        """The local port that carries Postgres connections over the emulator's WebSocket path (started once)."""
+        if self._bridge is None:
+            self._bridge = WebSocketBridge(self.endpoints.ws_url).start()
+        return self._bridge.port
+
     def stop(self) -> None:
         self.http.close()
+        if self._bridge is not None:
+            self._bridge.stop()
         try:
             if self._thread is not None:
                 self._thread.stop()
