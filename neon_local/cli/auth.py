@@ -6,14 +6,14 @@ import json
 import re
 import tomllib
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import click
 
 from neon_local.cli.common import project_options
-from neon_local.settings import BUILTIN_PROVIDER_ID, CONFIG_FILENAME, DEFAULT_JWT_ROLES, ConfigError, Settings, load_settings, read_config_file
+from neon_local.cli.config_file import config_path, parse_claims, restart_hint, write_config
+from neon_local.settings import BUILTIN_PROVIDER_ID, DEFAULT_JWT_ROLES, Settings, load_settings
 from neon_local.state import read_state
 
 if TYPE_CHECKING:
@@ -39,26 +39,6 @@ def _keyring(settings: Settings) -> "KeyRing":
     from neon_local.auth.keys import KeyRing
 
     return KeyRing.load_or_create(settings.resolved_data_dir / "keys")
-
-
-def _parse_claims(claims_json: str | None, pairs: tuple[str, ...]) -> dict:
-    claims = {}
-    if claims_json:
-        try:
-            claims = json.loads(claims_json)
-        except ValueError as exc:
-            raise click.BadParameter(f"not JSON: {exc}", param_hint="--claims") from None
-        if not isinstance(claims, dict):
-            raise click.BadParameter("must be a JSON object", param_hint="--claims")
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep or not name:
-            raise click.BadParameter(f"expected NAME=VALUE, got {pair!r}", param_hint="--claim")
-        try:
-            claims[name] = json.loads(value)
-        except ValueError:
-            claims[name] = value
-    return claims
 
 
 def _issuer(settings: Settings, state: dict | None) -> "Issuer":
@@ -149,7 +129,7 @@ def token(user, sub, pairs, claims_json, lifetime, expired, not_before, alg, no_
     """Print a JWT for test user USER (see [users.*] in neon_local.toml) from the built-in issuer."""
     settings = _settings()
     _known_user(settings, user, sub)
-    options = _mint_options(settings, user, sub, _parse_claims(claims_json, pairs), lifetime=lifetime, alg=alg,
+    options = _mint_options(settings, user, sub, parse_claims(claims_json, pairs), lifetime=lifetime, alg=alg,
                             kid=not no_kid, audience=audience, not_before=not_before, expired=expired)
     click.echo(_mint(settings, options))
 
@@ -198,10 +178,6 @@ def providers():
     """JWKS providers ([[jwks]] tables in neon_local.toml), shaped like Neon's local_proxy rules."""
 
 
-def _config_path(settings: Settings) -> Path:
-    return settings.config_file or settings.project_dir / CONFIG_FILENAME
-
-
 def _toml_string(value: str) -> str:
     # JSON string syntax without ASCII escaping is a valid TOML basic string.
     return json.dumps(value, ensure_ascii=False)
@@ -222,26 +198,6 @@ def _jwks_table(provider_id, jwks_url, jwks_file, provider_name, roles, audience
     return "\n".join(lines) + "\n"
 
 
-def _restart_hint(settings: Settings) -> None:
-    # Keys are re-read by a running emulator; providers are read at start-up only.
-    if read_state(settings.resolved_data_dir):
-        click.echo("neon-local is running: restart it (`neon-local down`, then `neon-local up`) to use this change.")
-
-
-def _write_checked(path: Path, text: str) -> None:
-    """Write the edited config, putting the old text back if the result no longer loads."""
-    old = path.read_text() if path.exists() else None
-    path.write_text(text)
-    try:
-        read_config_file(path)
-    except ConfigError as exc:
-        if old is None:
-            path.unlink()
-        else:
-            path.write_text(old)
-        raise click.ClickException(f"{exc} (the file was left unchanged)") from None
-
-
 @providers.command("add")
 @project_options
 @click.argument("provider_id")
@@ -260,13 +216,13 @@ def providers_add(provider_id, jwks_url, jwks_file, provider_name, roles, audien
         raise click.BadParameter("must start with https:// (or http:// for a local server)", param_hint="--jwks-url")
     if any(p.id == provider_id for p in settings.providers):
         raise click.ClickException(f"a provider with id {provider_id!r} exists already; remove it first")
-    path = _config_path(settings)
+    path = config_path(settings)
     text = path.read_text() if path.exists() else ""
     separator = "" if not text or text.endswith("\n\n") else ("\n" if text.endswith("\n") else "\n\n")
     table = _jwks_table(provider_id, jwks_url, jwks_file, provider_name, roles or DEFAULT_JWT_ROLES, audience, issuer)
-    _write_checked(path, text + separator + table)
+    write_config(path, text + separator + table)
     click.echo(f"added provider {provider_id} to {path}")
-    _restart_hint(settings)
+    restart_hint(settings)
 
 
 @providers.command("list")
@@ -318,11 +274,11 @@ def providers_remove(provider_id):
         raise click.ClickException(f"no provider {provider_id!r}; `neon-local providers list` shows them")
     if provider.builtin:
         raise click.ClickException(f"{BUILTIN_PROVIDER_ID} is the built-in issuer and cannot be removed; narrow its role_names instead")
-    path = _config_path(settings)
+    path = config_path(settings)
     text = _without_jwks_table(path.read_text(), provider_id)
     if text is None:
         raise click.ClickException(f"could not find a [[jwks]] table with id = {provider_id!r} in {path}; edit it by hand")
-    _write_checked(path, text)
+    write_config(path, text)
     ProviderCache(settings).forget(provider)
     click.echo(f"removed provider {provider_id} from {path}")
-    _restart_hint(settings)
+    restart_hint(settings)
