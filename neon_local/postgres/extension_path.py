@@ -1,10 +1,16 @@
-"""Make the pg_session_jwt stub installable by CREATE EXTENSION without writing to system directories.
+"""Make neon-local's extensions installable by CREATE EXTENSION without writing to system directories.
 
-PostgreSQL 18 has `extension_control_path`, so the server is simply pointed at the stub's folder.
+Three sets are offered, in this order of precedence: the pg_session_jwt stub (ahead of the server's own),
+the server's own extensions, then (see postgres.contrib) neon-local's pgcrypto and uuid-ossp when their
+module was built for this server, and placeholders that explain how to get a Neon-supported extension
+the server lacks. A server's own extension therefore always wins over neon-local's.
+
+PostgreSQL 18 has `extension_control_path`, so the server is simply pointed at these folders.
 Older servers find extensions only under their share directory, which they locate relative to the
 real path of their own executable. For those, a "shadow" install is built once in the cache: a copy
 of the `postgres` executable (symlinks would be resolved back to the original) beside a share
-directory made of symlinks to the real one plus the stub's files. Nothing outside the cache changes.
+directory made of symlinks to the real one plus neon-local's files. Nothing outside the cache changes.
+C modules are found through `dynamic_library_path`.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from neon_local.postgres import contrib
 from neon_local.postgres.binaries import PgBinaries
 from neon_local.postgres.cache import cache_dir
 
@@ -24,10 +31,14 @@ STUB_FILES_DIR = STUB_DIR / "extension"
 
 
 def server_command(binaries: PgBinaries) -> list[str]:
-    """The postgres executable and the arguments that make the stub visible to it."""
+    """The postgres executable and the arguments that make neon-local's extensions visible to it."""
+    placeholders = contrib.placeholder_root()
+    library_path = ["-c", f"dynamic_library_path=$libdir:{contrib.library_dir(binaries.major)}"]
     if binaries.major >= 18:
-        return [str(binaries.tool("postgres")), "-c", f"extension_control_path={STUB_DIR}:$system"]
-    return [str(shadow_install(binaries))]
+        own = [str(contrib.CONTRIB_DIR)] if contrib.own_files(binaries.major) else []
+        control_path = ":".join([str(STUB_DIR), "$system", *own, str(placeholders)])
+        return [str(binaries.tool("postgres")), "-c", f"extension_control_path={control_path}", *library_path]
+    return [str(shadow_install(binaries, placeholders)), *library_path]
 
 
 def _pg_config(binaries: PgBinaries) -> dict[str, Path]:
@@ -39,12 +50,11 @@ def _pg_config(binaries: PgBinaries) -> dict[str, Path]:
     return {"bindir": bindir, "sharedir": sharedir, "pkglibdir": pkglibdir}
 
 
-def shadow_install(binaries: PgBinaries) -> Path:
+def shadow_install(binaries: PgBinaries, placeholders: Path) -> Path:
     """Build (once) and return the shadow `postgres` executable for a pre-18 server."""
-
     paths = _pg_config(binaries)
-    stub_names = sorted(p.name for p in STUB_FILES_DIR.iterdir())
-    key = hashlib.sha256(f"{binaries.bin_dir}:{binaries.version}:{stub_names}".encode()).hexdigest()[:12]
+    offered = [*STUB_FILES_DIR.iterdir(), *contrib.own_files(binaries.major), placeholders]
+    key = hashlib.sha256(f"{binaries.bin_dir}:{binaries.version}:{sorted(map(str, offered))}".encode()).hexdigest()[:12]
     root = cache_dir() / "shadow" / f"pg{binaries.version}-{key}"
     executable = root / paths["bindir"].relative_to("/") / "postgres"
     if executable.is_file():
@@ -52,7 +62,7 @@ def shadow_install(binaries: PgBinaries) -> Path:
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".shadow-", dir=root.parent))
     staging.chmod(0o755)  # the server may run as `nobody` (see cluster.RunAs)
-    _mirror(staging, paths, binaries)
+    _mirror(staging, paths, binaries, placeholders)
     try:
         os.rename(staging, root)
     except OSError:  # another process built it first
@@ -60,7 +70,7 @@ def shadow_install(binaries: PgBinaries) -> Path:
     return executable
 
 
-def _mirror(staging: Path, paths: dict[str, Path], binaries: PgBinaries) -> None:
+def _mirror(staging: Path, paths: dict[str, Path], binaries: PgBinaries, placeholders: Path) -> None:
     def inside(path: Path) -> Path:
         return staging / path.relative_to("/")
 
@@ -76,5 +86,20 @@ def _mirror(staging: Path, paths: dict[str, Path], binaries: PgBinaries) -> None
             (share / entry.name).symlink_to(entry)
     extension = share / "extension"
     extension.mkdir()
-    for source in [*(paths["sharedir"] / "extension").iterdir(), *STUB_FILES_DIR.iterdir()]:
+    for source in STUB_FILES_DIR.iterdir():
         (extension / source.name).symlink_to(source)
+    # The same precedence as extension_control_path on 18: an extension comes from the first set that has it.
+    taken = {p.name.split(".control")[0] for p in extension.glob("*.control")}
+    for files in [(paths["sharedir"] / "extension").iterdir(), contrib.own_files(binaries.major),
+                  (placeholders / "extension").iterdir()]:
+        files = list(files)
+        names = {p.name.removesuffix(".control") for p in files if p.name.endswith(".control")} - taken
+        for source in files:
+            if _extension_name(source.name) in names or not source.name.endswith((".control", ".sql")):
+                (extension / source.name).symlink_to(source)
+        taken |= names
+
+
+def _extension_name(filename: str) -> str:
+    """pg_trgm.control, pg_trgm--1.6.sql, pg_trgm--1.5--1.6.sql -> pg_trgm."""
+    return filename.removesuffix(".control").split("--")[0]
