@@ -19,8 +19,8 @@ CONFIG_FILENAME = "neon_local.toml"
 BUILTIN_PROVIDER_ID = "neon-local"
 DEFAULT_JWT_ROLES = ("authenticated", "anonymous")
 DEFAULT_USERS: dict[str, dict[str, Any]] = {
-    "alice": {"sub": "user_alice", "email": "alice@example.com", "org_id": "org_acme", "role": "member"},
-    "bob": {"sub": "user_bob", "email": "bob@example.com", "org_id": "org_globex", "role": "member"},
+    "alice": {"sub": "user_alice", "email": "alice@example.com", "org_id": "org_acme", "role": "authenticated", "org_role": "member"},
+    "bob": {"sub": "user_bob", "email": "bob@example.com", "org_id": "org_globex", "role": "authenticated", "org_role": "member"},
 }
 
 
@@ -61,6 +61,11 @@ SCALARS: tuple[Scalar, ...] = (
     Scalar("http_idle_timeout", int, 75, "Seconds an HTTP connection may idle, or take to send a request's headers or body, before it is closed."),
     Scalar("client_idle_timeout", int, 0, "Seconds a TCP or WebSocket Postgres session may stay silent before it is closed (0: never)."),
     Scalar("role_connection_limit", int, 50, "Most TCP and WebSocket sessions one role other than the owner may hold at once, so the owner always gets in (0: no limit)."),
+    Scalar("data_api", bool, True, "Serve the Neon Data API (PostgREST-compatible REST) at /<db>/rest/v1/ on the HTTP port."),
+    Scalar("data_api_schemas", tuple, ("public",), "Schemas the Data API exposes (pgrst.db_schemas); the first is the default profile."),
+    Scalar("data_api_anon_role", str, "anonymous", "Role for Data API requests whose token has no role claim, or that carry no token (empty: refuse them)."),
+    Scalar("data_api_max_rows", int, 0, "Most rows one Data API response returns (pgrst.db_max_rows; 0: no limit)."),
+    Scalar("data_api_errors", str, "postgrest", 'Data API error bodies: "postgrest" sends details (what postgrest-js reads), "neon" sends Neon\'s detail key.', ("postgrest", "neon")),
 )
 
 
@@ -100,6 +105,11 @@ class Settings:
     http_idle_timeout: int = 75
     client_idle_timeout: int = 0
     role_connection_limit: int = 50
+    data_api: bool = True
+    data_api_schemas: tuple[str, ...] = ("public",)
+    data_api_anon_role: str = "anonymous"
+    data_api_max_rows: int = 0
+    data_api_errors: str = "postgrest"
     roles: tuple[str, ...] = ()
     users: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: dict(DEFAULT_USERS))
     providers: tuple[Provider, ...] = (Provider(BUILTIN_PROVIDER_ID, provider_name="neon-local"),)

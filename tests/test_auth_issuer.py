@@ -217,7 +217,7 @@ async def test_authorization_code_flow_with_pkce_through_authlib(server, http, v
     id_token = jwt.decode(token["id_token"], jwks, algorithms=["RS256"])
     JWTClaimsRegistry(iss={"essential": True, "value": server.url}, aud={"essential": True, "value": "my-app"},
                       nonce={"essential": True, "value": "n-0S6"}, sub={"essential": True, "value": "user_alice"}).validate(id_token.claims)
-    assert userinfo == {"sub": "user_alice", "email": "alice@example.com", "org_id": "org_acme", "role": "member"}
+    assert userinfo == {"sub": "user_alice", "email": "alice@example.com", "org_id": "org_acme", "role": "authenticated", "org_role": "member"}
     verified = await verifier.verify(token["access_token"], "authenticated")
     assert verified.claims["sub"] == "user_alice" and "aud" not in verified.claims
 

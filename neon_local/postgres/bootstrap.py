@@ -9,6 +9,7 @@ from __future__ import annotations
 import psycopg
 from psycopg import sql
 
+from neon_local.data_api import setup as data_api_setup
 from neon_local.postgres.cluster import PostgresCluster
 from neon_local.settings import Settings
 
@@ -87,3 +88,5 @@ async def bootstrap(cluster: PostgresCluster, settings: Settings) -> None:
         for role in settings.jwt_roles:
             for statement in jwt_role_statements(role):
                 await conn.execute(statement)
+        if settings.data_api:
+            await data_api_setup.apply(conn, settings)

@@ -1,0 +1,513 @@
+"""`/<db>/rest/v1/...`: route, authenticate, plan, run on a pooled `authenticator` session, answer.
+
+One request runs as Neon's rest broker has local_proxy run it: a pooled connection logged in as
+`authenticator` with the caller's claims installed in pg_session_jwt, then one READ COMMITTED
+transaction (READ ONLY for GET/HEAD and non-volatile RPC) holding the `set_config` statement (role,
+request.jwt.claims, request.method/path/headers/get, search_path) and the main query.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from urllib.parse import parse_qsl
+
+import psycopg
+from aiohttp import web
+
+from neon_local.auth.verifier import JwtError
+from neon_local.data_api import setup
+from neon_local.data_api.errors import ApiError
+from neon_local.data_api.grammar import (
+    CSV, JSON, OBJECT, parse_accept, parse_payload, parse_prefer, parse_query, parse_range,
+)
+from neon_local.data_api.schema import INTROSPECTION_SQL, Schema
+from neon_local.data_api.sql import Builder, Plan, env_query, ident
+from neon_local.errors import PostgresErrorResponse
+from neon_local.postgres import session_jwt
+from neon_local.serverless.conn_pool import ConnPool
+from neon_local.serverless.pg_conn import ConnectionLost, PgError, Statement, connect
+
+__all__ = ["DataApi"]
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 10 * 1024 * 1024
+MISSING_CREDENTIALS = "missing authentication credentials: required authorization bearer token in JWT format"
+EXPOSE = ("Content-Encoding, Content-Location, Content-Range, Content-Type, Date, Location, Server, "
+          "Transfer-Encoding, Range-Unit")
+METHODS = "GET, POST, PATCH, PUT, DELETE, OPTIONS"
+RELOAD_AFTER_MISS = 1.0  # an unknown name reloads the schema cache at most this often per database
+_VERSION_SQL = "select coalesce((select last_value from pgrst.schema_version), 0)::text"
+_CONFIG_SQL = (
+    "select coalesce(pg_catalog.json_object_agg(pg_catalog.substr(name, 7), setting), '{}')::text "
+    "from pg_catalog.pg_settings where name like 'pgrst.%'")
+_ROLE_CONFIG_SQL = (
+    "select coalesce(pg_catalog.json_agg(c order by s.setdatabase), '[]')::text "
+    "from pg_catalog.pg_db_role_setting s join pg_catalog.pg_roles r on r.oid = s.setrole, "
+    "pg_catalog.unnest(s.setconfig) c where r.rolname = 'authenticator' and c like 'pgrst.%' "
+    "and s.setdatabase in (0, (select oid from pg_catalog.pg_database where datname = pg_catalog.current_database()))")
+
+
+@dataclass
+class ApiConfig:
+    schemas: tuple[str, ...]
+    anon_role: str | None
+    max_rows: int | None
+    extra_search_path: tuple[str, ...]
+    cors_origins: tuple[str, ...] | None
+
+    @classmethod
+    def from_values(cls, values: dict[str, str]) -> "ApiConfig":
+        def listed(key: str) -> tuple[str, ...]:
+            return tuple(v.strip() for v in values.get(key, "").split(",") if v.strip())
+        max_rows = values.get("db_max_rows", "").strip()
+        return cls(listed("db_schemas") or ("public",), values.get("db_anon_role") or None,
+                   int(max_rows) if max_rows.isdigit() and int(max_rows) > 0 else None,
+                   listed("db_extra_search_path"), listed("server_cors_allowed_origins") or None)
+
+
+@dataclass
+class _Cached:
+    schema: Schema
+    config: ApiConfig
+    version: str
+    loaded_at: float
+
+
+class _Row:
+    """Keeps the main query's one row."""
+
+    def __init__(self) -> None:
+        self.row: tuple | None = None
+
+    async def columns(self, columns) -> None:
+        pass
+
+    def rows(self, rows: list[tuple]) -> None:
+        self.row = rows[0]
+
+    def end(self, tag: str) -> None:
+        pass
+
+
+class DataApi:
+    """The Data API handlers for every database; `close()` closes the pooled connections."""
+
+    def __init__(self, settings, control_plane, verifier) -> None:
+        self.settings = settings
+        self.control_plane = control_plane
+        self.pools = ConnPool(control_plane)
+        self._verifier = verifier
+        self._detail_key = "detail" if settings.data_api_errors == "neon" else "details"
+        self._cache: dict[str, _Cached] = {}
+        self._loading: dict[str, asyncio.Future] = {}
+        self._set_up: dict[str, asyncio.Future] = {}
+        self._last_miss_reload: dict[str, float] = {}
+        # Neon takes tokens for the Data API from the providers whose role_names list authenticator;
+        # neon-local's providers list the JWT roles, so a provider serving `authenticated` serves the Data API too.
+        self._verify_role = setup.AUTHENTICATOR if any(
+            setup.AUTHENTICATOR in p.role_names for p in settings.providers) else "authenticated"
+
+    async def close(self) -> None:
+        await self.pools.close()
+
+    def forget(self, dbname: str | None = None) -> None:
+        """Drop the schema cache of one database (or all): the next request introspects again."""
+        for name in [dbname] if dbname else list(self._cache):
+            self._cache.pop(name, None)
+
+    # --- HTTP -------------------------------------------------------------------------------------
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        request_id = str(uuid.uuid4())
+        cors = self._cors(request)
+        try:
+            response = await self._serve(request)
+        except ApiError as exc:
+            body = exc.body(self._detail_key)
+            response = web.Response(status=exc.status, body=body, headers=exc.headers,
+                                    content_type="application/json", charset="utf-8")
+        except Exception as exc:  # a bug of ours still answers PostgREST's JSON
+            log.exception("unexpected error in a Data API request")
+            error = ApiError(500, "PGRST000", f"internal error in neon-local ({type(exc).__name__}: {exc}); see its log")
+            response = web.Response(status=500, body=error.body(self._detail_key), content_type="application/json")
+        response.headers.update(cors)
+        response.headers["neon-request-id"] = request_id
+        return response
+
+    def _cors(self, request: web.Request) -> dict[str, str]:
+        origin = request.headers.get("Origin")
+        headers = {"Access-Control-Expose-Headers": EXPOSE}
+        if origin is None:
+            return headers
+        dbname = request.path.split("/")[1] if request.path.count("/") >= 2 else ""
+        cached = self._cache.get(dbname)
+        allowed = cached.config.cors_origins if cached else None
+        if allowed is None:
+            headers["Access-Control-Allow-Origin"] = "*"
+        elif origin in allowed:
+            headers["Access-Control-Allow-Origin"] = origin
+            headers["Vary"] = "Origin"
+        return headers
+
+    async def _serve(self, request: web.Request) -> web.StreamResponse:
+        parts = request.path.split("/")
+        dbname = parts[1]
+        if parts[2:4] != ["rest", "v1"]:
+            raise ApiError(404, "PGRST125", "Invalid path specified in request URL")
+        resource = "/".join(parts[4:])
+        if request.method == "OPTIONS":
+            requested = request.headers.get("Access-Control-Request-Headers")
+            return web.Response(status=200, headers={
+                "Allow": METHODS, "Access-Control-Allow-Methods": METHODS, "Access-Control-Max-Age": "86400",
+                "Access-Control-Allow-Headers": f"{requested}, Authorization" if requested else "Authorization"})
+        token = self._bearer(request)
+        cached = await self._schema(dbname)
+        config = cached.config
+        claims_payload, role = await self._identity(token, config)
+        if resource in ("", "openapi.json"):
+            raise ApiError(404, None, f"Entry '{resource or '/'}' not found",
+                           None, "neon-local serves no OpenAPI document yet")
+        if "/" in resource and not resource.startswith("rpc/") or resource.count("/") > 1:
+            raise ApiError(404, "PGRST125", "Invalid path specified in request URL")
+        method = request.method
+        schema_name = self._profile(request, config)
+        media = parse_accept(request.headers.get("Accept"))
+        prefs = parse_prefer(request.headers.getall("Prefer", []))
+        pairs = parse_qsl(request.query_string, keep_blank_values=True)
+        body = b"" if method in ("GET", "HEAD") else await self._body(request)
+        if resource.startswith("rpc/"):
+            plan, extra = await self._rpc_plan(dbname, cached, schema_name, resource[4:], method, pairs, body, media, prefs)
+        else:
+            plan, extra = await self._table_plan(dbname, cached, schema_name, resource, method, pairs, body, media,
+                                                 prefs, request.headers.get("Range"))
+        settings = {
+            "role": role, "request.jwt.claims": claims_payload, "request.method": method,
+            "request.path": request.raw_path, "request.headers": json.dumps({k.lower(): v for k, v in request.headers.items()}),
+            "request.cookies": "{}", "request.get": json.dumps(dict(pairs)),
+            "search_path": ", ".join(ident(s) for s in (schema_name, *config.extra_search_path)),
+        }
+        row = await self._run(dbname, role, claims_payload, plan, settings, media)
+        return self._respond(request, method, plan, row, media, prefs, extra, schema_name, config)
+
+    @staticmethod
+    def _bearer(request: web.Request) -> str | None:
+        header = request.headers.get("Authorization")
+        if header is None:
+            return None
+        if not header.startswith("Bearer "):
+            raise ApiError(401, None, MISSING_CREDENTIALS)
+        return header[len("Bearer "):].strip()
+
+    async def _identity(self, token: str | None, config: ApiConfig) -> tuple[str, str]:
+        """(claims JSON, role) as Neon picks them: the token's `role` string, else the anonymous role."""
+        if token is None:
+            if config.anon_role is None:
+                raise ApiError(401, None, MISSING_CREDENTIALS)
+            return json.dumps({"role": config.anon_role}), config.anon_role
+        try:
+            verified = self._verifier.verify_cached(token, self._verify_role) or await self._verifier.verify(
+                token, self._verify_role)
+        except JwtError as exc:
+            raise ApiError(401, None, exc.message) from None
+        role = verified.claims.get("role")
+        if not isinstance(role, str):
+            if config.anon_role is None:
+                raise ApiError(401, "PGRST302", "Anonymous access is disabled")
+            role = config.anon_role
+        return verified.payload.decode(), role
+
+    def _profile(self, request: web.Request, config: ApiConfig) -> str:
+        header = "Accept-Profile" if request.method in ("GET", "HEAD") else "Content-Profile"
+        wanted = request.headers.get(header)
+        if wanted is None:
+            return config.schemas[0]
+        if wanted not in config.schemas:
+            raise ApiError(406, "PGRST106", f"Invalid schema: {wanted}", None,
+                           f"Only the following schemas are exposed: {', '.join(config.schemas)}")
+        return wanted
+
+    @staticmethod
+    async def _body(request: web.Request) -> bytes:
+        if request.content_length is not None and request.content_length > MAX_BODY:
+            raise ApiError(413, None, f"request is too large (max is {MAX_BODY} bytes)")
+        chunks, size = [], 0
+        async for chunk in request.content.iter_any():
+            size += len(chunk)
+            if size > MAX_BODY:
+                raise ApiError(413, None, f"request is too large (max is {MAX_BODY} bytes)")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    # --- planning ------------------------------------------------------------------------------------
+
+    async def _lookup(self, dbname: str, cached: _Cached, find):
+        """`find(schema)`; an unknown name reloads the cache once (at most every second) and tries again."""
+        try:
+            return find(cached.schema)
+        except ApiError as exc:
+            if exc.code not in ("PGRST200", "PGRST202", "PGRST205"):
+                raise
+            now = time.monotonic()
+            if now - self._last_miss_reload.get(dbname, 0.0) < RELOAD_AFTER_MISS:
+                raise
+            self._last_miss_reload[dbname] = now
+            self.forget(dbname)
+            fresh = await self._schema(dbname)
+            return find(fresh.schema)
+
+    async def _table_plan(self, dbname, cached, schema_name, name, method, pairs, body, media, prefs, range_header):
+        query = parse_query(pairs)
+        table = await self._lookup(dbname, cached, lambda s: s.table(schema_name, name))
+        singular = media == OBJECT
+        if method in ("GET", "HEAD"):
+            if range_header and query.root.limit is None and query.root.offset is None:
+                span = parse_range(range_header)
+                if span is not None:
+                    query.root.offset, query.root.limit = span
+            builder = Builder(cached.schema, query, cached.config.max_rows)
+            plan = await self._lookup(dbname, cached, lambda s: _rebuild(builder, s).read(table, prefs.count is not None, singular))
+            return plan, {"offset": query.root.offset or 0}
+        if method == "PUT":
+            raise ApiError(400, "PGRST127", "Feature not implemented", "PUT (single-row upsert) is not supported yet")
+        if method not in ("POST", "PATCH", "DELETE"):
+            raise ApiError(405, "PGRST117", f"Unsupported HTTP method: {method}")
+        rows, columns = None, []
+        if method in ("POST", "PATCH"):
+            rows, columns, _ = parse_payload(body, query.columns)
+            if method == "PATCH" and len(rows) != 1:
+                raise ApiError(400, "PGRST102", "Empty or invalid json")
+        representation = prefs.representation == "representation"
+        builder = Builder(cached.schema, query, cached.config.max_rows)
+        plan = await self._lookup(dbname, cached, lambda s: _rebuild(builder, s).write(
+            table, method, rows, columns, representation, singular, prefs.resolution if method == "POST" else None))
+        return plan, {"offset": 0, "table": table}
+
+    async def _rpc_plan(self, dbname, cached, schema_name, name, method, pairs, body, media, prefs):
+        if method not in ("GET", "HEAD", "POST"):
+            raise ApiError(405, "PGRST101", f"Cannot use the {method} method on RPC")
+        candidates = cached.schema.functions.get((schema_name, name), [])
+        arg_names = frozenset(a.name for f in candidates for a in f.inputs if a.name)
+        query = parse_query(pairs, arg_names)
+        raw_json = None
+        if method == "POST":
+            try:
+                doc = json.loads(body) if body.strip() else {}
+            except (ValueError, UnicodeDecodeError, RecursionError):
+                raise ApiError(400, "PGRST102", "Empty or invalid json") from None
+            args = doc if isinstance(doc, dict) else None
+            given = set(args) if args is not None else set()
+        else:
+            args = dict(query.args)
+            given = set(args)
+        function = await self._lookup(dbname, cached, lambda s: s.function(schema_name, name, given, args is None or method == "POST"))
+        if args is None or (method == "POST" and function.inputs and function.inputs[0].name == "" and len(function.inputs) == 1):
+            raw_json, args = body.decode() if body.strip() else "{}", None
+        read_only = method in ("GET", "HEAD") or function.volatility != "v"
+        builder = Builder(cached.schema, query, cached.config.max_rows)
+        plan = builder.call(function, args, raw_json, read_only, prefs.count is not None, media == OBJECT)
+        return plan, {"offset": query.root.offset or 0, "function": function}
+
+    # --- running -------------------------------------------------------------------------------------
+
+    async def _run(self, dbname: str, role: str, claims: str, plan: Plan, settings: dict, media: str) -> tuple:
+        if role in self.settings.jwt_roles:  # USAGE on schema auth, as local_proxy grants a JWT role on first use
+            await self.control_plane.prepare_jwt_role(dbname, role)
+        backend = await self._acquire(dbname)
+        env_sql, env_params = env_query(settings)
+        begin = "begin isolation level read committed" + (" read only" if plan.read_only else "")
+        main = _Row()
+        version = _Row()
+        statements = [Statement(session_jwt.INIT_QUERY, [backend.signer.token_for(claims.encode())]),
+                      Statement(_VERSION_SQL, [], version), Statement(begin), Statement(env_sql, env_params),
+                      Statement(plan.sql, plan.params, main)]
+        check_single = plan.singular and not plan.scalar
+        try:
+            if check_single:
+                await backend.run(statements)
+                total = int(main.row[1])
+                if total != 1:
+                    await backend.run([Statement("rollback")], reset_after=True)
+                    self.pools.release(backend)
+                    raise ApiError(406, "PGRST116", "Cannot coerce the result to a single JSON object",
+                                   f"The result contains {total} rows")
+                await backend.run([Statement("commit")], reset_after=True)
+            else:
+                await backend.run([*statements, Statement("commit")], reset_after=True)
+        except ApiError:
+            raise
+        except PgError as exc:
+            self.pools.discard(backend)
+            if exc.sqlstate == "42P01":
+                self.forget(dbname)
+            raise _pg_error(exc.fields, self._detail_key) from None
+        except BaseException:
+            self.pools.discard(backend)
+            raise
+        self.pools.release(backend)
+        cached = self._cache.get(dbname)
+        if cached is not None and version.row is not None and version.row[0] != cached.version:
+            self.forget(dbname)  # DDL since the cache was read: the next request introspects again
+        return main.row
+
+    async def _acquire(self, dbname: str):
+        await self._ensure_setup(dbname)
+        try:
+            return await self.pools.acquire(dbname, setup.AUTHENTICATOR, True)
+        except PostgresErrorResponse as exc:
+            if exc.sqlstate == "3D000":
+                raise ApiError(404, None, exc.fields.get("M", "database does not exist")) from None
+            raise _pg_error(exc.fields, self._detail_key) from None
+        except (ConnectionLost, psycopg.OperationalError, OSError) as exc:
+            raise ApiError(503, "PGRST001", f"neon-local could not reach Postgres ({exc}); try again in a moment") from None
+
+    # --- schema cache --------------------------------------------------------------------------------
+
+    async def _ensure_setup(self, dbname: str) -> None:
+        """The Data API objects in `dbname` (roles, schema pgrst, pre_config), once per database per run."""
+        future = self._set_up.get(dbname)
+        if future is None or (future.done() and future.exception() is not None):
+            future = self._set_up[dbname] = asyncio.ensure_future(self._apply_setup(dbname))
+        await asyncio.shield(future)
+
+    async def _apply_setup(self, dbname: str) -> None:
+        try:
+            conn = await psycopg.AsyncConnection.connect(
+                self.control_plane.conninfo("cloud_admin", dbname), autocommit=True)
+        except psycopg.OperationalError as exc:
+            if "does not exist" in str(exc):
+                raise ApiError(404, None, f'database "{dbname}" does not exist') from None
+            raise
+        async with conn:
+            exists = await (await conn.execute("select to_regproc('pgrst.pre_config') is not null")).fetchone()
+            if not exists[0]:
+                await setup.apply(conn, self.settings)
+
+    async def _schema(self, dbname: str) -> _Cached:
+        cached = self._cache.get(dbname)
+        if cached is not None:
+            return cached
+        future = self._loading.get(dbname)
+        if future is None or future.done():
+            future = self._loading[dbname] = asyncio.ensure_future(self._load(dbname))
+        return await asyncio.shield(future)
+
+    async def _load(self, dbname: str) -> _Cached:
+        await self._ensure_setup(dbname)
+        admin = await connect(self.control_plane.conninfo("cloud_admin", dbname))
+        try:
+            config_row, role_row, version_row = _Row(), _Row(), _Row()
+            await admin.run([Statement("begin"), Statement("select pgrst.pre_config()"),
+                             Statement(_CONFIG_SQL, [], config_row), Statement(_ROLE_CONFIG_SQL, [], role_row),
+                             Statement(_VERSION_SQL, [], version_row), Statement("commit")])
+            values = json.loads(config_row.row[0])
+            for entry in json.loads(role_row.row[0]):  # global first, then this database's
+                key, _, value = entry.partition("=")
+                values[key[len("pgrst."):]] = value
+            config = ApiConfig.from_values(values)
+            schema_row = _Row()
+            await admin.run([Statement(INTROSPECTION_SQL, ["{" + ",".join(
+                '"' + s.replace('"', '\\"') + '"' for s in config.schemas) + "}"], schema_row)])
+        except PgError as exc:
+            raise ApiError(500, "PGRST002", "Could not query the database for the schema cache.",
+                           exc.fields.get("M")) from None
+        finally:
+            await admin.close()
+        cached = _Cached(Schema.from_json(config.schemas, schema_row.row[0]), config, version_row.row[0], time.monotonic())
+        self._cache[dbname] = cached
+        return cached
+
+    # --- responses -------------------------------------------------------------------------------------
+
+    def _respond(self, request, method, plan: Plan, row: tuple, media, prefs, extra, schema_name, config) -> web.Response:
+        total_text, page_text, body, headers_text, status_text = row
+        page_total = int(page_text)
+        total = int(total_text) if total_text is not None else None
+        headers: dict[str, str] = {}
+        if len(config.schemas) > 1:
+            headers["Content-Profile"] = schema_name
+        if prefs.applied and method in ("POST", "PATCH", "DELETE", "PUT"):
+            headers["Preference-Applied"] = ", ".join(prefs.applied)
+        offset = extra.get("offset", 0)
+        status = 200
+        if method in ("GET", "HEAD") or "function" in extra:
+            if total is not None and offset > 0 and offset >= total and page_total == 0 and total >= 0:
+                if offset > total or total == 0 and offset > 0:
+                    raise ApiError(416, "PGRST103", "Requested range not satisfiable",
+                                   f"An offset of {offset} was requested, but there are only {total} rows.",
+                                   headers={"Content-Range": f"*/{total}"})
+            upper = offset + page_total - 1
+            headers["Content-Range"] = (f"{offset}-{upper}" if page_total else "*") + f"/{'*' if total is None else total}"
+            if total is not None and page_total < total and not plan.scalar:
+                status = 206
+            if plan.void:
+                status = 204
+        elif method == "POST":
+            status = 201
+            headers["Content-Range"] = f"*/{'*' if total is None else total}"
+        else:
+            status = 200 if prefs.representation == "representation" else 204
+            headers["Content-Range"] = (f"0-{page_total - 1}" if page_total else "*") + "/*"
+        if headers_text:
+            try:
+                for item in json.loads(headers_text):
+                    for key, value in item.items():
+                        headers.setdefault(key, str(value))
+            except (ValueError, AttributeError):
+                raise ApiError(500, "PGRST111", "response.headers guc must be a JSON array composed of objects "
+                               "with a single key and a string value") from None
+        if status_text:
+            if not status_text.strip().isdigit():
+                raise ApiError(500, "PGRST112", "response.status guc must be a valid status code")
+            status = int(status_text)
+        content_type = {JSON: "application/json", OBJECT: "application/vnd.pgrst.object+json", CSV: "text/csv"}[media]
+        if plan.singular and media == JSON and not plan.scalar:
+            content_type = "application/json"
+        text = body
+        if media == CSV and body:
+            text = _csv(body)
+        if method == "HEAD" or status == 204 or (method in ("POST", "PATCH", "DELETE") and "function" not in extra
+                                                and prefs.representation != "representation"):
+            text = None
+        response = web.Response(status=status, headers=headers)
+        if text is not None:
+            response.body = text.encode()
+            response.content_type = content_type
+            response.charset = "utf-8"
+        return response
+
+
+def _rebuild(builder: Builder, schema: Schema) -> Builder:
+    """The builder against a (possibly reloaded) schema cache, its parameters reset."""
+    return Builder(schema, builder.query, builder.max_rows)
+
+
+def _pg_error(fields: dict, detail_key: str) -> ApiError:
+    error = ApiError.postgres(fields)
+    if detail_key == "detail" and error.code.startswith("PT"):
+        error.message, error.code = "Postgres error", None
+    return error
+
+
+def _csv(body: str) -> str:
+    rows = json.loads(body)
+    if isinstance(rows, dict):
+        rows = [rows]
+    if not rows:
+        return ""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    keys = list(rows[0])
+    writer.writerow(keys)
+    for row in rows:
+        writer.writerow(["" if row.get(k) is None else (json.dumps(row[k]) if isinstance(row[k], (dict, list))
+                                                         else str(row[k]).lower() if isinstance(row[k], bool) else row[k])
+                         for k in keys])
+    return out.getvalue()

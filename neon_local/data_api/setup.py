@@ -1,0 +1,71 @@
+"""The Postgres side of "enable the Data API", as Neon sets it up (reference §1.4, §2.2):
+
+- `authenticator`: the LOGIN role requests connect as (NOINHERIT: it holds nothing itself), a member of
+  every JWT role so `set_config('role', ...)` can switch to the token's role;
+- schema `pgrst` with `pgrst.pre_config()` setting the `pgrst.*` keys from neon_local.toml's data_api
+  settings (Neon writes it from the Console settings the same way), USAGE/EXECUTE for `authenticator`;
+- neon-local only: an event trigger that bumps `pgrst.schema_version` after DDL, so the schema cache
+  reloads itself (Neon needs a "Refresh schema cache" click).
+"""
+
+from __future__ import annotations
+
+from psycopg import sql
+
+__all__ = ["AUTHENTICATOR", "setup_statements", "cluster_statements", "config_values"]
+
+AUTHENTICATOR = "authenticator"
+
+
+def config_values(settings) -> dict[str, str]:
+    """The `pgrst.*` keys (without the prefix) that pre_config() sets, from the settings."""
+    values = {"db_schemas": ", ".join(settings.data_api_schemas), "db_aggregates_enabled": "true",
+              "jwt_role_claim_key": ".role"}
+    if settings.data_api_anon_role:
+        values["db_anon_role"] = settings.data_api_anon_role
+    if settings.data_api_max_rows:
+        values["db_max_rows"] = str(settings.data_api_max_rows)
+    return values
+
+
+def cluster_statements(settings) -> list[sql.Composable]:
+    """Cluster-wide: the authenticator role and its memberships (idempotent)."""
+    auth = sql.Identifier(AUTHENTICATOR)
+    statements: list[sql.Composable] = [sql.SQL(
+        "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'authenticator') THEN "
+        "CREATE ROLE authenticator LOGIN NOINHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS; END IF; END $$")]
+    for role in settings.jwt_roles:
+        statements.append(sql.SQL("GRANT {} TO {}").format(sql.Identifier(role), auth))
+    return statements
+
+
+def setup_statements(settings) -> list[sql.Composable]:
+    """Per database: schema pgrst, pre_config(), the DDL version counter and its event trigger."""
+    auth = sql.Identifier(AUTHENTICATOR)
+    calls = sql.SQL(", ").join(
+        sql.SQL("pg_catalog.set_config({}, {}, true)").format(sql.Literal("pgrst." + k), sql.Literal(v))
+        for k, v in config_values(settings).items())
+    return [
+        sql.SQL("CREATE SCHEMA IF NOT EXISTS pgrst"),
+        sql.SQL("CREATE OR REPLACE FUNCTION pgrst.pre_config() RETURNS void LANGUAGE sql SET search_path TO '' "
+                "AS $$ SELECT {} $$").format(calls),
+        sql.SQL("GRANT USAGE ON SCHEMA pgrst TO {}").format(auth),
+        sql.SQL("GRANT ALL ON FUNCTION pgrst.pre_config() TO {}").format(auth),
+        sql.SQL("CREATE SEQUENCE IF NOT EXISTS pgrst.schema_version"),
+        sql.SQL("GRANT SELECT ON SEQUENCE pgrst.schema_version TO {}").format(auth),
+        sql.SQL("CREATE OR REPLACE FUNCTION pgrst.bump_schema_version() RETURNS event_trigger LANGUAGE plpgsql "
+                "SECURITY DEFINER SET search_path TO '' AS $$ BEGIN "
+                "IF NOT pg_catalog.current_setting('transaction_read_only')::bool THEN "
+                "PERFORM pg_catalog.nextval('pgrst.schema_version'); END IF; END $$"),
+        sql.SQL("DROP EVENT TRIGGER IF EXISTS neon_local_pgrst_ddl"),
+        sql.SQL("CREATE EVENT TRIGGER neon_local_pgrst_ddl ON ddl_command_end "
+                "EXECUTE FUNCTION pgrst.bump_schema_version()"),
+        sql.SQL("DROP EVENT TRIGGER IF EXISTS neon_local_pgrst_drop"),
+        sql.SQL("CREATE EVENT TRIGGER neon_local_pgrst_drop ON sql_drop EXECUTE FUNCTION pgrst.bump_schema_version()"),
+    ]
+
+
+async def apply(conn, settings) -> None:
+    """Run the set-up on a superuser psycopg connection to one database (autocommit)."""
+    for statement in cluster_statements(settings) + setup_statements(settings):
+        await conn.execute(statement)
