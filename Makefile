@@ -1,9 +1,9 @@
-# neon-local: `make install` sets up a fresh machine, `make test` runs every test, `make bench` writes bench/results.md.
+# neon-local: `make install` sets up a fresh machine, `make test` runs every test, `make soak` the fault injection, `make bench` writes bench/results.md.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test bench lint clean
+.PHONY: install test soak bench lint clean
 
 install: $(BIN)/neon-local tests/node/node_modules
 
@@ -19,6 +19,10 @@ tests/node/node_modules: tests/node/package.json tests/node/package-lock.json
 
 test: install lint
 	$(BIN)/pytest -n 2 -q
+
+# Fault injection under load (kill -9, disk full on a tmpfs, 1,000 clients): a few minutes, needs root for mount.
+soak: install
+	$(BIN)/pytest -q -s tests/soak_faults.py
 
 bench: install
 	$(BIN)/python -m bench

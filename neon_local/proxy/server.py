@@ -24,6 +24,8 @@ from neon_local.wire.codec import ProtocolViolation
 
 log = logging.getLogger(__name__)
 
+LISTEN_BACKLOG = 4096  # asyncio's default (100) resets bursts of new clients
+
 
 class Conduit(asyncio.Protocol):
     """One socket of a proxied session: read in the handshake, joined to a peer for the relay."""
@@ -279,9 +281,10 @@ class PgProxyServer:
         """Listen on host:port (port 0 picks one) or on an already bound socket; returns the port."""
         loop = asyncio.get_running_loop()
         if isinstance(host, socket.socket):
-            server = await loop.create_server(lambda: ClientConduit(self), sock=host)
+            server = await loop.create_server(lambda: ClientConduit(self), sock=host, backlog=LISTEN_BACKLOG)
         else:
-            server = await loop.create_server(lambda: ClientConduit(self), host, port, reuse_address=True)
+            server = await loop.create_server(lambda: ClientConduit(self), host, port, reuse_address=True,
+                                              backlog=LISTEN_BACKLOG)
         self._servers.append(server)
         if self.settings.client_idle_timeout and self._idle_sweeper is None:
             self._idle_sweeper = loop.create_task(self._close_idle_clients(self.settings.client_idle_timeout))

@@ -14,6 +14,8 @@ import ssl
 
 from aiohttp import WSMsgType, web
 
+from neon_local.origins import OriginPolicy
+from neon_local.proxy.limits import at_message_boundary, idle_close_message
 from neon_local.proxy.server import is_loopback
 from neon_local.proxy.session import Session
 from neon_local.wire.codec import ProtocolViolation
@@ -29,8 +31,11 @@ class WebSocketChannel:
 
     can_tls = False
 
-    def __init__(self, ws: web.WebSocketResponse, request: web.Request) -> None:
+    def __init__(self, ws: web.WebSocketResponse, request: web.Request, password_refusal: str | None = None) -> None:
         self._ws = ws
+        self.password_refusal = password_refusal
+        self.last_active = asyncio.get_running_loop().time()
+        self._last_sent = b""
         transport = request.transport
         self.is_tls = transport is not None and transport.get_extra_info("sslcontext") is not None
         self.is_loopback = is_loopback(transport.get_extra_info("peername") if transport else None)
@@ -46,6 +51,7 @@ class WebSocketChannel:
 
     async def read(self) -> bytes:
         message = await self._ws.receive()
+        self.last_active = asyncio.get_running_loop().time()
         if message.type == WSMsgType.BINARY:
             return message.data
         if message.type == WSMsgType.TEXT:
@@ -55,6 +61,8 @@ class WebSocketChannel:
     def write(self, data: bytes) -> None:
         if self._closing or self._ws.closed:
             return
+        self.last_active = asyncio.get_running_loop().time()
+        self._last_sent = data[-6:]
         self._outgoing.append(data)
         self._queued += len(data)
         if self._queued > HIGH_WATER and self._backend is not None:
@@ -105,6 +113,12 @@ class WebSocketChannel:
             backend.write(data)
             await self._readable.wait()
 
+    def close_idle(self, limit: int) -> None:
+        """End a session silent past the limit, with Postgres's idle FATAL when it may be sent."""
+        if at_message_boundary(self._last_sent):
+            self.write(idle_close_message(limit))
+        self.close()
+
     def close(self) -> None:
         """Close once every queued frame is sent."""
         self._closing = True
@@ -124,11 +138,18 @@ class WebSocketAdapter:
 
     def __init__(self, proxy) -> None:
         self.proxy = proxy
+        self._origins = OriginPolicy(proxy.settings.allowed_origins)
 
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(max_msg_size=MAX_FRAME, compress=False)
         await ws.prepare(request)
-        channel = WebSocketChannel(ws, request)
-        await self.proxy.spawn(Session(self.proxy.context, channel).run())
-        await channel.done
+        origin = request.headers.get("Origin")
+        refusal = None if self._origins.allows(origin) else OriginPolicy.refusal(origin, "WebSocket password sessions")
+        channel = WebSocketChannel(ws, request, refusal)
+        self.proxy.track(channel)
+        try:
+            await self.proxy.spawn(Session(self.proxy.context, channel).run())
+            await channel.done
+        finally:
+            self.proxy.untrack(channel)
         return ws
