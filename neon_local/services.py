@@ -19,6 +19,8 @@ from neon_local.serverless.sql_over_http import SqlOverHttp
 from neon_local.serverless.websocket import WebSocketAdapter
 from neon_local.settings import Settings
 
+# asyncio listens again with its own small default backlog; a burst of connections beyond it is reset.
+LISTEN_BACKLOG = 4096
 # /sql bodies up to Neon's 10 MiB limit must reach the handler, which answers 413 itself beyond it.
 CLIENT_MAX_SIZE = 16 * 1024 * 1024
 
@@ -56,7 +58,7 @@ async def start_services(settings: Settings, cluster: PostgresCluster, data_dir:
     runner = web.AppRunner(build_http_app(services), access_log=None, handle_signals=False,
                            keepalive_timeout=settings.http_idle_timeout or 3630)
     await runner.setup()
-    await web.SockSite(runner, http_sock).start()
+    await web.SockSite(runner, http_sock, backlog=LISTEN_BACKLOG).start()
     add_closer(runner.cleanup)
     return services
 
