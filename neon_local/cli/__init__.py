@@ -18,7 +18,7 @@ from neon_local.cli.version import print_version
 COMMAND_MODULES = {
     "up": "server", "down": "server", "status": "server", "reset": "server", "psql": "server",
     "token": "auth", "keys": "auth", "providers": "auth",
-    "config": "config", "users": "config",
+    "config": "config", "users": "config", "doctor": "doctor",
     "lint": "lint",
 }
 

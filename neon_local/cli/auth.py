@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from neon_local.auth.issuer import Issuer
     from neon_local.auth.keys import KeyRing
 
-__all__ = ["ALGORITHMS", "keys", "mint_for_cli", "providers", "token"]
+__all__ = ["ALGORITHMS", "keys", "mint_by_running_emulator", "mint_for_cli", "mint_options", "providers", "token"]
 
 # neon_local.auth.keys.ALGORITHMS, spelled out so that `token` need not import joserfc to build its
 # options (tests/test_cli_imports.py checks the two agree).
@@ -48,7 +48,7 @@ def _issuer(settings: Settings, state: dict | None) -> "Issuer":
     return Issuer(settings, _keyring(settings), state["urls"]["issuer"] if state else default_issuer_url(settings))
 
 
-def _mint_options(settings: Settings, user: str | None, sub: str | None, claims: dict, **options) -> dict:
+def mint_options(settings: Settings, user: str | None, sub: str | None, claims: dict, **options) -> dict:
     """Issuer.mint's arguments with a test user spelled out as sub + claims, so that the running emulator
     mints from this command's neon_local.toml even if the user was added after it started."""
     if user is not None:
@@ -59,7 +59,7 @@ def _mint_options(settings: Settings, user: str | None, sub: str | None, claims:
     return {"sub": sub, "claims": claims, **options}
 
 
-def _mint_by_running_emulator(state: dict, options: dict) -> str | None:
+def mint_by_running_emulator(state: dict, options: dict) -> str | None:
     """Ask the running emulator's issuer to sign (it has the keys loaded, and this process then needs
     neither aiohttp nor joserfc); None when it cannot be reached."""
     import http.client
@@ -84,7 +84,7 @@ def _mint_by_running_emulator(state: dict, options: dict) -> str | None:
 
 def _mint(settings: Settings, options: dict) -> str:
     state = read_state(settings.resolved_data_dir)
-    token = _mint_by_running_emulator(state, options) if state else None
+    token = mint_by_running_emulator(state, options) if state else None
     if token is not None:
         return token
     from neon_local.auth.issuer import IssuerError
@@ -110,7 +110,7 @@ def _known_user(settings: Settings, user: str | None, sub: str | None) -> None:
 def mint_for_cli(settings: Settings, user: str) -> str:
     """A default token for test user `user` (for `psql --as`); an unknown user is a usage error."""
     _known_user(settings, user, None)
-    return _mint(settings, _mint_options(settings, user, None, {}))
+    return _mint(settings, mint_options(settings, user, None, {}))
 
 
 @click.command("token")
@@ -129,7 +129,7 @@ def token(user, sub, pairs, claims_json, lifetime, expired, not_before, alg, no_
     """Print a JWT for test user USER (see [users.*] in neon_local.toml) from the built-in issuer."""
     settings = _settings()
     _known_user(settings, user, sub)
-    options = _mint_options(settings, user, sub, parse_claims(claims_json, pairs), lifetime=lifetime, alg=alg,
+    options = mint_options(settings, user, sub, parse_claims(claims_json, pairs), lifetime=lifetime, alg=alg,
                             kid=not no_kid, audience=audience, not_before=not_before, expired=expired)
     click.echo(_mint(settings, options))
 
