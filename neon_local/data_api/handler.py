@@ -43,11 +43,14 @@ MISSING_CREDENTIALS = "missing authentication credentials: required authorizatio
 EXPOSE = ("Content-Encoding, Content-Location, Content-Range, Content-Type, Date, Location, Server, "
           "Transfer-Encoding, Range-Unit")
 METHODS = "GET, POST, PATCH, PUT, DELETE, OPTIONS"
-RELOAD_AFTER_MISS = 1.0  # an unknown name reloads the schema cache at most this often per database
-_VERSION_SQL = "select coalesce((select last_value from pgrst.schema_version), 0)::text"
-_CONFIG_SQL = (
-    "select coalesce(pg_catalog.json_object_agg(pg_catalog.substr(name, 7), setting), '{}')::text "
-    "from pg_catalog.pg_settings where name like 'pgrst.%'")
+_VERSION_SQL = "select (select last_value from pgrst.schema_version)::text"
+_ASSERT_VERSION_SQL = "select pgrst.assert_schema_version($1)"
+CONFIG_KEYS = ("db_schemas", "db_anon_role", "db_max_rows", "db_extra_search_path", "server_cors_allowed_origins",
+               "db_aggregates_enabled", "jwt_role_claim_key")
+# The keys pre_config() set in this transaction; json_strip_nulls drops the unset ones.
+_CONFIG_SQL = ("select pg_catalog.json_strip_nulls(pg_catalog.json_build_object("
+               + ", ".join(f"'{key}', pg_catalog.current_setting('pgrst.{key}', true)" for key in CONFIG_KEYS)
+               + "))::text")
 _ROLE_CONFIG_SQL = (
     "select coalesce(pg_catalog.json_agg(c order by s.setdatabase), '[]')::text "
     "from pg_catalog.pg_db_role_setting s join pg_catalog.pg_roles r on r.oid = s.setrole, "
@@ -81,6 +84,10 @@ class _Cached:
     loaded_at: float
 
 
+class _StaleSchema(Exception):
+    """DDL ran since the schema cache was read: plan the request again on a fresh cache."""
+
+
 class _Row:
     """Keeps the main query's one row."""
 
@@ -109,7 +116,6 @@ class DataApi:
         self._cache: dict[str, _Cached] = {}
         self._loading: dict[str, asyncio.Future] = {}
         self._set_up: dict[str, asyncio.Future] = {}
-        self._last_miss_reload: dict[str, float] = {}
         # Neon takes tokens for the Data API from the providers whose role_names list authenticator;
         # neon-local's providers list the JWT roles, so a provider serving `authenticated` serves the Data API too.
         self._verify_role = setup.AUTHENTICATOR if any(
@@ -183,18 +189,27 @@ class DataApi:
         prefs = parse_prefer(request.headers.getall("Prefer", []))
         pairs = parse_qsl(request.query_string, keep_blank_values=True)
         body = b"" if method in ("GET", "HEAD") else await self._body(request)
-        if resource.startswith("rpc/"):
-            plan, extra = await self._rpc_plan(dbname, cached, schema_name, resource[4:], method, pairs, body, media, prefs)
-        else:
-            plan, extra = await self._table_plan(dbname, cached, schema_name, resource, method, pairs, body, media,
-                                                 prefs, request.headers.get("Range"))
         settings = {
             "role": role, "request.jwt.claims": claims_payload, "request.method": method,
             "request.path": request.raw_path, "request.headers": json.dumps({k.lower(): v for k, v in request.headers.items()}),
             "request.cookies": "{}", "request.get": json.dumps(dict(pairs)),
             "search_path": ", ".join(ident(s) for s in (schema_name, *config.extra_search_path)),
         }
-        row = await self._run(dbname, role, claims_payload, plan, settings, media)
+        for attempt in range(2):
+            if resource.startswith("rpc/"):
+                plan, extra = await self._rpc_plan(dbname, cached, schema_name, resource[4:], method, pairs, body, media, prefs)
+            else:
+                plan, extra = await self._table_plan(dbname, cached, schema_name, resource, method, pairs, body, media,
+                                                     prefs, request.headers.get("Range"))
+            try:
+                row = await self._run(dbname, role, claims_payload, plan, settings, cached.version)
+                break
+            except _StaleSchema:
+                if attempt:
+                    raise ApiError(503, "PGRST002", "Could not query the database for the schema cache. Retrying.",
+                                   "the schema kept changing while this request was planned") from None
+                self.forget(dbname)
+                cached = await self._schema(dbname)
         return self._respond(request, method, plan, row, media, prefs, extra, schema_name, config)
 
     @staticmethod
@@ -249,19 +264,23 @@ class DataApi:
     # --- planning ------------------------------------------------------------------------------------
 
     async def _lookup(self, dbname: str, cached: _Cached, find):
-        """`find(schema)`; an unknown name reloads the cache once (at most every second) and tries again."""
+        """`find(schema)`; when a name is unknown and DDL ran since the cache was read, reload and try again."""
         try:
             return find(cached.schema)
         except ApiError as exc:
-            if exc.code not in ("PGRST200", "PGRST202", "PGRST205"):
+            if exc.code not in ("PGRST200", "PGRST202", "PGRST205") or await self._version(dbname) == cached.version:
                 raise
-            now = time.monotonic()
-            if now - self._last_miss_reload.get(dbname, 0.0) < RELOAD_AFTER_MISS:
-                raise
-            self._last_miss_reload[dbname] = now
             self.forget(dbname)
             fresh = await self._schema(dbname)
             return find(fresh.schema)
+
+    async def _version(self, dbname: str) -> str | None:
+        admin = await connect(self.control_plane.conninfo("cloud_admin", dbname))
+        try:
+            row = await admin.first_row(_VERSION_SQL)
+        finally:
+            await admin.close()
+        return row[0] if row else None
 
     async def _table_plan(self, dbname, cached, schema_name, name, method, pairs, body, media, prefs, range_header):
         query = parse_query(pairs)
@@ -317,16 +336,15 @@ class DataApi:
 
     # --- running -------------------------------------------------------------------------------------
 
-    async def _run(self, dbname: str, role: str, claims: str, plan: Plan, settings: dict, media: str) -> tuple:
+    async def _run(self, dbname: str, role: str, claims: str, plan: Plan, settings: dict, version: str) -> tuple:
         if role in self.settings.jwt_roles:  # USAGE on schema auth, as local_proxy grants a JWT role on first use
             await self.control_plane.prepare_jwt_role(dbname, role)
         backend = await self._acquire(dbname)
         env_sql, env_params = env_query(settings)
         begin = "begin isolation level read committed" + (" read only" if plan.read_only else "")
         main = _Row()
-        version = _Row()
         statements = [Statement(session_jwt.INIT_QUERY, [backend.signer.token_for(claims.encode())]),
-                      Statement(_VERSION_SQL, [], version), Statement(begin), Statement(env_sql, env_params),
+                      Statement(_ASSERT_VERSION_SQL, [version]), Statement(begin), Statement(env_sql, env_params),
                       Statement(plan.sql, plan.params, main)]
         check_single = plan.singular and not plan.scalar
         try:
@@ -345,6 +363,8 @@ class DataApi:
             raise
         except PgError as exc:
             self.pools.discard(backend)
+            if exc.sqlstate == setup.STALE_SCHEMA:
+                raise _StaleSchema() from None
             if exc.sqlstate == "42P01":
                 self.forget(dbname)
             raise _pg_error(exc.fields, self._detail_key) from None
@@ -352,9 +372,6 @@ class DataApi:
             self.pools.discard(backend)
             raise
         self.pools.release(backend)
-        cached = self._cache.get(dbname)
-        if cached is not None and version.row is not None and version.row[0] != cached.version:
-            self.forget(dbname)  # DDL since the cache was read: the next request introspects again
         return main.row
 
     async def _acquire(self, dbname: str):
@@ -386,7 +403,7 @@ class DataApi:
                 raise ApiError(404, None, f'database "{dbname}" does not exist') from None
             raise
         async with conn:
-            exists = await (await conn.execute("select to_regproc('pgrst.pre_config') is not null")).fetchone()
+            exists = await (await conn.execute("select to_regproc('pgrst.assert_schema_version') is not null")).fetchone()
             if not exists[0]:
                 await setup.apply(conn, self.settings)
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from psycopg import sql
 
-__all__ = ["AUTHENTICATOR", "setup_statements", "cluster_statements", "config_values"]
+__all__ = ["AUTHENTICATOR", "STALE_SCHEMA", "setup_statements", "cluster_statements", "config_values"]
 
 AUTHENTICATOR = "authenticator"
+STALE_SCHEMA = "PGRSV"  # raised by pgrst.assert_schema_version()
 
 
 def config_values(settings) -> dict[str, str]:
@@ -47,12 +48,19 @@ def setup_statements(settings) -> list[sql.Composable]:
         for k, v in config_values(settings).items())
     return [
         sql.SQL("CREATE SCHEMA IF NOT EXISTS pgrst"),
-        sql.SQL("CREATE OR REPLACE FUNCTION pgrst.pre_config() RETURNS void LANGUAGE sql SET search_path TO '' "
+        # No SET clause: it would undo the function's set_config(..., true) calls when it returns.
+        sql.SQL("CREATE OR REPLACE FUNCTION pgrst.pre_config() RETURNS void LANGUAGE sql "
                 "AS $$ SELECT {} $$").format(calls),
         sql.SQL("GRANT USAGE ON SCHEMA pgrst TO {}").format(auth),
         sql.SQL("GRANT ALL ON FUNCTION pgrst.pre_config() TO {}").format(auth),
         sql.SQL("CREATE SEQUENCE IF NOT EXISTS pgrst.schema_version"),
         sql.SQL("GRANT SELECT ON SEQUENCE pgrst.schema_version TO {}").format(auth),
+        # Each request asserts the version its schema cache was read at: a stale cache fails fast (PGRSV)
+        # inside the request's own pipeline, and the request is planned again on a fresh cache.
+        sql.SQL("CREATE OR REPLACE FUNCTION pgrst.assert_schema_version(seen bigint) RETURNS void LANGUAGE plpgsql "
+                "SET search_path TO '' AS $$ BEGIN IF (SELECT last_value FROM pgrst.schema_version) <> seen THEN "
+                "RAISE SQLSTATE 'PGRSV' USING MESSAGE = 'the schema changed'; END IF; END $$"),
+        sql.SQL("GRANT ALL ON FUNCTION pgrst.assert_schema_version(bigint) TO {}").format(auth),
         sql.SQL("CREATE OR REPLACE FUNCTION pgrst.bump_schema_version() RETURNS event_trigger LANGUAGE plpgsql "
                 "SECURITY DEFINER SET search_path TO '' AS $$ BEGIN "
                 "IF NOT pg_catalog.current_setting('transaction_read_only')::bool THEN "

@@ -1,0 +1,280 @@
+"""The Data API against the reference's test cases (neon-data-api.md §6), over real HTTP and real Postgres.
+
+Each case is (id, method, path, options, expected status, check); paths are relative to /<db>/rest/v1.
+The fixture (tests/data_api_support.py) follows the reference: authors, books with RLS, reviews, extra.notes.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from data_api_support import DB, rest  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.asyncio
+
+OBJECT = {"Accept": "application/vnd.pgrst.object+json"}
+
+
+def rows(n):
+    return lambda r: len(r.json()) == n
+
+
+def ids(*expected):
+    return lambda r: sorted(row["id"] for row in r.json()) == list(expected)
+
+
+def error(code, starts=""):
+    return lambda r: r.json()["code"] == code and r.json()["message"].startswith(starts) and set(r.json()) == {
+        "code", "details", "hint", "message"}
+
+
+def header(name, value):
+    return lambda r: r.headers.get(name) == value
+
+
+def both(*checks):
+    return lambda r: all(check(r) for check in checks)
+
+
+READS = [
+    ("1 all rows", "GET", "/books", {}, 200, both(rows(4), header("Content-Range", "0-3/*"))),
+    ("2 no token: anonymous role", "GET", "/books", {"token": None}, 200, ids(3)),
+    ("4 token without role: anonymous", "GET", "/books", {"role": None}, 200, ids(3)),
+    ("5 unknown role", "GET", "/books", {"role": "nosuch"}, 401, error("22023", 'role "nosuch" does not exist')),
+    ("7 unknown table", "GET", "/nosuch", {}, 404, error("PGRST205", "Could not find the table 'public.nosuch'")),
+    ("7b perhaps you meant", "GET", "/book", {}, 404, lambda r: r.json()["hint"] == "Perhaps you meant the table 'public.books'"),
+    ("9 select and eq", "GET", "/books?select=id,title&id=eq.1", {}, 200, lambda r: r.json() == [{"id": 1, "title": "Harry One"}]),
+    ("9b alias", "GET", "/books?select=t:title&id=eq.1", {}, 200, lambda r: r.json() == [{"t": "Harry One"}]),
+    ("10 cast", "GET", "/books?select=id,year::text&id=eq.3", {}, 200, lambda r: r.json() == [{"id": 3, "year": "1990"}]),
+    ("11 json path", "GET", "/books?select=id,color:meta->>color&meta->>color=eq.red&order=id", {}, 200,
+     lambda r: r.json() == [{"id": 1, "color": "red"}, {"id": 4, "color": "red"}]),
+    ("11b json path key", "GET", "/books?select=meta->>color&id=eq.2", {}, 200, lambda r: r.json() == [{"color": "blue"}]),
+    ("11c json number compare", "GET", "/books?select=id&meta->n=gt.2", {}, 200, ids(4)),
+    ("12 in", "GET", "/books?id=in.(1,3)", {}, 200, ids(1, 3)),
+    ("12b in empty", "GET", "/books?id=in.()", {}, 200, rows(0)),
+    ("13 is null", "GET", "/books?year=is.null", {}, 200, ids(4)),
+    ("13b not is null", "GET", "/books?year=not.is.null", {}, 200, ids(1, 2, 3)),
+    ("14 ilike", "GET", "/books?title=ilike.*harry*", {}, 200, ids(1)),
+    ("14b like", "GET", "/books?title=like.*cond", {}, 200, ids(2)),
+    ("15 array contains", "GET", "/books?tags=cs.{sci-fi}", {}, 200, ids(1, 3)),
+    ("15b jsonb contains", "GET", '/books?meta=cs.{"color":"red"}', {}, 200, ids(1, 4)),
+    ("15c overlap", "GET", "/books?tags=ov.{drama,magic}", {}, 200, ids(1, 2)),
+    ("16 or", "GET", "/books?or=(year.lt.1995,title.eq.Second)", {}, 200, ids(2, 3)),
+    ("17 not.or", "GET", "/books?not.or=(year.lt.1995,year.gt.2004)", {}, 200, ids(1)),
+    ("17b nested and", "GET", "/books?or=(id.eq.4,and(year.gt.2000,title.like.H*))", {}, 200, ids(1, 4)),
+    ("18 bad operator", "GET", "/books?year=noop.5", {}, 400, error("PGRST100", '"failed to parse filter (noop.5)"')),
+    ("19 unknown column", "GET", "/books?nosuchcol=eq.1", {}, 400, error("42703")),
+    ("20 bad value", "GET", "/books?id=eq.abc", {}, 400, error("22P02")),
+    ("21 order nulls last", "GET", "/books?select=id&order=year.desc.nullslast,id", {}, 200,
+     lambda r: [x["id"] for x in r.json()] == [2, 1, 3, 4]),
+    ("21b order nulls first", "GET", "/books?select=id&order=year.asc.nullsfirst", {}, 200,
+     lambda r: [x["id"] for x in r.json()] == [4, 3, 1, 2]),
+    ("22 limit offset", "GET", "/books?select=id&order=id&limit=2&offset=1", {}, 200,
+     both(ids(2, 3), header("Content-Range", "1-2/*"))),
+    ("23 count exact", "GET", "/books?limit=2", {"headers": {"Prefer": "count=exact"}}, 206, header("Content-Range", "0-1/4")),
+    ("24 offset past the end", "GET", "/books?offset=10", {"headers": {"Prefer": "count=exact"}}, 416,
+     lambda r: r.json()["code"] == "PGRST103" and r.json()["details"] == "An offset of 10 was requested, but there are only 4 rows."),
+    ("25 head", "HEAD", "/books", {"headers": {"Prefer": "count=exact"}}, 200,
+     both(header("Content-Range", "0-3/4"), lambda r: r.content == b"")),
+    ("26 single object", "GET", "/books?id=eq.1", {"headers": OBJECT}, 200,
+     both(lambda r: r.json()["id"] == 1, lambda r: r.headers["Content-Type"].startswith("application/vnd.pgrst.object+json"))),
+    ("27 single object, no row", "GET", "/books?id=eq.99", {"headers": OBJECT}, 406,
+     lambda r: r.json()["code"] == "PGRST116" and r.json()["details"] == "The result contains 0 rows"),
+    ("28 csv", "GET", "/books?select=id,title&order=id", {"headers": {"Accept": "text/csv"}}, 200,
+     both(lambda r: r.text.splitlines()[0] == "id,title", lambda r: r.headers["Content-Type"].startswith("text/csv"))),
+    ("29 unknown media type", "GET", "/books", {"headers": {"Accept": "application/xml"}}, 406, error("PGRST107")),
+    ("range header", "GET", "/books?select=id&order=id", {"headers": {"Range": "1-2"}}, 200, ids(2, 3)),
+    ("fts", "GET", "/books?select=id&title=fts(english).second", {}, 200, ids(2)),
+    ("like any", "GET", "/books?select=id&title=like(any).{H*,O*}", {}, 200, ids(1, 3)),
+    ("isdistinct", "GET", "/books?select=id&year=isdistinct.2001", {}, 200, ids(2, 3, 4)),
+    ("max rows from limit 0", "GET", "/books?limit=0", {}, 200, both(rows(0), header("Content-Range", "*/*"))),
+    # embedding
+    ("30 many-to-one", "GET", "/books?select=title,authors(name)&id=eq.1", {}, 200,
+     lambda r: r.json() == [{"title": "Harry One", "authors": {"name": "Ann"}}]),
+    ("31 one-to-many", "GET", "/authors?select=name,books(title)&order=id&books.order=id", {}, 200,
+     lambda r: r.json()[0]["books"] == [{"title": "Harry One"}, {"title": "Second"}] and r.json()[2]["books"] == []),
+    ("32 inner", "GET", "/authors?select=name,books!inner(title)&books.year=lt.2000", {}, 200,
+     lambda r: r.json() == [{"name": "Bo", "books": [{"title": "Old"}]}]),
+    ("33 embedded order and limit", "GET", "/authors?select=name,books(title)&books.order=title.desc&books.limit=1&order=id", {}, 200,
+     lambda r: [len(a["books"]) for a in r.json()] == [1, 1, 0] and r.json()[0]["books"][0]["title"] == "Second"),
+    ("34 spread", "GET", "/books?select=title,...authors(author_name:name)&id=eq.1", {}, 200,
+     lambda r: r.json() == [{"title": "Harry One", "author_name": "Ann"}]),
+    ("35 unknown relationship", "GET", "/books?select=title,nosuch(*)", {}, 400, error("PGRST200")),
+    ("37 count()", "GET", "/books?select=count()", {}, 200, lambda r: r.json() == [{"count": 4}]),
+    ("37b grouped count", "GET", "/books?select=author_id,count()&order=author_id", {}, 200,
+     lambda r: r.json() == [{"author_id": 1, "count": 2}, {"author_id": 2, "count": 2}]),
+    ("38 filter on an embed not selected", "GET", "/books?select=title&authors.name=eq.Ann", {}, 400, error("PGRST108")),
+    ("many-to-many", "GET", "/books?select=id,tags(label)&id=eq.1&tags.order=id", {}, 200,
+     lambda r: r.json() == [{"id": 1, "tags": [{"label": "fun"}, {"label": "long"}]}]),
+    ("nested", "GET", "/authors?select=name,books(title,reviews(stars))&id=eq.1&books.order=id&books.reviews.order=stars", {}, 200,
+     lambda r: r.json()[0]["books"][0]["reviews"] == [{"stars": 3}, {"stars": 5}]),
+    ("embed null filter", "GET", "/authors?select=name,books(id)&books=is.null", {}, 200,
+     lambda r: r.json() == [{"name": "Cy", "books": []}]),
+    ("hint by column", "GET", "/books?select=title,authors!author_id(name)&id=eq.1", {}, 200,
+     lambda r: r.json()[0]["authors"] == {"name": "Ann"}),
+    ("related order", "GET", "/books?select=id,authors(name)&order=authors(name).desc,id", {}, 200,
+     lambda r: [x["id"] for x in r.json()] == [3, 4, 1, 2]),
+    # permissions, RPC, profiles, GUCs
+    ("51 no privilege", "GET", "/secrets", {}, 403, error("42501", "permission denied for table secrets")),
+    ("53 rpc post", "POST", "/rpc/add", {"json": {"a": 1, "b": 2}}, 200, lambda r: r.json() == 3),
+    ("53b rpc get", "GET", "/rpc/add?a=1&b=2", {}, 200, lambda r: r.json() == 3),
+    ("54 table-returning rpc", "GET", "/rpc/books_by?author=1&select=title&order=title.desc", {}, 200,
+     lambda r: r.json() == [{"title": "Second"}, {"title": "Harry One"}]),
+    ("55 void", "POST", "/rpc/touch", {"json": {"b": 1}}, 204, lambda r: r.content == b""),
+    ("55b volatile over GET", "GET", "/rpc/touch?b=1", {}, 405, error("25006")),
+    ("56 unknown function", "POST", "/rpc/nosuch", {"json": {}}, 404, error("PGRST202")),
+    ("56b patch on rpc", "PATCH", "/rpc/add", {"json": {}}, 405, error("PGRST101", "Cannot use the PATCH method on RPC")),
+    ("57 raise", "POST", "/rpc/fail", {}, 400, lambda r: r.json()["code"] == "P0001" and r.json()["message"] == "nope"),
+    ("57b PT402", "POST", "/rpc/pay", {}, 402, lambda r: r.json()["message"] == "Payment Required"),
+    ("58 profile", "GET", "/notes", {"headers": {"Accept-Profile": "extra"}}, 200,
+     both(lambda r: r.json() == [{"id": 1, "body": "extra note"}], header("Content-Profile", "extra"))),
+    ("58b unknown profile", "GET", "/notes", {"headers": {"Accept-Profile": "private"}}, 406,
+     lambda r: r.json()["code"] == "PGRST106" and r.json()["hint"] == "Only the following schemas are exposed: public, extra"),
+    ("59 claims, role and auth.user_id()", "GET", "/rpc/whoami", {}, 200,
+     lambda r: (r.json()["sub"], r.json()["user"], r.json()["uid"]) == ("u1", "authenticated", "u1")),
+    ("60 response.status and headers", "POST", "/rpc/teapot", {}, 418, header("X-A", "1")),
+]
+
+
+async def send(rest, method, path, options):
+    options = dict(options)
+    role = options.pop("role", "authenticated")
+    token = options.pop("token", "default")
+    if token == "default":
+        token = rest.token(role=role)
+    return await rest.request(method, path, token=token, **options)
+
+
+@pytest.mark.parametrize("case", READS, ids=[c[0] for c in READS])
+async def test_reads_rpc_and_embedding(rest, case):
+    _, method, path, options, status, check = case
+    response = await send(rest, method, path, options)
+    assert response.status_code == status, response.text
+    assert check(response), response.text
+
+
+async def test_expired_and_foreign_tokens(rest):
+    expired = await rest.request("GET", "/books", token=rest.token(expired=True))
+    assert expired.status_code == 401 and expired.json()["message"].startswith("JWT token has expired")
+    bad = await rest.request("GET", "/books", token="not.a.jwt")
+    assert bad.status_code == 401 and bad.json()["code"] is None
+    basic = await rest.request("GET", "/books", token=None, headers={"Authorization": "Basic abc"})
+    assert basic.status_code == 401 and basic.json()["message"].startswith("missing authentication credentials")
+
+
+async def test_preflight(rest):
+    response = await rest.client.options(rest.url + "/books", headers={
+        "Origin": "http://app.test", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization,prefer"})
+    assert response.status_code == 200 and response.content == b""
+    assert response.headers["Access-Control-Allow-Origin"] == "*"
+    assert response.headers["Access-Control-Allow-Headers"] == "authorization,prefer, Authorization"
+    assert "PATCH" in response.headers["Access-Control-Allow-Methods"]
+
+
+async def test_outside_the_prefix(rest):
+    response = await rest.client.get(f"http://127.0.0.1:{rest.port}/{DB}/rest/v2/books")
+    assert response.status_code == 404
+
+
+async def test_ambiguous_embed(rest):
+    async with await rest.admin() as conn:
+        await conn.execute("alter table books add column editor_id int references authors")
+    try:
+        response = await rest.request("GET", "/books?select=*,authors(*)")
+        assert response.status_code == 300, response.text
+        body = response.json()
+        assert body["code"] == "PGRST201" and "'authors!books_editor_id_fkey'" in body["hint"]
+        hinted = await rest.request("GET", "/books?select=id,authors!books_author_id_fkey(name)&id=eq.1")
+        assert hinted.json() == [{"id": 1, "authors": {"name": "Ann"}}]
+    finally:
+        async with await rest.admin() as conn:
+            await conn.execute("alter table books drop column editor_id")
+
+
+async def test_new_table_is_found_without_a_restart(rest):
+    await rest.request("GET", "/books")
+    async with await rest.admin() as conn:
+        await conn.execute("create table fresh (id int primary key); grant select on fresh to authenticated;"
+                           "insert into fresh values (7)")
+    response = await rest.request("GET", "/fresh")
+    assert response.status_code == 200 and response.json() == [{"id": 7}]
+
+
+async def test_insert_update_delete_as_the_owner_of_the_rows(rest):
+    u1 = rest.token("u1")
+    # 39: minimal insert, owner defaults to auth.user_id()
+    created = await rest.request("POST", "/books", token=u1, json={"title": "N", "author_id": 1})
+    assert created.status_code == 201 and created.content == b"" and created.headers["Content-Range"] == "*/*"
+    # 40: representation with select
+    shown = await rest.request("POST", "/books?select=title,owner", token=u1, json={"title": "R", "author_id": 1},
+                               headers={"Prefer": "return=representation"})
+    assert shown.status_code == 201 and shown.json() == [{"title": "R", "owner": "u1"}]
+    # 41: bulk with columns
+    bulk = await rest.request("POST", '/books?columns="title","author_id"&select=title', token=u1,
+                              json=[{"title": "B1", "author_id": 1}, {"title": "B2"}],
+                              headers={"Prefer": "return=representation"})
+    assert bulk.status_code == 201 and [r["title"] for r in bulk.json()] == ["B1", "B2"]
+    # 42: unknown column, invalid JSON
+    unknown = await rest.request("POST", "/books", token=u1, json={"nosuch": 1})
+    assert unknown.status_code == 400 and unknown.json()["code"] == "PGRST204"
+    invalid = await rest.request("POST", "/books", token=u1, content=b"{", headers={"Content-Type": "application/json"})
+    assert invalid.status_code == 400 and invalid.json() == {
+        "code": "PGRST102", "details": None, "hint": None, "message": "Empty or invalid json"}
+    mismatched = await rest.request("POST", "/books", token=u1, json=[{"title": "a"}, {"year": 1}])
+    assert mismatched.json()["message"] == "All object keys must match"
+    # 43, 44: not null, foreign key, duplicate key
+    assert (await rest.request("POST", "/books", token=u1, json={"title": None})).json()["code"] == "23502"
+    fk = await rest.request("POST", "/books", token=u1, json={"title": "x", "author_id": 99})
+    assert fk.status_code == 409 and fk.json()["code"] == "23503"
+    duplicate = await rest.request("POST", "/reviews", token=u1, json={"book_id": 1, "reviewer": "r", "stars": 1})
+    assert duplicate.status_code == 409 and duplicate.json()["code"] == "23505"
+    # 45: RLS refuses a row for another owner
+    forged = await rest.request("POST", "/books", token=u1, json={"title": "x", "owner": "u2"})
+    assert forged.status_code == 403 and forged.json()["message"] == 'new row violates row-level security policy for table "books"'
+    # 46, 47: upserts
+    merged = await rest.request("POST", "/reviews?on_conflict=book_id,reviewer", token=u1,
+                                json={"book_id": 1, "reviewer": "r", "stars": 4},
+                                headers={"Prefer": "resolution=merge-duplicates,return=representation"})
+    assert merged.status_code == 201 and merged.json() == [{"book_id": 1, "reviewer": "r", "stars": 4}]
+    assert "resolution=merge-duplicates" in merged.headers["Preference-Applied"]
+    ignored = await rest.request("POST", "/reviews", token=u1, json={"book_id": 1, "reviewer": "r", "stars": 1},
+                                 headers={"Prefer": "resolution=ignore-duplicates,return=representation"})
+    assert ignored.status_code == 201 and ignored.json() == []
+    # 48: update
+    patched = await rest.request("PATCH", "/books?title=eq.N", token=u1, json={"title": "Z"})
+    assert patched.status_code == 204
+    patched = await rest.request("PATCH", "/books?title=eq.Z&select=title", token=u1, json={"year": 1},
+                                 headers={"Prefer": "return=representation"})
+    assert patched.status_code == 200 and patched.json() == [{"title": "Z"}]
+    # 49: RLS hides u2's row from u1's update
+    hidden = await rest.request("PATCH", "/books?id=eq.3", token=u1, json={"title": "Z"})
+    assert hidden.status_code == 204
+    assert (await rest.request("GET", "/books?id=eq.3&select=title")).json() == [{"title": "Old"}]
+    # 50: delete
+    deleted = await rest.request("DELETE", "/books?title=in.(Z,R,B1,B2)&select=title&order=title", token=u1,
+                                 headers={"Prefer": "return=representation"})
+    assert deleted.status_code == 200 and sorted(r["title"] for r in deleted.json()) == ["B1", "B2", "R", "Z"]
+    assert (await rest.request("DELETE", "/books?id=eq.99", token=u1)).status_code == 204
+    # single object after a write
+    single = await rest.request("POST", "/books?select=title", token=u1, json={"title": "S"},
+                                headers={"Prefer": "return=representation", **OBJECT})
+    assert single.status_code == 201 and single.json() == {"title": "S"}
+    await rest.request("DELETE", "/books?title=eq.S", token=u1)
+
+
+async def test_error_body_never_carries_sql_from_the_input(rest):
+    response = await rest.request("GET", '/books?select=id&title=eq.x\'; drop table books; --')
+    assert response.status_code == 200 and response.json() == []
+    quoted = await rest.request("GET", '/books?select="id""; drop table books; --"')
+    assert quoted.status_code == 400 and quoted.json()["code"] in ("42703", "PGRST100")
+    assert (await rest.request("GET", "/books?select=id")).status_code == 200
+
+
+async def test_neon_error_keys(settings, cluster, tmp_path):
+    from data_api_support import serve_rest
+    async with serve_rest(settings.with_overrides(data_api_errors="neon"), cluster, tmp_path) as neon:
+        response = await neon.request("GET", "/books?id=eq.abc")
+        assert set(response.json()) == {"code", "detail", "hint", "message"}
+        paid = await neon.request("POST", "/rpc/pay")
+        assert paid.status_code == 402 and paid.json()["message"] == "Postgres error" and paid.json()["code"] is None

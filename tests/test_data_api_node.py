@@ -1,0 +1,50 @@
+"""The real postgrest-js clients (Supabase's, and Neon's wrapper pinned by neon-js) against the Data API,
+on a Drizzle crudPolicy table as two users: each sees and changes only their own rows."""
+
+from __future__ import annotations
+
+import pytest
+
+from data_api_support import rest  # noqa: F401 (fixture)
+from http_support import run_node
+
+pytestmark = pytest.mark.asyncio
+
+
+@pytest.fixture(scope="module")
+async def clients(rest):
+    env = {"REST_URL": rest.url, "ALICE": rest.issuer.mint("alice"), "BOB": rest.issuer.mint("bob")}
+    return await run_node("data_api_clients.mjs", env)
+
+
+@pytest.mark.parametrize("client", ["supabase", "neon"])
+async def test_crud_policy_as_two_users(clients, client):
+    r = clients[client]
+    assert r["alice"] == ["a1", "a2"] and r["bob"] == ["b1"]
+    assert r["insert"] == {"status": 201, "task": f"{client} new", "user_id": "user_alice"}
+    assert r["bob_cannot_see"] == [] and r["bob_update"] == {"status": 200, "data": []}
+    assert r["update"] == {"status": 200, "data": [{"done": True}]}
+    assert r["count"] == {"status": 200, "count": 3}
+    assert r["page"] == {"status": 206, "count": 3, "data": [{"task": "a1"}]}
+    assert r["upsert"] == {"status": 201, "data": [{"task": f"{client} upserted"}]}
+    assert r["delete"] == {"status": 200, "data": [{"task": f"{client} upserted"}]}
+
+
+@pytest.mark.parametrize("client", ["supabase", "neon"])
+async def test_filters_single_embedding_rpc(clients, client):
+    r = clients[client]
+    assert r["filters"] == [{"task": "a1"}]
+    assert r["or"] == [{"task": "a2"}, {"task": "a1"}]
+    assert r["maybe_none"] is None
+    assert r["single_none"]["status"] == 406 and r["single_none"]["error"]["code"] == "PGRST116"
+    assert r["embedded"] == [{"task": "a1", "lists": {"name": "home"}}]
+    assert r["rpc"] == {"status": 200, "data": 3}  # a1, a2 and the upserted row
+    assert r["rpc_get"] == 5
+
+
+@pytest.mark.parametrize("client", ["supabase", "neon"])
+async def test_errors_surface_with_their_codes(clients, client):
+    r = clients[client]
+    assert r["bad_column"]["status"] == 400 and r["bad_column"]["error"]["code"] == "42703"
+    assert r["missing_table"]["status"] == 404 and r["missing_table"]["error"]["code"] == "PGRST205"
+    assert r["missing_table"]["error"]["message"] == "Could not find the table 'public.nosuch' in the schema cache"
