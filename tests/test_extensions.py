@@ -38,25 +38,42 @@ CREATE TABLE accounts (
 HASHES = ["md5", "sha1", "sha224", "sha256", "sha384", "sha512"]
 
 
-@pytest.fixture(scope="module", params=["default engine", "Debian PostgreSQL 15"])
-async def server(request, tmp_path_factory):
+ENGINES = {"default engine": None, "Debian PostgreSQL 15": DEBIAN_PG15}
+
+
+@pytest.fixture(scope="module")
+async def servers(tmp_path_factory):
     """One started cluster per engine: the wheel's PostgreSQL 18 (no contrib) and Debian's 15 (with contrib)."""
-    root = tmp_path_factory.mktemp("extensions")
-    pg_bin = DEBIAN_PG15 if request.param == "Debian PostgreSQL 15" else None
-    settings = Settings(project_dir=root, data_dir=root / "data", http_port=0, pg_port=0, pg_bin=pg_bin)
-    pg = await start_cluster(settings, root)
-    yield pg
-    await pg.stop()
+    started = {}
+    try:
+        for name, pg_bin in ENGINES.items():
+            root = tmp_path_factory.mktemp("extensions")
+            settings = Settings(project_dir=root, data_dir=root / "data", http_port=0, pg_port=0, pg_bin=pg_bin)
+            started[name] = await start_cluster(settings, root)
+        yield started
+    finally:
+        for pg in started.values():
+            await pg.stop()
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def server(request, servers):
+    return servers[request.param]
+
+
+def owner_session(server, dbname: str, migration: str) -> psycopg.Connection:
+    """The owner's session in a new database, after `migration` ran as the owner (who is not a superuser)."""
+    with psycopg.connect(server.conninfo(dbname="postgres"), autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {dbname} OWNER neondb_owner")
+    conn = psycopg.connect(server.conninfo(user="neondb_owner", dbname=dbname), autocommit=True)
+    assert conn.execute("select rolsuper from pg_roles where rolname = current_user").fetchone() == (False,)
+    conn.execute(migration)
+    return conn
 
 
 @pytest.fixture(scope="module")
 def owner(server):
-    """The owner's session in a new database, after the migration ran as the owner (who is not a superuser)."""
-    with psycopg.connect(server.conninfo(dbname="postgres"), autocommit=True) as admin:
-        admin.execute("CREATE DATABASE extensions_app OWNER neondb_owner")
-    with psycopg.connect(server.conninfo(user="neondb_owner", dbname="extensions_app"), autocommit=True) as conn:
-        assert conn.execute("select rolsuper from pg_roles where rolname = current_user").fetchone() == (False,)
-        conn.execute(MIGRATION)
+    with owner_session(server, "extensions_app", MIGRATION) as conn:
         yield conn
 
 
@@ -243,11 +260,61 @@ def test_functions_have_contribs_signatures(owner):
     assert [row for (row,) in rows] == sorted(re.split(r"[|\n]", CONTRIB_FUNCTIONS.strip()))
 
 
-def test_a_sql_function_using_pgp_can_be_created(owner):
-    """pgp_* exist on both engines (on the default one they explain that they are not provided when called)."""
+def test_functions_pgcrypto_does_not_provide_here_still_load(owner):
+    """Public-key PGP, armor and raw ciphers exist on both engines, so migrations that mention them load."""
     owner.execute(
-        "create or replace function seal(secret text) returns bytea language sql as $$ select pgp_sym_encrypt(secret, 'k') $$"
+        "create or replace function seal(secret text, key bytea) returns bytea language sql "
+        "as $$ select pgp_pub_encrypt(secret, dearmor(armor(key))) $$"
     )
+
+
+PGP_OPTIONS = ["", "cipher-algo=aes256, compress-algo=1", "compress-algo=2, s2k-mode=1, s2k-digest-algo=md5",
+               "sess-key=1, cipher-algo=aes192", "cipher-algo=3des, s2k-mode=0", "s2k-count=1024, unicode-mode=1"]
+SECRET = "card 4242 ✓\n" + "x" * 300
+
+
+@pytest.mark.parametrize("options", PGP_OPTIONS)
+def test_pgp_sym_round_trips(owner, options):
+    sealed = one(owner, "select pgp_sym_encrypt(%s, 'pässword', %s)", (SECRET, options))
+    assert one(owner, "select pgp_sym_decrypt(%s, 'pässword')", (sealed,)) == SECRET
+    data = bytes(range(256)) * 100
+    sealed = one(owner, "select pgp_sym_encrypt_bytea(%s, 'k', %s)", (data, options))
+    assert bytes(one(owner, "select pgp_sym_decrypt_bytea(%s, 'k')", (sealed,))) == data
+
+
+def test_pgp_sym_errors_are_pgcryptos(owner):
+    sealed = one(owner, "select pgp_sym_encrypt('abc', 'k')")
+    for query, params, message in [
+        ("select pgp_sym_decrypt(%s, 'wrong')", (sealed,), "Wrong key or corrupt data"),
+        ("select pgp_sym_decrypt(substr(%s, 1, 30), 'k')", (sealed,), "Wrong key or corrupt data"),
+        ("select pgp_sym_decrypt(pgp_sym_encrypt_bytea('abc', 'k'), 'k')", (), "Not text data"),
+        ("select pgp_sym_encrypt('abc', 'k', 'cipher-algo=aes999')", (), "Unsupported cipher algorithm"),
+        ("select pgp_sym_encrypt('abc', 'k', 'no-such-option=1')", (), "Illegal argument to function"),
+        ("select pgp_sym_encrypt('abc', 'k', 's2k-count=5')", (), "Illegal argument to function"),
+    ]:
+        with pytest.raises(errors.ExternalRoutineInvocationException, match=f"^{message}$"):
+            owner.execute(query, params)
+    assert one(owner, "select pgp_sym_decrypt(%s, 'k', 'convert-crlf=1')", (sealed,)) == "abc"
+
+
+@pytest.fixture(scope="module")
+def owners_on_both(servers):
+    """An owner session with pgcrypto on each engine."""
+    sessions = {name: owner_session(pg, "pgp_cross", "CREATE EXTENSION pgcrypto") for name, pg in servers.items()}
+    yield sessions
+    for conn in sessions.values():
+        conn.close()
+
+
+@pytest.mark.parametrize("options", PGP_OPTIONS)
+def test_pgp_sym_messages_cross_between_engines(owners_on_both, options):
+    """What one engine encrypts the other decrypts: neon-local's module against PostgreSQL's pgcrypto, both ways."""
+    ours, postgres = owners_on_both["default engine"], owners_on_both["Debian PostgreSQL 15"]
+    for sender, receiver in [(ours, postgres), (postgres, ours)]:
+        sealed = one(sender, "select pgp_sym_encrypt(%s, 'pässword', %s)", (SECRET, options))
+        assert one(receiver, "select pgp_sym_decrypt(%s, 'pässword')", (sealed,)) == SECRET
+        sealed = one(sender, "select pgp_sym_encrypt_bytea(%s, 'k', %s)", (b"\x00\xff" * 20000, options))
+        assert bytes(one(receiver, "select pgp_sym_decrypt_bytea(%s, 'k')", (sealed,))) == b"\x00\xff" * 20000
 
 
 def _readme_extension_rows() -> dict[str, list[str]]:

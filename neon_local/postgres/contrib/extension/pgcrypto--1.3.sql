@@ -21,23 +21,24 @@ CREATE FUNCTION gen_random_bytes(integer) RETURNS bytea
 CREATE FUNCTION gen_random_uuid() RETURNS uuid
     AS 'SELECT pg_catalog.gen_random_uuid()' LANGUAGE SQL VOLATILE PARALLEL SAFE;
 
--- PGP, armor and raw ciphers: declared so that migrations mentioning them load; calling one explains why it fails.
+-- Symmetric PGP (where neon-local was built with OpenSSL and zlib). Public-key PGP, armor and raw ciphers are
+-- declared so that migrations mentioning them load; calling one explains why it fails.
 CREATE FUNCTION pgp_sym_encrypt(text, text) RETURNS bytea
-    AS 'MODULE_PATHNAME', 'nl_not_provided' LANGUAGE C VOLATILE STRICT PARALLEL SAFE;
+    AS 'MODULE_PATHNAME', 'nl_pgp_sym_encrypt_text' LANGUAGE C VOLATILE STRICT PARALLEL SAFE;
 CREATE FUNCTION pgp_sym_encrypt(text, text, text) RETURNS bytea
-    AS 'MODULE_PATHNAME', 'nl_not_provided' LANGUAGE C VOLATILE STRICT PARALLEL SAFE;
+    AS 'MODULE_PATHNAME', 'nl_pgp_sym_encrypt_text' LANGUAGE C VOLATILE STRICT PARALLEL SAFE;
 CREATE FUNCTION pgp_sym_encrypt_bytea(bytea, text) RETURNS bytea
-    AS 'MODULE_PATHNAME', 'nl_not_provided' LANGUAGE C VOLATILE STRICT PARALLEL SAFE;
+    AS 'MODULE_PATHNAME', 'nl_pgp_sym_encrypt_bytea' LANGUAGE C VOLATILE STRICT PARALLEL SAFE;
 CREATE FUNCTION pgp_sym_encrypt_bytea(bytea, text, text) RETURNS bytea
-    AS 'MODULE_PATHNAME', 'nl_not_provided' LANGUAGE C VOLATILE STRICT PARALLEL SAFE;
+    AS 'MODULE_PATHNAME', 'nl_pgp_sym_encrypt_bytea' LANGUAGE C VOLATILE STRICT PARALLEL SAFE;
 CREATE FUNCTION pgp_sym_decrypt(bytea, text) RETURNS text
-    AS 'MODULE_PATHNAME', 'nl_not_provided' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+    AS 'MODULE_PATHNAME', 'nl_pgp_sym_decrypt_text' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 CREATE FUNCTION pgp_sym_decrypt(bytea, text, text) RETURNS text
-    AS 'MODULE_PATHNAME', 'nl_not_provided' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+    AS 'MODULE_PATHNAME', 'nl_pgp_sym_decrypt_text' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 CREATE FUNCTION pgp_sym_decrypt_bytea(bytea, text) RETURNS bytea
-    AS 'MODULE_PATHNAME', 'nl_not_provided' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+    AS 'MODULE_PATHNAME', 'nl_pgp_sym_decrypt_bytea' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 CREATE FUNCTION pgp_sym_decrypt_bytea(bytea, text, text) RETURNS bytea
-    AS 'MODULE_PATHNAME', 'nl_not_provided' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+    AS 'MODULE_PATHNAME', 'nl_pgp_sym_decrypt_bytea' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 CREATE FUNCTION pgp_pub_encrypt(text, bytea) RETURNS bytea
     AS 'MODULE_PATHNAME', 'nl_not_provided' LANGUAGE C VOLATILE STRICT PARALLEL SAFE;
 CREATE FUNCTION pgp_pub_encrypt(text, bytea, text) RETURNS bytea

