@@ -5,6 +5,8 @@ Neon's 17-key JSON body with the real cause; TCP and WebSocket get Postgres Erro
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 
 import asyncpg
 import httpx
@@ -158,6 +160,20 @@ async def test_connections_exhausted_is_neons_json_with_the_real_cause(tmp_path)
             await asyncio.gather(*(conn.close() for conn in fillers))
         response = await post_sql(client, emulator, {"query": "select 1 as one"})
         assert response.json()["rows"] == [{"one": 1}]
+
+
+async def test_owner_requests_while_postgres_restarts_get_neons_json(tmp_path):
+    async with running_emulator(tmp_path) as emulator, httpx.AsyncClient() as client:
+        assert (await post_sql(client, emulator, {"query": "select 1"})).status_code == 200
+        os.kill(emulator.cluster.pid, signal.SIGKILL)
+        answers = []
+        async with asyncio.timeout(60):  # until Postgres is back; every answer meanwhile is Neon's JSON error
+            while not answers or answers[-1].status_code != 200:
+                answers.append(await post_sql(client, emulator, {"query": "select 1"}))
+                await asyncio.sleep(0.02)
+        errors = [neon_error(response) for response in answers[:-1]]
+        assert errors and all(response.status_code in (400, 500) for response in answers[:-1])
+        assert all(e["message"] for e in errors)
 
 
 # --- item 9: web origins and the public owner password -------------------------------------------------

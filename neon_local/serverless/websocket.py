@@ -15,7 +15,7 @@ import ssl
 from aiohttp import WSMsgType, web
 
 from neon_local.origins import OriginPolicy
-from neon_local.proxy.limits import at_message_boundary, idle_close_message
+from neon_local.proxy.limits import at_message_boundary, idle_close_message, tune_keepalive
 from neon_local.proxy.server import is_loopback
 from neon_local.proxy.session import Session
 from neon_local.wire.codec import ProtocolViolation
@@ -146,6 +146,8 @@ class WebSocketAdapter:
         origin = request.headers.get("Origin")
         refusal = None if self._origins.allows(origin) else OriginPolicy.refusal(origin, "WebSocket password sessions")
         channel = WebSocketChannel(ws, request, refusal)
+        if request.transport is not None:  # a tunnel to a backend: notice a client that vanished, as over TCP
+            tune_keepalive(request.transport.get_extra_info("socket"))
         self.proxy.track(channel)
         try:
             await self.proxy.spawn(Session(self.proxy.context, channel).run())
