@@ -144,7 +144,7 @@ class Emulator:
                          "pid": self.cluster.pid, "socket_dir": str(self.cluster.socket_dir)},
             "host": e.host, "http_port": e.http_port, "pg_port": e.pg_port,
             "urls": {"owner": e.owner_url, "authenticated": e.authenticated_url, "sql": e.sql_url,
-                     "websocket": e.ws_url, "issuer": e.issuer_url},
+                     "websocket": e.ws_url, "issuer": e.issuer_url, "console": self.services.console.url},
             "tls_ca": str(self.services.pg_proxy.tls_files.ca_cert),
             "started_in": round(self.started_in or 0, 3),
         }
@@ -152,7 +152,10 @@ class Emulator:
     def _write_state(self) -> None:
         path = self.settings.resolved_data_dir / STATE_FILENAME
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.state(), indent=2) + "\n")
+        # Only this user may read it: the console URL in it carries the console's secret.
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as handle:
+            handle.write(json.dumps(self.state(), indent=2) + "\n")
+        path.chmod(0o600)  # a file left by an older version keeps its mode on open
         if not self._state_written:
             self._state_written = True
             self._stack.append(lambda: path.unlink(missing_ok=True))

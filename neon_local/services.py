@@ -12,6 +12,7 @@ from neon_local.auth.issuer import Issuer
 from neon_local.auth.keys import KeyRing
 from neon_local.auth.providers import ProviderCache
 from neon_local.auth.verifier import Verifier
+from neon_local.console.app import Console
 from neon_local.control_plane import ControlPlane
 from neon_local.postgres.cluster import PostgresCluster
 from neon_local.proxy.server import PgProxyServer
@@ -37,6 +38,7 @@ class Services:
     sql: SqlOverHttp
     pg_proxy: PgProxyServer
     websocket: WebSocketAdapter
+    console: Console | None = None
 
 
 async def start_services(settings: Settings, cluster: PostgresCluster, data_dir: Path, issuer_url: str,
@@ -51,6 +53,7 @@ async def start_services(settings: Settings, cluster: PostgresCluster, data_dir:
     pg_proxy = PgProxyServer(settings, control_plane, verifier, data_dir / "tls")
     services = Services(keyring, Issuer(settings, keyring, issuer_url), providers, verifier, control_plane, sql,
                         pg_proxy, WebSocketAdapter(pg_proxy))
+    services.console = Console(settings, services, http_sock.getsockname()[1], pg_sock.getsockname()[1])
     await pg_proxy.start(pg_sock)
     add_closer(pg_proxy.close)
 
@@ -68,10 +71,14 @@ def build_http_app(services: Services) -> web.Application:
     plus neon-local's own issuer and console paths."""
     app = web.Application(client_max_size=CLIENT_MAX_SIZE)
     app.add_routes(services.issuer.routes())
+    if services.console:
+        services.console.install(app)
 
     async def dispatch(request: web.Request) -> web.StreamResponse:
         if request.headers.get("Upgrade", "").lower() == "websocket":
             return await services.websocket.handle(request)
+        if request.path == "/" and request.method == "GET":
+            raise web.HTTPFound("/console")
         if request.path == "/sql":
             if request.method == "POST":
                 return await services.sql.handle_sql(request)

@@ -35,6 +35,7 @@ def banner(state: dict, headline: str | None = None, ready_in: float | None = No
         f"  SQL over HTTP      {urls['sql']}",
         f"  WebSocket          {urls['websocket']}",
         f"  Issuer             {urls['issuer']}   (JWKS at /.well-known/jwks.json)",
+        f"  Console            {urls['console']}",
         f"  Data               {state['data_dir']}",
         "",
         "  Get a token        neon-local token alice",

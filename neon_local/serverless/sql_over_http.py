@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import psycopg
 from aiohttp import web
+from multidict import CIMultiDict
 
 from neon_local.auth.verifier import JwtError, VerifiedToken
+from neon_local.console.request_log import RequestLog
 from neon_local.origins import PNA_ALLOW, PNA_REQUEST, OriginPolicy
 from neon_local.postgres import session_jwt
 from neon_local.control_plane import ControlPlane
@@ -149,8 +152,10 @@ class _QuerySink:
 class SqlOverHttp:
     """The /sql handlers; `close()` closes every pooled connection."""
 
-    def __init__(self, settings, control_plane: ControlPlane, verifier, *, max_connections_per_pool: int = MAX_PER_POOL) -> None:
+    def __init__(self, settings, control_plane: ControlPlane, verifier, *, max_connections_per_pool: int = MAX_PER_POOL,
+                 request_log: RequestLog | None = None) -> None:
         self.settings = settings
+        self.request_log = request_log or RequestLog()
         self.control_plane = control_plane
         self.pools = ConnPool(control_plane, max_connections_per_pool)
         self._verifier = verifier
@@ -183,6 +188,16 @@ class SqlOverHttp:
             return _json_response(500, internal_error(exc).body(), request)
         return _json_response(200, body, request, extra)
 
+    async def run_in_process(self, headers: Mapping[str, str], body: bytes) -> tuple[int, bytes]:
+        """POST /sql for a caller inside this process (the console): the same parsing, authentication, session
+        set-up and JSON answer, without an HTTP request (so no Origin check: the caller vouches for itself)."""
+        headers = CIMultiDict(headers)
+        try:
+            info = parse_conn_info(headers, self._jwt_roles)
+            return 200, await self._authorized(info, parse_headers(headers), parse_body(body))
+        except SqlOverHttpError as exc:
+            return exc.status, exc.body()
+
     async def _serve(self, request: web.Request) -> tuple[bytes, dict[str, str]]:
         info = parse_conn_info(request.headers, self._jwt_roles)
         origin = request.headers.get("Origin")
@@ -191,13 +206,19 @@ class SqlOverHttp:
         headers = parse_headers(request.headers)
         payload = parse_body(await _read_body(request, self._body_timeout))
         with _DisconnectWatch(request) as watch:
+            began = time.perf_counter()
             try:
-                return await self._authorized(info, headers, payload), headers.echo() if payload.batch else {}
+                body = await self._authorized(info, headers, payload)
+            except SqlOverHttpError as exc:
+                self.request_log.record_sql(info.user, info.jwt, [q.text for q in payload.queries], began, error=exc.message)
+                raise
             except asyncio.CancelledError:
                 if not watch.fired:
                     raise
                 asyncio.current_task().uncancel()
                 raise _ClientGone() from None
+            self.request_log.record_sql(info.user, info.jwt, [q.text for q in payload.queries], began, body=body)
+            return body, headers.echo() if payload.batch else {}
 
     async def _authorized(self, info: ConnInfo, headers: Headers, payload: Payload) -> bytes:
         verified = await self._authenticate(info)

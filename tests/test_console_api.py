@@ -1,0 +1,106 @@
+"""The console's guard and API over real HTTP against a whole emulator: who may use it, and what it records."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from hardening_support import owner_conn_string, running_emulator
+from neon_local.console.guard import loopback_host
+
+
+
+@pytest.fixture(scope="module")
+async def emulator(tmp_path_factory):
+    async with running_emulator(tmp_path_factory.mktemp("console-api")) as emu:
+        yield emu
+
+
+@pytest.fixture
+async def client(emulator):
+    async with httpx.AsyncClient(base_url=emulator.services.console.http_url, timeout=30) as http:
+        yield http
+
+
+async def signed_in(client, emulator) -> str:
+    """Open the printed URL as a browser does; the cookie is then in the client's jar."""
+    key = emulator.services.console.url.split("?key=")[1]
+    response = await client.get(f"/console?key={key}")
+    assert response.status_code == 302 and response.headers["location"] == "/console"
+    return response.headers["set-cookie"]
+
+
+async def test_the_printed_key_becomes_a_strict_httponly_cookie(client, emulator):
+    cookie = await signed_in(client, emulator)
+    assert f"neon_local_console_{emulator.endpoints.http_port}=" in cookie
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/console" in cookie
+    page = await client.get("/console")
+    assert page.status_code == 200 and "<title>neon-local console</title>" in page.text
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+
+
+async def test_without_the_secret_nothing_answers(client):
+    assert (await client.get("/console")).status_code == 401
+    assert (await client.get("/console?key=guess")).status_code == 401
+    refused = await client.get("/console/api/info")
+    assert refused.status_code == 401 and "neon-local up" in refused.json()["error"]
+    assert (await client.get("/console/static/console.js")).status_code == 401
+
+
+async def test_a_foreign_host_is_refused_even_with_the_secret(client, emulator):
+    """DNS rebinding: a page at evil.example resolved to 127.0.0.1 sends its own name as Host."""
+    await signed_in(client, emulator)
+    refused = await client.get("/console/api/info", headers={"Host": "evil.example"})
+    assert refused.status_code == 403 and "DNS rebinding" in refused.json()["error"]
+    assert (await client.get("/console/api/info", headers={"Host": f"localhost:{emulator.endpoints.http_port}"})).status_code == 200
+
+
+async def test_only_the_consoles_own_origin_may_call_the_api(client, emulator):
+    await signed_in(client, emulator)
+    sql = {"sql": "create table pwned (x int)"}
+    own = emulator.services.console.http_url
+    for headers in ({"Origin": "http://127.0.0.1:3000"}, {"Origin": "http://localhost:3000"}, {},
+                    {"Origin": own, "Sec-Fetch-Site": "same-site"}):
+        refused = await client.post("/console/api/owner-sql", json=sql, headers=headers)
+        assert refused.status_code == 403, headers
+    info = await client.get("/console/api/info")
+    assert "Access-Control-Allow-Origin" not in info.headers  # no other page may read an answer
+    created = await client.post("/console/api/owner-sql", json={"sql": "create table mine (x int)"}, headers={"Origin": own})
+    assert created.status_code == 200 and created.json() == {"ok": True}
+
+
+def test_loopback_host_names():
+    for host in ("localhost", "localhost:4444", "127.0.0.1:4444", "[::1]:4444", "app.localhost", "127.1.2.3"):
+        assert loopback_host(host), host
+    for host in ("evil.example", "evil.example:4444", "10.0.0.1:4444", "localhost.evil.example", "", None, "[::2]:1"):
+        assert not loopback_host(host), host
+
+
+async def test_root_redirects_to_the_console(client):
+    response = await client.get("/")
+    assert response.status_code == 302 and response.headers["location"] == "/console"
+
+
+async def test_the_request_log_records_and_streams_sql_requests(client, emulator):
+    await signed_in(client, emulator)
+    async with client.stream("GET", "/console/api/log/stream") as stream:
+        sent = await client.post("/sql", json={"query": "select 1 as one union all select 2", "params": []},
+                                 headers={"Neon-Connection-String": owner_conn_string(emulator)})
+        assert sent.status_code == 200
+        failed = await client.post("/sql", json={"query": "select * from nowhere", "params": []},
+                                   headers={"Neon-Connection-String": owner_conn_string(emulator)})
+        assert failed.status_code == 400
+        seen = []
+        async for line in stream.aiter_lines():
+            if line.startswith("data: "):
+                seen.append(json.loads(line[6:]))
+                if any(e.get("error") for e in seen if e["path"] == "/sql"):
+                    break
+    ok = next(e for e in seen if e["statement"] == "select 1 as one union all select 2")
+    assert ok["path"] == "/sql" and ok["role"] == "neondb_owner" and ok["rows"] == 2 and ok["duration_ms"] >= 0
+    bad = next(e for e in seen if e["statement"] == "select * from nowhere")
+    assert bad["error"] == 'relation "nowhere" does not exist' and bad["rows"] is None
+    listed = (await client.get("/console/api/log")).json()["entries"]
+    assert [e["id"] for e in listed if e["statement"] == "select * from nowhere"] == [bad["id"]]
