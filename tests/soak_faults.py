@@ -236,6 +236,8 @@ def small_disk(tmp_path):
 async def test_disk_full_then_freed(small_disk):
     async with running_emulator(small_disk) as emulator:
         await _setup(emulator)
+        async with await psycopg.AsyncConnection.connect(emulator.cluster.conninfo(dbname="postgres"), autocommit=True) as admin:
+            await admin.execute(f"create database fresh owner {emulator.settings.owner}")
         free = shutil.disk_usage(small_disk).free
         filler = small_disk / "filler"
         with open(filler, "wb") as f:  # leave ~12 MB for the writers to fill
@@ -249,6 +251,13 @@ async def test_disk_full_then_freed(small_disk):
             while not any(key.split()[-1] in ("53100", "58030") or key.startswith("500") for key in load.tally.json_errors):
                 await asyncio.sleep(0.1)
         await asyncio.sleep(1.0)
+        # A JWT request to a database not yet prepared for JWTs: the real cause, not the extension-setup text.
+        async with httpx.AsyncClient(timeout=60) as client:
+            fresh = await client.post(e.sql_url, json={"query": "select 1"}, headers={
+                "Neon-Connection-String": "postgresql://authenticated@localhost/fresh", "Authorization": f"Bearer {load.token}"})
+        if fresh.status_code != 200:
+            load._note_error(fresh)
+            assert fresh.json()["message"] != "could not set up the JWT authorization database extension"
         fault = time.monotonic()
         filler.unlink()
         await load.wait_recovered(fault)
