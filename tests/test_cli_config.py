@@ -127,3 +127,19 @@ def test_the_first_user_added_keeps_the_built_in_ones(tmp_path, monkeypatch):
     assert (payload["sub"], payload["org_id"], payload["tags"]) == ("user_c", "org_acme", ["a", 1])
     assert run("users", "remove", "bob")[0] == 0
     assert set(load_settings().users) == {"alice", "carol"}
+
+
+def test_set_and_unset_repair_a_file_that_no_longer_loads(project):
+    broken = ORIGINAL.replace("http_port = 5000", "http_port = 'eighty'").replace("# who", "compat = 'loose'\n# who")
+    (project / "neon_local.toml").write_text(broken)
+    code, output = run("status")
+    assert code == 1 and "http_port must be a port number" in output
+    code, output = run("config", "set", "pg_port", "6000")  # the file would still be invalid: refused, naming why
+    assert code == 1 and "http_port must be a port number" in output and "Nothing was written" in output
+    assert (project / "neon_local.toml").read_text() == broken
+    assert run("config", "set", "http_port", "5000")[0] == 1  # compat is still wrong
+    assert run("config", "unset", "compat")[0] == 1  # and so is http_port
+    (project / "neon_local.toml").write_text(broken.replace("compat = 'loose'\n", ""))
+    code, output = run("config", "set", "http_port", "5000")
+    assert code == 0, output
+    assert (project / "neon_local.toml").read_text() == ORIGINAL

@@ -15,12 +15,13 @@ from typing import Any
 
 import click
 import tomlkit
+import tomlkit.exceptions
 from click.core import ParameterSource
 from tomlkit.items import Table
 
 from neon_local.cli.common import project_options
 from neon_local.cli.config_file import config_path, parse_claims, restart_hint, write_config
-from neon_local.settings import DEFAULT_USERS, SCALARS, Settings
+from neon_local.settings import CONFIG_FILENAME, DEFAULT_USERS, SCALARS, ConfigError, Settings, find_config_file, load_settings
 
 _SCALARS = {s.name: s for s in SCALARS}
 
@@ -30,8 +31,12 @@ def _settings() -> Settings:
 
 
 def _document(path: Path) -> tomlkit.TOMLDocument:
-    # The file already loaded as Settings, so it parses.
-    return tomlkit.parse(path.read_text()) if path.exists() else tomlkit.document()
+    if not path.exists():
+        return tomlkit.document()
+    try:
+        return tomlkit.parse(path.read_text())
+    except tomlkit.exceptions.ParseError as exc:
+        raise click.ClickException(f"{path} is not valid TOML: {exc}. Fix that line by hand.") from None
 
 
 def _dump(doc: tomlkit.TOMLDocument) -> str:
@@ -160,15 +165,30 @@ def config_get(key: str, as_json: bool) -> None:
         click.echo("" if value is None else value)
 
 
+_CONFIG_OPTION = click.option("--config", "config_file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+                              help="Path to neon_local.toml (default: the nearest one up from here) [env NEON_LOCAL_CONFIG].")
+
+
+def _file_to_edit(config_file: Path | None) -> tuple[Path, Settings | None]:
+    """The file `set` and `unset` change, found even when its content is invalid (so they can repair it);
+    the settings too when it loads."""
+    try:
+        settings = load_settings(config_file=config_file)
+    except ConfigError:
+        if config_file is None and os.environ.get("NEON_LOCAL_CONFIG"):
+            config_file = Path(os.environ["NEON_LOCAL_CONFIG"])
+        return config_file or find_config_file(Path.cwd()) or Path.cwd() / CONFIG_FILENAME, None
+    return config_path(settings), settings
+
+
 @config.command("set")
 @click.argument("key")
 @click.argument("value")
-@project_options
-def config_set(key: str, value: str) -> None:
+@_CONFIG_OPTION
+def config_set(key: str, value: str, config_file: Path | None) -> None:
     """Set KEY to VALUE in neon_local.toml (creating the file if needed); lists are comma-separated."""
-    settings = _settings()
     parts = _key_path(key)
-    path = config_path(settings)
+    path, settings = _file_to_edit(config_file)
     doc = _document(path)
     table: Any = doc
     for depth, part in enumerate(parts[:-1]):
@@ -180,7 +200,8 @@ def config_set(key: str, value: str) -> None:
     _set(table, parts[-1], _typed(parts, value))
     write_config(path, _dump(doc))
     click.echo(f"{key} = {_show(table[parts[-1]])} in {path}")
-    restart_hint(settings)
+    if settings:
+        restart_hint(settings)
 
 
 def _set(table: Any, key: str, value: Any) -> None:
@@ -195,12 +216,11 @@ def _set(table: Any, key: str, value: Any) -> None:
 
 @config.command("unset")
 @click.argument("key")
-@project_options
-def config_unset(key: str) -> None:
+@_CONFIG_OPTION
+def config_unset(key: str, config_file: Path | None) -> None:
     """Remove KEY from neon_local.toml, so its default (or env/flag) applies again."""
-    settings = _settings()
     parts = _key_path(key)
-    path = config_path(settings)
+    path, settings = _file_to_edit(config_file)
     doc = _document(path)
     try:
         parent = _lookup(doc, parts[:-1]) if len(parts) > 1 else doc
@@ -212,7 +232,8 @@ def config_unset(key: str) -> None:
     del parent[parts[-1]]
     write_config(path, _dump(doc))
     click.echo(f"removed {key} from {path}")
-    restart_hint(settings)
+    if settings:
+        restart_hint(settings)
 
 
 @click.group("users")
