@@ -318,6 +318,11 @@ class AccessMatrix:
 
     __hash__ = None  # type: ignore[assignment]
 
+    def explain_difference(self, expected: str) -> list[str]:
+        """What pytest shows for a failed `matrix == expected`."""
+        return [f"access matrix of {self.table} differs from the expectation ({PATHS[self._probe.via]}):",
+                *self.differences(expected), "measured:", *("  " + line for line in str(self).splitlines())]
+
     def differences(self, expected: str) -> list[str]:
         """Each cell that differs from `expected`, with the deciding policy."""
         want = {(row[0], self.commands[i]): cell for row in _parse(expected)[1:] for i, cell in enumerate(row[1:])
@@ -354,14 +359,3 @@ def measure_matrix(db: Database, table: str, users: Sequence[str | User], *, new
         for command, outcome in probe.measure(subject, commands).items():
             cells[subject.label, command] = outcome
     return AccessMatrix(probe, subjects, commands, cells)
-
-
-def compare_matrix(left: Any, right: Any) -> list[str] | None:
-    """pytest_assertrepr_compare for `matrix == "expected text"`."""
-    if isinstance(right, AccessMatrix) and isinstance(left, str):
-        left, right = right, left
-    if not isinstance(left, AccessMatrix) or not isinstance(right, str):
-        return None
-    return [f"access matrix of {left.table} differs from the expectation ({PATHS[left._probe.via]}):",
-            *left.differences(right), "measured:", *("  " + line for line in str(left).splitlines())]
-

@@ -122,11 +122,11 @@ class Database:
                                                  autocommit=True))
         return self._superuser
 
-    def assert_rls_enabled(self, schema: str = "public") -> None:
+    def assert_rls_enabled(self, schema: str = "public", allow: Sequence[str] = ()) -> None:
         """Every table has RLS on, every view JWT roles can read is security_invoker, and no SECURITY DEFINER
-        function is executable by a JWT role."""
+        function is executable by a JWT role; `allow` names the views and functions meant to be."""
         __tracebackhide__ = True
-        assert_rls_enabled(self.superuser(), schema, self.server.settings.jwt_roles)
+        assert_rls_enabled(self.superuser(), schema, self.server.settings.jwt_roles, allow)
 
     def assert_policies(self, table: str, names: Sequence[str]) -> None:
         """The table's policies are exactly these (pgTAP's policies_are)."""
