@@ -45,6 +45,21 @@ class BuildPostgresModule(build_ext):
         super().run()
 
 
+try:
+    from setuptools.command.bdist_wheel import bdist_wheel
+except ImportError:  # setuptools before 70.1: the wheel keeps Python's tags
+    bdist_wheel = None
+
+
+if bdist_wheel is not None:
+    class PlatformWheel(bdist_wheel):
+        """The module is PostgreSQL's, not Python's: one wheel per platform serves every Python version."""
+
+        def get_tag(self) -> tuple[str, str, str]:
+            _, _, platform = super().get_tag()
+            return "py3", "none", platform
+
+
 def _modules() -> list[Extension]:
     include = _server_include()
     if include is None:
@@ -63,4 +78,5 @@ def _modules() -> list[Extension]:
     )]
 
 
-setup(ext_modules=_modules(), cmdclass={"build_ext": BuildPostgresModule})
+setup(ext_modules=_modules(),
+      cmdclass={"build_ext": BuildPostgresModule, **({"bdist_wheel": PlatformWheel} if bdist_wheel else {})})

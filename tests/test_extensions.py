@@ -16,6 +16,7 @@ import pytest
 from psycopg import errors
 
 from conftest import start_cluster
+from http_support import sql_http  # noqa: F401 (fixture)
 from neon_local.postgres.contrib import NEON_EXTENSIONS, PLACEHOLDER_VERSION
 from neon_local.settings import Settings
 
@@ -315,6 +316,22 @@ def test_pgp_sym_messages_cross_between_engines(owners_on_both, options):
         assert one(receiver, "select pgp_sym_decrypt(%s, 'pässword')", (sealed,)) == SECRET
         sealed = one(sender, "select pgp_sym_encrypt_bytea(%s, 'k', %s)", (b"\x00\xff" * 20000, options))
         assert bytes(one(receiver, "select pgp_sym_decrypt_bytea(%s, 'k')", (sealed,))) == b"\x00\xff" * 20000
+
+
+async def test_over_neons_sql_http_a_migration_and_the_hint_arrive(sql_http):
+    """Through /sql as the owner, as a serverless app's migration runs: the extension, bcrypt, and the placeholder's
+    DETAIL and HINT in Neon's JSON error body."""
+    async with await sql_http.admin(dbname="postgres") as admin:
+        await admin.execute("CREATE DATABASE extensions_http OWNER neondb_owner")
+    conn = sql_http.conn_string(dbname="extensions_http")
+    await sql_http.query('CREATE EXTENSION IF NOT EXISTS "pgcrypto"', conn=conn)
+    result = await sql_http.query("select crypt($1, gen_salt('bf', 4)) as hash", ["hunter2"], conn=conn)
+    assert bcrypt.checkpw(b"hunter2", result["rows"][0]["hash"].encode())
+    response = await sql_http.post({"query": "CREATE EXTENSION IF NOT EXISTS postgis", "params": []}, conn=conn)
+    body = response.json()
+    assert response.status_code == 400 and body["code"] == "0A000"
+    assert body["message"] == 'extension "postgis" is not available'
+    assert body["detail"].startswith("Neon supports postgis") and "--pg-bin" in body["hint"]
 
 
 def _readme_extension_rows() -> dict[str, list[str]]:
