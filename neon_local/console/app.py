@@ -36,7 +36,7 @@ _MIGRATION_NAME = re.compile(r"[a-z0-9_]{1,60}")
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class ApiError(Exception):
+class ConsoleRequestError(Exception):
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.status = status
@@ -140,7 +140,7 @@ class Console:
                     return web.json_response({"error": "the body must be a JSON object"}, status=400)
             try:
                 return web.json_response(await handler(request, body), dumps=_dumps)
-            except (ApiError, IdentityError, catalog.MatrixError, ValueError) as exc:
+            except (ConsoleRequestError, IdentityError, catalog.MatrixError, ValueError) as exc:
                 return web.json_response({"error": str(exc)}, status=getattr(exc, "status", 400))
             except psycopg.Error as exc:
                 return web.json_response({"error": _pg_message(exc)}, status=400)
@@ -165,7 +165,7 @@ class Console:
         identity = resolve(body.get("identity"), self.settings, self.tokens)
         text = body.get("sql")
         if not isinstance(text, str) or not text.strip():
-            raise ApiError("type a statement first")
+            raise ConsoleRequestError("type a statement first")
         if body.get("explain"):
             text = "EXPLAIN " + text
         headers = identity.sql_headers(self.settings, self.database) | {"Neon-Array-Mode": "true"}
@@ -201,14 +201,14 @@ class Console:
     async def _policy_preview(self, request: web.Request, body: dict) -> dict:
         schema, _, table = str(body.get("table", "")).rpartition(".")
         if not table:
-            raise ApiError("choose a table")
+            raise ConsoleRequestError("choose a table")
         return {"sql": catalog.template_sql(str(body.get("template")), schema or "public", table, body.get("params") or {})}
 
     async def _owner_sql(self, request: web.Request, body: dict) -> dict:
         """Statements as the owner in one transaction (a policy, a lint's fix): all or nothing."""
         text = body.get("sql")
         if not isinstance(text, str) or not text.strip():
-            raise ApiError("nothing to run")
+            raise ConsoleRequestError("nothing to run")
         began = time.perf_counter()
         async with await self._owner() as conn:
             async with conn.transaction():
@@ -219,9 +219,9 @@ class Console:
     async def _migration(self, request: web.Request, body: dict) -> dict:
         name, text = str(body.get("name") or "policy"), body.get("sql")
         if not _MIGRATION_NAME.fullmatch(name):
-            raise ApiError("a migration name is lower-case letters, digits and _ (at most 60)")
+            raise ConsoleRequestError("a migration name is lower-case letters, digits and _ (at most 60)")
         if not isinstance(text, str) or not text.strip():
-            raise ApiError("nothing to write")
+            raise ConsoleRequestError("nothing to write")
         folder = self.settings.project_dir / "migrations"
         stamp = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
         path = folder / f"{stamp}_{name}.sql"
@@ -232,9 +232,9 @@ class Console:
         table = body.get("table")
         new_row = body.get("new_row")
         if not isinstance(table, str) or not table:
-            raise ApiError("choose a table")
+            raise ConsoleRequestError("choose a table")
         if new_row is not None and not isinstance(new_row, dict):
-            raise ApiError("the new row must be a JSON object of column: value")
+            raise ConsoleRequestError("the new row must be a JSON object of column: value")
         specs = [{"kind": "user", "name": n} for n in self.settings.users] + [{"kind": "anonymous"}, {"kind": "owner"}]
         sessions = []
         for spec in specs:
@@ -258,17 +258,17 @@ class Console:
         options: dict[str, Any] = {}
         claims = body.get("claims") or {}
         if not isinstance(claims, dict):
-            raise ApiError("claims must be a JSON object")
+            raise ConsoleRequestError("claims must be a JSON object")
         for name, kind in (("lifetime", int), ("alg", str), ("expired", bool)):
             if body.get(name) is not None:
                 if not isinstance(body[name], kind):
-                    raise ApiError(f"{name} must be a {kind.__name__}")
+                    raise ConsoleRequestError(f"{name} must be a {kind.__name__}")
                 options[name] = body[name]
         user, sub = body.get("user") or None, body.get("sub") or None
         try:
             token = self.tokens(user, sub=sub, claims=claims, **options)
         except Exception as exc:  # the issuer's refusals (unknown user, bad alg) are for the page
-            raise ApiError(str(exc)) from None
+            raise ConsoleRequestError(str(exc)) from None
         return self._token_views(token, str(body.get("role") or "authenticated"))
 
     def _token_views(self, token: str, role: str) -> dict:

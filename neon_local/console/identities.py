@@ -19,7 +19,7 @@ from neon_local.auth.issuer import Issuer, IssuerError
 from neon_local.settings import Settings
 from neon_local.testing.tokens import TokenFactory, claims_of
 
-__all__ = ["Identity", "IdentityError", "resolve"]
+__all__ = ["ConsoleIdentity", "IdentityError", "resolve"]
 
 
 class IdentityError(ValueError):
@@ -27,7 +27,7 @@ class IdentityError(ValueError):
 
 
 @dataclass(frozen=True)
-class Identity:
+class ConsoleIdentity:
     label: str
     role: str
     token: str | None  # None: the owner, by password
@@ -49,22 +49,22 @@ def token_factory(issuer: Issuer) -> TokenFactory:
     return TokenFactory(issuer.mint, lambda claims, alg: issuer.sign(claims, alg=alg))
 
 
-def resolve(spec: Any, settings: Settings, tokens: TokenFactory) -> Identity:
+def resolve(spec: Any, settings: Settings, tokens: TokenFactory) -> ConsoleIdentity:
     if not isinstance(spec, dict):
         raise IdentityError('identity must be an object such as {"kind": "user", "name": "alice"}')
     kind = spec.get("kind")
     try:
         if kind == "owner":
-            return Identity("owner", settings.owner, None, None)
+            return ConsoleIdentity("owner", settings.owner, None, None)
         if kind == "user":
             name = spec.get("name")
             if name not in settings.users:
                 raise IdentityError(f"no test user {name!r} in neon_local.toml (known: {', '.join(settings.users) or 'none'})")
             token = tokens(name)
-            return Identity(name, "authenticated", token, claims_of(token))
+            return ConsoleIdentity(name, "authenticated", token, claims_of(token))
         if kind == "anonymous":
             token = tokens()
-            return Identity("anonymous", "anonymous", token, claims_of(token))
+            return ConsoleIdentity("anonymous", "anonymous", token, claims_of(token))
         if kind == "claims":
             role = spec.get("role") or "authenticated"
             claims = spec.get("claims") or {}
@@ -74,7 +74,7 @@ def resolve(spec: Any, settings: Settings, tokens: TokenFactory) -> Identity:
                 raise IdentityError("claims must be a JSON object")
             rest = {k: v for k, v in claims.items() if k != "sub"}
             token = tokens(sub=str(claims["sub"]), claims=rest) if claims.get("sub") else tokens(claims=rest)
-            return Identity(str(claims.get("sub") or role), role, token, claims_of(token))
+            return ConsoleIdentity(str(claims.get("sub") or role), role, token, claims_of(token))
     except IssuerError as exc:
         raise IdentityError(str(exc)) from None
     raise IdentityError('identity kind must be "owner", "user", "anonymous" or "claims"')
