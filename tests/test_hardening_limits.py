@@ -95,6 +95,29 @@ async def test_one_jwt_user_cannot_lock_the_owner_out(emulator):
         await asyncio.gather(*(conn.close() for conn in held))
 
 
+async def test_postgres_keeps_slots_for_the_owner_whatever_ordinary_roles_hold(emulator):
+    """However the JWT roles' connections pile up (pools in many databases, say), Postgres keeps some for the owner."""
+    fillers = []
+    try:
+        while True:
+            try:
+                fillers.append(await psycopg.AsyncConnection.connect(
+                    emulator.cluster.conninfo(user="authenticated", dbname="neondb")))
+            except psycopg.OperationalError as exc:
+                assert "reserved for roles with privileges of the \"pg_use_reserved_connections\" role" in str(exc)
+                break
+            assert len(fillers) < 400
+        s = emulator.settings
+        async with await psycopg.AsyncConnection.connect(
+                host="127.0.0.1", port=emulator.endpoints.pg_port, user=s.owner, password=s.owner_password,
+                dbname="neondb", sslmode="require") as owner:
+            assert await (await owner.execute("select current_user")).fetchone() == (s.owner,)
+        async with httpx.AsyncClient() as client:
+            assert (await post_sql(client, emulator, {"query": "select 1 as one"})).json()["rows"] == [{"one": 1}]
+    finally:
+        await asyncio.gather(*(conn.close() for conn in fillers))
+
+
 async def _relay(src: asyncio.StreamReader, dst: asyncio.StreamWriter, cut: asyncio.Event) -> None:
     while not cut.is_set() and (data := await src.read(65536)):
         if cut.is_set():

@@ -70,6 +70,7 @@ async def _let_the_owner_manage_roles(conn: psycopg.AsyncConnection, settings: S
     that any user of the role may run. ADMIN only: the owner gets none of the roles' privileges."""
     await conn.execute("GRANT pg_signal_backend TO neon_superuser WITH ADMIN OPTION")
     if conn.info.server_version >= 160000:
+        await conn.execute("GRANT pg_use_reserved_connections TO neon_superuser")  # the cluster's reserved_connections
         for role in settings.jwt_roles:
             await conn.execute(sql.SQL("GRANT {} TO neon_superuser WITH ADMIN OPTION, INHERIT FALSE, SET FALSE").format(sql.Identifier(role)))
 

@@ -207,6 +207,8 @@ class PostgresCluster:
         args = [*self.run_as.prefix(), *server_command(self.binaries), "-D", str(self.data_dir),
                 "-c", "listen_addresses=", "-c", f"unix_socket_directories={self.socket_dir}",
                 "-c", f"port={self.port}"]
+        if self.binaries.major >= 16:  # slots ordinary roles cannot take: the owner always gets in (see bootstrap)
+            args += ["-c", "reserved_connections=10"]
         log_fd = open(self.log_file, "ab")
         try:
             self._process = await asyncio.create_subprocess_exec(
