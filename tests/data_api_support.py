@@ -59,6 +59,12 @@ create policy "crud-authenticated-policy-update" on todos as permissive for upda
 create policy "crud-authenticated-policy-delete" on todos as permissive for delete to authenticated
   using ((select auth.user_id() = todos.user_id));
 create function my_todo_count() returns bigint stable language sql as 'select count(*) from todos';
+create function leak() returns void volatile language plpgsql as
+  $$ begin perform set_config('app.leak', 'x', false); create temp table t_leak (x int); end $$;
+create function peek() returns json stable language sql as
+  $$ select json_build_object('leak', current_setting('app.leak', true), 'temp', to_regclass('pg_temp.t_leak') is not null,
+     'user', current_user, 'uid', auth.user_id(), 'path', current_setting('search_path')) $$;
+create function extra.peek() returns json stable language sql as $$ select public.peek() $$;
 insert into lists values (1, 'home');
 insert into todos (user_id, task, list_id) values ('user_alice', 'a1', 1), ('user_alice', 'a2', null), ('user_bob', 'b1', 1);
 insert into authors values (1, 'Ann'), (2, 'Bo'), (3, 'Cy');
@@ -72,6 +78,7 @@ insert into tags values (1, 'fun'), (2, 'long');
 insert into book_tags values (1, 1), (1, 2), (2, 2);
 insert into extra.notes values (1, 'extra note');
 grant usage on schema public, extra to authenticated, anonymous;
+grant usage on schema auth to anonymous;
 grant select, insert, update, delete on todos, lists, authors, books, reviews, tags, book_tags, extra.notes to authenticated;
 grant select on authors, books to anonymous;
 grant usage on all sequences in schema public to authenticated;

@@ -278,3 +278,26 @@ async def test_neon_error_keys(settings, cluster, tmp_path):
         assert set(response.json()) == {"code", "detail", "hint", "message"}
         paid = await neon.request("POST", "/rpc/pay")
         assert paid.status_code == 402 and paid.json()["message"] == "Postgres error" and paid.json()["code"] is None
+
+
+async def test_nothing_carries_from_one_request_to_the_next(rest):
+    """Role, claims, search_path, session settings and temp tables stay with their request on pooled connections,
+    with two users interleaved under concurrency."""
+    import asyncio
+    tokens = {"u1": rest.token("u1"), "u2": rest.token("u2"), "anon": rest.token("nobody", role="anonymous")}
+
+    async def one(i):
+        who = ("u1", "u2", "anon")[i % 3]
+        if i % 5 == 0:
+            leaked = await rest.request("POST", "/rpc/leak", token=tokens[who])
+            assert leaked.status_code == 204, leaked.text
+        profile = {"Accept-Profile": "extra"} if i % 4 == 0 else {}
+        seen = await rest.request("GET", "/rpc/peek", token=tokens[who], headers=profile)
+        assert seen.status_code == 200, seen.text
+        return who, profile, seen.json()
+
+    for who, profile, seen in await asyncio.gather(*(one(i) for i in range(60))):
+        expected_user = "anonymous" if who == "anon" else "authenticated"
+        assert seen["leak"] in (None, "") and seen["temp"] is False
+        assert seen["user"] == expected_user and seen["uid"] == ("nobody" if who == "anon" else who)
+        assert seen["path"] == ('"extra"' if profile else '"public"')

@@ -4,7 +4,7 @@
   every JWT role so `set_config('role', ...)` can switch to the token's role;
 - schema `pgrst` with `pgrst.pre_config()` setting the `pgrst.*` keys from neon_local.toml's data_api
   settings (Neon writes it from the Console settings the same way), USAGE/EXECUTE for `authenticator`;
-- neon-local only: an event trigger that bumps `pgrst.schema_version` after DDL, so the schema cache
+- neon-local only: an event trigger that bumps `pgrst.schema_version` after DDL (temp objects aside), so the schema cache
   reloads itself (Neon needs a "Refresh schema cache" click).
 """
 
@@ -63,8 +63,13 @@ def setup_statements(settings) -> list[sql.Composable]:
         sql.SQL("GRANT ALL ON FUNCTION pgrst.assert_schema_version(bigint) TO {}").format(auth),
         sql.SQL("CREATE OR REPLACE FUNCTION pgrst.bump_schema_version() RETURNS event_trigger LANGUAGE plpgsql "
                 "SECURITY DEFINER SET search_path TO '' AS $$ BEGIN "
-                "IF NOT pg_catalog.current_setting('transaction_read_only')::bool THEN "
-                "PERFORM pg_catalog.nextval('pgrst.schema_version'); END IF; END $$"),
+                "IF pg_catalog.current_setting('transaction_read_only')::bool THEN RETURN; END IF; "
+                "IF TG_EVENT = 'sql_drop' THEN "
+                "IF NOT EXISTS (SELECT FROM pg_catalog.pg_event_trigger_dropped_objects() WHERE NOT is_temporary) "
+                "THEN RETURN; END IF; "
+                "ELSIF NOT EXISTS (SELECT FROM pg_catalog.pg_event_trigger_ddl_commands() "
+                "WHERE schema_name IS NULL OR schema_name NOT LIKE 'pg\\_temp%') THEN RETURN; END IF; "
+                "PERFORM pg_catalog.nextval('pgrst.schema_version'); END $$"),
         sql.SQL("DROP EVENT TRIGGER IF EXISTS neon_local_pgrst_ddl"),
         sql.SQL("CREATE EVENT TRIGGER neon_local_pgrst_ddl ON ddl_command_end "
                 "EXECUTE FUNCTION pgrst.bump_schema_version()"),
