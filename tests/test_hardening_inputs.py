@@ -15,6 +15,7 @@ import pytest
 
 from hardening_support import WsPg, error_of, neon_error, post_sql, running_emulator
 from http_support import run_node
+from neon_local.settings import ConfigError, load_settings
 from neon_local.wire import messages as m
 
 NUL_MESSAGE = 'invalid byte sequence for encoding "UTF8": 0x00'
@@ -204,6 +205,24 @@ async def test_private_network_access_preflight(emulator, client, origin, answer
         "Origin": origin, "Access-Control-Request-Method": "POST", "Access-Control-Request-Private-Network": "true"})
     assert response.status_code == 200
     assert response.headers.get("Access-Control-Allow-Private-Network") == ("true" if answered else None)
+
+
+@pytest.mark.parametrize("origin, answered", [(EVIL, False), (ALLOWED, True)])
+async def test_private_network_access_preflight_of_the_issuer(emulator, client, origin, answered):
+    response = await client.options(f"{emulator.endpoints.http_url}/oauth/mint", headers={
+        "Origin": origin, "Access-Control-Request-Method": "POST", "Access-Control-Request-Private-Network": "true"})
+    assert response.headers.get("Access-Control-Allow-Private-Network") == ("true" if answered else None)
+
+
+def test_allowed_origins_is_a_list_in_the_file_and_comma_separated_in_flags_and_env(tmp_path):
+    assert load_settings({"allowed_origins": "https://a.example, https://b.example"}, cwd=tmp_path, env={}).allowed_origins \
+        == ("https://a.example", "https://b.example")
+    assert load_settings(None, cwd=tmp_path, env={"NEON_LOCAL_ALLOWED_ORIGINS": "*"}).allowed_origins == ("*",)
+    (tmp_path / "neon_local.toml").write_text('allowed_origins = ["https://x.example"]\n')
+    assert load_settings(None, cwd=tmp_path, env={}).allowed_origins == ("https://x.example",)
+    (tmp_path / "neon_local.toml").write_text("allowed_origins = 3\n")
+    with pytest.raises(ConfigError, match="allowed_origins must be a list of strings"):
+        load_settings(None, cwd=tmp_path, env={})
 
 
 async def test_mint_refuses_foreign_pages(emulator, client):

@@ -29,7 +29,7 @@ from joserfc.errors import SecurityWarning
 from neon_local.errors import NeonLocalError
 from neon_local.auth.keys import ALGORITHMS, KeyRing
 from neon_local.auth.verifier import JwtError, parse_token
-from neon_local.origins import OriginPolicy
+from neon_local.origins import PNA_ALLOW, PNA_REQUEST, OriginPolicy
 from neon_local.settings import Settings, url_host
 
 __all__ = ["Issuer", "IssuerError", "default_issuer_url"]
@@ -185,7 +185,11 @@ class Issuer:
         return web.json_response(self.discovery(), headers=_CORS)
 
     async def _preflight(self, request: web.Request) -> web.Response:
-        return web.Response(status=204, headers=_PREFLIGHT)
+        headers = dict(_PREFLIGHT)
+        # Private Network Access: only pages from allowed origins may reach the issuer on this machine.
+        if request.headers.get(PNA_REQUEST) == "true" and OriginPolicy(self._settings.allowed_origins).allows(request.headers.get("Origin")):
+            headers[PNA_ALLOW] = "true"
+        return web.Response(status=204, headers=headers)
 
     async def _mint(self, request: web.Request) -> web.Response:
         """Test-only: POST a JSON object with the `mint` keyword arguments, get {"token": ...} back."""
