@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,8 @@ from neon_local.settings import Settings
 @pytest.fixture(scope="session")
 def settings(tmp_path_factory) -> Settings:
     root = tmp_path_factory.mktemp("neon-local")
-    return Settings(project_dir=root, data_dir=root / "data", http_port=0, pg_port=0)
+    pg_bin = os.environ.get("NEON_LOCAL_PG_BIN")  # e.g. Debian's PostgreSQL 15, to run the tests on another engine
+    return Settings(project_dir=root, data_dir=root / "data", http_port=0, pg_port=0, pg_bin=Path(pg_bin) if pg_bin else None)
 
 
 async def start_cluster(settings: Settings, directory: Path) -> PostgresCluster:

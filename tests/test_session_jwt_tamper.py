@@ -142,10 +142,14 @@ def test_temp_objects_named_like_the_stubs(alice):
 
 
 @pytest.mark.parametrize("query, message", [
-    ("select * from _pg_session_jwt.backend", "permission denied for schema _pg_session_jwt"),
-    ("update _pg_session_jwt.backend set cached_payload = '{\"sub\":\"mallory\"}'", "permission denied for schema _pg_session_jwt"),
-    ("select _pg_session_jwt.verify('x')", "permission denied for schema _pg_session_jwt"),
-    ("select _pg_session_jwt.new_state()", "permission denied for schema _pg_session_jwt"),
+    ("select * from _pg_session_jwt.backend", "permission denied for table backend"),
+    ("update _pg_session_jwt.backend set cached_payload = '{\"sub\":\"mallory\"}'", "permission denied for table backend"),
+    ("select _pg_session_jwt.verify('x')", "permission denied for function verify"),
+    ("select _pg_session_jwt.new_state(1, 'x', 'y')", "permission denied for function new_state"),
+    ("select _pg_session_jwt.loaded_state()", "permission denied for function loaded_state"),
+    ("select _pg_session_jwt.publish('x', '{\"sub\":\"mallory\"}')", "permission denied for function publish"),
+    ("create function _pg_session_jwt.claims(x int) returns jsonb language sql as 'select null::jsonb'",
+     "permission denied for schema _pg_session_jwt"),
     ("select pg_read_file('neon_local_session.key')", "permission denied for function pg_read_file"),
     ("select pg_read_binary_file('neon_local_session.key')", "permission denied for function pg_read_binary_file"),
     ("set role cloud_admin", "permission denied to set role \"cloud_admin\""),
@@ -207,9 +211,11 @@ def test_stale_state_left_by_a_previous_backend_is_not_trusted(cluster, db):
         token = f"{b64url('{}')}.{b64url(json.dumps(MALLORY | {'jti': 1}))}.forged"
         with psycopg.connect(cluster.conninfo(dbname=db), autocommit=True) as admin:
             # what a backend that used this pid before would have left: a cached token and a high jti
-            admin.execute("""insert into _pg_session_jwt.backend values (%s, 'earlier', '\\x00', '\\x00', true, 99, %s, %s)
-                             on conflict (pid) do update set backend_start = 'earlier', cached_jwt = excluded.cached_jwt,
-                                 cached_payload = excluded.cached_payload, last_jti = 99""",
+            admin.execute("""insert into _pg_session_jwt.backend (pid, backend_start, jwk, ipad, opad, jwk_loaded, last_jti,
+                                                                 cached_jwt, cached_payload)
+                             values (%s, 'earlier', 'an earlier connection''s key', '\\x00', '\\x00', true, 99, %s, %s)
+                             on conflict (pid) do update set backend_start = 'earlier', jwk = excluded.jwk,
+                                 cached_jwt = excluded.cached_jwt, cached_payload = excluded.cached_payload, last_jti = 99""",
                           [pid, token, json.dumps(MALLORY | {"jti": 1})])
         victim.execute(sql.SQL("set pg_session_jwt.jwt = {}").format(sql.Literal(token)))
         with pytest.raises(errors.CheckViolation, match="invalid JWT signature"):
@@ -246,35 +252,79 @@ def test_owner_session_without_jwk_honours_request_jwt_claims(cluster, db):
         assert owner.execute("select auth.user_id(), auth.session() ->> 'sub'").fetchone() == ("console-user", "console-user")
 
 
-# --- The remembered backend identity (a superuser-only setting that spares cached reads the statistics) ---
+# --- The published claims: backtrace_functions, which only a superuser can set -------------------------
+
+PLANTED = "pgsessionjwt_s," + b"mallory".hex() + ",,,," + json.dumps(MALLORY).encode().hex()
+
 
 @pytest.mark.parametrize("statement", [
-    "set session_preload_libraries = {value}",
-    "select set_config('session_preload_libraries', {value}, false)",
-    "select set_config('session_preload_libraries', {value}, true)",
+    "set backtrace_functions = {value}",
+    "set local backtrace_functions = {value}",
+    "select set_config('backtrace_functions', {value}, false)",
+    "select set_config('backtrace_functions', {value}, true)",
+    "alter role authenticated set backtrace_functions = {value}",
+    "alter role authenticated in database session_jwt_tamper set backtrace_functions = {value}",
 ])
-def test_the_remembered_identity_cannot_be_planted(alice, statement):
-    value = sql.Literal(f"pg_session_jwt:{alice.pid}:1000000000.000001")
-    error = fail(alice, sql.SQL(statement).format(value=value))
-    assert (error.sqlstate, error.diag.message_primary) == ("42501", 'permission denied to set parameter "session_preload_libraries"')
+def test_the_published_claims_cannot_be_planted(alice, statement):
+    with alice.conn.transaction():
+        error = fail(alice, sql.SQL(statement).format(value=sql.Literal(PLANTED)))
+    assert (error.sqlstate, error.diag.message_primary) == ("42501", 'permission denied to set parameter "backtrace_functions"')
     assert_not_mallory(alice)
 
 
-def test_the_remembered_identity_cannot_be_planted_at_startup(cluster, db):
-    options = session_jwt.startup_options() + " -c session_preload_libraries=pg_session_jwt:1:1"
-    with pytest.raises(psycopg.OperationalError, match='permission denied to set parameter "session_preload_libraries"'):
+def test_the_published_claims_cannot_be_planted_at_startup(cluster, db):
+    options = session_jwt.startup_options() + " -c backtrace_functions=" + PLANTED
+    with pytest.raises(psycopg.OperationalError, match='permission denied to set parameter "backtrace_functions"'):
         psycopg.connect(cluster.conninfo(user="authenticated", dbname=db, options=options), autocommit=True).close()
 
 
-def test_the_remembered_identity_names_the_start_time_too(cluster, db, alice):
-    """A row under alice's pid but another start time (what a previous backend would leave) is not
-    reached through alice's remembered identity either."""
+def test_the_published_claims_cannot_be_planted_by_a_function_set_clause(alice):
+    error = fail(alice, sql.SQL("""create function pg_temp.as_mallory() returns text language sql
+                                   set backtrace_functions = {} as 'select auth.user_id()'""").format(sql.Literal(PLANTED)))
+    assert (error.sqlstate, error.diag.message_primary) == ("42501", 'permission denied to set parameter "backtrace_functions"')
+    assert_not_mallory(alice)
+
+
+@pytest.mark.parametrize("reset", [None, "reset all", "discard all"])
+def test_claiming_a_token_was_verified_gains_nothing(alice, reset):
+    """pg_session_jwt.verified_jwt is any session's to SET: matching it to a forged token keeps the claims
+    this session proved (or, with none published, gets the forged token validated, and refused)."""
+    if reset:
+        alice.conn.execute(reset)
+    token = forged(MALLORY, b"\x00" * 32, alice.pid, alice.backend_start)
+    alice.conn.execute(sql.SQL("set pg_session_jwt.jwt = {0}; set pg_session_jwt.verified_jwt = {0}").format(sql.Literal(token)))
+    if reset:
+        assert identity(alice) is errors.CheckViolation
+    else:
+        assert_not_mallory(alice)
+
+
+# --- The backend's row: found by pid and startup JWK, no statistics after the first time ----------------
+
+def test_a_row_under_alices_pid_made_under_another_jwk_is_not_trusted(cluster, db, alice):
+    """What an earlier backend with the same pid would leave: another connection's key, jti and token."""
     token = f"{b64url('{}')}.{b64url(json.dumps(MALLORY | {'jti': 1}))}.forged"
     with psycopg.connect(cluster.conninfo(dbname=db), autocommit=True) as admin:
-        admin.execute("""update _pg_session_jwt.backend set backend_start = 'earlier', last_jti = 99, cached_jwt = %s,
-                         cached_payload = %s where pid = %s""", [token, json.dumps(MALLORY | {"jti": 1}), alice.pid])
+        admin.execute("""update _pg_session_jwt.backend set backend_start = 'earlier', jwk = 'an earlier connection''s key',
+                         last_jti = 99, cached_jwt = %s, cached_payload = %s where pid = %s""",
+                      [token, json.dumps(MALLORY | {"jti": 1}), alice.pid])
+    alice.conn.execute("reset all")
     alice.conn.execute(sql.SQL("set pg_session_jwt.jwt = {}").format(sql.Literal(token)))
     assert identity(alice) is errors.CheckViolation
     alice.conn.execute("reset pg_session_jwt.jwt")
     alice.login(ALICE)
     assert_not_mallory(alice)
+
+
+@pytest.mark.parametrize("statement", ["reset all", "discard all"])
+def test_the_row_is_found_again_after_a_reset_without_the_statistics(cluster, db, alice, statement):
+    """The row is matched by pid and the startup JWK, which both survive the reset: even with a start
+    time the statistics would not confirm, it is the row the next token is checked against."""
+    with psycopg.connect(cluster.conninfo(dbname=db), autocommit=True) as admin:
+        admin.execute("update _pg_session_jwt.backend set backend_start = 'not what the statistics say' where pid = %s", [alice.pid])
+    alice.conn.execute(statement)
+    alice.login(ALICE)
+    assert_not_mallory(alice)
+    with psycopg.connect(cluster.conninfo(dbname=db), autocommit=True) as admin:
+        assert admin.execute("select backend_start, last_jti from _pg_session_jwt.backend where pid = %s",
+                             [alice.pid]).fetchone() == ("not what the statistics say", 2)

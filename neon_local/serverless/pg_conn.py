@@ -3,6 +3,8 @@
 Every statement goes through the extended protocol in pipeline mode (so `$1` and `%` pass untouched
 and two statements in one query fail as on Neon), rows arrive in chunks (so a huge result can be
 refused before it is all in memory), and values stay Postgres text (a TextLoader for every type OID).
+Only Neon's reset between requests leaves pipeline mode: it is one simple-protocol message, as
+tokio-postgres sends it.
 """
 
 from __future__ import annotations
@@ -28,11 +30,16 @@ __all__ = ["ConnectionLost", "PgError", "RESET_STATEMENTS", "ResultSink", "PgCon
 
 log = logging.getLogger(__name__)
 
-# Neon's reset_session_background, statement by statement; no DISCARD ALL (query plans survive).
+# Neon's reset_session_background; no DISCARD ALL (query plans survive). Sent as one message, which
+# Postgres runs as one implicit transaction: a fraction of the cost of one extended-protocol round per statement.
 RESET_STATEMENTS = (
-    b"ROLLBACK", b"CLOSE ALL", b"SET SESSION AUTHORIZATION DEFAULT", b"RESET ALL", b"DEALLOCATE ALL",
+    b"CLOSE ALL", b"SET SESSION AUTHORIZATION DEFAULT", b"RESET ALL", b"DEALLOCATE ALL",
     b"UNLISTEN *", b"SELECT pg_advisory_unlock_all()", b"DISCARD TEMP", b"DISCARD SEQUENCES",
 )
+_RESET = b"; ".join(RESET_STATEMENTS)
+# A transaction the request left open (or failed) is rolled back first. Only then: ROLLBACK with no
+# transaction open is a WARNING, which Postgres would write to postgres.log on every request.
+_ROLLBACK_AND_RESET = b"ROLLBACK; " + _RESET
 CHUNK_ROWS = 1000
 
 S = pq.ExecStatus
@@ -115,8 +122,7 @@ class PgConnection:
         self._loop = asyncio.get_running_loop()
         self._waiter: asyncio.Future | None = None
         self._fd = self.pg.socket
-        # Pipeline mode for the connection's whole life: every statement takes the extended protocol,
-        # and the reset can ride in the same write as the request's last statement.
+        # Pipeline mode whenever requests run: every statement takes the extended protocol.
         self.pg.enter_pipeline_mode()
         # One reader for the connection's whole life: it wakes a waiting request, or, while the
         # connection idles, drains what arrives (the reset's results, notices) and notices a closed socket.
@@ -170,14 +176,14 @@ class PgConnection:
     async def run(self, statements: Sequence[Statement], reset_after: bool = False) -> None:
         """Send the statements and one Sync in a single write, read every result; raise the first PgError.
 
-        With `reset_after`, Neon's reset follows in the same write: Postgres runs it as soon as the
-        statements are done, and its results are read when the connection is next taken from the pool.
-        Anything escaping but a PgError (a sink's error, cancellation) leaves the connection
-        mid-pipeline, so it is marked broken and must be discarded.
+        With `reset_after`, Neon's reset is sent as soon as the results are read (what it holds depends
+        on whether the request left a transaction open), and its results are read when the connection
+        is next taken from the pool. Anything escaping but a PgError (a sink's error, cancellation)
+        leaves the connection mid-pipeline, so it is marked broken and must be discarded.
         """
         self._running = True
         try:
-            self._send(statements, reset_after)
+            self._send(statements)
             await self._flush()
             error = await self._receive(statements)
             self._running = False
@@ -186,15 +192,15 @@ class PgConnection:
         finally:
             if self._running:
                 self._mark_broken()
+        if reset_after:
+            self.queue_reset()
         if error is not None:
             raise PgError(error)
 
-    def _send(self, statements: Sequence[Statement], reset_after: bool) -> None:
+    def _send(self, statements: Sequence[Statement]) -> None:
         for statement in statements:
             self.pg.send_query_params(statement.sql.encode(), [p if p is None else p.encode() for p in statement.params])
         self.pg.pipeline_sync()
-        if reset_after:
-            self._send_reset()
 
     async def _receive(self, statements: Sequence[Statement]) -> dict[str, str] | None:
         """Every statement's results, then the Sync's; the first error's fields, if any."""
@@ -246,23 +252,25 @@ class PgConnection:
         await self.run([Statement(sql, params, sink)])
         return sink.row
 
-    def _send_reset(self) -> None:
-        for statement in RESET_STATEMENTS:
-            self.pg.send_query_params(statement, [])
-        self.pg.pipeline_sync()
-        self.reset_pending = True
-
     def queue_reset(self) -> None:
-        """Send Neon's reset now without waiting (locks and an open transaction go at once)."""
+        """Send Neon's reset now without waiting (locks and an open transaction go at once).
+
+        Pipeline mode allows only the extended protocol, one statement per message, so the connection
+        leaves it for the reset until finish_reset() has read the reset's results.
+        """
         try:
-            self._send_reset()
+            idle = self.pg.transaction_status == pq.TransactionStatus.IDLE
+            self.pg.exit_pipeline_mode()
+            self.pg.send_query(_RESET if idle else _ROLLBACK_AND_RESET)
+            self.reset_pending = True
             if self.pg.flush():
                 self._mark_broken()  # the socket is backed up: not worth keeping
         except psycopg.OperationalError:
             self._mark_broken()
 
     async def finish_reset(self) -> bool:
-        """Read the pending reset's results: True if it ran cleanly and the session is idle."""
+        """Read the pending reset's results: True if it ran cleanly and the session is idle (and the
+        connection back in pipeline mode, ready for a request)."""
         if not self.reset_pending:
             return True
         self.reset_pending = False
@@ -271,11 +279,16 @@ class PgConnection:
             result = self._take()
             if result is _BUSY:
                 result = await self._result()
-            if result is None:  # the end of one statement's results
-                continue
-            if result.status == S.PIPELINE_SYNC:
-                return clean and self.pg.transaction_status == pq.TransactionStatus.IDLE
+            if result is None:  # outside pipeline mode, the end of the whole message's results
+                break
             clean = clean and result.status in (S.COMMAND_OK, S.TUPLES_OK)
+        if not clean or self.pg.transaction_status != pq.TransactionStatus.IDLE:
+            return False
+        try:
+            self.pg.enter_pipeline_mode()
+        except psycopg.OperationalError:
+            return False
+        return True
 
     async def close(self) -> None:
         """Close; a query still running is cancelled first, so it neither finishes nor commits."""

@@ -1,31 +1,29 @@
--- 0.4.0 adds auth.uid() and auth.jwt(), aliases of auth.user_id() and auth.session().
+-- 0.4.0 adds auth.uid() and auth.jwt(), aliases of auth.user_id() and auth.session(); inlined readers
+-- like them (see the readers in pg_session_jwt--0.3.1.sql).
 
 \echo Use "ALTER EXTENSION pg_session_jwt UPDATE TO '0.4.0'" to load this file. \quit
 
--- s as a uuid if Rust's uuid::Uuid::parse_str accepts it, else NULL. That is narrower than Postgres'
--- uuid input: simple (32 hex digits), hyphenated 8-4-4-4-12, {braced} or urn:uuid: hyphenated only.
-CREATE FUNCTION _pg_session_jwt.parse_uuid(s text) RETURNS uuid
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
-AS $$
-    SELECT CASE WHEN h ~ '^[0-9A-Fa-f]{32}$' AND h = s OR h ~ '^[0-9A-Fa-f]{8}(-[0-9A-Fa-f]{4}){3}-[0-9A-Fa-f]{12}$'
-        THEN h::uuid
-    END
-    FROM (SELECT CASE WHEN s LIKE '{%}' THEN pg_catalog.substr(s, 2, pg_catalog.length(s) - 2)
-                      WHEN s LIKE 'urn:uuid:%' THEN pg_catalog.substr(s, 10)
-                      ELSE s END) AS unwrapped (h)
-$$;
-REVOKE ALL ON FUNCTION _pg_session_jwt.parse_uuid(text) FROM PUBLIC;
-
+-- user_id() as a uuid when Rust's uuid::Uuid::parse_str takes it, else NULL: published as a field of
+-- its own, so no reader parses it.
 CREATE FUNCTION auth.uid() RETURNS uuid
-LANGUAGE sql STRICT STABLE PARALLEL SAFE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
+LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
-    SELECT _pg_session_jwt.parse_uuid(auth.user_id());
+    SELECT CASE WHEN pg_catalog.current_setting('pg_session_jwt.jwt', true) OPERATOR(pg_catalog.=) pg_catalog.current_setting('pg_session_jwt.verified_jwt', true)
+        THEN CASE WHEN pg_catalog.starts_with(pg_catalog.current_setting('backtrace_functions'), 'pgsessionjwt_u,')
+                  THEN pg_catalog.split_part(pg_catalog.current_setting('backtrace_functions'), ',', 3)::pg_catalog.uuid
+                  WHEN pg_catalog.starts_with(pg_catalog.current_setting('backtrace_functions'), 'pgsessionjwt_s,')
+                    OR pg_catalog.starts_with(pg_catalog.current_setting('backtrace_functions'), 'pgsessionjwt_n,') THEN NULL
+                  ELSE _pg_session_jwt.uid() END
+        ELSE _pg_session_jwt.uid()
+    END
 $$;
 
 CREATE FUNCTION auth.jwt() RETURNS jsonb
-LANGUAGE sql STRICT STABLE PARALLEL SAFE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
+LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
-    SELECT coalesce(_pg_session_jwt.claims(), 'null'::jsonb);
+    SELECT CASE WHEN pg_catalog.current_setting('pg_session_jwt.jwt', true) OPERATOR(pg_catalog.=) pg_catalog.current_setting('pg_session_jwt.verified_jwt', true)
+                 AND pg_catalog.starts_with(pg_catalog.current_setting('backtrace_functions'), 'pgsessionjwt_')
+        THEN pg_catalog.convert_from(pg_catalog.decode(pg_catalog.split_part(pg_catalog.current_setting('backtrace_functions'), ',', 6), 'hex'), 'UTF8')::pg_catalog.jsonb
+        ELSE COALESCE(_pg_session_jwt.claims(), 'null'::pg_catalog.jsonb)
+    END
 $$;

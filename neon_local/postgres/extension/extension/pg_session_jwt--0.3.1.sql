@@ -1,20 +1,26 @@
 -- pg_session_jwt 0.3.1 in SQL: a stand-in for neondatabase/pg_session_jwt (Rust/pgrx) that neon-local
 -- can load into any Postgres 14+, with no compiled module and no pgcrypto.
 --
--- The auth.* functions keep the real signatures, volatility, strictness, parallel labels, return values
--- and error texts. What differs is how a token is proved genuine. The real extension checks an Ed25519
+-- The auth.* functions keep the real signatures, volatility, parallel labels, return values and error
+-- texts. What differs is how a token is proved genuine. The real extension checks an Ed25519
 -- signature against the per-connection key that Neon's proxy sends as the startup GUC
 -- pg_session_jwt.jwk. Here the proxy signs with HMAC-SHA256 under a key derived from a per-instance
 -- secret (PGDATA/neon_local_session.key) and this backend's identity (pid and start time), so a token
 -- is only good on the connection it was minted for. The jwk GUC still selects the mode and is
 -- shape-checked, but carries nothing secret: custom GUCs are user-settable here.
 --
+-- Reading the claims must cost what the compiled extension costs (RLS policies call auth.user_id()
+-- once per row), so the readers are SQL functions the planner inlines into the calling query. An
+-- inlined function runs with the caller's rights and cannot keep a secret, so the verified claims
+-- live where any session can read them but only a superuser can write them: see "The verified
+-- claims" below. Verification itself (HMAC, jti, exp/nbf) runs once per token, in jwt_session_init.
+--
 -- The per-backend state the extension keeps in backend memory (last jti, last validated token) lives in
 -- an unlogged table in the private schema _pg_session_jwt, which no role but the bootstrap superuser
--- can reach; SECURITY DEFINER entry points in auth are the only way in. Unlike backend memory it is
--- transactional: a ROLLBACK also forgets a token accepted in that transaction. Which row is this
--- backend's is settled by its pid and start time from the activity statistics; that answer is then
--- remembered in a superuser-only setting (see remembered_backend()), so cached reads skip the statistics.
+-- can read or write; SECURITY DEFINER entry points are the only way in. Unlike backend memory it is
+-- transactional: a ROLLBACK also forgets a token accepted in that transaction. A backend's row is
+-- keyed by its pid and carries the startup JWK it was made under (see current_state()), so finding
+-- it costs one primary-key lookup, also after RESET ALL or DISCARD ALL.
 
 \echo Use "CREATE EXTENSION pg_session_jwt" to load this file. \quit
 
@@ -23,11 +29,12 @@ CREATE SCHEMA IF NOT EXISTS auth;
 -- Deliberately not IF NOT EXISTS: a schema planted under this name must make CREATE EXTENSION fail.
 CREATE SCHEMA _pg_session_jwt;
 
--- One row per live backend, keyed by pid. backend_start tells this backend's row from a stale one left
--- by an earlier backend with the same pid. Unlogged: the state must not outlive the backends anyway.
+-- One row per live backend, keyed by pid. backend_start and jwk tell this backend's row from a stale
+-- one left by an earlier backend with the same pid. Unlogged: the state must not outlive the backends.
 CREATE UNLOGGED TABLE _pg_session_jwt.backend (
     pid integer PRIMARY KEY,
     backend_start text NOT NULL,
+    jwk text NOT NULL,                          -- the startup pg_session_jwt.jwk this row was made under
     ipad bytea NOT NULL,                        -- HMAC pads of this connection's key, derived once
     opad bytea NOT NULL,
     jwk_loaded boolean NOT NULL DEFAULT false,  -- the extension parses the JWK once per backend
@@ -98,6 +105,19 @@ BEGIN
 END
 $$;
 
+-- s as a uuid if Rust's uuid::Uuid::parse_str accepts it, else NULL. That is narrower than Postgres'
+-- uuid input: simple (32 hex digits), hyphenated 8-4-4-4-12, {braced} or urn:uuid: hyphenated only.
+CREATE FUNCTION _pg_session_jwt.parse_uuid(s text) RETURNS uuid
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+AS $$
+    SELECT CASE WHEN h ~ '^[0-9A-Fa-f]{32}$' AND h = s OR h ~ '^[0-9A-Fa-f]{8}(-[0-9A-Fa-f]{4}){3}-[0-9A-Fa-f]{12}$'
+        THEN h::uuid
+    END
+    FROM (SELECT CASE WHEN s LIKE '{%}' THEN pg_catalog.substr(s, 2, pg_catalog.length(s) - 2)
+                      WHEN s LIKE 'urn:uuid:%' THEN pg_catalog.substr(s, 10)
+                      ELSE s END) AS unwrapped (h)
+$$;
+
 -- This backend's pid and start time (epoch seconds as text, exactly as the proxy's BIND_QUERY reads
 -- them). A parallel worker answers for its leader, whose session it serves: only a worker looks twice.
 CREATE FUNCTION _pg_session_jwt.current_backend() RETURNS TABLE (pid integer, backend_start text)
@@ -110,43 +130,13 @@ AS $$
     FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid()) AS me
 $$;
 
--- Finding this backend's row means asking the activity statistics who this backend is (above), which
--- costs more than everything else on a read. So once a VOLATILE entry point has asked, it remembers the
--- answer for the rest of the session in session_preload_libraries, as 'pg_session_jwt:<pid>:<start>'.
--- That setting is a stand-in for backend memory because:
---  * only a superuser can set it (PGC_SUSET; no role here is granted SET on it), and the only code that
---    sets it is loaded_state() below, running as the superuser that owns this extension, with the
---    answer current_backend() just gave in this very backend. A session cannot write it, not even
---    through startup options, ALTER ROLE/DATABASE SET or a function's SET clause, and cannot read it;
---  * it is per backend: it starts out empty (or as the server configured it) in every new backend,
---    so a row left by an earlier backend with the same pid is never reached through it;
---  * parallel workers receive the leader's value, which names the leader, as current_backend() does;
---  * RESET ALL or DISCARD ALL (which Neon's pool runs between requests) only empty it: the next call
---    asks the statistics again. A ROLLBACK undoes it together with the row it was set beside;
---  * it is read once per backend, at backend start, so changing it later loads nothing.
--- Anything not in that exact form (e.g. a list the server was configured with) is ignored. No regular
--- expression: matching one costs more here than the rest of a cached read.
-CREATE FUNCTION _pg_session_jwt.remembered_backend(setting text[]) RETURNS text[]
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-AS $$
-    SELECT CASE WHEN pg_catalog.cardinality(setting) = 3 AND setting[1] = 'pg_session_jwt'
-                 AND pg_catalog.length(setting[2]) BETWEEN 1 AND 9 AND pg_catalog.ltrim(setting[2], '0123456789') = ''
-                THEN setting[2:3] END
-$$;
+-- Everything below that reads or writes the state table is SECURITY DEFINER with a pinned search_path.
 
-CREATE FUNCTION _pg_session_jwt.remembered_backend() RETURNS text[]
-LANGUAGE sql STABLE PARALLEL SAFE
-AS $$
-    SELECT _pg_session_jwt.remembered_backend(
-        pg_catalog.string_to_array(pg_catalog.current_setting('session_preload_libraries'), ':'))
-$$;
-
--- Everything that reads or writes the state table is SECURITY DEFINER with a pinned search_path.
-
--- A fresh row for this backend, given its pid and start time as current_backend() reports them:
--- K_conn = HMAC(secret, "<pid>:<backend_start>"), the key the proxy signs this connection's tokens with.
--- It replaces any row an earlier backend with the same pid left. The caller has checked the JWK.
-CREATE FUNCTION _pg_session_jwt.new_state(me_pid integer, me_start text) RETURNS _pg_session_jwt.backend
+-- A fresh row for this backend, given its pid and start time as current_backend() reports them and the
+-- JWK it is loading: K_conn = HMAC(secret, "<pid>:<backend_start>"), the key the proxy signs this
+-- connection's tokens with. It replaces any row an earlier backend with the same pid left. The caller
+-- has checked the JWK.
+CREATE FUNCTION _pg_session_jwt.new_state(me_pid integer, me_start text, me_jwk text) RETURNS _pg_session_jwt.backend
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -164,10 +154,10 @@ BEGIN
     END IF;
     secret := pg_catalog.decode(secret_hex, 'hex');
     -- Housekeeping, done by one new backend in eight (the rows it drops are never trusted anyway, see
-    -- above): drop the rows of backends that have exited. The DELETE must see backends through a stats
-    -- snapshot taken after its own MVCC snapshot, or a backend that started in between would look exited
-    -- while its row is already visible. Every pid is positive: "pid > 0" only lets the planner walk the
-    -- primary key instead of reading every page of a table that churned (each token accepted updates a row).
+    -- current_state()): drop the rows of backends that have exited. The DELETE must see backends through
+    -- a stats snapshot taken after its own MVCC snapshot, or a backend that started in between would look
+    -- exited while its row is already visible. Every pid is positive: "pid > 0" only lets the planner walk
+    -- the primary key instead of reading every page of a table that churned (each token accepted updates a row).
     IF pg_catalog.random() < 0.125 THEN
         PERFORM pg_catalog.pg_stat_clear_snapshot();
         DELETE FROM _pg_session_jwt.backend AS b
@@ -176,28 +166,40 @@ BEGIN
     END IF;
     conn_key := _pg_session_jwt.hmac(_pg_session_jwt.hmac_pad(secret, 54), _pg_session_jwt.hmac_pad(secret, 92),
                                      pg_catalog.convert_to(me_pid || ':' || me_start, 'UTF8'));
-    INSERT INTO _pg_session_jwt.backend AS b (pid, backend_start, ipad, opad, jwk_loaded)
-    VALUES (me_pid, me_start, _pg_session_jwt.hmac_pad(conn_key, 54), _pg_session_jwt.hmac_pad(conn_key, 92), true)
+    INSERT INTO _pg_session_jwt.backend AS b (pid, backend_start, jwk, ipad, opad, jwk_loaded)
+    VALUES (me_pid, me_start, me_jwk, _pg_session_jwt.hmac_pad(conn_key, 54), _pg_session_jwt.hmac_pad(conn_key, 92), true)
     ON CONFLICT (pid) DO UPDATE
-        SET backend_start = excluded.backend_start, ipad = excluded.ipad, opad = excluded.opad, jwk_loaded = true,
-            last_jti = 0, cached_jwt = NULL, cached_payload = NULL
+        SET backend_start = excluded.backend_start, jwk = excluded.jwk, ipad = excluded.ipad, opad = excluded.opad,
+            jwk_loaded = true, last_jti = 0, cached_jwt = NULL, cached_payload = NULL
     RETURNING * INTO state;
     RETURN state;
 END
 $$;
 
+-- This backend's row, found with one primary-key lookup: the row under this pid, provided it was made
+-- under the JWK this session has. The proxy makes a fresh key for each connection, so a row an earlier
+-- backend left under the same pid never matches, unless the session SETs the JWK to that backend's key;
+-- the row then holds that connection's key and jti, for which the session has no token it could not
+-- already use. A row of NULLs when nothing matches (a new backend, a parallel worker, a JWK SET at run
+-- time): the caller then asks the statistics. RESET ALL and DISCARD ALL change nothing here, since
+-- they bring a startup setting back to its startup value.
+CREATE FUNCTION _pg_session_jwt.current_state() RETURNS _pg_session_jwt.backend
+LANGUAGE sql STABLE PARALLEL SAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT b.* FROM _pg_session_jwt.backend AS b
+    WHERE b.pid = pg_catalog.pg_backend_pid() AND b.jwk = pg_catalog.current_setting('pg_session_jwt.jwk', true) AND b.jwk_loaded
+$$;
+
 -- This backend's state with the JWK loaded: the extension's get_jwk_guc(), which auth.init() forces.
--- Like its OnceCell, the GUC's shape is checked on first use only. The row is found through the
--- remembered identity when there is one (see remembered_backend()), else by asking the statistics,
--- after which the identity is remembered. A parallel worker never sets it: it cannot, and its
--- leader's value is already what it has.
+-- Like its OnceCell, the GUC's shape is checked on first use only. Past current_state(), who this
+-- backend is comes from the activity statistics (and is then recorded with the JWK in its row).
 CREATE FUNCTION _pg_session_jwt.loaded_state() RETURNS _pg_session_jwt.backend
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     jwk_text text := pg_catalog.current_setting('pg_session_jwt.jwk', true);
-    known text[] := _pg_session_jwt.remembered_backend();
     me_pid integer;
     me_start text;
     found_row boolean;
@@ -208,11 +210,9 @@ BEGIN
     IF jwk_text IS NULL THEN
         RAISE EXCEPTION 'Missing runtime parameter: pg_session_jwt.jwk' USING ERRCODE = '02000';
     END IF;
-    IF known IS NOT NULL THEN
-        SELECT b.* INTO state FROM _pg_session_jwt.backend AS b WHERE b.pid = known[1]::integer AND b.backend_start = known[2];
-        IF FOUND AND state.jwk_loaded THEN
-            RETURN state;
-        END IF;
+    state := _pg_session_jwt.current_state();
+    IF state.pid IS NOT NULL THEN
+        RETURN state;
     END IF;
     SELECT c.pid, c.backend_start INTO me_pid, me_start FROM _pg_session_jwt.current_backend() AS c;
     SELECT b.* INTO state FROM _pg_session_jwt.backend AS b WHERE b.pid = me_pid AND b.backend_start = me_start;
@@ -238,27 +238,66 @@ BEGIN
             RAISE EXCEPTION 'pg_session_jwt.jwk requires an ES256 JWK' USING ERRCODE = '42804', DETAIL = problem;
         END IF;
         IF found_row THEN
-            UPDATE _pg_session_jwt.backend AS b SET jwk_loaded = true WHERE b.pid = state.pid;
+            UPDATE _pg_session_jwt.backend AS b SET jwk_loaded = true, jwk = jwk_text WHERE b.pid = state.pid;
             state.jwk_loaded := true;
         ELSE
-            state := _pg_session_jwt.new_state(me_pid, me_start);
+            state := _pg_session_jwt.new_state(me_pid, me_start, jwk_text);
         END IF;
-    END IF;
-    IF me_pid = pg_catalog.pg_backend_pid() THEN
-        PERFORM pg_catalog.set_config('session_preload_libraries', 'pg_session_jwt:' || me_pid || ':' || me_start, false);
     END IF;
     RETURN state;
 END
 $$;
 
+-- The verified claims. Once a token is verified, what auth.* reports about it is published where the
+-- inlined readers find it with a few string operations and no lookup:
+--  * pg_session_jwt.verified_jwt holds the token. Readers use the published claims only while it
+--    equals pg_session_jwt.jwt, so a session that changes or resets the token gets the new one
+--    validated on first read, as in the extension. Any session can SET it, which gains nothing: the
+--    claims it unlocks are the ones this session already proved.
+--  * backtrace_functions holds the claims. It is a built-in setting that every role can read and
+--    only a superuser can set (PGC_SUSET, and nobody is granted SET on it): no SET, set_config,
+--    startup option, ALTER ROLE/DATABASE SET or function SET clause of a session can write it. The
+--    only code that does is publish() below, run by this superuser-owned extension right after a
+--    verification. Its real job (naming C functions whose errors get a backtrace in the log) is
+--    unaffected: the list it holds names no C function. Its check hook accepts only letters, digits,
+--    '_' and separators, hence hex. Like the token's SET it is per session, rolls back with the
+--    transaction, reaches parallel workers, and goes with RESET ALL and DISCARD ALL.
+-- The value: "pgsessionjwt_<k>,<sub>,<uid>,<o>,<o.id>,<claims>", every field hex (an empty one is
+-- NULL), where <k> says what sub is: u (a string that auth.uid() reads as a uuid), s (another string),
+-- n (absent), e (not a string: auth.user_id() raises). The short fields come first, so a reader scans
+-- little more than it needs.
+CREATE FUNCTION _pg_session_jwt.published_claims(payload jsonb) RETURNS text
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+AS $$
+    SELECT 'pgsessionjwt_' || CASE WHEN sub IS NULL THEN 'n' WHEN pg_catalog.jsonb_typeof(sub) <> 'string' THEN 'e'
+                                   WHEN uid IS NOT NULL THEN 'u' ELSE 's' END
+        || ',' || CASE WHEN pg_catalog.jsonb_typeof(sub) = 'string' THEN pg_catalog.encode(pg_catalog.convert_to(sub #>> '{}', 'UTF8'), 'hex') ELSE '' END
+        || ',' || coalesce(pg_catalog.replace(uid::text, '-', ''), '')
+        || ',' || CASE WHEN pg_catalog.jsonb_typeof(o) = 'object' THEN pg_catalog.encode(pg_catalog.convert_to(o::text, 'UTF8'), 'hex') ELSE '' END
+        || ',' || CASE WHEN pg_catalog.jsonb_typeof(o -> 'id') = 'string'
+                       THEN coalesce(pg_catalog.replace(_pg_session_jwt.parse_uuid(o ->> 'id')::text, '-', ''), '') ELSE '' END
+        || ',' || pg_catalog.encode(pg_catalog.convert_to(payload::text, 'UTF8'), 'hex')
+    FROM (SELECT payload -> 'sub', payload -> 'o') AS claim (sub, o),
+         LATERAL (SELECT CASE WHEN pg_catalog.jsonb_typeof(sub) = 'string' THEN _pg_session_jwt.parse_uuid(sub #>> '{}') END) AS parsed (uid)
+$$;
+
+CREATE FUNCTION _pg_session_jwt.publish(jwt text, payload jsonb) RETURNS void
+LANGUAGE sql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT pg_catalog.set_config('pg_session_jwt.verified_jwt', jwt, false),
+           pg_catalog.set_config('backtrace_functions', _pg_session_jwt.published_claims(payload), false);
+$$;
+
 -- The extension's validate_jwt() for a non-empty token: the cached payload if it is the last token
--- validated on this backend (no re-check, as there), else verify it and remember it.
+-- validated on this backend (no re-check, as there), else verify it and remember it. Either way the
+-- token and its claims are then published for the inlined readers.
 CREATE FUNCTION _pg_session_jwt.verify(jwt text) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    state _pg_session_jwt.backend := _pg_session_jwt.loaded_state();
+    state _pg_session_jwt.backend := _pg_session_jwt.current_state();
     first_dot integer;
     last_dot integer;
     signature text;
@@ -270,7 +309,11 @@ DECLARE
     exp bigint;
     now_epoch numeric := extract(epoch FROM pg_catalog.now());  -- transaction start, as pgrx's now()
 BEGIN
+    IF state.pid IS NULL THEN
+        state := _pg_session_jwt.loaded_state();
+    END IF;
     IF state.cached_jwt = jwt THEN
+        PERFORM _pg_session_jwt.publish(jwt, state.cached_payload);
         RETURN state.cached_payload;
     END IF;
 
@@ -339,20 +382,22 @@ BEGIN
 
     UPDATE _pg_session_jwt.backend AS b SET last_jti = jti, cached_jwt = jwt, cached_payload = payload
     WHERE b.pid = state.pid;
+    PERFORM _pg_session_jwt.publish(jwt, payload);
     RETURN payload;
 END
 $$;
 
--- The claims for the current mode: with a JWK, the validated payload (NULL without a token); without,
--- request.jwt.claims as any JSON value (NULL if unset or invalid). STABLE, and it only reads on a cache
--- hit, so it runs in parallel workers; verify() (VOLATILE) is called only when there is news to record.
+-- The claims for the current mode, the slow way: with a JWK, the validated payload (NULL without a
+-- token); without, request.jwt.claims as any JSON value (NULL if unset or invalid). The inlined readers
+-- come here when nothing verified is published for the current token (the fallback; a token the
+-- session SET, changed or reset itself; after RESET ALL). STABLE, and it only reads on a cache hit, so
+-- it runs in parallel workers; verify() (VOLATILE) is called only when there is news to record.
 CREATE FUNCTION _pg_session_jwt.claims() RETURNS jsonb
 LANGUAGE plpgsql STABLE PARALLEL SAFE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     jwt text := pg_catalog.current_setting('pg_session_jwt.jwt', true);
-    known text[];
     me_pid integer;
     me_start text;
     payload jsonb;
@@ -364,29 +409,78 @@ BEGIN
     IF jwt IS NULL OR jwt = '' THEN
         RETURN NULL;
     END IF;
-    -- Who this backend is: remembered (see remembered_backend()), or else asked of the statistics
-    -- (e.g. after RESET ALL; a parallel worker asks for its leader).
-    known := _pg_session_jwt.remembered_backend();
-    IF known IS NOT NULL THEN
-        me_pid := known[1]::integer;
-        me_start := known[2];
-    ELSE
-        SELECT c.pid, c.backend_start INTO me_pid, me_start FROM _pg_session_jwt.current_backend() AS c;
-    END IF;
-    SELECT b.cached_payload INTO payload
-    FROM _pg_session_jwt.backend AS b
-    WHERE b.pid = me_pid AND b.backend_start = me_start AND b.cached_jwt = jwt;
+    SELECT s.cached_payload INTO payload FROM _pg_session_jwt.current_state() AS s WHERE s.cached_jwt = jwt;
     IF FOUND THEN
         RETURN payload;
+    END IF;
+    -- A parallel worker reads its leader's row, found through the statistics.
+    SELECT c.pid, c.backend_start INTO me_pid, me_start FROM _pg_session_jwt.current_backend() AS c;
+    IF me_pid <> pg_catalog.pg_backend_pid() THEN
+        SELECT b.cached_payload INTO payload
+        FROM _pg_session_jwt.backend AS b
+        WHERE b.pid = me_pid AND b.backend_start = me_start AND b.cached_jwt = jwt;
+        IF FOUND THEN
+            RETURN payload;
+        END IF;
     END IF;
     RETURN _pg_session_jwt.verify(jwt);
 END
 $$;
 
--- Nobody but the owner may call into the private schema directly (it has no USAGE grants either).
-REVOKE ALL ON ALL FUNCTIONS IN SCHEMA _pg_session_jwt FROM PUBLIC;
+-- auth.user_id() the slow way: sub if it is a string. Any other sub is an error for a verified token,
+-- and ignored in the fallback.
+CREATE FUNCTION _pg_session_jwt.user_id() RETURNS text
+LANGUAGE plpgsql STABLE PARALLEL SAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    sub jsonb := _pg_session_jwt.claims() -> 'sub';
+BEGIN
+    IF pg_catalog.jsonb_typeof(sub) = 'string' THEN
+        RETURN sub #>> '{}';
+    END IF;
+    IF sub IS NOT NULL AND pg_catalog.current_setting('pg_session_jwt.jwk', true) IS NOT NULL THEN
+        RAISE EXCEPTION 'invalid subject claim in the JWT' USING ERRCODE = '42804';
+    END IF;
+    RETURN NULL;
+END
+$$;
 
--- The API. SECURITY DEFINER because only the owner can reach _pg_session_jwt.
+-- The slow ways of the readers that later versions add (see the update scripts).
+CREATE FUNCTION _pg_session_jwt.uid() RETURNS uuid
+LANGUAGE sql STABLE PARALLEL SAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT _pg_session_jwt.parse_uuid(_pg_session_jwt.user_id());
+$$;
+
+-- The "o" claim if it is a JSON object, else NULL.
+CREATE FUNCTION _pg_session_jwt.organization() RETURNS jsonb
+LANGUAGE sql STABLE PARALLEL SAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE WHEN pg_catalog.jsonb_typeof(o) = 'object' THEN o END
+    FROM (SELECT _pg_session_jwt.claims() -> 'o') AS claim (o);
+$$;
+
+-- o.id as a uuid if it is a string that parses as one (as auth.uid() does), else NULL.
+CREATE FUNCTION _pg_session_jwt.organization_id() RETURNS uuid
+LANGUAGE sql STABLE PARALLEL SAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE WHEN pg_catalog.jsonb_typeof(id) = 'string' THEN _pg_session_jwt.parse_uuid(id #>> '{}') END
+    FROM (SELECT _pg_session_jwt.organization() -> 'id') AS claim (id);
+$$;
+
+-- Nobody but the owner may touch what the private schema holds. The schema's name is usable by all,
+-- because the inlined readers run as their caller and fall back on the slow ways above, the only
+-- functions in it that anyone else may execute (all SECURITY DEFINER).
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA _pg_session_jwt FROM PUBLIC;
+GRANT USAGE ON SCHEMA _pg_session_jwt TO PUBLIC;
+GRANT EXECUTE ON FUNCTION _pg_session_jwt.claims(), _pg_session_jwt.user_id(), _pg_session_jwt.uid(),
+                          _pg_session_jwt.organization(), _pg_session_jwt.organization_id() TO PUBLIC;
+
+-- The API.
 
 CREATE FUNCTION auth.init() RETURNS void
 LANGUAGE sql STRICT VOLATILE SECURITY DEFINER
@@ -405,27 +499,33 @@ AS $$
     SELECT FROM _pg_session_jwt.verify(jwt);
 $$;
 
+-- The readers: each one SQL expression that the planner inlines into the calling query, at the cost
+-- of a few string operations per call, like the compiled extension's. Inlining needs LANGUAGE sql, no
+-- SECURITY DEFINER, no SET clause, and, as no CASE is strict, no STRICT: the extension declares these
+-- STRICT, which for a function without arguments changes nothing else. Every name is
+-- schema-qualified, operators included, because an inlined body is resolved with the caller's
+-- search_path. The published claims count while the token is the one they were published for (see
+-- published_claims()); in every other case the slow way decides.
+
 CREATE FUNCTION auth.session() RETURNS jsonb
-LANGUAGE sql STRICT STABLE PARALLEL SAFE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
+LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
-    SELECT coalesce(_pg_session_jwt.claims(), 'null'::jsonb);
+    SELECT CASE WHEN pg_catalog.current_setting('pg_session_jwt.jwt', true) OPERATOR(pg_catalog.=) pg_catalog.current_setting('pg_session_jwt.verified_jwt', true)
+                 AND pg_catalog.starts_with(pg_catalog.current_setting('backtrace_functions'), 'pgsessionjwt_')
+        THEN pg_catalog.convert_from(pg_catalog.decode(pg_catalog.split_part(pg_catalog.current_setting('backtrace_functions'), ',', 6), 'hex'), 'UTF8')::pg_catalog.jsonb
+        ELSE COALESCE(_pg_session_jwt.claims(), 'null'::pg_catalog.jsonb)
+    END
 $$;
 
--- sub if it is a string. Any other sub is an error for a verified token, and ignored in the fallback.
 CREATE FUNCTION auth.user_id() RETURNS text
-LANGUAGE plpgsql STRICT STABLE PARALLEL SAFE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
+LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
-DECLARE
-    sub jsonb := _pg_session_jwt.claims() -> 'sub';
-BEGIN
-    IF pg_catalog.jsonb_typeof(sub) = 'string' THEN
-        RETURN sub #>> '{}';
-    END IF;
-    IF sub IS NOT NULL AND pg_catalog.current_setting('pg_session_jwt.jwk', true) IS NOT NULL THEN
-        RAISE EXCEPTION 'invalid subject claim in the JWT' USING ERRCODE = '42804';
-    END IF;
-    RETURN NULL;
-END
+    SELECT CASE WHEN pg_catalog.current_setting('pg_session_jwt.jwt', true) OPERATOR(pg_catalog.=) pg_catalog.current_setting('pg_session_jwt.verified_jwt', true)
+        THEN CASE WHEN pg_catalog.starts_with(pg_catalog.current_setting('backtrace_functions'), 'pgsessionjwt_u,')
+                    OR pg_catalog.starts_with(pg_catalog.current_setting('backtrace_functions'), 'pgsessionjwt_s,')
+                  THEN pg_catalog.convert_from(pg_catalog.decode(pg_catalog.split_part(pg_catalog.current_setting('backtrace_functions'), ',', 2), 'hex'), 'UTF8')
+                  WHEN pg_catalog.starts_with(pg_catalog.current_setting('backtrace_functions'), 'pgsessionjwt_n,') THEN NULL
+                  ELSE _pg_session_jwt.user_id() END
+        ELSE _pg_session_jwt.user_id()
+    END
 $$;

@@ -1,22 +1,30 @@
 -- 0.5.0 adds auth.organization() and auth.organization_id(), which read the Neon Auth organization
--- claim "o" ({"id", "slug", "role"}). Neither is STRICT, as in the extension.
+-- claim "o" ({"id", "slug", "role"}); inlined readers like the others (see pg_session_jwt--0.3.1.sql).
 
 \echo Use "ALTER EXTENSION pg_session_jwt UPDATE TO '0.5.0'" to load this file. \quit
 
 -- The "o" claim if it is a JSON object, else NULL.
 CREATE FUNCTION auth.organization() RETURNS jsonb
-LANGUAGE sql STABLE PARALLEL SAFE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
+LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
-    SELECT CASE WHEN pg_catalog.jsonb_typeof(o) = 'object' THEN o END
-    FROM (SELECT _pg_session_jwt.claims() -> 'o') AS claim (o);
+    SELECT CASE WHEN pg_catalog.current_setting('pg_session_jwt.jwt', true) OPERATOR(pg_catalog.=) pg_catalog.current_setting('pg_session_jwt.verified_jwt', true)
+                 AND pg_catalog.starts_with(pg_catalog.current_setting('backtrace_functions'), 'pgsessionjwt_')
+        THEN CASE WHEN pg_catalog.split_part(pg_catalog.current_setting('backtrace_functions'), ',', 4) OPERATOR(pg_catalog.<>) ''
+                  THEN pg_catalog.convert_from(pg_catalog.decode(pg_catalog.split_part(pg_catalog.current_setting('backtrace_functions'), ',', 4), 'hex'), 'UTF8')::pg_catalog.jsonb
+             END
+        ELSE _pg_session_jwt.organization()
+    END
 $$;
 
 -- o.id as a uuid if it is a string that parses as one (as auth.uid() does), else NULL.
 CREATE FUNCTION auth.organization_id() RETURNS uuid
-LANGUAGE sql STABLE PARALLEL SAFE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
+LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
-    SELECT CASE WHEN pg_catalog.jsonb_typeof(id) = 'string' THEN _pg_session_jwt.parse_uuid(id #>> '{}') END
-    FROM (SELECT auth.organization() -> 'id') AS claim (id);
+    SELECT CASE WHEN pg_catalog.current_setting('pg_session_jwt.jwt', true) OPERATOR(pg_catalog.=) pg_catalog.current_setting('pg_session_jwt.verified_jwt', true)
+                 AND pg_catalog.starts_with(pg_catalog.current_setting('backtrace_functions'), 'pgsessionjwt_')
+        THEN CASE WHEN pg_catalog.split_part(pg_catalog.current_setting('backtrace_functions'), ',', 5) OPERATOR(pg_catalog.<>) ''
+                  THEN pg_catalog.split_part(pg_catalog.current_setting('backtrace_functions'), ',', 5)::pg_catalog.uuid
+             END
+        ELSE _pg_session_jwt.organization_id()
+    END
 $$;
