@@ -15,7 +15,7 @@ import httpx
 import psycopg
 from psycopg import sql
 from psycopg.adapt import Transformer
-from psycopg.pq import Format
+from psycopg.pq import Format, TransactionStatus
 from psycopg.rows import dict_row
 
 from neon_local.testing.explain import Explainer, Identity, is_refusal
@@ -162,10 +162,17 @@ class SharedSession(NeonConnection):
         """The session outlives the test; `end_session` closes it."""
 
     def begin_test(self, owner: str) -> None:
-        self.execute(sql.SQL("SET LOCAL ROLE {}; SAVEPOINT {}").format(sql.Identifier(owner), sql.SQL(TEST_SAVEPOINT)))
+        """As the owner, after a savepoint to return to; the previous test's end has usually done it already."""
+        self._owner = owner
+        if self.info.transaction_status == TransactionStatus.IDLE:  # the session's first test: psycopg sends BEGIN
+            self.execute(self._prepare())
 
     def end_test(self) -> None:
-        psycopg.Connection.rollback(self)
+        """Roll the test back and open the next test's transaction, in one round trip."""
+        self.execute(sql.SQL("ROLLBACK; BEGIN; ") + self._prepare())
+
+    def _prepare(self) -> sql.Composed:
+        return sql.SQL("SET LOCAL ROLE {}; SAVEPOINT {}").format(sql.Identifier(self._owner), sql.SQL(TEST_SAVEPOINT))
 
     def end_session(self) -> None:
         psycopg.Connection.close(self)
