@@ -261,6 +261,7 @@ def test_every_option_is_documented(option):
     assert f"| `{option.flag}` | `{option.ini}` | `{option.env}` |" in DOCS
 
 
-@pytest.mark.parametrize("fixture", ["neon_local", "neon_template", "neon_db", "neon_token", "neon_http", "neon_connect", "neon_owner"])
+@pytest.mark.parametrize("fixture", ["neon_local", "neon_template", "neon_db", "neon_token", "neon_user", "neon_http", "neon_connect",
+                                     "neon_ws", "neon_owner"])
 def test_every_fixture_is_documented(fixture):
     assert f"| `{fixture}` |" in DOCS
