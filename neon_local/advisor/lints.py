@@ -17,8 +17,9 @@ from typing import Callable
 
 ERROR, WARN, INFO = "ERROR", "WARN", "INFO"
 
-# Schemas no user object lives in; `auth` belongs to pg_session_jwt.
-_SYSTEM = "('pg_catalog', 'information_schema', 'pg_toast', 'auth')"
+# Schemas no user object lives in: `auth` belongs to pg_session_jwt, `pgrst` to the Data API's set-up.
+SYSTEM_SCHEMAS = ("pg_catalog", "information_schema", "pg_toast", "auth", "pgrst")
+_SYSTEM = "(" + ", ".join(f"'{name}'" for name in SYSTEM_SCHEMAS) + ")"
 _NOT_EXTENSION = ("not exists (select 1 from pg_depend d where d.classid = '{catalog}'::regclass "
                   "and d.objid = {oid} and d.deptype = 'e')")
 _TABLE_NOT_EXT = _NOT_EXTENSION.format(catalog="pg_class", oid="c.oid")

@@ -16,12 +16,12 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row, tuple_row
 
+from neon_local.advisor.lints import SYSTEM_SCHEMAS
 from neon_local.testing.explain import Explainer, Identity as ExplainedIdentity
 
 __all__ = ["overview", "TEMPLATES", "template_sql", "measure_matrix", "MatrixError"]
 
 COMMANDS = ("select", "insert", "update", "delete")
-_SYSTEM = ("pg_catalog", "information_schema", "pg_toast", "auth")
 _AUTH_FUNCTION = re.compile(r"\bauth\.\w+\(\)")
 _CLAIM = re.compile(r"auth\.session\(\)\s*->>?\s*'((?:[^']|'')*)'")
 
@@ -58,7 +58,7 @@ def reads(*expressions: str | None) -> dict[str, list[str]]:
 async def overview(conn: psycopg.AsyncConnection, roles: Sequence[str]) -> list[dict[str, Any]]:
     """Per table: RLS enabled/forced, its policies in readable form with what they read, grants per role."""
     cur = conn.cursor(row_factory=dict_row)
-    tables = await (await cur.execute(_TABLES, {"system": list(_SYSTEM)})).fetchall()
+    tables = await (await cur.execute(_TABLES, {"system": list(SYSTEM_SCHEMAS)})).fetchall()
     oids = [t["oid"] for t in tables]
     policies = await (await cur.execute(_POLICIES, {"oids": oids})).fetchall()
     grants = await (await cur.execute(_GRANTS, {"oids": oids, "roles": list(roles)})).fetchall()

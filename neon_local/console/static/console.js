@@ -25,7 +25,7 @@ async function api(path, body) {
   return data;
 }
 
-function show(el, ...nodes) { el.replaceChildren(...nodes); }
+function show(el, ...nodes) { el.replaceChildren(...nodes.filter((n) => n !== null && n !== undefined)); }
 function errorBox(message) { return h("div", { class: "error" }, message); }
 
 // --- tabs ------------------------------------------------------------------------------------------
@@ -150,10 +150,9 @@ async function runSql(explain) {
       const onlyRight = new Set([...keys[1]].filter((k) => !keys[0].has(k)));
       onlyLeft.className = "only-left";
       onlyRight.className = "only-right";
-      show(out, resultView(answers[0], identityLabel($("identity")), onlyLeft),
-        resultView(answers[1], identityLabel($("identity2")), onlyRight));
-      out.prepend(h("div", { class: "meta compare-summary" }, `${onlyLeft.size} row(s) only the left sees, ${onlyRight.size} only the right`));
-      out.classList.add("compare");
+      show(out, h("div", { class: "meta compare-summary" }, `${onlyLeft.size} row(s) only the left sees, ${onlyRight.size} only the right`),
+        h("div", { class: "pair" }, resultView(answers[0], identityLabel($("identity")), onlyLeft),
+          resultView(answers[1], identityLabel($("identity2")), onlyRight)));
     }
     markError(answers[0]);
   } catch (e) {
@@ -217,12 +216,14 @@ function templateParams() {
 }
 
 async function previewPolicy() {
+  if (!$("pol-template").value || !$("pol-table").value) return;  // still loading
   const params = {};
   for (const input of $("pol-params").querySelectorAll("input")) params[input.dataset.param] = input.value;
   try {
     const { sql } = await api("policy/preview", { table: $("pol-table").value, template: $("pol-template").value, params });
     $("pol-sql").value = sql;
-  } catch (e) { $("pol-status").textContent = e.message; }
+    $("pol-status").textContent = "";
+  } catch (e) { $("pol-status").textContent = e.message; $("pol-status").className = "status bad"; }
 }
 
 async function applyPolicy() {
