@@ -104,3 +104,66 @@ async def test_the_request_log_records_and_streams_sql_requests(client, emulator
     assert bad["error"] == 'relation "nowhere" does not exist' and bad["rows"] is None
     listed = (await client.get("/console/api/log")).json()["entries"]
     assert [e["id"] for e in listed if e["statement"] == "select * from nowhere"] == [bad["id"]]
+
+
+async def api(client, emulator, path: str, body=None):
+    """A console API call as its page makes it (cookie and Origin)."""
+    await signed_in(client, emulator)
+    if body is None:
+        return (await client.get(f"/console/api/{path}")).json()
+    response = await client.post(f"/console/api/{path}", json=body, headers={"Origin": emulator.services.console.http_url})
+    return response.json()
+
+
+DOCS = """
+drop table if exists docs;
+create table docs (id int generated always as identity primary key, title text not null,
+                   user_id text default (auth.user_id()), org_id text, published boolean default false);
+insert into docs (title, user_id, org_id, published) values
+  ('a1', 'user_alice', 'org_acme', true), ('a2', 'user_alice', 'org_acme', false), ('b1', 'user_bob', 'org_globex', false)
+"""
+WHO = (("alice", {"kind": "user", "name": "alice"}), ("anonymous", {"kind": "anonymous"}),
+       ("admin", {"kind": "claims", "claims": {"sub": "user_zed", "role": "admin"}}))
+
+
+async def test_every_template_applies_and_shapes_access(client, emulator):
+    templates = [t["name"] for t in (await api(client, emulator, "templates"))["templates"]]
+    assert templates == ["owner_only", "tenant", "public_read", "published", "admin", "blank"]
+    seen = {}
+    for name in templates:
+        await api(client, emulator, "owner-sql", {"sql": DOCS})
+        sql = (await api(client, emulator, "policy/preview", {"table": "public.docs", "template": name, "params": {}}))["sql"]
+        assert (await api(client, emulator, "owner-sql", {"sql": sql})) == {"ok": True}, sql
+        select = {"sql": "select title from docs order by title"}
+        seen[name] = {who: [row[0] for row in (await api(client, emulator, "sql", {**select, "identity": identity}))["result"]["rows"]]
+                      for who, identity in WHO}
+    assert seen["owner_only"] == {"alice": ["a1", "a2"], "anonymous": [], "admin": []}
+    assert seen["tenant"] == {"alice": ["a1", "a2"], "anonymous": [], "admin": []}  # alice's org_id is org_acme
+    assert seen["public_read"] == {"alice": ["a1", "a2", "b1"], "anonymous": ["a1", "a2", "b1"], "admin": ["a1", "a2", "b1"]}
+    assert seen["published"] == {"alice": [], "anonymous": ["a1"], "admin": []}
+    assert seen["admin"] == {"alice": [], "anonymous": [], "admin": ["a1", "a2", "b1"]}
+    assert seen["blank"] == {"alice": [], "anonymous": [], "admin": []}
+
+
+async def test_explain_identities_and_errors(client, emulator):
+    explained = await api(client, emulator, "sql", {"identity": {"kind": "owner"}, "sql": "select 1", "explain": True})
+    assert explained["status"] == 200 and explained["result"]["rows"][0][0].startswith("Result")
+    anonymous = await api(client, emulator, "sql", {"identity": {"kind": "anonymous"}, "sql": "select auth.user_id() as me, current_user"})
+    assert anonymous["result"]["rows"] == [[None, "anonymous"]] and anonymous["result"]["types"] == ["text", "name"]
+    custom = await api(client, emulator, "sql", {"identity": {"kind": "claims", "role": "authenticated", "claims": {"sub": "u42", "plan": "pro"}},
+                                                 "sql": "select auth.user_id(), auth.session()->>'plan'"})
+    assert custom["result"]["rows"] == [["u42", "pro"]]
+    broken = await api(client, emulator, "sql", {"identity": {"kind": "user", "name": "bob"}, "sql": "select 1 from nowhere"})
+    assert broken["status"] == 400 and broken["result"]["position"] == "15" and broken["result"]["code"] == "42P01"
+    unknown = await api(client, emulator, "sql", {"identity": {"kind": "user", "name": "mallory"}, "sql": "select 1"})
+    assert "no test user 'mallory'" in unknown["error"]
+
+
+async def test_a_policy_is_written_as_a_migration_file(client, emulator):
+    written = await api(client, emulator, "policy/migration", {"name": "docs_rls", "sql": "ALTER TABLE docs ENABLE ROW LEVEL SECURITY;"})
+    path = written["path"]
+    assert path.startswith(str(emulator.settings.project_dir / "migrations")) and path.endswith("_docs_rls.sql")
+    with open(path) as handle:
+        assert handle.read() == "ALTER TABLE docs ENABLE ROW LEVEL SECURITY;\n"
+    refused = await api(client, emulator, "policy/migration", {"name": "../../etc/x", "sql": "select 1"})
+    assert "lower-case letters" in refused["error"]
