@@ -10,7 +10,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from neon_local.advisor import check, exit_code, format_text
+from neon_local.advisor import assert_no_lints, check, exit_code, format_text
 from neon_local.advisor.lints import LINTS, unwrapped_calls
 from neon_local.postgres.bootstrap import ROLE_GRANTS, jwt_role_statements
 from neon_local.settings import DEFAULT_USERS, Settings
@@ -127,3 +127,12 @@ def test_initplan_accepts_both_wrapped_shapes():
     assert unwrapped_calls("( SELECT (auth.user_id() = todos.user_id))") == []
     assert unwrapped_calls("(auth.user_id() = user_id)") == ["auth.user_id()"]
     assert unwrapped_calls("((auth.session() ->> 'org_id'::text) = org_id)") == ["auth.session()"]
+
+
+def test_assert_no_lints_lists_the_findings(neon_database):
+    neon_database.execute(NOTES)
+    assert_no_lints(neon_database, roles=ROLES, users=DEFAULT_USERS)
+    neon_database.execute("alter table notes alter column user_id drop default")
+    with pytest.raises(AssertionError, match=r"(?s)user_id_without_default  public\.notes\.user_id.*SET DEFAULT auth\.user_id\(\)"):
+        assert_no_lints(neon_database, roles=ROLES, users=DEFAULT_USERS)
+    assert_no_lints(neon_database, roles=ROLES, users=DEFAULT_USERS, ignore=["user_id_without_default"])

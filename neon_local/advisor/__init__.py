@@ -4,6 +4,6 @@
   engine.py  run them on a connection; findings as dicts or text
 """
 
-from neon_local.advisor.engine import Finding, check, exit_code, format_text
+from neon_local.advisor.engine import Finding, assert_no_lints, check, exit_code, format_text
 
-__all__ = ["Finding", "check", "exit_code", "format_text"]
+__all__ = ["Finding", "assert_no_lints", "check", "exit_code", "format_text"]

@@ -10,7 +10,7 @@ from psycopg.rows import dict_row
 
 from neon_local.advisor.lints import ERROR, INFO, LINTS, WARN, Lint
 
-__all__ = ["Finding", "check", "exit_code", "format_text"]
+__all__ = ["Finding", "assert_no_lints", "check", "exit_code", "format_text"]
 
 _ORDER = {ERROR: 0, WARN: 1, INFO: 2}
 # Claims every token has whatever the test user: a policy reading them is not reading an unknown claim.
@@ -52,6 +52,17 @@ def check(conn: psycopg.Connection, *, roles: Iterable[str], users: Mapping[str,
             if wanted is None or lint.name in wanted:
                 findings += _run(conn, lint, params)
     return sorted(findings, key=lambda f: _ORDER[f.level])
+
+
+def assert_no_lints(conn: psycopg.Connection, *, roles: Iterable[str], users: Mapping[str, Mapping[str, Any]],
+                    ignore: Iterable[str] = ()) -> None:
+    """For tests (the pytest plugin's `neon_db.assert_no_lints()`): fail listing every finding, fix SQL included,
+    except the lints named in `ignore`."""
+    __tracebackhide__ = True
+    skipped = set(ignore)
+    findings = [f for f in check(conn, roles=roles, users=users) if f.name not in skipped]
+    if findings:
+        raise AssertionError("the advisor found problems:\n" + format_text(findings))
 
 
 def exit_code(findings: Iterable[Finding]) -> int:
