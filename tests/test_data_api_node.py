@@ -1,4 +1,4 @@
-"""The real postgrest-js clients (Supabase's, and Neon's wrapper pinned by neon-js) against the Data API,
+"""The real postgrest-js clients (Supabase's, Neon's wrapper, and neon-js createClient) against the Data API,
 on a Drizzle crudPolicy table as two users: each sees and changes only their own rows."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ async def clients(rest):
     return await run_node("data_api_clients.mjs", env)
 
 
-@pytest.mark.parametrize("client", ["supabase", "neon"])
+@pytest.mark.parametrize("client", ["supabase", "neon", "neonjs"])
 async def test_crud_policy_as_two_users(clients, client):
     r = clients[client]
     assert r["alice"] == ["a1", "a2"] and r["bob"] == ["b1"]
@@ -30,7 +30,7 @@ async def test_crud_policy_as_two_users(clients, client):
     assert r["delete"] == {"status": 200, "data": [{"task": f"{client} upserted"}]}
 
 
-@pytest.mark.parametrize("client", ["supabase", "neon"])
+@pytest.mark.parametrize("client", ["supabase", "neon", "neonjs"])
 async def test_filters_single_embedding_rpc(clients, client):
     r = clients[client]
     assert r["filters"] == [{"task": "a1"}]
@@ -42,7 +42,7 @@ async def test_filters_single_embedding_rpc(clients, client):
     assert r["rpc_get"] == 5
 
 
-@pytest.mark.parametrize("client", ["supabase", "neon"])
+@pytest.mark.parametrize("client", ["supabase", "neon", "neonjs"])
 async def test_errors_surface_with_their_codes(clients, client):
     r = clients[client]
     assert r["bad_column"]["status"] == 400 and r["bad_column"]["error"]["code"] == "42703"

@@ -1,12 +1,15 @@
-// The real @supabase/postgrest-js and @neondatabase/postgrest-js against neon-local's Data API.
+// The real @supabase/postgrest-js, @neondatabase/postgrest-js and @neondatabase/neon-js createClient against neon-local's Data API.
 // Env: REST_URL (…/<db>/rest/v1), ALICE, BOB (tokens from the built-in issuer). Prints one JSON object.
 import { PostgrestClient } from '@supabase/postgrest-js';
 import { NeonPostgrestClient } from '@neondatabase/postgrest-js';
+import { createClient } from '@neondatabase/neon-js';
 
 const env = process.env;
 const clients = {
   supabase: (token) => new PostgrestClient(env.REST_URL, { headers: { Authorization: `Bearer ${token}` } }),
   neon: (token) => new NeonPostgrestClient({ dataApiUrl: env.REST_URL, options: { global: { headers: { Authorization: `Bearer ${token}` } } } }),
+  // neon-js with an external token provider (no Neon Auth service): its fetch injects the Bearer token.
+  neonjs: (token) => createClient({ dataApi: { url: env.REST_URL, getToken: async () => token } }),
 };
 const err = (e) => (e ? { code: e.code, message: e.message, details: e.details ?? null, hint: e.hint ?? null } : null);
 const out = {};
