@@ -76,3 +76,24 @@ def process_age() -> float:
 
 
 _IMPORTED_AT = time.perf_counter()
+
+
+def banner(state: dict, headline: str | None = None, ready_in: float | None = None) -> str:
+    """What `up` and `status` print; `ready_in` counts from the start of the command the user ran."""
+    urls = state["urls"]
+    pg = state["postgres"]
+    headline = headline or f"neon-local {state['version']} is ready in {ready_in:.2f} s"
+    return "\n".join([
+        f"{headline} (PostgreSQL {pg['version']} from {pg['source']})",
+        "",
+        f"  Owner URL          {urls['owner']}",
+        f"  Authenticated URL  {urls['authenticated']}   (a JWT is the password)",
+        f"  SQL over HTTP      {urls['sql']}",
+        f"  WebSocket          {urls['websocket']}",
+        f"  Issuer             {urls['issuer']}   (JWKS at /.well-known/jwks.json)",
+        f"  Console            {urls['console']}",
+        f"  Data               {state['data_dir']}",
+        "",
+        "  Get a token        neon-local token alice",
+        "  Connect as alice   neon-local psql --as alice",
+    ])

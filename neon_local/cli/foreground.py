@@ -10,8 +10,7 @@ from typing import Callable
 import click
 
 from neon_local.app import Emulator
-from neon_local.cli.common import fail, process_age
-from neon_local.cli.server import banner
+from neon_local.cli.common import banner, fail, process_age
 from neon_local.errors import NeonLocalError
 from neon_local.settings import Settings
 

@@ -13,34 +13,13 @@ from urllib.parse import unquote, urlsplit
 
 import click
 
-from neon_local.cli.common import fail, process_age, project_options, settings_options
+from neon_local.cli.common import banner, fail, process_age, project_options, settings_options
 from neon_local.postgres.binaries import find_binaries
 from neon_local.settings import Settings
 from neon_local.state import is_live_neon_local, read_state
 
 # Only what `status`, `down` and `up -d`'s waiting parent need is imported here: the server's modules
 # (aiohttp, psycopg, joserfc: ~0.4 s) are imported by cli/foreground.py, which runs it.
-
-
-def banner(state: dict, headline: str | None = None, ready_in: float | None = None) -> str:
-    """What `up` and `status` print; `ready_in` counts from the start of the command the user ran."""
-    urls = state["urls"]
-    pg = state["postgres"]
-    headline = headline or f"neon-local {state['version']} is ready in {ready_in:.2f} s"
-    return "\n".join([
-        f"{headline} (PostgreSQL {pg['version']} from {pg['source']})",
-        "",
-        f"  Owner URL          {urls['owner']}",
-        f"  Authenticated URL  {urls['authenticated']}   (a JWT is the password)",
-        f"  SQL over HTTP      {urls['sql']}",
-        f"  WebSocket          {urls['websocket']}",
-        f"  Issuer             {urls['issuer']}   (JWKS at /.well-known/jwks.json)",
-        f"  Console            {urls['console']}",
-        f"  Data               {state['data_dir']}",
-        "",
-        "  Get a token        neon-local token alice",
-        "  Connect as alice   neon-local psql --as alice",
-    ])
 
 
 @click.command()
