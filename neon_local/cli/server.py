@@ -48,10 +48,11 @@ def _detach(settings: Settings) -> None:
     ready_read, ready_write = os.pipe()
     sys.stdout.flush()
     sys.stderr.flush()
+    began = time.monotonic() - process_age()  # the child's own age starts at the fork
     pid = os.fork()
     if pid == 0:
         os.close(ready_read)
-        _run_detached(settings, log_path, ready_write)
+        _run_detached(settings, log_path, ready_write, began)
         return
     os.close(ready_write)
     report = _read_until_closed(ready_read, timeout=60)
@@ -66,7 +67,7 @@ def _detach(settings: Settings) -> None:
                + f"\n\nRunning in the background (pid {pid}, log {log_path}). Stop it with `neon-local down`.")
 
 
-def _run_detached(settings: Settings, log_path, ready_write: int) -> None:
+def _run_detached(settings: Settings, log_path, ready_write: int, began: float) -> None:
     """The forked child: its own session, output to the log (so no caller waits on our pipes), then serve."""
     os.setsid()
     devnull = os.open(os.devnull, os.O_RDONLY)
@@ -79,7 +80,7 @@ def _run_detached(settings: Settings, log_path, ready_write: int) -> None:
     from neon_local.cli.foreground import serve
 
     def report_ready(state: dict) -> None:
-        click.echo(banner(state, ready_in=process_age()))
+        click.echo(banner(state, ready_in=time.monotonic() - began))
         sys.stdout.flush()
         os.write(ready_write, json.dumps(state).encode())
         os.close(ready_write)
