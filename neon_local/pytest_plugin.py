@@ -9,6 +9,7 @@
     neon_http      neon_http("alice").sql("select ...") over SQL over HTTP
     neon_connect   neon_connect("alice"): psycopg through the TCP proxy, the JWT as password
     neon_ws        neon_ws("alice"): psycopg over the WebSocket path (/v2), the JWT as password
+    neon_rest      neon_rest("alice").get("todos", select="id,task"): Neon's Data API (PostgREST)
     neon_owner     a direct owner connection to the test's database
 """
 
@@ -60,6 +61,11 @@ def neon_connect(neon_db):
 @pytest.fixture
 def neon_ws(neon_db):
     return neon_db.ws
+
+
+@pytest.fixture
+def neon_rest(neon_db):
+    return neon_db.rest
 
 
 @pytest.fixture

@@ -171,6 +171,28 @@ def test_users_on_the_fly_and_the_websocket_client_on_every_path(pytester):
     app.runpytest().assert_outcomes(passed=4)
 
 
+def test_the_data_api_client_acts_as_the_user(pytester):
+    app = sample(pytester, "todos", keep_tests=False)
+    app.makepyfile(test_rest="""
+        import pytest
+        from neon_local.testing import QueryError
+
+        def test_reads_writes_and_refusals(neon_rest, neon_http, neon_user):
+            alice = neon_rest("alice")
+            assert alice.get("todos", select="task", order="id") == [{"task": "buy milk"}, {"task": "write tests"}]
+            assert alice.get("todos", select="task", order="id") == neon_http("alice").sql("select task from todos order by id")
+            assert alice.post("todos", {"task": "ship it"}) [0]["user_id"] == "user_alice"
+            assert neon_rest("bob").patch("todos", {"is_complete": True}, user_id="eq.user_alice") == []
+            assert neon_rest(neon_user(sub="user_zed")).get("todos") == []
+            with pytest.raises(QueryError) as refused:
+                alice.post("todos", {"task": "spam", "user_id": "user_bob"})
+            assert (refused.value.status, refused.value.code) == (403, "42501")
+            assert 'refused as role "authenticated" over the Data API (/rest/v1)' in refused.value.__notes__[0]
+            assert "INSERT/SELECT policies on public.todos" in refused.value.__notes__[0]
+    """)
+    app.runpytest().assert_outcomes(passed=1)
+
+
 ROLLBACK_TESTS = """
     import pytest
 

@@ -262,6 +262,6 @@ def test_every_option_is_documented(option):
 
 
 @pytest.mark.parametrize("fixture", ["neon_local", "neon_template", "neon_db", "neon_token", "neon_user", "neon_http", "neon_connect",
-                                     "neon_ws", "neon_owner"])
+                                     "neon_ws", "neon_rest", "neon_owner"])
 def test_every_fixture_is_documented(fixture):
     assert f"| `{fixture}` |" in DOCS

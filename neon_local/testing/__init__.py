@@ -4,7 +4,7 @@
   janitor.py     the session's databases: a template built once, a clone per test, all dropped
   migrations.py  what builds the template: .sql files, a module:function, or a command such as drizzle-kit
   database.py    one test's database and each way to act on it
-  clients.py     SQL over HTTP, psycopg through the TCP proxy, direct connections; dict rows either way
+  clients.py     SQL over HTTP, the Data API, psycopg through the TCP proxy, direct connections; dict rows
   tokens.py      JWTs for named test users and ad-hoc claims
   identity.py    authenticate_as (act as a user at SQL level), RLS and policy-shape checks
   access.py      what each user may do to a table (assert_access, access_matrix), and which policy decided it
@@ -23,6 +23,7 @@ from typing import Any
 _EXPORTS = {
     "AccessMatrix": "access",
     "AsyncNeonConnection": "clients", "HttpClient": "clients", "NeonConnection": "clients", "QueryError": "clients",
+    "RestClient": "clients",
     "Database": "database", "RollbackDatabase": "database",
     "Explainer": "explain", "Identity": "explain",
     "assert_policies": "identity", "assert_policy": "identity", "assert_rls_enabled": "identity",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import Any, Mapping
 
 import httpx
 import psycopg
@@ -27,7 +27,8 @@ AUTH_REFUSED = "28000"  # invalid_authorization_specification, as the TCP proxy 
 
 
 class QueryError(Exception):
-    """SQL over HTTP answered with an error: Postgres's message, its SQLSTATE as `code`, the HTTP `status` and `body`.
+    """SQL over HTTP or the Data API answered with an error: the message, the SQLSTATE (or PGRST code) as `code`,
+    the HTTP `status` and `body`.
 
     A refused token has code 28000 here, as over TCP (Neon's body leaves `code` empty; `body` keeps it as sent).
     """
@@ -38,7 +39,7 @@ class QueryError(Exception):
         self.status = status
         self.body = body
         self.code: str = fields.get("code") or ""
-        self.detail: str | None = fields.get("detail")
+        self.detail: str | None = fields.get("detail", fields.get("details"))  # PostgREST's key is "details"
         self.hint: str | None = fields.get("hint")
 
 
@@ -87,6 +88,60 @@ class HttpClient:
                 error.add_note(self._explainer.explain(str(error), self.identity, query, error.code))
             raise error
         return decode_rows(body["fields"], body["rows"])
+
+
+class RestClient:
+    """Neon's Data API (PostgREST) as one identity: `get("todos", select="id,task", user_id="eq.u1")`,
+    `post("todos", {...})`, `patch(...)`, `delete(...)`, `rpc("fn", {...})`; JSON in, JSON out.
+
+    Writes ask for `return=representation`, so they return the rows they wrote. An error raises `QueryError`.
+    """
+
+    def __init__(self, url: str, token: str, identity: Identity, explainer: Explainer, http: httpx.Client) -> None:
+        self.url = url
+        self.token = token
+        self.identity = identity
+        self._explainer = explainer
+        self._http = http
+
+    def __repr__(self) -> str:
+        return f"<RestClient {self.identity.describe()} token=[secure]>"
+
+    def get(self, path: str, **params: Any) -> Any:
+        return self.request("GET", path, params=params)
+
+    def post(self, path: str, body: Any, **params: Any) -> Any:
+        return self.request("POST", path, params=params, body=body)
+
+    def patch(self, path: str, body: Any, **params: Any) -> Any:
+        return self.request("PATCH", path, params=params, body=body)
+
+    def delete(self, path: str, **params: Any) -> Any:
+        return self.request("DELETE", path, params=params)
+
+    def rpc(self, function: str, args: Mapping[str, Any] | None = None) -> Any:
+        return self.request("POST", f"rpc/{function}", body=dict(args or {}))
+
+    def request(self, method: str, path: str, *, params: Mapping[str, Any] | None = None, body: Any = None,
+                headers: Mapping[str, str] | None = None) -> Any:
+        sent = {"Authorization": f"Bearer {self.token}", "Prefer": "return=representation", **(headers or {})}
+        content = None if body is None else json.dumps(body, default=str)
+        if content is not None:
+            sent["Content-Type"] = "application/json"
+        response = self._http.request(method, f"{self.url}/{path.lstrip('/')}", params=params, headers=sent,
+                                      content=content)
+        answer = response.json() if response.content else None
+        if response.status_code >= 400:
+            error = QueryError(response.status_code, answer)
+            if is_refusal(error.code):
+                error.add_note(self._explainer.explain(str(error), self.identity, _REST_COMMAND[method], error.code))
+            raise error
+        return answer
+
+
+# What a refused request ran, for the note; writes return their rows, so SELECT policies apply to them too.
+_REST_COMMAND = {"GET": "SELECT", "HEAD": "SELECT", "POST": "INSERT RETURNING", "PATCH": "UPDATE RETURNING",
+                 "PUT": "INSERT RETURNING", "DELETE": "DELETE RETURNING"}
 
 
 def decode_rows(fields: list[dict[str, Any]], rows: list[list[str | None]]) -> list[dict[str, Any]]:

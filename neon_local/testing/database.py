@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from typing import Any, Iterator, Mapping, Sequence
+from urllib.parse import quote
 
 from psycopg.conninfo import make_conninfo
 
 from neon_local.postgres.cluster import SUPERUSER
 from neon_local.testing import access
-from neon_local.testing.clients import AsyncNeonConnection, HttpClient, NeonConnection, SharedSession, aconnect, connect
+from neon_local.testing.clients import (AsyncNeonConnection, HttpClient, NeonConnection, RestClient, SharedSession,
+                                        aconnect, connect)
 from neon_local.testing.explain import Explainer, Identity
 from neon_local.testing.identity import (assert_policies, assert_policy, assert_rls_enabled, authenticate_as)
 from neon_local.testing.janitor import run_all
@@ -70,6 +72,16 @@ class Database:
         connection_string = f"postgresql://{who.role}@{self.server.endpoints.host}/{self.name}"
         return HttpClient(self.server.endpoints.sql_url, connection_string, token, identity, self.explainer,
                           self.server.http)
+
+    def rest(self, user: str | User | None = None, *, sub: str | None = None, role: str | None = None,
+             claims: Mapping[str, Any] | None = None, token: str | None = None, **options: Any) -> RestClient:
+        """Neon's Data API (`/<db>/rest/v1`) as this user; the token carries the `role` claim PostgREST switches to."""
+        who = self.user(user, sub=sub, role=role, claims=claims)
+        if token is None:
+            who = User(who.name, sub=who.sub, claims={"role": who.role, **who.claims}, role=who.role)
+        token, identity = self._identity(who, token, options, "over the Data API (/rest/v1)")
+        return RestClient(f"{self.server.endpoints.http_url}/{quote(self.name, safe='')}/rest/v1", token, identity,
+                          self.explainer, self.server.http)
 
     def connect(self, user: str | User | None = None, *, sub: str | None = None, role: str | None = None,
                 claims: Mapping[str, Any] | None = None, token: str | None = None, **options: Any) -> NeonConnection:
@@ -195,6 +207,9 @@ class RollbackDatabase(Database):
 
     def connect(self, *args: Any, **kwargs: Any) -> NeonConnection:
         raise self._own_session("neon_connect / neon_db.connect")
+
+    def rest(self, *args: Any, **kwargs: Any) -> RestClient:
+        raise self._own_session("neon_rest / neon_db.rest")
 
     def ws(self, *args: Any, **kwargs: Any) -> NeonConnection:
         raise self._own_session("neon_ws / neon_db.ws")
