@@ -48,8 +48,7 @@ def setup_statements(settings) -> list[sql.Composable]:
         for k, v in config_values(settings).items())
     return [
         sql.SQL("CREATE SCHEMA IF NOT EXISTS pgrst"),
-        # No SET clause: it would undo the function's set_config(..., true) calls when it returns.
-        sql.SQL("CREATE OR REPLACE FUNCTION pgrst.pre_config() RETURNS void LANGUAGE sql "
+        sql.SQL("CREATE OR REPLACE FUNCTION pgrst.pre_config() RETURNS void LANGUAGE sql SET search_path TO '' "
                 "AS $$ SELECT {} $$").format(calls),
         sql.SQL("GRANT USAGE ON SCHEMA pgrst TO {}").format(auth),
         sql.SQL("GRANT ALL ON FUNCTION pgrst.pre_config() TO {}").format(auth),
@@ -70,6 +69,7 @@ def setup_statements(settings) -> list[sql.Composable]:
                 "ELSIF NOT EXISTS (SELECT FROM pg_catalog.pg_event_trigger_ddl_commands() "
                 "WHERE schema_name IS NULL OR schema_name NOT LIKE 'pg\\_temp%') THEN RETURN; END IF; "
                 "PERFORM pg_catalog.nextval('pgrst.schema_version'); END $$"),
+        sql.SQL("REVOKE ALL ON FUNCTION pgrst.bump_schema_version() FROM PUBLIC"),
         sql.SQL("DROP EVENT TRIGGER IF EXISTS neon_local_pgrst_ddl"),
         sql.SQL("CREATE EVENT TRIGGER neon_local_pgrst_ddl ON ddl_command_end "
                 "EXECUTE FUNCTION pgrst.bump_schema_version()"),
