@@ -14,6 +14,7 @@ from neon_local.auth.providers import ProviderCache
 from neon_local.auth.verifier import Verifier
 from neon_local.console.app import Console
 from neon_local.control_plane import ControlPlane
+from neon_local.data_api.handler import DataApi
 from neon_local.postgres.cluster import PostgresCluster
 from neon_local.proxy.server import PgProxyServer
 from neon_local.serverless.sql_over_http import SqlOverHttp
@@ -39,6 +40,7 @@ class Services:
     pg_proxy: PgProxyServer
     websocket: WebSocketAdapter
     console: Console | None = None
+    data_api: DataApi | None = None
 
 
 async def start_services(settings: Settings, cluster: PostgresCluster, data_dir: Path, issuer_url: str,
@@ -53,6 +55,9 @@ async def start_services(settings: Settings, cluster: PostgresCluster, data_dir:
     pg_proxy = PgProxyServer(settings, control_plane, verifier, data_dir / "tls")
     services = Services(keyring, Issuer(settings, keyring, issuer_url), providers, verifier, control_plane, sql,
                         pg_proxy, WebSocketAdapter(pg_proxy))
+    if settings.data_api:
+        services.data_api = DataApi(settings, control_plane, verifier)
+        add_closer(services.data_api.close)
     services.console = Console(settings, services, http_sock.getsockname()[1], pg_sock.getsockname()[1])
     await pg_proxy.start(pg_sock)
     add_closer(pg_proxy.close)
@@ -84,6 +89,9 @@ def build_http_app(services: Services) -> web.Application:
                 return await services.sql.handle_sql(request)
             if request.method == "OPTIONS":
                 return await services.sql.handle_options(request)
+        # Neon's rest broker takes every path whose second segment starts with "rest": /<db>/rest/v1/...
+        if services.data_api is not None and request.path.split("/")[2:3] and request.path.split("/")[2].startswith("rest"):
+            return await services.data_api.handle(request)
         return await services.sql.not_supported(request)
 
     app.router.add_route("*", "/{tail:.*}", dispatch)
