@@ -144,7 +144,7 @@ class Probe:
                 yield conn
             return
         url = self.db.session_url(self.via, subject.user.role, subject.token)
-        identity = self.db._identity(subject.user, subject.token, {}, PATHS[self.via])[1]
+        identity = self.db.identity_for(subject.user, subject.token, {}, PATHS[self.via])[1]
         conn = connect(url, identity, self.db.explainer, autocommit=True)
         try:
             yield conn

@@ -68,7 +68,7 @@ class Database:
              claims: Mapping[str, Any] | None = None, token: str | None = None, **options: Any) -> HttpClient:
         """SQL over HTTP (POST /sql) as this user: `.sql("select ...", *params)` returns rows as dicts."""
         who = self.user(user, sub=sub, role=role, claims=claims)
-        token, identity = self._identity(who, token, options, "over HTTP (POST /sql)")
+        token, identity = self.identity_for(who, token, options, "over HTTP (POST /sql)")
         connection_string = f"postgresql://{who.role}@{self.server.endpoints.host}/{self.name}"
         return HttpClient(self.server.endpoints.sql_url, connection_string, token, identity, self.explainer,
                           self.server.http)
@@ -79,7 +79,7 @@ class Database:
         who = self.user(user, sub=sub, role=role, claims=claims)
         if token is None:
             who = User(who.name, sub=who.sub, claims={"role": who.role, **who.claims}, role=who.role)
-        token, identity = self._identity(who, token, options, "over the Data API (/rest/v1)")
+        token, identity = self.identity_for(who, token, options, "over the Data API (/rest/v1)")
         return RestClient(f"{self.server.endpoints.http_url}/{quote(self.name, safe='')}/rest/v1", token, identity,
                           self.explainer, self.server.http)
 
@@ -87,14 +87,14 @@ class Database:
                 claims: Mapping[str, Any] | None = None, token: str | None = None, **options: Any) -> NeonConnection:
         """psycopg through the TCP proxy with TLS and the JWT as password; autocommit; closed after the test."""
         who = self.user(user, sub=sub, role=role, claims=claims)
-        token, identity = self._identity(who, token, options, "over the TCP proxy")
+        token, identity = self.identity_for(who, token, options, "over the TCP proxy")
         return self._keep(connect(self.session_url("tcp", who.role, token), identity, self.explainer, autocommit=True))
 
     def ws(self, user: str | User | None = None, *, sub: str | None = None, role: str | None = None,
            claims: Mapping[str, Any] | None = None, token: str | None = None, **options: Any) -> NeonConnection:
         """psycopg over the WebSocket path (`/v2`, as the serverless driver's Pool uses it), the JWT as password."""
         who = self.user(user, sub=sub, role=role, claims=claims)
-        token, identity = self._identity(who, token, options, "over WebSocket (/v2)")
+        token, identity = self.identity_for(who, token, options, "over WebSocket (/v2)")
         return self._keep(connect(self.session_url("ws", who.role, token), identity, self.explainer, autocommit=True))
 
     async def aconnect(self, user: str | User | None = None, *, sub: str | None = None, role: str | None = None,
@@ -102,7 +102,7 @@ class Database:
                        **options: Any) -> AsyncNeonConnection:
         """The async twin of `connect`; use `async with`, as the event loop is the test's to close it on."""
         who = self.user(user, sub=sub, role=role, claims=claims)
-        token, identity = self._identity(who, token, options, "over the TCP proxy")
+        token, identity = self.identity_for(who, token, options, "over the TCP proxy")
         return await aconnect(self.server.proxy_url(self.name, who.role, token), identity, self.explainer,
                               autocommit=True)
 
@@ -168,7 +168,8 @@ class Database:
         self._opened.append(conn)
         return conn
 
-    def _identity(self, who: User, token: str | None, options: dict, path: str) -> tuple[str, Identity]:
+    def identity_for(self, who: User, token: str | None, options: dict, path: str) -> tuple[str, Identity]:
+        """The token to send (`token`, or one minted for `who`) and whom it shows as in refusal notes."""
         if token is None:
             token = who.token(self.tokens, **options)
         vouched = self.tokens.vouched(token)
