@@ -301,3 +301,20 @@ async def test_nothing_carries_from_one_request_to_the_next(rest):
         assert seen["leak"] in (None, "") and seen["temp"] is False
         assert seen["user"] == expected_user and seen["uid"] == ("nobody" if who == "anon" else who)
         assert seen["path"] == ('"extra"' if profile else '"public"')
+
+
+async def test_openapi_document(rest):
+    for path in ("/", "/openapi.json"):
+        response = await rest.request("GET", path)
+        assert response.status_code == 200 and response.headers["Content-Type"].startswith("application/openapi+json")
+        doc = response.json()
+        assert doc["swagger"] == "2.0" and doc["basePath"] == f"/{DB}/rest/v1"
+        assert {"/books", "/authors", "/rpc/add", "/rpc/books_by"} <= set(doc["paths"])
+        assert "get" in doc["paths"]["/rpc/add"] and "get" not in doc["paths"]["/rpc/touch"]
+        books = doc["definitions"]["books"]
+        assert books["required"] == ["title"]
+        assert books["properties"]["id"]["type"] == "integer" and "Primary Key" in books["properties"]["id"]["description"]
+        assert books["properties"]["tags"] == {"format": "text[]", "type": "array", "items": {"type": "string"}}
+        assert "Foreign Key to `authors.id`" in books["properties"]["author_id"]["description"]
+    extra = await rest.request("GET", "/", headers={"Accept-Profile": "extra"})
+    assert set(extra.json()["definitions"]) == {"notes"}

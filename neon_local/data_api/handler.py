@@ -24,6 +24,7 @@ from aiohttp import web
 from neon_local.auth.verifier import JwtError
 from neon_local.data_api import setup
 from neon_local.data_api.errors import ApiError
+from neon_local.data_api.openapi import openapi
 from neon_local.data_api.grammar import (
     CSV, JSON, OBJECT, parse_accept, parse_payload, parse_prefer, parse_query, parse_range,
 )
@@ -178,9 +179,10 @@ class DataApi:
         cached = await self._schema(dbname)
         config = cached.config
         claims_payload, role = await self._identity(token, config)
-        if resource in ("", "openapi.json"):
-            raise ApiError(404, None, f"Entry '{resource or '/'}' not found",
-                           None, "neon-local serves no OpenAPI document yet")
+        if resource in ("", "openapi.json") and request.method in ("GET", "HEAD"):
+            document = openapi(cached.schema, self._profile(request, config), request.host, f"/{dbname}/rest/v1")
+            return web.Response(body=json.dumps(document).encode(), content_type="application/openapi+json",
+                                charset="utf-8")
         if "/" in resource and not resource.startswith("rpc/") or resource.count("/") > 1:
             raise ApiError(404, "PGRST125", "Invalid path specified in request URL")
         method = request.method
