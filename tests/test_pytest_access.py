@@ -62,6 +62,21 @@ def test_a_too_wide_update_policy_fails_naming_user_command_counts_and_the_polic
     assert "carol (authenticated) UPDATE" not in result.stdout.str()  # alone in her org: still 1
 
 
+def test_a_restrictive_policy_that_holds_rows_back_is_named(pytester):
+    app = sample(pytester, "orgs")
+    with (app.path / "migrations" / "0000_projects.sql").open("a") as migration:
+        migration.write('\nCREATE POLICY "public projects stay" ON projects AS RESTRICTIVE FOR DELETE TO authenticated\n'
+                        "    USING (NOT is_public);\n")
+    result = app.runpytest("-k", "who_may")
+    result.assert_outcomes(failed=1, deselected=ORGS_TESTS - 1)
+    result.stdout.fnmatch_lines([
+        "E *alice (authenticated) DELETE: expected 1 row(s), got 0 row(s)",
+        'E *deciding: "public projects stay" RESTRICTIVE FOR DELETE USING (NOT is_public) holds back 1 of the 1 row(s) '
+        "the DELETE policies admit for alice",
+    ])
+    assert "bob (authenticated) DELETE" not in result.stdout.str()  # his project is not public
+
+
 def test_an_insert_policy_that_forgets_the_org_is_named(pytester):
     app = sample(pytester, "orgs", keep_tests=False)
     edit_orgs(app, "WITH CHECK (org_id = (SELECT auth.session()->>'org_id') AND created_by", "WITH CHECK (created_by")

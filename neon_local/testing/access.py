@@ -193,8 +193,10 @@ class Probe:
             (self.ident.as_string(conn),)).fetchone()
         return found[0] if found else None
 
-    def _verdicts(self, subject: Subject, command: str, policies: list[tuple]) -> list[str]:
-        """Per policy: how many rows its USING admits, or whether new_row passes its WITH CHECK."""
+    def _verdicts(self, subject: Subject, command: str, policies: list[tuple]) -> list[Verdict]:
+        """Per policy, evaluated on the table's rows with the user's claims (as the superuser, rolled back):
+        whether new_row passes its WITH CHECK (INSERT); how many rows a permissive policy of the command admits;
+        how many of the rows those admit a restrictive policy (or, for UPDATE, a SELECT policy) holds back."""
         conn = self.db.superuser()
         cursor = psycopg.Cursor(conn, row_factory=tuple_row)
         with conn.transaction(force_rollback=True):
@@ -206,39 +208,55 @@ class Probe:
                 checks = [sql.SQL("coalesce(({}), false)").format(sql.SQL(p[4] or p[3] or "true")) for p in policies]
                 cursor.execute(sql.SQL("WITH {} AS ({} RETURNING *) SELECT {} FROM {}").format(
                     alias, statement, sql.SQL(", ").join(checks), alias), params)
-                return ["passes WITH CHECK for this new row" if ok else "fails WITH CHECK for this new row"
-                        for ok in cursor.fetchone()]
-            counts = [sql.SQL("count(*) FILTER (WHERE coalesce(({}), false))").format(sql.SQL(p[3] or "true"))
-                      for p in policies]
-            cursor.execute(sql.SQL("SELECT {}, count(*) FROM {} AS {}").format(
-                sql.SQL(", ").join(counts), self.ident, alias))
-            *admitted, total = cursor.fetchone()
-            return [f"admits {n} of {total} row(s) for {subject.label}" for n in admitted]
+                return [Verdict("passes" if ok else "fails", int(ok), f"{'passes' if ok else 'fails'} WITH CHECK for "
+                                f"this new row") for ok in cursor.fetchone()]
+            admitting = [_admits(p, command) for p in policies]
+            passes = [sql.SQL("coalesce(({}), false)").format(sql.SQL(p[3] or "true")) for p in policies]
+            any_admits = sql.SQL(" OR ").join(q for q, a in zip(passes, admitting) if a) if any(admitting) else sql.SQL("false")
+            counts = [sql.SQL("count(*) FILTER (WHERE {})").format(q) if a else
+                      sql.SQL("count(*) FILTER (WHERE ({}) AND NOT {})").format(any_admits, q)
+                      for q, a in zip(passes, admitting)]
+            cursor.execute(sql.SQL("SELECT {}, count(*) FILTER (WHERE {}), count(*) FROM {} AS {}").format(
+                sql.SQL(", ").join(counts), any_admits, self.ident, alias))
+            *numbers, admitted, total = cursor.fetchone()
+        return [Verdict("admits", n, f"admits {n} of {total} row(s) for {subject.label}") if a else
+                Verdict("holds back", n, f"holds back {n} of the {admitted} row(s) the {command.upper()} policies admit "
+                                         f"for {subject.label}")
+                for n, a in zip(numbers, admitting)]
 
     @staticmethod
     def _deciding(command: str, expected: Any, got: Outcome, policies: list[tuple],
-                  verdicts: list[str]) -> list[tuple[tuple, str]]:
+                  verdicts: list[Verdict]) -> list[tuple[tuple, str]]:
         """The policies that made `got` differ from `expected`: those letting too much through, or holding too much back."""
-        own = [(p, v) for p, v in zip(policies, verdicts) if p[2] in (command.upper(), "ALL")]
-        permissive = [(p, v) for p, v in own if p[1] == "PERMISSIVE"]
-        restrictive = [(p, v) for p, v in zip(policies, verdicts) if p[1] == "RESTRICTIVE" or p[2] == "SELECT"]
+        pairs = list(zip(policies, verdicts))
         if command == "insert":
-            passes = [(p, v) for p, v in own if v.startswith("passes")]
+            own = [(p, v) for p, v in pairs if p[2] in ("INSERT", "ALL")]
             if got.refused is None:  # allowed where refused was wanted: the permissive ones that let it in
-                return [(p, v) for p, v in passes if p[1] == "PERMISSIVE"] or own
-            failing = [(p, v) for p, v in own if p[1] == "RESTRICTIVE" and v.startswith("fails")]
-            return failing or permissive or own
-
-        def admitted(verdict: str) -> int:
-            return int(verdict.split()[1])
-
+                chosen = [(p, v) for p, v in own if p[1] == "PERMISSIVE" and v.kind == "passes"]
+            else:
+                chosen = ([(p, v) for p, v in own if p[1] == "RESTRICTIVE" and v.kind == "fails"]
+                          or [(p, v) for p, v in own if p[1] == "PERMISSIVE"])
+            return [(p, v.text) for p, v in chosen or own]
+        admitting = [(p, v) for p, v in pairs if v.kind == "admits"]
         want = expected if isinstance(expected, int) and not isinstance(expected, bool) else None
         if want is not None and got.rows is not None and got.rows > want:
-            return [(p, v) for p, v in permissive if admitted(v) > want] or permissive or own
-        if want is not None:
-            holding = [(p, v) for p, v in restrictive if admitted(v) < want]
-            return holding or permissive or own
-        return own
+            chosen = [(p, v) for p, v in admitting if v.count > want] or admitting
+        else:
+            chosen = [(p, v) for p, v in pairs if v.kind == "holds back" and v.count] or admitting
+        return [(p, v.text) for p, v in chosen or pairs]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    kind: str  # "admits" / "holds back" (row counts), "passes" / "fails" (a new row's WITH CHECK)
+    count: int
+    text: str
+
+
+def _admits(policy: tuple, command: str) -> bool:
+    """A permissive policy of the command itself lets rows in; the others (restrictive ones, and SELECT policies
+    filtering an UPDATE) can only hold rows back."""
+    return policy[1] == "PERMISSIVE" and policy[2] in (command.upper(), "ALL")
 
 
 def _adapted(value: Any) -> Any:
