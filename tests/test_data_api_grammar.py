@@ -6,7 +6,10 @@ from __future__ import annotations
 import json
 import re
 
-from hypothesis import given, settings, strategies as st
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from data_api_support import rest  # noqa: F401 (fixture)
 
 from neon_local.data_api.errors import ApiError
 from neon_local.data_api.grammar import parse_accept, parse_prefer, parse_query
@@ -56,3 +59,14 @@ def test_headers_never_raise_anything_but_api_errors(accept, prefer):
     except ApiError as exc:
         assert exc.status == 406
     parse_prefer([prefer])
+
+
+@pytest.mark.asyncio
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(pairs, st.sampled_from(["books", "authors", "rpc/books_by"]))
+async def test_any_query_string_over_http_runs_or_is_refused_never_500(rest, query_pairs, resource):
+    response = await rest.request("GET", f"/{resource}", params=query_pairs)
+    assert response.status_code != 500 and response.status_code < 503, response.text
+    if response.status_code >= 400:
+        assert set(response.json()) == {"code", "details", "hint", "message"}
+    assert (await rest.request("GET", "/books?select=id&limit=1")).status_code == 200
