@@ -318,3 +318,36 @@ async def test_openapi_document(rest):
         assert "Foreign Key to `authors.id`" in books["properties"]["author_id"]["description"]
     extra = await rest.request("GET", "/", headers={"Accept-Profile": "extra"})
     assert set(extra.json()["definitions"]) == {"notes"}
+
+
+async def test_put_upserts_the_row_its_url_names(rest):
+    created = await rest.request("PUT", "/reviews?book_id=eq.2&reviewer=eq.p", json={"book_id": 2, "reviewer": "p", "stars": 2},
+                                 headers={"Prefer": "return=representation"})
+    assert created.status_code == 200 and created.json() == [{"book_id": 2, "reviewer": "p", "stars": 2}]
+    updated = await rest.request("PUT", "/reviews?book_id=eq.2&reviewer=eq.p", json={"book_id": 2, "reviewer": "p", "stars": 5})
+    assert updated.status_code == 204
+    assert (await rest.request("GET", "/reviews?book_id=eq.2&select=stars")).json() == [{"stars": 5}]
+    # 52: the body's key differs from the URL's
+    mismatch = await rest.request("PUT", "/reviews?book_id=eq.2&reviewer=eq.p", json={"book_id": 2, "reviewer": "q", "stars": 1})
+    assert mismatch.status_code == 400 and mismatch.json()["code"] == "PGRST115"
+    partial = await rest.request("PUT", "/reviews?book_id=eq.2", json={"book_id": 2, "reviewer": "p"})
+    assert partial.status_code == 405 and partial.json()["code"] == "PGRST105"
+    paged = await rest.request("PUT", "/reviews?book_id=eq.2&reviewer=eq.p&limit=1", json={"book_id": 2, "reviewer": "p"})
+    assert paged.status_code == 400 and paged.json()["code"] == "PGRST114"
+    assert (await rest.request("DELETE", "/reviews?book_id=eq.2")).status_code == 204
+
+
+async def test_missing_default_fills_absent_keys_with_defaults(rest):
+    u1 = rest.token("u1")
+    rows = [{"title": "D1", "year": 1}, {"title": "D2"}]
+    nulls = await rest.request("POST", "/books?select=title,owner&order=title", token=u1, json=rows[1:],
+                               headers={"Prefer": "return=representation"})
+    assert nulls.json() == [{"title": "D2", "owner": "u1"}]  # only the keys given are written
+    defaults = await rest.request("POST", '/books?columns="title","year","owner"&select=title,year,owner', token=u1, json=rows,
+                                  headers={"Prefer": "return=representation, missing=default"})
+    assert defaults.status_code == 201, defaults.text
+    assert defaults.json() == [{"title": "D1", "year": 1, "owner": "u1"}, {"title": "D2", "year": None, "owner": "u1"}]
+    assert "missing=default" in defaults.headers["Preference-Applied"]
+    without = await rest.request("POST", '/books?columns="title","owner"', token=u1, json=[{"title": "D3"}])
+    assert without.status_code == 403  # owner null: the insert policy refuses it
+    await rest.request("DELETE", "/books?title=in.(D1,D2)", token=u1)

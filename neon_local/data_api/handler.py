@@ -26,7 +26,7 @@ from neon_local.data_api import setup
 from neon_local.data_api.errors import ApiError
 from neon_local.data_api.openapi import openapi
 from neon_local.data_api.grammar import (
-    CSV, JSON, OBJECT, parse_accept, parse_payload, parse_prefer, parse_query, parse_range,
+    CSV, JSON, OBJECT, Filter, parse_accept, parse_payload, parse_prefer, parse_query, parse_range,
 )
 from neon_local.data_api.schema import INTROSPECTION_SQL, Schema
 from neon_local.data_api.sql import Builder, Plan, env_query, ident
@@ -296,9 +296,7 @@ class DataApi:
             builder = Builder(cached.schema, query, cached.config.max_rows)
             plan = await self._lookup(dbname, cached, lambda s: _rebuild(builder, s).read(table, prefs.count is not None, singular))
             return plan, {"offset": query.root.offset or 0}
-        if method == "PUT":
-            raise ApiError(400, "PGRST127", "Feature not implemented", "PUT (single-row upsert) is not supported yet")
-        if method not in ("POST", "PATCH", "DELETE"):
+        if method not in ("POST", "PATCH", "DELETE", "PUT"):
             raise ApiError(405, "PGRST117", f"Unsupported HTTP method: {method}")
         rows, columns = None, []
         if method in ("POST", "PATCH"):
@@ -306,9 +304,15 @@ class DataApi:
             if method == "PATCH" and len(rows) != 1:
                 raise ApiError(400, "PGRST102", "Empty or invalid json")
         representation = prefs.representation == "representation"
+        resolution = prefs.resolution if method == "POST" else None
+        if method == "PUT":
+            rows, columns, _ = parse_payload(body, query.columns)
+            _check_put(table, query, rows)
+            query.on_conflict, resolution, query.nodes[()].filters = list(table.pk), "merge-duplicates", []
         builder = Builder(cached.schema, query, cached.config.max_rows)
         plan = await self._lookup(dbname, cached, lambda s: _rebuild(builder, s).write(
-            table, method, rows, columns, representation, singular, prefs.resolution if method == "POST" else None))
+            table, "POST" if method == "PUT" else method, rows, columns, representation, singular, resolution,
+            prefs.missing_default))
         return plan, {"offset": 0, "table": table}
 
     async def _rpc_plan(self, dbname, cached, schema_name, name, method, pairs, body, media, prefs):
@@ -501,6 +505,27 @@ class DataApi:
             response.content_type = content_type
             response.charset = "utf-8"
         return response
+
+
+def _check_put(table, query, rows: list[dict]) -> None:
+    """PUT upserts the one row its filters name: `eq` on every primary key column and nothing else, no paging,
+    one row in the body whose key matches the URL (PGRST105, PGRST114, PGRST115)."""
+    root = query.root
+    if root.limit is not None or root.offset is not None:
+        raise ApiError(400, "PGRST114", "limit/offset querystring parameters are not allowed for PUT")
+    filters = root.filters
+    named = {f.field.name: f.value for f in filters
+             if isinstance(f, Filter) and f.op == "eq" and not f.negate and not f.field.path and not f.quantifier}
+    if not table.pk or len(named) != len(filters) or set(named) != set(table.pk):
+        raise ApiError(405, "PGRST105", "Filters must include all and only primary key columns with 'eq' operators")
+    if len(rows) != 1 or any(k not in rows[0] or _text(rows[0][k]) != v for k, v in named.items()):
+        raise ApiError(400, "PGRST115", "Payload values do not match URL in primary key column(s)")
+
+
+def _text(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def _rebuild(builder: Builder, schema: Schema) -> Builder:

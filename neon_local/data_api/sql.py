@@ -268,7 +268,7 @@ class Builder:
         return Plan(sql, self.params.values, True, singular, keys=level.keys)
 
     def write(self, table: Table, method: str, rows: list[dict] | None, columns: list[str], representation: bool,
-              singular: bool, resolution: str | None = None) -> Plan:
+              singular: bool, resolution: str | None = None, missing_default: bool = False) -> Plan:
         target = qualified(table.schema, table.name)
         alias = "pgrst_t0"
         for name in columns:
@@ -277,9 +277,15 @@ class Builder:
         if method == "POST" and not rows:
             stmt = None
         elif method == "POST":
-            payload = self.params.add(_json_text(rows))
             cols = ", ".join(ident(c) for c in columns)
-            if columns:
+            if columns and missing_default:  # a key a row lacks takes the column's DEFAULT, not null
+                values = []
+                for row in rows:
+                    record = f"pg_catalog.json_populate_record(null::{target}, {self.params.add(_json_text(row))}::json)"
+                    values.append("(" + ", ".join(f"({record}).{ident(c)}" if c in row else "default" for c in columns) + ")")
+                stmt = f"insert into {target} as {alias} ({cols}) values " + ", ".join(values)
+            elif columns:
+                payload = self.params.add(_json_text(rows))
                 stmt = (f"insert into {target} as {alias} ({cols}) select {cols} from "
                         f"pg_catalog.json_populate_recordset(null::{target}, {payload}::json)")
             else:  # every row took only defaults
