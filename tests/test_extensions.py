@@ -6,7 +6,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
+import os
 import re
+import shutil
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -332,6 +337,59 @@ async def test_over_neons_sql_http_a_migration_and_the_hint_arrive(sql_http):
     assert response.status_code == 400 and body["code"] == "0A000"
     assert body["message"] == 'extension "postgis" is not available'
     assert body["detail"].startswith("Neon supports postgis") and "--pg-bin" in body["hint"]
+
+
+# Run from an install of neon-local made without a C compiler: start the default engine, create pgcrypto as the owner.
+WITHOUT_MODULE = """
+import asyncio, json, logging, sys
+from pathlib import Path
+import psycopg
+import neon_local
+from conftest import start_cluster
+from neon_local.settings import Settings
+
+async def main(root):
+    pg = await start_cluster(Settings(project_dir=root, data_dir=root / "data", http_port=0, pg_port=0), root)
+    try:
+        with psycopg.connect(pg.conninfo(user="neondb_owner"), autocommit=True) as conn:
+            try:
+                conn.execute("CREATE EXTENSION pgcrypto")
+            except psycopg.Error as error:
+                print(json.dumps({"package": neon_local.__file__, "sqlstate": error.sqlstate,
+                                  "message": error.diag.message_primary, "hint": error.diag.message_hint}))
+    finally:
+        await pg.stop()
+
+logging.basicConfig()
+asyncio.run(main(Path(sys.argv[1])))
+"""
+
+
+def test_an_install_without_a_compiler_works_and_says_how_to_get_pgcrypto(tmp_path):
+    """No C compiler at install (CC=false): the install succeeds without the module, start-up warns, and CREATE
+    EXTENSION pgcrypto fails with what to install, instead of Postgres' bare message."""
+    source, target = tmp_path / "source", tmp_path / "site"
+    # A copy without build products, so that nothing built earlier in the checkout can stand in for the compiler.
+    shutil.copytree(README.parent, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "node_modules", "build", "dist", "*.so", "__pycache__", ".neon-local"))
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", target, str(source)],
+        env={**os.environ, "CC": "false"}, capture_output=True, text=True, timeout=600)
+    assert build.returncode == 0, build.stderr
+    assert (target / "neon_local" / "postgres" / "contrib" / "extension" / "pgcrypto.control").is_file()
+    assert not list(target.rglob("*.so"))
+    script = tmp_path / "create_pgcrypto.py"
+    script.write_text(WITHOUT_MODULE)
+    run = subprocess.run(
+        [sys.executable, script, tmp_path / "pg"], capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(target), str(Path(__file__).parent)])})
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip(), run.stderr
+    outcome = json.loads(run.stdout.strip().splitlines()[-1])
+    assert outcome["package"].startswith(str(target))
+    assert (outcome["sqlstate"], outcome["message"]) == ("0A000", 'extension "pgcrypto" is not available')
+    assert "libcrypt-dev" in outcome["hint"] and "--pg-bin" in outcome["hint"]
+    assert "pgcrypto and uuid-ossp are not available" in run.stderr
 
 
 def _readme_extension_rows() -> dict[str, list[str]]:

@@ -16,6 +16,7 @@ C modules are found through `dynamic_library_path`.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import subprocess
@@ -25,6 +26,8 @@ from pathlib import Path
 from neon_local.postgres import contrib
 from neon_local.postgres.binaries import PgBinaries
 from neon_local.postgres.cache import cache_dir
+
+log = logging.getLogger(__name__)
 
 STUB_DIR = Path(__file__).parent / "extension"
 STUB_FILES_DIR = STUB_DIR / "extension"
@@ -36,9 +39,23 @@ def server_command(binaries: PgBinaries) -> list[str]:
     library_path = ["-c", f"dynamic_library_path=$libdir:{contrib.library_dir(binaries.major)}"]
     if binaries.major >= 18:
         own = [str(contrib.CONTRIB_DIR)] if contrib.own_files(binaries.major) else []
+        if not own:
+            _warn_if_pgcrypto_missing(binaries)
         control_path = ":".join([str(STUB_DIR), "$system", *own, str(placeholders)])
         return [str(binaries.tool("postgres")), "-c", f"extension_control_path={control_path}", *library_path]
     return [str(shadow_install(binaries, placeholders)), *library_path]
+
+
+def _warn_if_pgcrypto_missing(binaries: PgBinaries) -> None:
+    """Said at start-up because migrations fail on it much later: a server without contrib, and neon-local's own
+    module was not built (no compiler at install)."""
+    try:
+        has_pgcrypto = (_pg_config(binaries)["sharedir"] / "extension" / "pgcrypto.control").is_file()
+    except (OSError, subprocess.CalledProcessError):
+        return
+    if not has_pgcrypto:
+        log.warning("pgcrypto and uuid-ossp are not available: %s has no contrib modules and neon-local's own were not "
+                    "built. %s", binaries.describe(), contrib.how_to_get("pgcrypto"))
 
 
 def _pg_config(binaries: PgBinaries) -> dict[str, Path]:
