@@ -52,6 +52,10 @@ class Endpoints:
         return f"{self.http_url}/sql"
 
     @property
+    def data_api_url(self) -> str:
+        return f"{self.http_url}/{quote(self.database, safe='')}/rest/v1"
+
+    @property
     def ws_url(self) -> str:
         return f"ws://{self.host}:{self.http_port}/v2"
 
@@ -144,7 +148,8 @@ class Emulator:
                          "pid": self.cluster.pid, "socket_dir": str(self.cluster.socket_dir)},
             "host": e.host, "http_port": e.http_port, "pg_port": e.pg_port,
             "urls": {"owner": e.owner_url, "authenticated": e.authenticated_url, "sql": e.sql_url,
-                     "websocket": e.ws_url, "issuer": e.issuer_url, "console": self.services.console.url},
+                     "websocket": e.ws_url, "issuer": e.issuer_url, "console": self.services.console.url,
+                     "data_api": e.data_api_url if self.settings.data_api else None},
             "tls_ca": str(self.services.pg_proxy.tls_files.ca_cert),
             "started_in": round(self.started_in or 0, 3),
         }

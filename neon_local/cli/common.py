@@ -90,6 +90,7 @@ def banner(state: dict, headline: str | None = None, ready_in: float | None = No
         f"  Authenticated URL  {urls['authenticated']}   (a JWT is the password)",
         f"  SQL over HTTP      {urls['sql']}",
         f"  WebSocket          {urls['websocket']}",
+        *([f"  Data API           {urls['data_api']}   (PostgREST-compatible REST)"] if urls.get("data_api") else []),
         f"  Issuer             {urls['issuer']}   (JWKS at /.well-known/jwks.json)",
         f"  Console            {urls['console']}",
         f"  Data               {state['data_dir']}",

@@ -45,7 +45,7 @@ def types(settings: Settings, lang: str, dbname: str | None, schemas: tuple[str,
 
     chosen = schemas or settings.data_api_schemas
     with _connect(settings, dbname) as conn:
-        (text,) = conn.execute(INTROSPECTION_SQL.replace("$1", "%s"), [list(chosen)]).fetchone()
+        (text,) = conn.execute(INTROSPECTION_SQL.replace("$1", "%(schemas)s"), {"schemas": list(chosen)}).fetchone()
     click.echo(typescript(Schema.from_json(tuple(chosen), text)), nl=False)
 
 
