@@ -301,6 +301,23 @@ def test_pgp_sym_errors_are_pgcryptos(owner):
         with pytest.raises(errors.ExternalRoutineInvocationException, match=f"^{message}$"):
             owner.execute(query, params)
     assert one(owner, "select pgp_sym_decrypt(%s, 'k', 'convert-crlf=1')", (sealed,)) == "abc"
+    # With sess-key a wrong password opens the session key to random bytes, cipher id included: never a decryption,
+    # and pgcrypto's messages only (PostgreSQL's own says "Cipher cannot be initialized" for ids OpenSSL lacks).
+    owner.execute("""
+        create or replace function pg_temp.wrong_password_messages() returns setof text language plpgsql as $$
+        begin
+            for i in 1..300 loop
+                begin
+                    perform pgp_sym_decrypt(pgp_sym_encrypt('x', 'k', 'sess-key=1'), 'wrong');
+                    return next 'decrypted';
+                exception when others then
+                    return next sqlerrm;
+                end;
+            end loop;
+        end $$""")
+    messages = {m for (m,) in owner.execute("select distinct m from pg_temp.wrong_password_messages() m")}
+    assert "Wrong key or corrupt data" in messages
+    assert messages <= {"Wrong key or corrupt data", "encrypt error: Cipher cannot be initialized"}
 
 
 @pytest.fixture(scope="module")

@@ -386,7 +386,7 @@ inflate_into(StringInfo out, const char *data, int length, int algorithm)
 /* ---------- options ---------- */
 
 static int
-int_option(const char *key, const char *value, int low, int high)
+int_option(const char *value, int low, int high)
 {
 	char	   *end;
 	long		number = strtol(value, &end, 10);
@@ -448,26 +448,26 @@ parse_options(FunctionCallInfo fcinfo, int position)
 		else if (strcmp(key, "s2k-cipher-algo") == 0)
 			o.s2k_cipher = cipher_option(value);
 		else if (strcmp(key, "compress-algo") == 0)
-			o.compress = int_option(key, value, 0, 2);
+			o.compress = int_option(value, 0, 2);
 		else if (strcmp(key, "compress-level") == 0)
-			o.compress_level = int_option(key, value, 0, 9);
+			o.compress_level = int_option(value, 0, 9);
 		else if (strcmp(key, "convert-crlf") == 0)
-			o.convert_crlf = int_option(key, value, 0, 1);
+			o.convert_crlf = int_option(value, 0, 1);
 		else if (strcmp(key, "disable-mdc") == 0)
 		{
-			if (int_option(key, value, 0, 1))
+			if (int_option(value, 0, 1))
 				not_provided("disable-mdc=1");
 		}
 		else if (strcmp(key, "sess-key") == 0)
-			o.session_key = int_option(key, value, 0, 1);
+			o.session_key = int_option(value, 0, 1);
 		else if (strcmp(key, "s2k-mode") == 0)
 		{
-			o.s2k_mode = int_option(key, value, 0, 3);
+			o.s2k_mode = int_option(value, 0, 3);
 			if (o.s2k_mode == 2)
 				pgp_error("Illegal argument to function");
 		}
 		else if (strcmp(key, "s2k-count") == 0)
-			o.s2k_count = int_option(key, value, 1024, 65011712);
+			o.s2k_count = int_option(value, 1024, 65011712);
 		else if (strcmp(key, "s2k-digest-algo") == 0)
 		{
 			if (strcmp(value, "md5") == 0)
@@ -478,7 +478,7 @@ parse_options(FunctionCallInfo fcinfo, int position)
 				pgp_error("Unsupported digest algorithm");
 		}
 		else if (strcmp(key, "unicode-mode") == 0)
-			o.unicode = int_option(key, value, 0, 1);
+			o.unicode = int_option(value, 0, 1);
 		else
 			pgp_error("Illegal argument to function");
 	}
@@ -684,7 +684,9 @@ decrypt(bytea *message, const char *password, int password_length, StringInfo ou
 				corrupt();
 			cfb(s2k_cipher, s2k_key, s.at, sealed_length, opened, false);
 			cipher = opened[0];
-			if (sealed_length != 1 + key_length(cipher))
+			/* a wrong password opens to a random cipher id: report it as pgcrypto does */
+			if ((cipher != CIPHER_3DES && (cipher < CIPHER_AES128 || cipher > CIPHER_AES256)) ||
+				sealed_length != 1 + key_length(cipher))
 				corrupt();
 			memcpy(key, opened + 1, key_length(cipher));
 		}
