@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import httpx
 import pytest
@@ -167,3 +168,12 @@ async def test_a_policy_is_written_as_a_migration_file(client, emulator):
         assert handle.read() == "ALTER TABLE docs ENABLE ROW LEVEL SECURITY;\n"
     refused = await api(client, emulator, "policy/migration", {"name": "../../etc/x", "sql": "select 1"})
     assert "lower-case letters" in refused["error"]
+
+
+async def test_the_page_weighs_under_500_kb(client, emulator):
+    await signed_in(client, emulator)
+    page = await client.get("/console")
+    assets = re.findall(r'(?:src|href)="(/console/static/[^"]+)"', page.text)
+    assert sorted(assets) == ["/console/static/console.css", "/console/static/console.js"]
+    sizes = [len(page.content)] + [len((await client.get(asset)).content) for asset in assets]
+    assert sum(sizes) < 500_000, sizes

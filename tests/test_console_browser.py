@@ -83,6 +83,18 @@ def test_alice_then_bob_see_their_own_rows(page):
     expect(page.locator("#results tbody")).to_have_text("walk the dog")
 
 
+def test_explain_and_the_history_of_an_identity(page):
+    run_as(page, "bob", "select task from todos where id > 1")
+    expect(page.locator("#results tbody tr")).to_have_count(1)
+    page.fill("#editor", "select 1")
+    page.click("#explain")
+    expect(page.locator("#results pre.plan")).to_contain_text("Result")
+    page.select_option("#history", "select task from todos where id > 1")  # bob's statements, newest first
+    expect(page.locator("#editor")).to_have_value("select task from todos where id > 1")
+    page.select_option("#identity", label="alice")
+    expect(page.locator("#history option", has_text="where id > 1")).to_have_count(0)
+
+
 def test_an_error_is_marked_at_its_position(page):
     run_as(page, "alice", "select * from todoz")
     expect(page.locator("#results .error")).to_contain_text('42P01: relation "todoz" does not exist')
@@ -129,12 +141,15 @@ def test_a_template_policy_changes_the_matrix(page, emulator):
     page.select_option("#mx-table", "public.projects")
     page.fill("#mx-row", '{"name": "new"}')
     page.click("#mx-run")
-    for who in ("alice", "bob"):
+    for who, project in (("alice", "apollo"), ("bob", "gemini")):
         row = page.locator(f'#matrix-grid tr[data-identity="{who}"]')
-        expect(row.locator('td[data-command="select"]')).to_have_text("1 row(s)")
+        select = row.locator('td[data-command="select"]')
+        expect(select.locator("summary")).to_have_text("1 row(s)")
+        select.locator("summary").click()  # which row: their own
+        expect(select.locator("pre")).to_have_text(f"(1,{project},user_{who})" if who == "alice" else f"(2,{project},user_{who})")
         expect(row.locator('td[data-command="insert"]')).to_have_text("allowed")
     owner_row = page.locator('#matrix-grid tr[data-identity="owner"]')
-    expect(owner_row.locator('td[data-command="select"]')).to_have_text("2 row(s)")
+    expect(owner_row.locator('td[data-command="select"] summary')).to_have_text("2 row(s)")
     # the owner has no sub, so DEFAULT auth.user_id() is NULL: the real error shows, not "refused"
     expect(owner_row.locator('td[data-command="insert"]')).to_contain_text("23502")
     page.screenshot(path=DOCS / "console-matrix.png")

@@ -178,6 +178,14 @@ def _statement(command: str, ident: sql.Composable, column: str | None, new_row:
         ident, sql.SQL(", ").join(map(sql.Identifier, new_row)), sql.SQL(", ").join(sql.Placeholder() * len(values))), values)
 
 
+SAMPLE_ROWS = 10  # rows of a SELECT cell the page lists, to say which rows an identity sees
+
+
+async def _sample(cur: psycopg.AsyncCursor, ident: sql.Composable) -> list[str]:
+    await cur.execute(sql.SQL("SELECT t::text FROM {} AS t LIMIT {}").format(ident, sql.Literal(SAMPLE_ROWS)))
+    return [row[0] for row in await cur.fetchall()]
+
+
 async def _measure_one(conninfo: str, ident: sql.Composable, column: str | None, new_row: dict | None,
                        explainer: Explainer, identity: ExplainedIdentity) -> dict[str, dict[str, Any]]:
     cells: dict[str, dict[str, Any]] = {}
@@ -193,7 +201,8 @@ async def _measure_one(conninfo: str, ident: sql.Composable, column: str | None,
                 async with conn.transaction(force_rollback=True):
                     await cur.execute(statement, params)
                     rows = (await cur.fetchone())[0] if command == "select" else cur.rowcount
-                cells[command] = {"state": "allowed", "rows": rows, "statement": text}
+                    sample = await _sample(cur, ident) if command == "select" and rows else []
+                cells[command] = {"state": "allowed", "rows": rows, "statement": text, "sample": sample}
             except psycopg.Error as exc:
                 message = exc.diag.message_primary or str(exc)
                 if exc.sqlstate == "42501":

@@ -263,6 +263,10 @@ async function runMatrix() {
 }
 
 function matrixCell(cell, command) {
+  if (cell.state === "allowed" && cell.sample && cell.sample.length) {  // which rows: the first few, as Postgres prints them
+    return h("td", { class: "allowed", "data-command": command, title: cell.statement },
+      h("details", {}, h("summary", {}, `${cell.rows} row(s)`), h("pre", { class: "sample" }, cell.sample.join("\n"))));
+  }
   if (cell.state === "allowed") {
     return h("td", { class: "allowed", "data-command": command, title: cell.statement }, command === "insert" ? "allowed" : `${cell.rows} row(s)`);
   }
