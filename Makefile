@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test soak bench lint clean
+.PHONY: install test soak bench lint clean image image-test
 
 install: $(BIN)/neon-local tests/node/node_modules
 
@@ -26,6 +26,22 @@ soak: install
 
 bench: install
 	$(BIN)/python -m bench
+
+# The container image (images/Containerfile) from a freshly built wheel, on a bookworm base made here with
+# mmdebstrap (images/base.sh); image-test starts it with buildah and smoke-tests it from the host.
+IMAGE ?= localhost/neon-local:dev
+IMAGE_BASE ?= localhost/neon-local-base:bookworm
+
+image: install
+	rm -rf dist
+	$(BIN)/python -m build --wheel --outdir dist . >/dev/null
+	$(BIN)/pip download --quiet --only-binary :all: --dest dist dist/neon_local-*.whl
+	buildah inspect --type image $(IMAGE_BASE) >/dev/null 2>&1 || images/base.sh $(IMAGE_BASE)
+	buildah bud --quiet --isolation chroot --layers=false --format docker --build-arg BASE=$(IMAGE_BASE) --build-arg PIP_NO_INDEX=1 -f images/Containerfile -t $(IMAGE) . >/dev/null
+	@buildah images --format '{{.Name}}:{{.Tag}} {{.Size}}' $(IMAGE)
+
+image-test: image
+	IMAGE=$(IMAGE) $(BIN)/pytest -q -s images/test_image.py
 
 lint: install
 	$(BIN)/python -m pyflakes neon_local bench
