@@ -6,6 +6,7 @@ The fixture (tests/data_api_support.py) follows the reference: authors, books wi
 
 from __future__ import annotations
 
+import psycopg
 import pytest
 
 from data_api_support import DB, rest  # noqa: F401 (fixture)
@@ -351,3 +352,25 @@ async def test_missing_default_fills_absent_keys_with_defaults(rest):
     without = await rest.request("POST", '/books?columns="title","owner"', token=u1, json=[{"title": "D3"}])
     assert without.status_code == 403  # owner null: the insert policy refuses it
     await rest.request("DELETE", "/books?title=in.(D1,D2)", token=u1)
+
+
+async def test_a_database_dropped_and_made_again_or_losing_schema_pgrst(rest, settings):
+    async def make(with_row: int) -> None:
+        async with await rest.admin() as conn:
+            await conn.execute("drop database if exists rest_again with (force)")
+            await conn.execute(f'create database rest_again owner "{settings.owner}"')
+        async with await psycopg.AsyncConnection.connect(rest.admin_conninfo.replace(DB, "rest_again"), autocommit=True) as conn:
+            await conn.execute(f"create table t (id int); insert into t values ({with_row}); grant select on t to anonymous")
+
+    url = f"http://127.0.0.1:{rest.port}/rest_again/rest/v1/t"
+    await make(1)
+    assert (await rest.client.get(url)).json() == [{"id": 1}]
+    await make(2)
+    assert (await rest.client.get(url)).json() == [{"id": 2}]
+    async with await psycopg.AsyncConnection.connect(rest.admin_conninfo.replace(DB, "rest_again"), autocommit=True) as conn:
+        await conn.execute("drop schema pgrst cascade")
+    assert (await rest.client.get(url)).json() == [{"id": 2}]
+    async with await rest.admin() as conn:
+        await conn.execute("drop database rest_again with (force)")
+    gone = await rest.client.get(url)
+    assert gone.status_code == 404 and "does not exist" in gone.json()["message"]

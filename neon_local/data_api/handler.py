@@ -44,6 +44,8 @@ MISSING_CREDENTIALS = "missing authentication credentials: required authorizatio
 EXPOSE = ("Content-Encoding, Content-Location, Content-Range, Content-Type, Date, Location, Server, "
           "Transfer-Encoding, Range-Unit")
 METHODS = "GET, POST, PATCH, PUT, DELETE, OPTIONS"
+# The database lost what the set-up put there: schema pgrst, its functions or its sequence.
+_UNPREPARED = frozenset(("3F000", "42883", "42P01"))
 _VERSION_SQL = "select (select last_value from pgrst.schema_version)::text"
 _ASSERT_VERSION_SQL = "select pgrst.assert_schema_version($1)"
 CONFIG_KEYS = ("db_schemas", "db_anon_role", "db_max_rows", "db_extra_search_path", "server_cors_allowed_origins",
@@ -280,6 +282,8 @@ class DataApi:
         admin = await connect(self.control_plane.conninfo("cloud_admin", dbname))
         try:
             row = await admin.first_row(_VERSION_SQL)
+        except PgError:  # no schema pgrst (yet): the cache cannot be current
+            return None
         finally:
             await admin.close()
         return row[0] if row else None
@@ -371,6 +375,9 @@ class DataApi:
             self.pools.discard(backend)
             if exc.sqlstate == setup.STALE_SCHEMA:
                 raise _StaleSchema() from None
+            if exc.sqlstate in _UNPREPARED and "pgrst" in exc.fields.get("M", ""):
+                self._set_up.pop(dbname, None)  # schema pgrst went away: set it up again, then re-plan
+                raise _StaleSchema() from None
             if exc.sqlstate == "42P01":
                 self.forget(dbname)
             raise _pg_error(exc.fields, self._detail_key) from None
@@ -386,6 +393,7 @@ class DataApi:
             return await self.pools.acquire(dbname, setup.AUTHENTICATOR, True)
         except PostgresErrorResponse as exc:
             if exc.sqlstate == "3D000":
+                await self._forget_database(dbname)
                 raise ApiError(404, None, exc.fields.get("M", "database does not exist")) from None
             raise _pg_error(exc.fields, self._detail_key) from None
         except (ConnectionLost, psycopg.OperationalError, OSError) as exc:
@@ -423,6 +431,25 @@ class DataApi:
         return await asyncio.shield(future)
 
     async def _load(self, dbname: str) -> _Cached:
+        for attempt in range(2):
+            try:
+                return await self._load_once(dbname)
+            except PgError as exc:
+                if exc.sqlstate == "3D000":
+                    await self._forget_database(dbname)
+                    raise ApiError(404, None, exc.fields.get("M", f'database "{dbname}" does not exist')) from None
+                if exc.sqlstate not in _UNPREPARED or attempt:
+                    raise ApiError(500, "PGRST002", "Could not query the database for the schema cache.",
+                                   exc.fields.get("M")) from None
+                self._set_up.pop(dbname, None)  # the database lost schema pgrst (or was dropped and made again)
+        raise AssertionError("unreachable")
+
+    async def _forget_database(self, dbname: str) -> None:
+        self._set_up.pop(dbname, None)
+        self._cache.pop(dbname, None)
+        await self.pools.forget_database(dbname)
+
+    async def _load_once(self, dbname: str) -> _Cached:
         await self._ensure_setup(dbname)
         admin = await connect(self.control_plane.conninfo("cloud_admin", dbname))
         try:
@@ -438,9 +465,6 @@ class DataApi:
             schema_row = _Row()
             await admin.run([Statement(INTROSPECTION_SQL, ["{" + ",".join(
                 '"' + s.replace('"', '\\"') + '"' for s in config.schemas) + "}"], schema_row)])
-        except PgError as exc:
-            raise ApiError(500, "PGRST002", "Could not query the database for the schema cache.",
-                           exc.fields.get("M")) from None
         finally:
             await admin.close()
         cached = _Cached(Schema.from_json(config.schemas, schema_row.row[0]), config, version_row.row[0], time.monotonic())
