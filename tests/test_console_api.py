@@ -177,3 +177,20 @@ async def test_the_page_weighs_under_500_kb(client, emulator):
     assert sorted(assets) == ["/console/static/console.css", "/console/static/console.js"]
     sizes = [len(page.content)] + [len((await client.get(asset)).content) for asset in assets]
     assert sum(sizes) < 500_000, sizes
+
+
+JUNK = [[], "x", 1, None, {"identity": "alice", "sql": 5}, {"identity": {"kind": "claims", "claims": []}, "sql": "select 1"},
+        {"table": 5, "template": ["x"], "params": "p"}, {"table": "public.nope"}, {"table": "x", "new_row": [1]},
+        {"token": 5, "role": {}}, {"user": "nobody"}, {"claims": "x"}, {"lifetime": "long"}, {"sql": "syntax error here"},
+        {"name": 5, "sql": None}]
+
+
+@pytest.mark.parametrize("path", ["sql", "policy/preview", "owner-sql", "policy/migration", "matrix", "tokens/mint", "tokens/decode"])
+async def test_bad_input_gets_a_json_error_never_a_crash(client, emulator, path):
+    await signed_in(client, emulator)
+    for body in JUNK:
+        response = await client.post(f"/console/api/{path}", json=body, headers={"Origin": emulator.services.console.http_url})
+        assert response.status_code in (200, 400), (body, response.status_code, response.text)
+        assert isinstance(response.json(), dict)
+    raw = await client.post(f"/console/api/{path}", content=b"{not json", headers={"Origin": emulator.services.console.http_url})
+    assert raw.status_code == 400 and raw.json() == {"error": "the body must be JSON"}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import time
 from datetime import datetime, timezone
@@ -30,6 +31,8 @@ from neon_local.settings import Settings, url_host
 from neon_local.testing.tokens import claims_of
 
 __all__ = ["Console"]
+
+log = logging.getLogger(__name__)
 
 _STATIC_TYPES = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
 _MIGRATION_NAME = re.compile(r"[a-z0-9_]{1,60}")
@@ -58,7 +61,7 @@ class Console:
         self.pg_port = pg_port
         self.guard = ConsoleGuard(http_port)
         self.tokens = token_factory(services.issuer)
-        self.log = services.sql.request_log
+        self.requests = services.sql.request_log
         self.database = self.settings.database
         self._closing = asyncio.Event()
 
@@ -144,6 +147,10 @@ class Console:
                 return web.json_response({"error": str(exc)}, status=getattr(exc, "status", 400))
             except psycopg.Error as exc:
                 return web.json_response({"error": _pg_message(exc)}, status=400)
+            except Exception as exc:  # a bug of ours: the page still gets JSON, the log the traceback
+                log.exception("console request %s failed", request.path)
+                return web.json_response({"error": f"neon-local failed on this request ({type(exc).__name__}); "
+                                                   f"its log has the details"}, status=500)
         return wrapped
 
     async def _owner(self) -> psycopg.AsyncConnection:
@@ -174,7 +181,7 @@ class Console:
         elapsed = (time.perf_counter() - began) * 1000
         result = json.loads(answer)
         error = result.get("message") if status != 200 else None
-        self.log.record("console", identity.role, token=identity.token, statement=text, began=began,
+        self.requests.record("console", identity.role, token=identity.token, statement=text, began=began,
                         rows=result.get("rowCount") if status == 200 else None, error=error)
         if status == 200:
             result["types"] = await self._type_names([f["dataTypeID"] for f in result.get("fields", [])])
@@ -202,7 +209,10 @@ class Console:
         schema, _, table = str(body.get("table", "")).rpartition(".")
         if not table:
             raise ConsoleRequestError("choose a table")
-        return {"sql": catalog.template_sql(str(body.get("template")), schema or "public", table, body.get("params") or {})}
+        params = body.get("params") or {}
+        if not isinstance(params, dict):
+            raise ConsoleRequestError("params must be a JSON object of name: value")
+        return {"sql": catalog.template_sql(str(body.get("template")), schema or "public", table, params)}
 
     async def _owner_sql(self, request: web.Request, body: dict) -> dict:
         """Statements as the owner in one transaction (a policy, a lint's fix): all or nothing."""
@@ -213,7 +223,7 @@ class Console:
         async with await self._owner() as conn:
             async with conn.transaction():
                 await conn.execute(text)
-        self.log.record("console", self.settings.owner, statement=text, began=began)
+        self.requests.record("console", self.settings.owner, statement=text, began=began)
         return {"ok": True}
 
     async def _migration(self, request: web.Request, body: dict) -> dict:
@@ -225,7 +235,10 @@ class Console:
         folder = self.settings.project_dir / "migrations"
         stamp = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
         path = folder / f"{stamp}_{name}.sql"
-        await asyncio.to_thread(_write_new, path, text.rstrip() + "\n")
+        try:
+            await asyncio.to_thread(_write_new, path, text.rstrip() + "\n")
+        except FileExistsError:
+            raise ConsoleRequestError(f"{path} exists already (written this second): choose another name") from None
         return {"path": str(path)}
 
     async def _matrix(self, request: web.Request, body: dict) -> dict:
@@ -298,7 +311,7 @@ class Console:
                          "expires_at": verified.expires_at}
 
     async def _log_entries(self, request: web.Request, body: Any) -> dict:
-        return {"entries": self.log.entries(int(request.query.get("after", 0) or 0))}
+        return {"entries": self.requests.entries(int(request.query.get("after", 0) or 0))}
 
     async def _log_stream(self, request: web.Request) -> web.StreamResponse:
         """Server-sent events: the entries so far, then each new one as it is recorded."""
@@ -307,8 +320,8 @@ class Console:
             return refused
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"})
         await response.prepare(request)
-        with self.log.subscribe() as queue:
-            for entry in self.log.entries():
+        with self.requests.subscribe() as queue:
+            for entry in self.requests.entries():
                 await response.write(_event(entry))
             closing = asyncio.ensure_future(self._closing.wait())
             try:
@@ -316,7 +329,7 @@ class Console:
                     getting = asyncio.ensure_future(queue.get())
                     done, _ = await asyncio.wait({getting, closing}, timeout=15, return_when=asyncio.FIRST_COMPLETED)
                     if getting in done:
-                        await response.write(_event(self.log.shown(getting.result())))
+                        await response.write(_event(self.requests.shown(getting.result())))
                     else:
                         getting.cancel()
                         await response.write(b": keep-alive\n\n")  # finds a closed page, which ends the loop
