@@ -374,3 +374,13 @@ async def test_a_database_dropped_and_made_again_or_losing_schema_pgrst(rest, se
         await conn.execute("drop database rest_again with (force)")
     gone = await rest.client.get(url)
     assert gone.status_code == 404 and "does not exist" in gone.json()["message"]
+
+
+@pytest.mark.parametrize("path", ["/a%00b/rest/v1/t", "/" + "d" * 200 + "/rest/v1/t", "/%C3%A9t%C3%A9/rest/v1/t",
+                                  "//rest/v1/t", "/rest_test/rest/v1/books/extra", "/rest_test/rest/v1/rpc/a/b",
+                                  "/rest_test/rest/v1/%22books%22", "/rest_test/restful"])
+async def test_hostile_paths_get_a_json_error_not_a_500(rest, path):
+    response = await rest.client.get(f"http://127.0.0.1:{rest.port}{path}",
+                                     headers={"Authorization": f"Bearer {rest.token()}"})
+    assert 400 <= response.status_code < 500, response.text
+    assert set(response.json()) == {"code", "details", "hint", "message"}
