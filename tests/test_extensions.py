@@ -171,6 +171,41 @@ def test_gen_salt_formats_and_pgcryptos_errors(owner):
         owner.execute("select crypt('x', '$2a$06$short')")
 
 
+def test_sha_crypt_follows_the_servers_pgcrypto(server, owner):
+    """PostgreSQL 18's pgcrypto added sha256crypt/sha512crypt (the default engine's module follows it); 15's reads a
+    $5$ salt as a DES one and knows no such salt type."""
+    if server.binaries.major < 18:
+        assert len(one(owner, "select crypt('x', '$5$saltstring')")) == 13
+        with pytest.raises(errors.InvalidParameterValue, match="^gen_salt: Unknown salt algorithm$"):
+            owner.execute("select gen_salt('sha256crypt')")
+        return
+    # The test vectors of the SHA-crypt specification (akkadia.org/drepper/SHA-crypt.txt).
+    assert owner.execute(
+        "select crypt('This is just a test', '$5$rounds=5000$toolongsaltstring'), crypt('Hello world!', '$6$saltstring')"
+    ).fetchone() == (
+        "$5$rounds=5000$toolongsaltstrin$Un/5jzAHMgOGZ5.mWJpuVolil07guHPvOW8mGRcvxa5",
+        "$6$saltstring$svn8UoSVapNtMuq1ukKS4tPQd8iKwSMHWjl/O817G3uBnIFNjnQJuesI68u4OTLiBFdcbYEdFCoEOfaS35inz1",
+    )
+    salt256, salt512 = owner.execute("select gen_salt('sha256crypt'), gen_salt('SHA512CRYPT', 1000)").fetchone()
+    assert re.fullmatch(r"\$5\$rounds=5000\$[./A-Za-z0-9]{16}", salt256)
+    assert re.fullmatch(r"\$6\$rounds=1000\$[./A-Za-z0-9]{16}", salt512)
+    stored = one(owner, "select crypt('pw', %s)", (salt512,))
+    assert one(owner, "select crypt('pw', %s) = %s and crypt('pv', %s) <> %s", (stored, stored, stored, stored)) is True
+    with pytest.raises(errors.InvalidParameterValue, match="^gen_salt: Incorrect number of rounds$"):
+        owner.execute("select gen_salt('sha256crypt', 999)")
+    notices = []
+
+    def collect(notice):
+        notices.append(notice.message_primary)
+
+    owner.add_notice_handler(collect)
+    try:
+        assert one(owner, "select crypt('x', '$5$rounds=10$abc')").startswith("$5$rounds=1000$abc$")
+    finally:
+        owner.remove_notice_handler(collect)
+    assert notices == ["rounds=10 is below supported value (1000), using 1000 instead"]
+
+
 def test_gen_random_bytes_limits(owner):
     assert one(owner, "select length(gen_random_bytes(1)) + length(gen_random_bytes(1024))") == 1025
     assert one(owner, "select count(distinct gen_random_bytes(16)) from generate_series(1, 100)") == 100

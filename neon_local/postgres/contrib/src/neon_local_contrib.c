@@ -31,6 +31,10 @@ PG_MODULE_MAGIC;
 #define BF_DEFAULT_ROUNDS 6
 #define XDES_DEFAULT_ROUNDS 725
 #define SALT_BUFFER 64
+#define SHA_CRYPT_DEFAULT_ROUNDS 5000
+#define SHA_CRYPT_MIN_ROUNDS 1000
+#define SHA_CRYPT_MAX_ROUNDS 999999999
+#define SHA_CRYPT_SALT_CHARS 16
 
 /* ---------- digests ---------- */
 
@@ -175,6 +179,43 @@ invalid_salt(void)
 	ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("invalid salt")));
 }
 
+/*
+ * SHA-crypt settings ($5$, $6$; PostgreSQL 18's pgcrypto has them): a rounds= outside 1000..999999999 is brought
+ * into range with a NOTICE, as pgcrypto does, where libxcrypt would reject the salt.
+ */
+static char *
+sha_crypt_setting(char *salt)
+{
+	const char *prefix = "rounds=";
+	char	   *number = salt + 3;
+	char	   *end;
+	long		rounds;
+
+	if (strncmp(number, prefix, strlen(prefix)) != 0)
+		return salt;
+	number += strlen(prefix);
+	rounds = strtol(number, &end, 10);
+	if (*end != '$' || end == number)
+		ereport(ERROR, (errcode(ERRCODE_SYNTAX_ERROR), errmsg("could not parse salt options")));
+	if (rounds > SHA_CRYPT_MAX_ROUNDS)
+	{
+		ereport(NOTICE,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("rounds=%ld exceeds maximum supported value (%d), using %d instead",
+						rounds, SHA_CRYPT_MAX_ROUNDS, SHA_CRYPT_MAX_ROUNDS)));
+		return psprintf("%.3srounds=%d%s", salt, SHA_CRYPT_MAX_ROUNDS, end);
+	}
+	if (rounds < SHA_CRYPT_MIN_ROUNDS)
+	{
+		ereport(NOTICE,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("rounds=%ld is below supported value (%d), using %d instead",
+						rounds, SHA_CRYPT_MIN_ROUNDS, SHA_CRYPT_MIN_ROUNDS)));
+		return psprintf("%.3srounds=%d%s", salt, SHA_CRYPT_MIN_ROUNDS, end);
+	}
+	return salt;
+}
+
 PG_FUNCTION_INFO_V1(nl_crypt);
 Datum
 nl_crypt(PG_FUNCTION_ARGS)
@@ -188,6 +229,8 @@ nl_crypt(PG_FUNCTION_ARGS)
 
 	if (strncmp(salt, "$2a$", 4) == 0 || strncmp(salt, "$2x$", 4) == 0 || strncmp(salt, "$1$", 3) == 0)
 		 /* bcrypt and MD5-crypt: passed as they are */ ;
+	else if (strncmp(salt, "$5$", 3) == 0 || strncmp(salt, "$6$", 3) == 0)
+		salt = sha_crypt_setting(salt);
 	else if (strncmp(salt, "$2$", 3) == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_EXTERNAL_ROUTINE_INVOCATION_EXCEPTION),
@@ -233,6 +276,8 @@ static const SaltKind salt_kinds[] = {
 	{"md5", "$1$", 0, 0, 0},
 	{"xdes", "_", XDES_DEFAULT_ROUNDS, 1, 0xFFFFFF},
 	{"bf", "$2a$", BF_DEFAULT_ROUNDS, 4, 31},
+	{"sha256crypt", "$5$", SHA_CRYPT_DEFAULT_ROUNDS, SHA_CRYPT_MIN_ROUNDS, SHA_CRYPT_MAX_ROUNDS},
+	{"sha512crypt", "$6$", SHA_CRYPT_DEFAULT_ROUNDS, SHA_CRYPT_MIN_ROUNDS, SHA_CRYPT_MAX_ROUNDS},
 };
 
 static void
@@ -272,7 +317,16 @@ gen_salt(text *kind_name, int rounds)
 		rounds = 0;				/* traditional DES has none; pgcrypto ignores what was asked */
 
 	nl_random_fill(random_input, sizeof(random_input));
-	if (crypt_gensalt_rn(kind->prefix, rounds, random_input, sizeof(random_input), salt, sizeof(salt)) == NULL)
+	if (strcmp(kind->prefix, "$5$") == 0 || strcmp(kind->prefix, "$6$") == 0)
+	{
+		/* pgcrypto's form: always with rounds=, then 16 characters of salt */
+		int			length = snprintf(salt, sizeof(salt), "%srounds=%d$", kind->prefix, rounds);
+
+		for (int i = 0; i < SHA_CRYPT_SALT_CHARS; i++)
+			salt[length + i] = crypt_alphabet[random_input[i] & 0x3f];
+		salt[length + SHA_CRYPT_SALT_CHARS] = '\0';
+	}
+	else if (crypt_gensalt_rn(kind->prefix, rounds, random_input, sizeof(random_input), salt, sizeof(salt)) == NULL)
 		bad_rounds();
 	explicit_bzero(random_input, sizeof(random_input));
 	return cstring_to_text(salt);
