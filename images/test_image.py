@@ -123,6 +123,15 @@ def test_psql_on_the_host_connects_over_tls_with_a_jwt(container):
     assert "SSL connection" in result.stdout and result.stdout.splitlines()[-1] == "user_bob"
 
 
+def test_the_compiled_pgcrypto_module_loads_on_the_image_libraries(container):
+    result = subprocess.run(
+        ["psql", f"postgresql://neondb_owner:npg_neonlocal@127.0.0.1:{container.pg_port}/neondb?sslmode=require",
+         "-XAtq", "-c", "create extension if not exists pgcrypto", "-c", "select length(gen_random_bytes(8))"],
+        capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["8"]
+
+
 def test_the_healthcheck_passes_and_the_data_belongs_to_the_non_root_user(container, volume):
     healthcheck = image_config()["Healthcheck"]["Test"][1:]
     result = container.run(*healthcheck)
