@@ -65,6 +65,7 @@ create function peek() returns json stable language sql as
   $$ select json_build_object('leak', current_setting('app.leak', true), 'temp', to_regclass('pg_temp.t_leak') is not null,
      'user', current_user, 'uid', auth.user_id(), 'path', current_setting('search_path')) $$;
 create function extra.peek() returns json stable language sql as $$ select public.peek() $$;
+create view recent_books with (security_invoker = true) as select id, author_id, title from books where year > 2000;
 insert into lists values (1, 'home');
 insert into todos (user_id, task, list_id) values ('user_alice', 'a1', 1), ('user_alice', 'a2', null), ('user_bob', 'b1', 1);
 insert into authors values (1, 'Ann'), (2, 'Bo'), (3, 'Cy');
@@ -81,6 +82,7 @@ grant usage on schema public, extra to authenticated, anonymous;
 grant usage on schema auth to anonymous;
 grant select, insert, update, delete on todos, lists, authors, books, reviews, tags, book_tags, extra.notes to authenticated;
 grant select on authors, books to anonymous;
+grant select on recent_books to authenticated;
 grant usage on all sequences in schema public to authenticated;
 """
 

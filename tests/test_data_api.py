@@ -113,6 +113,10 @@ READS = [
      lambda r: r.json() == [{"name": "Cy", "books": []}]),
     ("hint by column", "GET", "/books?select=title,authors!author_id(name)&id=eq.1", {}, 200,
      lambda r: r.json()[0]["authors"] == {"name": "Ann"}),
+    ("view to table", "GET", "/recent_books?select=title,authors(name)&order=id", {}, 200,
+     lambda r: r.json() == [{"title": "Harry One", "authors": {"name": "Ann"}}, {"title": "Second", "authors": {"name": "Ann"}}]),
+    ("table to view", "GET", "/authors?select=name,recent_books(title)&id=eq.1&recent_books.order=id", {}, 200,
+     lambda r: r.json() == [{"name": "Ann", "recent_books": [{"title": "Harry One"}, {"title": "Second"}]}]),
     ("related order", "GET", "/books?select=id,authors(name)&order=authors(name).desc,id", {}, 200,
      lambda r: [x["id"] for x in r.json()] == [3, 4, 1, 2]),
     # permissions, RPC, profiles, GUCs

@@ -64,8 +64,20 @@ funcs as (
   from pg_catalog.pg_proc p join exposed s on s.oid = p.pronamespace
   join pg_catalog.pg_type rt on rt.oid = p.prorettype
   where p.prokind = 'f'
+),
+view_columns as (
+  -- Columns a view passes through under their own name (select t.col): enough to follow the base
+  -- table's foreign keys from the view, as PostgREST does for the common case.
+  select u.view_schema as schema, u.view_name as view, u.table_schema as base_schema, u.table_name as base_table,
+    json_agg(u.column_name::text) as columns
+  from information_schema.view_column_usage u
+  join information_schema.columns c on c.table_schema = u.view_schema and c.table_name = u.view_name
+    and c.column_name = u.column_name
+  where u.view_schema = any($1::text[])
+  group by 1, 2, 3, 4
 )
 select json_build_object(
+  'views', coalesce((select json_agg(v) from view_columns v), '[]'),
   'tables', coalesce((select json_agg(r) from rels r), '[]'),
   'fks', coalesce((select json_agg(f) from fks f), '[]'),
   'functions', coalesce((select json_agg(f) from funcs f), '[]'))::text
@@ -177,6 +189,7 @@ class Schema:
                 [frozenset(u) for u in t["uniques"] if u])
         schema.fks = [ForeignKey(f["name"], f["schema"], f["table"], tuple(f["columns"]), f["ref_schema"],
                                  f["ref_table"], tuple(f["ref_columns"])) for f in doc["fks"]]
+        schema.fks += _view_keys(schema.fks, doc.get("views", []))
         for f in doc["functions"]:
             args = [Argument(a["name"], a["type"], a["mode"]) for a in f["args"]]
             inputs = [a for a in args if a.mode in ("i", "b", "v")]
@@ -284,6 +297,22 @@ class Schema:
                                               source_pairs=tuple(zip(a.ref_columns, a.columns)),
                                               target_pairs=tuple(zip(b.columns, b.ref_columns))))
         return found
+
+
+def _view_keys(fks: list[ForeignKey], views: list[dict]) -> list[ForeignKey]:
+    """The base tables' foreign keys as seen from views that pass their columns through."""
+    found = []
+    for view in views:
+        base = (view["base_schema"], view["base_table"])
+        passed = set(view["columns"])
+        for fk in fks:
+            if (fk.schema, fk.table) == base and set(fk.columns) <= passed:
+                found.append(ForeignKey(fk.name, view["schema"], view["view"], fk.columns, fk.ref_schema, fk.ref_table,
+                                        fk.ref_columns))
+            if (fk.ref_schema, fk.ref_table) == base and set(fk.ref_columns) <= passed:
+                found.append(ForeignKey(fk.name, fk.schema, fk.table, fk.columns, view["schema"], view["view"],
+                                        fk.ref_columns))
+    return found
 
 
 def _fits(function: Function, given: set[str]) -> bool:
