@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Protocol, Sequence
 
 import psycopg
 from psycopg import sql
@@ -27,8 +27,20 @@ from neon_local.testing.explain import claims_read, describe_policy, find_table,
 from neon_local.testing.identity import authenticate_as
 from neon_local.testing.tokens import User, claims_of
 
-if TYPE_CHECKING:
-    from neon_local.testing.database import Database
+
+
+class Acting(Protocol):
+    """What the probe needs of a test database (`neon_local.testing.database.Database`, which imports this module)."""
+
+    name: str
+    mode: str
+    tokens: Any
+    explainer: Any
+
+    def user(self, user: str | User | None = None) -> User: ...
+    def superuser(self) -> psycopg.Connection: ...
+    def session_url(self, via: str, role: str, token: str) -> str: ...
+    def identity_for(self, who: User, token: str | None, options: dict, path: str) -> tuple: ...
 
 COMMANDS = ("select", "insert", "update", "delete")
 PATHS = {"tcp": "over the TCP proxy", "ws": "over WebSocket (/v2)", "sql": "at SQL level (authenticate_as)"}
@@ -89,7 +101,7 @@ class Subject:
 class Probe:
     """Runs the four commands on one table as each user, and explains an outcome from the policies."""
 
-    def __init__(self, db: Database, table: str, new_row: Any, via: str | None) -> None:
+    def __init__(self, db: Acting, table: str, new_row: Any, via: str | None) -> None:
         self.db = db
         conn = db.superuser()
         found = find_table(conn, table)
@@ -272,7 +284,7 @@ def _commands_of(expectation: Mapping[str, Any], label: str) -> dict[str, Any]:
     return wanted
 
 
-def assert_access(db: Database, table: str, expected: Mapping[Any, Mapping[str, Any]], *, new_row: Any = None,
+def assert_access(db: Acting, table: str, expected: Mapping[Any, Mapping[str, Any]], *, new_row: Any = None,
                   via: str | None = None) -> None:
     """`expected` maps each user (a neon_local.toml name, "anonymous", or a `User`) to {command: expectation}:
     a row count, True (allowed) or False (refused)."""
@@ -367,7 +379,7 @@ def _parse(text: str) -> list[list[str]]:
     return [line.split() for line in text.strip().splitlines() if line.strip()]
 
 
-def measure_matrix(db: Database, table: str, users: Sequence[str | User], *, new_row: Any = None,
+def measure_matrix(db: Acting, table: str, users: Sequence[str | User], *, new_row: Any = None,
                    via: str | None = None) -> AccessMatrix:
     probe = Probe(db, table, new_row, via)
     commands = [c for c in COMMANDS if c != "insert" or new_row is not None]

@@ -56,7 +56,7 @@ class HttpClient:
         self._http = http
 
     def __repr__(self) -> str:
-        return f"<HttpClient {self.identity.describe()} token=[secure]>"
+        return f"<HttpClient {self.identity.describe(accepted=False)} token=[secure]>"
 
     def sql(self, query: str, *params: Any) -> list[dict[str, Any]]:
         """Run one query with $1, $2 ... bound to `params`; rows as dicts."""
@@ -105,7 +105,7 @@ class RestClient:
         self._http = http
 
     def __repr__(self) -> str:
-        return f"<RestClient {self.identity.describe()} token=[secure]>"
+        return f"<RestClient {self.identity.describe(accepted=False)} token=[secure]>"
 
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params=params)
