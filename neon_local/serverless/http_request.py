@@ -29,7 +29,11 @@ MAX_JSON_DEPTH = 127  # serde_json's recursion limit: the 128th nested array or 
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 # A \uXXXX escape preceded by an even number of backslashes (so it is an escape, not an escaped backslash).
 _ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u([0-9a-fA-F]{4})")
-_STRING_OR_BRACKET = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+_STRING = r'"[^"\\]*(?:\\.[^"\\]*)*"'
+_STRINGS = re.compile(_STRING)
+_STRING_OR_BRACKET = re.compile(_STRING + r"|[\[\]{}]")
+_NOT_BRACKETS = re.compile(r"[^\[\]{}]+")
+_CURLY_AS_SQUARE = str.maketrans("{}", "[]")  # for depth only the nesting counts, not the kind
 _FORBIDDEN_HOST = frozenset(" \t\n\r#/<>?@[\\]^|")
 
 
@@ -226,9 +230,9 @@ class _SerdeError(ValueError):
 
 def _check_serde_limits(text: str) -> None:
     """Raise _SerdeError where serde_json would stop; the scans run only when a body could fail them."""
-    if text.count("[") + text.count("{") > MAX_JSON_DEPTH:
+    if text.count("[") + text.count("{") > MAX_JSON_DEPTH and _too_deep(text):
         depth = 0
-        for match in _STRING_OR_BRACKET.finditer(text):
+        for match in _STRING_OR_BRACKET.finditer(text):  # only now, in Python: where the limit was passed
             bracket = match.group()
             if bracket in "[{":
                 depth += 1
@@ -236,8 +240,21 @@ def _check_serde_limits(text: str) -> None:
                     raise _SerdeError("recursion limit exceeded", text, match.end())
             elif bracket in "]}":
                 depth -= 1
-    if _SURROGATE_ESCAPE.search(text):
+    if ("\\ud" in text or "\\uD" in text) and _SURROGATE_ESCAPE.search(text):
         _check_surrogates(text)
+
+
+def _too_deep(text: str) -> bool:
+    """Whether arrays and objects nest past the limit, in C-speed passes: each removes one innermost level."""
+    brackets = _NOT_BRACKETS.sub("", _STRINGS.sub("", text)).translate(_CURLY_AS_SQUARE)
+    if "[" * (MAX_JSON_DEPTH + 1) in brackets:  # the usual attack, found at once
+        return True
+    for _ in range(MAX_JSON_DEPTH):
+        inner_removed = brackets.replace("[]", "")  # one pass over the original: no cascade into the next level
+        if len(inner_removed) == len(brackets):  # all gone, or unbalanced (which the JSON parser reports)
+            return False
+        brackets = inner_removed
+    return bool(brackets)
 
 
 def _check_surrogates(text: str) -> None:
