@@ -49,11 +49,24 @@ def fix_all(conn, name: str) -> None:
         conn.execute(finding.fix)
 
 
-def test_todos_sample_app_has_no_lints(neon_database):
+def plan(conn, query: str) -> str:
+    with conn.transaction(force_rollback=True):
+        conn.execute("SET LOCAL ROLE authenticated")
+        return "\n".join(row[0] for row in conn.execute("EXPLAIN " + query).fetchall())
+
+
+def test_todos_sample_app_only_gets_the_per_row_auth_call_warning(neon_database):
+    """drizzle-kit's `(select auth.user_id() = "todos"."user_id")` reads the row inside the sub-select, so Postgres
+    runs the call per row (a SubPlan); the lint says so, and its fix moves the call into an InitPlan. Nothing else fires."""
     neon_database.execute((TODOS / "migrations" / "0000_todos.sql").read_text().replace("--> statement-breakpoint", ""))
     neon_database.execute((TODOS / "seed.sql").read_text())
+    assert "SubPlan" in plan(neon_database, "select * from todos")
+    findings = check(neon_database, roles=ROLES, users=DEFAULT_USERS)
+    assert {(f.name, f.level) for f in findings} == {("auth_rls_initplan", "WARN")} and len(findings) == 4
+    assert exit_code(findings) == 0
+    fix_all(neon_database, "auth_rls_initplan")
     assert names(neon_database) == {}
-    assert exit_code(check(neon_database, roles=ROLES, users=DEFAULT_USERS)) == 0
+    assert "InitPlan" in plan(neon_database, "select * from todos")  # the call is now evaluated once per statement
 
 
 NOTES = """
@@ -122,11 +135,13 @@ def test_error_level_lints_set_the_exit_code(neon_database):
     assert "fix: ALTER TABLE public.open ENABLE ROW LEVEL SECURITY;" in text
 
 
-def test_initplan_accepts_both_wrapped_shapes():
-    assert unwrapped_calls("( SELECT auth.user_id() AS user_id) = user_id") == []
-    assert unwrapped_calls("( SELECT (auth.user_id() = todos.user_id))") == []
-    assert unwrapped_calls("(auth.user_id() = user_id)") == ["auth.user_id()"]
-    assert unwrapped_calls("((auth.session() ->> 'org_id'::text) = org_id)") == ["auth.session()"]
+def test_initplan_tells_correlated_sub_selects_from_uncorrelated_ones():
+    assert unwrapped_calls("(( SELECT auth.user_id() AS user_id) = user_id)", "todos") == []
+    assert unwrapped_calls("(org_id = ( SELECT (auth.session() ->> 'org_id'::text)))", "todos") == []
+    assert unwrapped_calls("( SELECT (auth.user_id() = todos.user_id))", "todos") == ["auth.user_id()"]
+    assert unwrapped_calls("( SELECT (auth.user_id() = \"My Todos\".user_id))", "My Todos") == ["auth.user_id()"]
+    assert unwrapped_calls("(auth.user_id() = user_id)", "todos") == ["auth.user_id()"]
+    assert unwrapped_calls("((auth.session() ->> 'org_id'::text) = org_id)", "todos") == ["auth.session()"]
 
 
 def test_assert_no_lints_lists_the_findings(neon_database):

@@ -38,39 +38,75 @@ class Lint:
     refine: Callable[[dict], dict | None] | None = None  # rewrites a row in Python, or drops it (None)
 
 
-# --- auth_rls_initplan: which auth.* calls in a policy are not in a sub-select --------------------------
+# --- auth_rls_initplan: which auth.* calls in a policy Postgres evaluates per row ---------------------------
 
 _AUTH_CALL = re.compile(r"\bauth\.(?:user_id|session)\(\)|\bcurrent_setting\('request\.jwt\.claims'[^)]*\)", re.I)
-_SELECT_BEFORE = re.compile(r"select[\s(]*$", re.I)
+_SELECT_BEFORE = re.compile(r"\(\s*select[\s(]*$", re.I)
 
 
-def unwrapped_calls(expression: str | None) -> list[str]:
-    """The auth.* calls Postgres would evaluate once per row: those not directly inside `(select ...)`.
-    The call may be the sub-select's whole target (`(select auth.user_id())`) or the start of a comparison
-    in it (Drizzle's `(select auth.user_id() = t.user_id)`)."""
+def _closing(text: str, opening: int) -> int:
+    """The index of the parenthesis closing the one at `opening` (string literals skipped), or len(text)."""
+    depth, quoted = 0, False
+    for i in range(opening, len(text)):
+        char = text[i]
+        if char == "'":
+            quoted = not quoted
+        elif not quoted and char == "(":
+            depth += 1
+        elif not quoted and char == ")":
+            depth -= 1
+            if depth == 0:
+                return i
+    return len(text)
+
+
+def per_row_calls(expression: str | None, table: str) -> list[tuple[int, int]]:
+    """Spans of the auth.* calls Postgres evaluates for every row: those outside any sub-select, and those in
+    a sub-select that reads a column of the row (Drizzle's `(select auth.user_id() = t.user_id)` is such a
+    correlated SubPlan). Only in an uncorrelated sub-select, `(select auth.user_id())`, does Postgres run the
+    call once per statement (an InitPlan). pg_get_expr qualifies the row's columns inside a sub-select with
+    the table's name, which is how a correlated one is recognised."""
     if not expression:
         return []
-    return [m.group(0) for m in _AUTH_CALL.finditer(expression) if not _SELECT_BEFORE.search(expression[:m.start()])]
-
-
-def wrap_calls(expression: str) -> str:
-    out, last = [], 0
+    row_column = re.compile(r"(?<![\w.\"])" + re.escape(_quoted(table)) + r"\.")
+    spans = []
     for m in _AUTH_CALL.finditer(expression):
-        if not _SELECT_BEFORE.search(expression[:m.start()]):
-            out += [expression[last:m.start()], f"(select {m.group(0)})"]
-            last = m.end()
+        wrapped = _SELECT_BEFORE.search(expression[:m.start()])
+        if wrapped:
+            inside = expression[wrapped.start():_closing(expression, wrapped.start()) + 1]
+            if not row_column.search(inside):
+                continue
+        spans.append(m.span())
+    return spans
+
+
+def _quoted(name: str) -> str:
+    return name if re.fullmatch(r"[a-z_][a-z0-9_$]*", name) else '"' + name.replace('"', '""') + '"'
+
+
+def unwrapped_calls(expression: str | None, table: str) -> list[str]:
+    return [expression[a:b] for a, b in per_row_calls(expression, table)]
+
+
+def wrap_calls(expression: str, table: str) -> str:
+    """The expression with each per-row call wrapped in its own uncorrelated sub-select."""
+    out, last = [], 0
+    for a, b in per_row_calls(expression, table):
+        out += [expression[last:a], f"(select {expression[a:b]})"]
+        last = b
     return "".join(out) + expression[last:]
 
 
 def _initplan(row: dict) -> dict | None:
-    calls = unwrapped_calls(row["qual"]) + unwrapped_calls(row["with_check"])
+    table = row["relname"]
+    calls = unwrapped_calls(row["qual"], table) + unwrapped_calls(row["with_check"], table)
     if not calls:
         return None
     clauses = []
-    if unwrapped_calls(row["qual"]):
-        clauses.append(f"USING ({wrap_calls(row['qual'])})")
-    if unwrapped_calls(row["with_check"]):
-        clauses.append(f"WITH CHECK ({wrap_calls(row['with_check'])})")
+    if unwrapped_calls(row["qual"], table):
+        clauses.append(f"USING ({wrap_calls(row['qual'], table)})")
+    if unwrapped_calls(row["with_check"], table):
+        clauses.append(f"WITH CHECK ({wrap_calls(row['with_check'], table)})")
     return {"object": row["object"],
             "detail": f"policy {row['policy']} calls {', '.join(dict.fromkeys(calls))} for every row",
             "fix": f"ALTER POLICY {row['policy']} ON {row['object']} {' '.join(clauses)};"}
@@ -122,12 +158,14 @@ LINTS: tuple[Lint, ...] = (
                and not exists (select 1 from pg_policy pol where pol.polrelid = c.oid)
              order by 1"""),
     Lint("auth_rls_initplan", WARN, "auth.* called per row in a policy",
-         "A bare auth.user_id() or auth.session() in a policy is evaluated for every row scanned. Wrapped in a "
-         "sub-select, (select auth.user_id()), Postgres evaluates it once per statement (an initPlan).",
-         f"""select {_TABLE} as object, quote_ident(pol.polname) as policy,
+         "A bare auth.user_id() or auth.session() in a policy is evaluated for every row scanned, and so is one "
+         "in a sub-select that also reads the row (drizzle-kit's (select auth.user_id() = t.user_id) is such a "
+         "correlated SubPlan). Alone in a sub-select, (select auth.user_id()), Postgres evaluates it once per "
+         "statement (an InitPlan).",
+         f"""select {_TABLE} as object, c.relname, quote_ident(pol.polname) as policy,
                     pg_get_expr(pol.polqual, pol.polrelid) as qual, pg_get_expr(pol.polwithcheck, pol.polrelid) as with_check
              from pg_policy pol join pg_class c on c.oid = pol.polrelid join pg_namespace n on n.oid = c.relnamespace
-             where n.nspname not in {_SYSTEM} order by 1, 2""", _initplan),
+             where n.nspname not in {_SYSTEM} order by 1, 3""", _initplan),
     Lint("multiple_permissive_policies", WARN, "Several permissive policies for one role and command",
          "Postgres evaluates every permissive policy that applies and ORs them; several for the same role and "
          "command cost more per row and are harder to reason about than one.",
