@@ -212,6 +212,8 @@ class DataApi:
                 if attempt:
                     raise ApiError(503, "PGRST002", "Could not query the database for the schema cache. Retrying.",
                                    "the schema kept changing while this request was planned") from None
+                log.info("database %s changed its schema: the Data API reloads its schema cache (neon-local only; "
+                         "on Neon, refresh it from the Console)", dbname)
                 self.forget(dbname)
                 cached = await self._schema(dbname)
         return self._respond(request, method, plan, row, media, prefs, extra, schema_name, config)
@@ -274,6 +276,8 @@ class DataApi:
         except ApiError as exc:
             if exc.code not in ("PGRST200", "PGRST202", "PGRST205") or await self._version(dbname) == cached.version:
                 raise
+            log.info("database %s changed its schema: the Data API reloads its schema cache (neon-local only; "
+                     "on Neon, refresh it from the Console)", dbname)
             self.forget(dbname)
             fresh = await self._schema(dbname)
             return find(fresh.schema)
