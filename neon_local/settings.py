@@ -66,6 +66,7 @@ SCALARS: tuple[Scalar, ...] = (
     Scalar("data_api_anon_role", str, "anonymous", "Role for Data API requests whose token has no role claim, or that carry no token (empty: refuse them)."),
     Scalar("data_api_max_rows", int, 0, "Most rows one Data API response returns (pgrst.db_max_rows; 0: no limit)."),
     Scalar("data_api_errors", str, "postgrest", 'Data API error bodies: "postgrest" sends details (what postgrest-js reads), "neon" sends Neon\'s detail key.', ("postgrest", "neon")),
+    Scalar("session_jwt_version", str, "0.4.0", "pg_session_jwt version installed in a database that has none yet (0.4.0: Neon's docs, with auth.uid() and auth.jwt(); an existing one keeps its version).", ("0.3.1", "0.4.0", "0.5.0")),
 )
 
 
@@ -110,6 +111,7 @@ class Settings:
     data_api_anon_role: str = "anonymous"
     data_api_max_rows: int = 0
     data_api_errors: str = "postgrest"
+    session_jwt_version: str = "0.4.0"
     roles: tuple[str, ...] = ()
     users: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: dict(DEFAULT_USERS))
     providers: tuple[Provider, ...] = (Provider(BUILTIN_PROVIDER_ID, provider_name="neon-local"),)

@@ -430,9 +430,9 @@ def assert_version(conn, version: str) -> None:
 def test_versions_update_and_downgrade(cluster):
     with scratch_database(cluster, "session_jwt_versions", version=None) as name:
         with psycopg.connect(cluster.conninfo(user=OWNER, dbname=name), autocommit=True) as conn:
-            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_session_jwt")  # default_version: what Neon ships
-            assert_version(conn, "0.3.1")
-            for version in ("0.4.0", "0.5.0", "0.4.0", "0.3.1", "0.5.0"):
+            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_session_jwt")  # default_version: what Neon's docs describe
+            assert_version(conn, "0.4.0")
+            for version in ("0.5.0", "0.4.0", "0.3.1", "0.4.0", "0.5.0"):
                 conn.execute(sql.SQL("ALTER EXTENSION pg_session_jwt UPDATE TO {}").format(sql.Literal(version)))
                 assert_version(conn, version)
             for version in ("0.3.1", "0.4.0", "0.5.0"):

@@ -13,17 +13,23 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from psycopg import sql
 
 __all__ = [
     "BIND_QUERY",
+    "EXTENSION_VERSIONS",
     "INIT_QUERY",
     "SECRET_FILENAME",
     "SessionSigner",
+    "install_statement",
     "new_secret",
     "read_secret",
     "startup_options",
     "write_secret",
 ]
+
+# The versions the stub packages (the session_jwt_version setting's choices).
+EXTENSION_VERSIONS = ("0.3.1", "0.4.0", "0.5.0")
 
 # The stub reads it with pg_read_file(), which resolves relative paths in the data directory.
 SECRET_FILENAME = "neon_local_session.key"
@@ -41,6 +47,20 @@ INIT_QUERY = "select auth.jwt_session_init($1)"
 
 # Honest about the algorithm: the stub checks HMAC-SHA256, not Neon's EdDSA. Never decoded by the stub.
 _HEADER_B64 = "eyJhbGciOiJIUzI1NiJ9"  # base64url of {"alg":"HS256"}
+
+
+def install_statement(version: str, owner: str) -> str:
+    """SQL, for the superuser to run in one database, that installs pg_session_jwt at `version` unless the
+    database has it already (an existing install keeps its version).
+
+    It is created by `owner` (the database's owner), as a trusted extension, so that the owner can
+    `ALTER EXTENSION pg_session_jwt UPDATE TO ...` as on Neon; its objects still belong to the superuser.
+    One message: SET LOCAL ROLE lasts until the end of the implicit transaction it opens.
+    """
+    if version not in EXTENSION_VERSIONS:
+        raise ValueError(f"pg_session_jwt {version} is not packaged; choose one of {', '.join(EXTENSION_VERSIONS)}")
+    return sql.SQL("SET LOCAL ROLE {}; CREATE EXTENSION IF NOT EXISTS pg_session_jwt VERSION {}").format(
+        sql.Identifier(owner), sql.Literal(version)).as_string()
 
 
 def _b64url(data: bytes) -> str:

@@ -52,9 +52,10 @@ AS $$
     SELECT pg_catalog.rtrim(pg_catalog.translate(pg_catalog.encode(data, 'base64'), '+/' || pg_catalog.chr(10), '-_'), '=')
 $$;
 
--- NULL unless s is unpadded base64url, as base64ct's Base64UrlUnpadded demands.
+-- NULL unless s is unpadded base64url, as base64ct's Base64UrlUnpadded demands. (Helpers with a CASE
+-- are not STRICT, so that the planner inlines them into their callers.)
 CREATE FUNCTION _pg_session_jwt.b64url_decode(s text) RETURNS bytea
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $$
     SELECT CASE WHEN s ~ '^[A-Za-z0-9_-]*$' AND pg_catalog.length(s) % 4 <> 1 THEN
         pg_catalog.decode(pg_catalog.translate(s, '-_', '+/') || pg_catalog.repeat('=', (4 - pg_catalog.length(s) % 4) % 4), 'base64')
@@ -82,7 +83,8 @@ $$;
 CREATE FUNCTION _pg_session_jwt.json_int(v jsonb) RETURNS bigint
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $$
-    SELECT CASE WHEN pg_catalog.jsonb_typeof(v) = 'number' AND v::text ~ '^-?[0-9]+$' AND pg_catalog.length(pg_catalog.ltrim(v::text, '-')) <= 19 THEN
+    SELECT CASE WHEN pg_catalog.jsonb_typeof(v) = 'number' AND pg_catalog.translate(v::text, '-0123456789', '') = ''
+                 AND pg_catalog.length(pg_catalog.ltrim(v::text, '-')) <= 19 THEN
         CASE WHEN v::text::numeric BETWEEN -9223372036854775808 AND 9223372036854775807 THEN v::text::bigint END
     END
 $$;
@@ -107,15 +109,24 @@ $$;
 
 -- s as a uuid if Rust's uuid::Uuid::parse_str accepts it, else NULL. That is narrower than Postgres'
 -- uuid input: simple (32 hex digits), hyphenated 8-4-4-4-12, {braced} or urn:uuid: hyphenated only.
-CREATE FUNCTION _pg_session_jwt.parse_uuid(s text) RETURNS uuid
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+CREATE FUNCTION _pg_session_jwt.hyphenated_uuid(h text) RETURNS uuid
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $$
-    SELECT CASE WHEN h ~ '^[0-9A-Fa-f]{32}$' AND h = s OR h ~ '^[0-9A-Fa-f]{8}(-[0-9A-Fa-f]{4}){3}-[0-9A-Fa-f]{12}$'
+    SELECT CASE WHEN pg_catalog.length(h) = 36 AND pg_catalog.translate(h, '0123456789abcdefABCDEF', '') = '----'
+                 AND pg_catalog.substr(h, 9, 1) = '-' AND pg_catalog.substr(h, 14, 1) = '-'
+                 AND pg_catalog.substr(h, 19, 1) = '-' AND pg_catalog.substr(h, 24, 1) = '-'
         THEN h::uuid
     END
-    FROM (SELECT CASE WHEN s LIKE '{%}' THEN pg_catalog.substr(s, 2, pg_catalog.length(s) - 2)
-                      WHEN s LIKE 'urn:uuid:%' THEN pg_catalog.substr(s, 10)
-                      ELSE s END) AS unwrapped (h)
+$$;
+
+CREATE FUNCTION _pg_session_jwt.parse_uuid(s text) RETURNS uuid
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT CASE WHEN pg_catalog.length(s) = 32 AND pg_catalog.translate(s, '0123456789abcdefABCDEF', '') = '' THEN s::uuid
+                WHEN s LIKE '{%}' THEN _pg_session_jwt.hyphenated_uuid(pg_catalog.substr(s, 2, pg_catalog.length(s) - 2))
+                WHEN s LIKE 'urn:uuid:%' THEN _pg_session_jwt.hyphenated_uuid(pg_catalog.substr(s, 10))
+                ELSE _pg_session_jwt.hyphenated_uuid(s)
+    END
 $$;
 
 -- This backend's pid and start time (epoch seconds as text, exactly as the proxy's BIND_QUERY reads
@@ -130,15 +141,18 @@ AS $$
     FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid()) AS me
 $$;
 
--- Everything below that reads or writes the state table is SECURITY DEFINER with a pinned search_path.
+-- What reads or writes the state table runs as the extension's owner with a pinned search_path: the
+-- entry points (auth.*, and the slow ways the readers fall back on) are SECURITY DEFINER with
+-- search_path = pg_catalog, pg_temp, and the internal functions they call, which nobody else may
+-- execute, run in that context (no SECURITY DEFINER of their own, which would cost a settings
+-- switch per call).
 
 -- A fresh row for this backend, given its pid and start time as current_backend() reports them and the
 -- JWK it is loading: K_conn = HMAC(secret, "<pid>:<backend_start>"), the key the proxy signs this
 -- connection's tokens with. It replaces any row an earlier backend with the same pid left. The caller
 -- has checked the JWK.
 CREATE FUNCTION _pg_session_jwt.new_state(me_pid integer, me_start text, me_jwk text) RETURNS _pg_session_jwt.backend
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
     secret_hex text := pg_catalog.btrim(pg_catalog.pg_read_file('neon_local_session.key', 0, 1024, true),
@@ -184,8 +198,7 @@ $$;
 -- time): the caller then asks the statistics. RESET ALL and DISCARD ALL change nothing here, since
 -- they bring a startup setting back to its startup value.
 CREATE FUNCTION _pg_session_jwt.current_state() RETURNS _pg_session_jwt.backend
-LANGUAGE sql STABLE PARALLEL SAFE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
+LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
     SELECT b.* FROM _pg_session_jwt.backend AS b
     WHERE b.pid = pg_catalog.pg_backend_pid() AND b.jwk = pg_catalog.current_setting('pg_session_jwt.jwk', true) AND b.jwk_loaded
@@ -195,8 +208,7 @@ $$;
 -- Like its OnceCell, the GUC's shape is checked on first use only. Past current_state(), who this
 -- backend is comes from the activity statistics (and is then recorded with the JWK in its row).
 CREATE FUNCTION _pg_session_jwt.loaded_state() RETURNS _pg_session_jwt.backend
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
     jwk_text text := pg_catalog.current_setting('pg_session_jwt.jwk', true);
@@ -266,38 +278,49 @@ $$;
 -- NULL), where <k> says what sub is: u (a string that auth.uid() reads as a uuid), s (another string),
 -- n (absent), e (not a string: auth.user_id() raises). The short fields come first, so a reader scans
 -- little more than it needs.
-CREATE FUNCTION _pg_session_jwt.published_claims(payload jsonb) RETURNS text
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+CREATE FUNCTION _pg_session_jwt.published_claims(payload jsonb, uid uuid, organization_id uuid) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $$
-    SELECT 'pgsessionjwt_' || CASE WHEN sub IS NULL THEN 'n' WHEN pg_catalog.jsonb_typeof(sub) <> 'string' THEN 'e'
+    SELECT 'pgsessionjwt_' || CASE WHEN payload -> 'sub' IS NULL THEN 'n'
+                                   WHEN pg_catalog.jsonb_typeof(payload -> 'sub') <> 'string' THEN 'e'
                                    WHEN uid IS NOT NULL THEN 'u' ELSE 's' END
-        || ',' || CASE WHEN pg_catalog.jsonb_typeof(sub) = 'string' THEN pg_catalog.encode(pg_catalog.convert_to(sub #>> '{}', 'UTF8'), 'hex') ELSE '' END
+        || ',' || CASE WHEN pg_catalog.jsonb_typeof(payload -> 'sub') = 'string'
+                       THEN pg_catalog.encode(pg_catalog.convert_to(payload ->> 'sub', 'UTF8'), 'hex') ELSE '' END
         || ',' || coalesce(pg_catalog.replace(uid::text, '-', ''), '')
-        || ',' || CASE WHEN pg_catalog.jsonb_typeof(o) = 'object' THEN pg_catalog.encode(pg_catalog.convert_to(o::text, 'UTF8'), 'hex') ELSE '' END
-        || ',' || CASE WHEN pg_catalog.jsonb_typeof(o -> 'id') = 'string'
-                       THEN coalesce(pg_catalog.replace(_pg_session_jwt.parse_uuid(o ->> 'id')::text, '-', ''), '') ELSE '' END
+        || ',' || CASE WHEN pg_catalog.jsonb_typeof(payload -> 'o') = 'object'
+                       THEN pg_catalog.encode(pg_catalog.convert_to((payload -> 'o')::text, 'UTF8'), 'hex') ELSE '' END
+        || ',' || coalesce(pg_catalog.replace(organization_id::text, '-', ''), '')
         || ',' || pg_catalog.encode(pg_catalog.convert_to(payload::text, 'UTF8'), 'hex')
-    FROM (SELECT payload -> 'sub', payload -> 'o') AS claim (sub, o),
-         LATERAL (SELECT CASE WHEN pg_catalog.jsonb_typeof(sub) = 'string' THEN _pg_session_jwt.parse_uuid(sub #>> '{}') END) AS parsed (uid)
 $$;
 
+-- Publish a verified token and its claims. (PL/pgSQL prepares an expression the first time a
+-- transaction runs it, so the uuids are parsed in branches that most tokens never enter.)
 CREATE FUNCTION _pg_session_jwt.publish(jwt text, payload jsonb) RETURNS void
-LANGUAGE sql VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql VOLATILE
 AS $$
-    SELECT pg_catalog.set_config('pg_session_jwt.verified_jwt', jwt, false),
-           pg_catalog.set_config('backtrace_functions', _pg_session_jwt.published_claims(payload), false);
+DECLARE
+    uid uuid;
+    organization_id uuid;
+BEGIN
+    IF pg_catalog.jsonb_typeof(payload -> 'sub') = 'string' THEN
+        uid := _pg_session_jwt.parse_uuid(payload ->> 'sub');
+    END IF;
+    IF pg_catalog.jsonb_typeof(payload -> 'o' -> 'id') = 'string' THEN
+        organization_id := _pg_session_jwt.parse_uuid(payload -> 'o' ->> 'id');
+    END IF;
+    PERFORM pg_catalog.set_config('pg_session_jwt.verified_jwt', jwt, false),
+            pg_catalog.set_config('backtrace_functions', _pg_session_jwt.published_claims(payload, uid, organization_id), false);
+END
 $$;
 
 -- The extension's validate_jwt() for a non-empty token: the cached payload if it is the last token
 -- validated on this backend (no re-check, as there), else verify it and remember it. Either way the
 -- token and its claims are then published for the inlined readers.
 CREATE FUNCTION _pg_session_jwt.verify(jwt text) RETURNS jsonb
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
-    state _pg_session_jwt.backend := _pg_session_jwt.current_state();
+    state _pg_session_jwt.backend;
     first_dot integer;
     last_dot integer;
     signature text;
@@ -309,7 +332,10 @@ DECLARE
     exp bigint;
     now_epoch numeric := extract(epoch FROM pg_catalog.now());  -- transaction start, as pgrx's now()
 BEGIN
-    IF state.pid IS NULL THEN
+    -- current_state(), written out: this runs once per request.
+    SELECT b.* INTO state FROM _pg_session_jwt.backend AS b
+    WHERE b.pid = pg_catalog.pg_backend_pid() AND b.jwk = pg_catalog.current_setting('pg_session_jwt.jwk', true) AND b.jwk_loaded;
+    IF NOT FOUND THEN
         state := _pg_session_jwt.loaded_state();
     END IF;
     IF state.cached_jwt = jwt THEN
