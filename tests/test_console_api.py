@@ -194,3 +194,11 @@ async def test_bad_input_gets_a_json_error_never_a_crash(client, emulator, path)
         assert isinstance(response.json(), dict)
     raw = await client.post(f"/console/api/{path}", content=b"{not json", headers={"Origin": emulator.services.console.http_url})
     assert raw.status_code == 400 and raw.json() == {"error": "the body must be JSON"}
+
+
+async def test_the_page_may_be_opened_from_a_link_elsewhere_but_its_api_may_not(client, emulator):
+    key = emulator.services.console.url.split("?key=")[1]
+    opened = await client.get(f"/console?key={key}", headers={"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"})
+    assert opened.status_code == 302
+    refused = await client.get("/console/api/info", headers={"Sec-Fetch-Site": "cross-site"})
+    assert refused.status_code == 403

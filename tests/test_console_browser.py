@@ -33,6 +33,8 @@ def emulator(tmp_path_factory):
     assert up.returncode == 0, up.stderr
     state = json.loads(neon_local("status", "--json", cwd=project).stdout)
     assert re.search(r"Console +http://127\.0\.0\.1:\d+/console\?key=\S{20,}", up.stdout)
+    assert f"Console            {state['urls']['console']}" in neon_local("status", cwd=project).stdout
+    assert (project / ".neon-local" / "state.json").stat().st_mode & 0o777 == 0o600  # it holds the console's key
     with psycopg.connect(state["urls"]["owner"], autocommit=True) as conn:
         conn.execute((TODOS / "migrations" / "0000_todos.sql").read_text().replace("--> statement-breakpoint", ""))
         conn.execute((TODOS / "seed.sql").read_text())

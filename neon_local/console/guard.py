@@ -51,6 +51,7 @@ class ConsoleGuard:
         self.cookie = f"neon_local_console_{port}"
 
     def refusal(self, request: web.Request, *, need_secret: bool = True) -> web.Response | None:
+        """`need_secret=False` for the page's own address, which trades the ?key= for the cookie."""
         if not _loopback_ip(request.remote):
             return _refuse(403, "the console answers only on this machine (loopback)")
         if not loopback_host(request.headers.get("Host")):
@@ -59,7 +60,9 @@ class ConsoleGuard:
         origin = request.headers.get("Origin")
         if origin is not None and origin.lower() != f"http://{request.host}".lower():
             return _refuse(403, f"the console's API answers only its own page, not one from {origin}")
-        if request.headers.get("Sec-Fetch-Site", "same-origin") not in _SAFE_FETCH_SITES:
+        # The page itself may be opened from anywhere (a link in another app): it holds no data, and without
+        # the key or the cookie it answers 401; its API calls are what must come from itself.
+        if need_secret and request.headers.get("Sec-Fetch-Site", "same-origin") not in _SAFE_FETCH_SITES:
             return _refuse(403, "the console's API answers only its own page (cross-site request refused)")
         if request.method not in ("GET", "HEAD") and origin is None:
             return _refuse(403, "the console's API needs the Origin header its own page sends")
