@@ -64,6 +64,7 @@ class Console:
         self.requests = services.sql.request_log
         self.database = self.settings.database
         self._closing = asyncio.Event()
+        self._type_cache: dict[int, str] = {}
 
     @property
     def url(self) -> str:
@@ -189,12 +190,13 @@ class Console:
                 "explain": bool(body.get("explain"))}
 
     async def _type_names(self, oids: list[int]) -> list[str]:
-        if not oids:
-            return []
-        async with await self._owner() as conn:
-            cur = await conn.execute("select oid::int, format_type(oid, null) from pg_type where oid = any(%s)", (oids,))
-            names = dict(await cur.fetchall())
-        return [names.get(oid, str(oid)) for oid in oids]
+        """Type names for the grid's headers, remembered by OID (a type renamed later keeps its old name here)."""
+        missing = sorted(set(oids) - set(self._type_cache))
+        if missing:
+            async with await self._owner() as conn:
+                cur = await conn.execute("select oid::int, format_type(oid, null) from pg_type where oid = any(%s)", (missing,))
+                self._type_cache.update(await cur.fetchall())
+        return [self._type_cache.get(oid, str(oid)) for oid in oids]
 
     async def _rls(self, request: web.Request, body: Any) -> dict:
         async with await self._owner() as conn:
