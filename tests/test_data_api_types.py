@@ -41,8 +41,10 @@ def test_types_shape():
     schema = Schema.from_json(("public",), json.dumps({"tables": [{"schema": "public", "name": "t", "kind": "r", "pk": ["id"],
         "uniques": [["id"]], "columns": [
             {"name": "id", "type": "bigint", "base": "int8", "nullable": False, "default": True, "generated": False},
-            {"name": "tags", "type": "text[]", "base": "_text", "nullable": True, "default": False, "generated": False}]}],
+            {"name": "tags", "type": "text[]", "base": "_text", "nullable": True, "default": False, "generated": False},
+            {"name": "g", "type": "integer", "base": "int4", "nullable": False, "default": True, "generated": True}]}],
         "fks": [], "functions": []}))
     text = typescript(schema)
-    assert "Row: {\n          id: number\n          tags: string[] | null\n        }" in text
-    assert "Insert: {\n          id?: number\n          tags?: string[] | null\n        }" in text
+    assert "Row: {\n          id: number\n          tags: string[] | null\n          g: number\n        }" in text
+    assert "Insert: {\n          id?: number\n          tags?: string[] | null\n          g?: never\n        }" in text
+    assert "Update: {\n          id?: number\n          tags?: string[] | null\n          g?: never\n        }" in text

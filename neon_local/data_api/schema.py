@@ -23,7 +23,8 @@ rels as (
     coalesce((select json_agg(json_build_object(
         'name', a.attname, 'type', pg_catalog.format_type(a.atttypid, a.atttypmod),
         'base', bt.typname, 'nullable', not a.attnotnull,
-        'default', a.atthasdef or a.attidentity <> '' or a.attgenerated <> '', 'generated', a.attgenerated <> '')
+        'default', a.atthasdef or a.attidentity <> '' or a.attgenerated <> '',
+        'generated', a.attgenerated <> '' or a.attidentity = 'a')
         order by a.attnum)
       from pg_catalog.pg_attribute a
       join pg_catalog.pg_type t on t.oid = a.atttypid
