@@ -44,6 +44,13 @@ logging_collector = off
 log_line_prefix = '%m [%p] %q%u@%d '
 """
 
+# postgres.log is Postgres' stderr, appended to for the data dir's whole life. Past LOG_LIMIT bytes it is
+# cut to its last LOG_KEEP (at start, and checked every LOG_CHECK_SECONDS while running), so the tail
+# that `status` and crash reports show stays.
+LOG_LIMIT = 8 * 2**20
+LOG_KEEP = 2**20
+LOG_CHECK_SECONDS = 60.0
+
 HBA = """
 # neon-local: only the private Unix socket exists; the proxy authenticates clients itself.
 local all all trust
@@ -125,6 +132,30 @@ def initdb(binaries: PgBinaries, run_as: RunAs, pgdata: Path) -> None:
     (pgdata / "pg_hba.conf").write_text(HBA)
 
 
+def trim_log(path: Path, limit: int = LOG_LIMIT, keep: int = LOG_KEEP) -> bool:
+    """Cut the log at `path` to about its last `keep` bytes (from a line start) if it is over `limit`.
+
+    In place, as logrotate's copytruncate: Postgres keeps writing to the same file, which it opened
+    for appending, so its next line lands at the new end. A line written during the cut may be lost.
+    """
+    try:
+        if path.stat().st_size <= limit:
+            return False
+        with open(path, "r+b") as log_file:
+            log_file.seek(-keep, os.SEEK_END)
+            tail = log_file.read()
+            tail = tail[tail.find(b"\n") + 1:]
+            log_file.seek(0)
+            log_file.truncate()
+            log_file.write(b"(neon-local: earlier lines removed to keep this log small)\n" + tail)
+        return True
+    except FileNotFoundError:  # not written yet
+        return False
+    except OSError as exc:
+        log.warning("could not trim %s: %s", path, exc)
+        return False
+
+
 def _world_reachable(path: Path) -> bool:
     return all(p.stat().st_mode & 0o001 for p in path.parents if p != Path("/")) and bool(path.stat().st_mode & 0o001)
 
@@ -155,6 +186,7 @@ class PostgresCluster:
         self.session_secret = b""
         self._process: asyncio.subprocess.Process | None = None
         self._stopping = False
+        self._log_trimmer: asyncio.Task | None = None
 
     def conninfo(self, user: str = SUPERUSER, dbname: str = "neondb", **params: str) -> str:
         return make_conninfo(host=str(self.socket_dir), port=self.port, user=user, dbname=dbname, **params)
@@ -209,6 +241,7 @@ class PostgresCluster:
                 "-c", f"port={self.port}"]
         if self.binaries.major >= 16:  # slots ordinary roles cannot take: the owner always gets in (see bootstrap)
             args += ["-c", "reserved_connections=10"]
+        trim_log(self.log_file)
         log_fd = open(self.log_file, "ab")
         try:
             self._process = await asyncio.create_subprocess_exec(
@@ -218,6 +251,13 @@ class PostgresCluster:
             log_fd.close()
         self._stopping = False
         await self._wait_ready(timeout)
+        if self._log_trimmer is None:
+            self._log_trimmer = asyncio.create_task(self._trim_log_while_running())
+
+    async def _trim_log_while_running(self) -> None:
+        while True:
+            await asyncio.sleep(LOG_CHECK_SECONDS)
+            await asyncio.to_thread(trim_log, self.log_file)
 
     async def _wait_ready(self, timeout: float) -> None:
         # postmaster.pid's 8th line turns to "ready" once connections are accepted: cheaper than polling with connects.
@@ -255,6 +295,9 @@ class PostgresCluster:
 
     async def stop(self, timeout: float = 30.0) -> None:
         """Fast shutdown: open transactions are rolled back, committed data is checkpointed."""
+        if self._log_trimmer is not None:
+            self._log_trimmer.cancel()
+            self._log_trimmer = None
         if self._process is None or self._process.returncode is not None:
             return
         self._stopping = True
