@@ -135,6 +135,8 @@ async def test_every_template_applies_and_shapes_access(client, emulator):
         await api(client, emulator, "owner-sql", {"sql": DOCS})
         sql = (await api(client, emulator, "policy/preview", {"table": "public.docs", "template": name, "params": {}}))["sql"]
         assert (await api(client, emulator, "owner-sql", {"sql": sql})) == {"ok": True}, sql
+        lints = [f for f in (await api(client, emulator, "lints"))["findings"] if f["object"].startswith("public.docs")]
+        assert lints == [], (name, lints)  # a template the advisor would flag would be a bad template
         select = {"sql": "select title from docs order by title"}
         seen[name] = {who: [row[0] for row in (await api(client, emulator, "sql", {**select, "identity": identity}))["result"]["rows"]]
                       for who, identity in WHO}

@@ -74,8 +74,10 @@ async def overview(conn: psycopg.AsyncConnection, roles: Sequence[str]) -> list[
 # --- policy templates ------------------------------------------------------------------------------------
 
 def _crud(t: str, col: str) -> str:
-    """Drizzle's crudPolicy({ role: authenticatedRole, read: authUid(col), modify: authUid(col) }), as drizzle-kit emits it."""
-    check = f"(select auth.user_id() = {col})"
+    """Drizzle's crudPolicy({ role: authenticatedRole, read: authUid(col), modify: authUid(col) }): one policy per
+    command, named as drizzle-kit names them; the call alone in its sub-select, so that it runs once per statement
+    (drizzle's own `(select auth.user_id() = col)` runs per row: the advisor's auth_rls_initplan)."""
+    check = f"(select auth.user_id()) = {col}"
     return "\n".join([
         f'CREATE POLICY "crud-authenticated-policy-select" ON {t} AS PERMISSIVE FOR SELECT TO authenticated USING ({check});',
         f'CREATE POLICY "crud-authenticated-policy-insert" ON {t} AS PERMISSIVE FOR INSERT TO authenticated WITH CHECK ({check});',
