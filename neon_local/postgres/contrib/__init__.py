@@ -88,16 +88,17 @@ def how_to_get(name: str) -> str:
     if package == "contrib":
         steps = f"a server that includes PostgreSQL's contrib modules, e.g. Debian/Ubuntu's {server}"
     elif package:
+        source = "apt.postgresql.org" if package.startswith("postgresql-") else "the project's apt repository"
         package = package.replace("NN", str(EXAMPLE_MAJOR))
-        steps = f"a server that has it, e.g. Debian/Ubuntu's {server} with {package} (from apt.postgresql.org)"
+        steps = f"a server that has it, e.g. Debian/Ubuntu's {server} with {package} (from {source})"
     else:
         steps = "a server where it is installed (built from its project's sources)"
-    advice = (f"Start neon-local with --pg-bin pointing at {steps}: "
+    advice = (f"start neon-local with --pg-bin pointing at {steps}: "
               f"neon-local up --pg-bin /usr/lib/postgresql/{EXAMPLE_MAJOR}/bin.")
     if name in ("pgcrypto", "uuid-ossp"):
-        advice = ("neon-local builds its own for the embedded PostgreSQL 18 when installed where gcc and libxcrypt's "
-                  "headers (libcrypt-dev) exist: install them and reinstall neon-local (make install). Or: " + advice)
-    return advice
+        return ("neon-local builds its own for the embedded PostgreSQL 18 when installed where gcc and libxcrypt's "
+                "headers (libcrypt-dev) exist: install them and reinstall neon-local (make install), or " + advice)
+    return advice[0].upper() + advice[1:]
 
 
 def _placeholder_script(name: str) -> str:
