@@ -293,44 +293,37 @@ AS $$
         || ',' || pg_catalog.encode(pg_catalog.convert_to(payload::text, 'UTF8'), 'hex')
 $$;
 
--- Publish a verified token and its claims. (PL/pgSQL prepares an expression the first time a
--- transaction runs it, so the uuids are parsed in branches that most tokens never enter.)
-CREATE FUNCTION _pg_session_jwt.publish(jwt text, payload jsonb) RETURNS void
-LANGUAGE plpgsql VOLATILE
+-- Publish a verified token and its claims: one expression (the two settings' new values joined), so
+-- that the planner inlines it into verify() rather than paying a function call per request.
+CREATE FUNCTION _pg_session_jwt.publish(jwt text, payload jsonb) RETURNS text
+LANGUAGE sql VOLATILE
 AS $$
-DECLARE
-    uid uuid;
-    organization_id uuid;
-BEGIN
-    IF pg_catalog.jsonb_typeof(payload -> 'sub') = 'string' THEN
-        uid := _pg_session_jwt.parse_uuid(payload ->> 'sub');
-    END IF;
-    IF pg_catalog.jsonb_typeof(payload -> 'o' -> 'id') = 'string' THEN
-        organization_id := _pg_session_jwt.parse_uuid(payload -> 'o' ->> 'id');
-    END IF;
-    PERFORM pg_catalog.set_config('pg_session_jwt.verified_jwt', jwt, false),
-            pg_catalog.set_config('backtrace_functions', _pg_session_jwt.published_claims(payload, uid, organization_id), false);
-END
+    SELECT pg_catalog.set_config('pg_session_jwt.verified_jwt', jwt, false)
+        || pg_catalog.set_config('backtrace_functions', _pg_session_jwt.published_claims(payload,
+               CASE WHEN pg_catalog.jsonb_typeof(payload -> 'sub') = 'string' THEN _pg_session_jwt.parse_uuid(payload ->> 'sub') END,
+               CASE WHEN pg_catalog.jsonb_typeof(payload -> 'o' -> 'id') = 'string' THEN _pg_session_jwt.parse_uuid(payload -> 'o' ->> 'id') END),
+           false)
 $$;
 
 -- The extension's validate_jwt() for a non-empty token: the cached payload if it is the last token
 -- validated on this backend (no re-check, as there), else verify it and remember it. Either way the
 -- token and its claims are then published for the inlined readers.
+-- PL/pgSQL prepares each expression anew in every transaction, and each request is one: this costs
+-- about as much per statement on the way as for the work itself, hence few statements and branches
+-- that the usual token never enters.
 CREATE FUNCTION _pg_session_jwt.verify(jwt text) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
     state _pg_session_jwt.backend;
-    first_dot integer;
-    last_dot integer;
-    signature text;
-    expected text;
-    raw bytea;
+    first_dot integer := pg_catalog.strpos(jwt, '.');
+    -- The signed part ends at the last dot and the payload starts after the first; the header is never read.
+    last_dot integer := pg_catalog.length(jwt) + 1 - pg_catalog.strpos(pg_catalog.reverse(jwt), '.');
+    signature text := pg_catalog.substr(jwt, last_dot + 1);
     payload jsonb;
     jti bigint;
     nbf bigint;
     exp bigint;
-    now_epoch numeric := extract(epoch FROM pg_catalog.now());  -- transaction start, as pgrx's now()
 BEGIN
     -- current_state(), written out: this runs once per request.
     SELECT b.* INTO state FROM _pg_session_jwt.backend AS b
@@ -343,55 +336,52 @@ BEGIN
         RETURN state.cached_payload;
     END IF;
 
-    -- The signed part ends at the last dot and the payload starts after the first; the header is never read.
-    -- (strpos rather than a regular expression with groups, which costs several times as much.)
-    first_dot := pg_catalog.strpos(jwt, '.');
-    last_dot := pg_catalog.length(jwt) + 1 - pg_catalog.strpos(pg_catalog.reverse(jwt), '.');
     IF first_dot = 0 OR last_dot <= first_dot THEN
         RAISE EXCEPTION 'invalid JWT encoding' USING ERRCODE = '42804';
     END IF;
-    signature := pg_catalog.substr(jwt, last_dot + 1);
     -- Bounded repetitions ({0,43}) make the regex engine build a state per count: lengths are checked apart.
     IF signature !~ '^[A-Za-z0-9_-]*$' OR pg_catalog.length(signature) > 43 OR pg_catalog.length(signature) % 4 = 1 THEN
         RAISE EXCEPTION 'invalid JWT signature encoding' USING ERRCODE = '42804';
     END IF;
-    expected := _pg_session_jwt.b64url_encode(_pg_session_jwt.hmac(state.ipad, state.opad,
-                    pg_catalog.convert_to(pg_catalog.substr(jwt, 1, last_dot - 1), 'UTF8')));
     -- Comparing digests keeps the comparison's timing independent of how much of the MAC was guessed.
-    IF pg_catalog.sha256(pg_catalog.convert_to(signature, 'UTF8')) <> pg_catalog.sha256(pg_catalog.convert_to(expected, 'UTF8')) THEN
+    IF pg_catalog.sha256(pg_catalog.convert_to(signature, 'UTF8')) <> pg_catalog.sha256(pg_catalog.convert_to(
+           _pg_session_jwt.b64url_encode(_pg_session_jwt.hmac(state.ipad, state.opad,
+               pg_catalog.convert_to(pg_catalog.substr(jwt, 1, last_dot - 1), 'UTF8'))), 'UTF8')) THEN
         RAISE EXCEPTION 'invalid JWT signature' USING ERRCODE = '23514';
     END IF;
 
-    raw := _pg_session_jwt.b64url_decode(pg_catalog.substr(jwt, first_dot + 1, last_dot - first_dot - 1));
-    IF raw IS NULL THEN
-        RAISE EXCEPTION 'could not decode JWT component' USING ERRCODE = '42804', DETAIL = 'invalid Base64 encoding';
-    END IF;
     BEGIN
-        payload := pg_catalog.convert_from(raw, 'UTF8')::jsonb;
+        -- NULL when the payload is not unpadded base64url
+        payload := pg_catalog.convert_from(_pg_session_jwt.b64url_decode(
+                       pg_catalog.substr(jwt, first_dot + 1, last_dot - first_dot - 1)), 'UTF8')::jsonb;
     EXCEPTION WHEN data_exception THEN  -- not UTF-8, or not JSON
         RAISE EXCEPTION 'could not parse JWT component' USING ERRCODE = '42804', DETAIL = SQLERRM;
     END;
-    IF pg_catalog.jsonb_typeof(payload) <> 'object' THEN
+    IF pg_catalog.jsonb_typeof(payload) IS DISTINCT FROM 'object' THEN
+        IF payload IS NULL THEN
+            RAISE EXCEPTION 'could not decode JWT component' USING ERRCODE = '42804', DETAIL = 'invalid Base64 encoding';
+        END IF;
         RAISE EXCEPTION 'could not parse JWT component' USING ERRCODE = '42804',
             DETAIL = pg_catalog.format('invalid type: %s, expected a map', pg_catalog.jsonb_typeof(payload));
     END IF;
 
     jti := _pg_session_jwt.json_int(payload -> 'jti');
-    IF jti IS NULL THEN
-        RAISE EXCEPTION 'JWT payload must contain a valid ''jti'' (JWT ID)' USING ERRCODE = '42804';
-    END IF;
-    IF jti <= state.last_jti THEN
+    IF jti IS NULL OR jti <= state.last_jti THEN
+        IF jti IS NULL THEN
+            RAISE EXCEPTION 'JWT payload must contain a valid ''jti'' (JWT ID)' USING ERRCODE = '42804';
+        END IF;
         RAISE EXCEPTION 'Token ID must be strictly monotonically increasing.' USING ERRCODE = '23514';
     END IF;
 
-    -- 60 s leeway either way: the extension's CLOCK_SKEW_LEEWAY (since 0.3.1).
+    -- 60 s leeway either way (the extension's CLOCK_SKEW_LEEWAY, since 0.3.1), from the transaction
+    -- start, as pgrx's now().
     IF payload ? 'nbf' THEN
         nbf := _pg_session_jwt.json_int(payload -> 'nbf');
         IF nbf IS NULL THEN
             RAISE EXCEPTION '''nbf'' (Not Before) must be an integer representing seconds since unix epoch'
                 USING ERRCODE = '42804';
         END IF;
-        IF now_epoch + 60 < nbf THEN
+        IF extract(epoch FROM pg_catalog.now()) + 60 < nbf THEN
             RAISE EXCEPTION 'Token used before it is ready' USING ERRCODE = '23514', DETAIL = 'nbf=' || nbf;
         END IF;
     END IF;
@@ -401,7 +391,7 @@ BEGIN
             RAISE EXCEPTION '''exp'' (Expiration) must be an integer representing seconds since unix epoch'
                 USING ERRCODE = '42804';
         END IF;
-        IF exp + 60 < now_epoch THEN
+        IF exp + 60 < extract(epoch FROM pg_catalog.now()) THEN
             RAISE EXCEPTION 'Token used after it has expired' USING ERRCODE = '23514', DETAIL = 'exp=' || exp;
         END IF;
     END IF;
