@@ -14,7 +14,7 @@ from typing import Iterable, Union
 from neon_local.data_api.errors import ApiError
 
 __all__ = [
-    "Field", "Column", "Embed", "Filter", "Logic", "OrderTerm", "Node", "QueryParams", "Preferences",
+    "Field", "SelectColumn", "Embed", "Filter", "Logic", "OrderTerm", "Node", "QueryParams", "Preferences",
     "parse_query", "parse_select", "parse_order", "parse_filter_value", "parse_logic", "parse_prefer",
     "parse_accept", "parse_payload", "parse_range", "OPERATORS", "AGGREGATES",
 ]
@@ -51,7 +51,7 @@ class Field:
 
 
 @dataclass
-class Column:
+class SelectColumn:
     field: Field | None  # None: `*` (or `count()` with an aggregate)
     alias: str | None = None
     cast: str | None = None
@@ -259,7 +259,7 @@ def _select_items(cursor: _Cursor) -> list:
 
 def _select_item(cursor: _Cursor):
     if cursor.take("*"):
-        return Column(None)
+        return SelectColumn(None)
     if cursor.take("..."):
         embed = _embed(cursor, cursor.name("embedded resource name"), None)
         if embed is None:
@@ -268,7 +268,7 @@ def _select_item(cursor: _Cursor):
         return embed
     if cursor.peek("count()"):
         cursor.pos += len("count()")
-        return Column(None, aggregate="count", aggregate_cast=cursor.cast())
+        return SelectColumn(None, aggregate="count", aggregate_cast=cursor.cast())
     start = cursor.pos
     name = cursor.name()
     alias = None
@@ -279,14 +279,14 @@ def _select_item(cursor: _Cursor):
             raise cursor.error("a field name")  # an aliased spread has no key to take the alias
         if cursor.peek("count()"):
             cursor.pos += len("count()")
-            return Column(None, alias=alias, aggregate="count", aggregate_cast=cursor.cast())
+            return SelectColumn(None, alias=alias, aggregate="count", aggregate_cast=cursor.cast())
         start = cursor.pos
         name = cursor.name()
     embed = _embed(cursor, name, alias)
     if embed is not None:
         return embed
     cursor.pos = start
-    column = Column(cursor.field(), alias=alias)
+    column = SelectColumn(cursor.field(), alias=alias)
     column.cast = cursor.cast()
     if cursor.peek("."):
         cursor.pos += 1
@@ -459,7 +459,7 @@ def _non_negative(key: str, value: str) -> int:
 
 
 def parse_query(pairs: Iterable[tuple[str, str]], rpc_args: frozenset[str] = frozenset()) -> QueryParams:
-    params = QueryParams(select=[Column(None)], nodes={(): Node()})
+    params = QueryParams(select=[SelectColumn(None)], nodes={(): Node()})
 
     def node(path: tuple[str, ...]) -> Node:
         return params.nodes.setdefault(path, Node())
@@ -468,7 +468,7 @@ def parse_query(pairs: Iterable[tuple[str, str]], rpc_args: frozenset[str] = fro
         if key in rpc_args:
             params.args.append((key, value))
         elif key == "select":
-            params.select = parse_select(value) if value != "" else [Column(None)]
+            params.select = parse_select(value) if value != "" else [SelectColumn(None)]
         elif key == "columns":
             params.columns = [_unquote(c.strip()) for c in split_top(value) if c.strip()]
         elif key == "on_conflict":

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from neon_local.data_api.errors import ApiError
 from neon_local.data_api.grammar import (
-    FTS, IS_VALUES, OPERATORS, Column, Embed, Field, Filter, Logic, Node, OrderTerm, QueryParams,
+    FTS, IS_VALUES, OPERATORS, SelectColumn, Embed, Field, Filter, Logic, Node, OrderTerm, QueryParams,
 )
 from neon_local.data_api.schema import Function, Relationship, Schema, Table
 
@@ -138,7 +138,7 @@ class Builder:
                 sql = f"({sql} {arrow} {self.params.add(key)}::text)"
         return sql
 
-    def column_sql(self, alias: str, column: Column) -> str:
+    def column_sql(self, alias: str, column: SelectColumn) -> str:
         expr = "*" if column.field is None else self.field_sql(alias, column.field)
         if column.cast:
             expr = f"cast({expr} as {cast_type(column.cast)})"
@@ -206,7 +206,7 @@ class Builder:
         node = self.query.nodes.get(path, Node()) if apply_filters or path else Node()
         select, keys, group, laterals = [], [], [], []
         embeds: dict[str, _EmbedSql] = {}
-        has_aggregate = any(isinstance(i, Column) and i.aggregate for i in items)
+        has_aggregate = any(isinstance(i, SelectColumn) and i.aggregate for i in items)
         for item in items:
             if isinstance(item, Embed):
                 if table is None:
