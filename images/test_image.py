@@ -69,16 +69,18 @@ def container(volume):
     started = time.monotonic()
     server = subprocess.Popen(box.command(*config["Entrypoint"], *config["Cmd"]), stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
-    while server.poll() is None and not answers_sql(box):
-        time.sleep(0.02)
-    assert server.poll() is None, server.stdout.read()
-    print(f"\nimage {IMAGE}: {image_size()}; `buildah run` to a /sql answer: {time.monotonic() - started:.2f} s")
-    box.server = server
-    yield box
-    if server.poll() is None:
-        box.run("neon-local", "down")
-        server.wait(timeout=30)
-    buildah("rm", name)
+    try:
+        while server.poll() is None and not answers_sql(box):
+            time.sleep(0.02)
+        assert server.poll() is None, server.stdout.read()
+        print(f"\nimage {IMAGE}: {image_size()}; `buildah run` to a /sql answer: {time.monotonic() - started:.2f} s")
+        box.server = server
+        yield box
+    finally:
+        if server.poll() is None:
+            box.run("neon-local", "down")
+            server.wait(timeout=30)
+        buildah("rm", name)
 
 
 def answers_sql(box: Container) -> bool:
