@@ -38,6 +38,7 @@ image: install
 	$(BIN)/pip download --quiet --only-binary :all: --dest dist dist/neon_local-*.whl
 	buildah inspect --type image $(IMAGE_BASE) >/dev/null 2>&1 || images/base.sh $(IMAGE_BASE)
 	buildah bud --quiet --isolation chroot --layers=false --format docker --build-arg BASE=$(IMAGE_BASE) --build-arg PIP_NO_INDEX=1 -f images/Containerfile -t $(IMAGE) . >/dev/null
+	buildah rmi --prune >/dev/null  # the image this build replaced
 	@buildah images --format '{{.Name}}:{{.Tag}} {{.Size}}' $(IMAGE)
 
 image-test: image
