@@ -122,7 +122,8 @@ class Emulator:
         self.binaries = find_binaries(settings.pg_bin)
         # First start makes RSA/EC/Ed25519 keys (~60 ms of CPU): on a thread, alongside Postgres' copy and start.
         keyring = asyncio.get_running_loop().run_in_executor(None, KeyRing.load_or_create, self.data_dir / "keys")
-        self.cluster = PostgresCluster(self.binaries, self.data_dir / "pgdata", self.data_dir / "postgres.log")
+        self.cluster = PostgresCluster(self.binaries, self.data_dir / "pgdata", self.data_dir / "postgres.log",
+                                       settings.max_connections)
         self.cluster.prepare(await neon_template(self.binaries, settings))
         await self.cluster.start()
         self._stack.append(self.cluster.stop)

@@ -60,13 +60,18 @@ SCALARS: tuple[Scalar, ...] = (
     Scalar("allowed_origins", tuple, (), "Web origins (e.g. https://app.example) whose pages may use password roles over /sql and WebSocket, and mint tokens; loopback origins always may (comma-separated; * allows every origin)."),
     Scalar("http_idle_timeout", int, 75, "Seconds an HTTP connection may idle, or take to send a request's headers or body, before it is closed."),
     Scalar("client_idle_timeout", int, 0, "Seconds a TCP or WebSocket Postgres session may stay silent before it is closed (0: never)."),
-    Scalar("role_connection_limit", int, 50, "Most TCP and WebSocket sessions one role other than the owner may hold at once, so the owner always gets in (0: no limit)."),
+    Scalar("max_connections", int, 1000, "Postgres connection slots, shared by /sql pools and TCP/WebSocket sessions (10 stay reserved for the owner on PostgreSQL 16+)."),
+    Scalar("role_connection_limit", int, 500, "Most TCP and WebSocket sessions one role other than the owner may hold at once, so the owner always gets in (0: no limit)."),
     Scalar("data_api", bool, True, "Serve the Neon Data API (PostgREST-compatible REST) at /<db>/rest/v1/ on the HTTP port."),
     Scalar("data_api_schemas", tuple, ("public",), "Schemas the Data API exposes (pgrst.db_schemas); the first is the default profile."),
     Scalar("data_api_anon_role", str, "anonymous", "Role for Data API requests whose token has no role claim, or that carry no token (empty: refuse them)."),
     Scalar("data_api_max_rows", int, 0, "Most rows one Data API response returns (pgrst.db_max_rows; 0: no limit)."),
     Scalar("data_api_errors", str, "postgrest", 'Data API error bodies: "postgrest" sends details (what postgrest-js reads), "neon" sends Neon\'s detail key.', ("postgrest", "neon")),
     Scalar("session_jwt_version", str, "0.4.0", "pg_session_jwt version installed in a database that has none yet (0.4.0: Neon's docs, with auth.uid() and auth.jwt(); an existing one keeps its version).", ("0.3.1", "0.4.0", "0.5.0")),
+    Scalar("rate_limit", str, "", 'Connection attempts (and /sql requests) per endpoint, per protocol (tcp, ws, http): "rps@interval,..." buckets as Neon\'s proxy, "neon" for Neon\'s 500@1s,300@1m,200@10m; empty: no limit.'),
+    Scalar("rate_limit_identity", str, "", 'neon-local only: the same buckets per JWT sub and per JWT role, on every path (e.g. "10@1s"); empty: no limit.'),
+    Scalar("allowlist", str, "off", "Query allow-list mode for JWT roles (per-role modes live in the allow-list file): off, learn, warn or enforce.", ("off", "learn", "warn", "enforce")),
+    Scalar("allowlist_file", Path, None, "The allow-list file (default: neon_local.allowlist.toml beside neon_local.toml)."),
 )
 
 
@@ -105,13 +110,18 @@ class Settings:
     allowed_origins: tuple[str, ...] = ()
     http_idle_timeout: int = 75
     client_idle_timeout: int = 0
-    role_connection_limit: int = 50
+    max_connections: int = 1000
+    role_connection_limit: int = 500
     data_api: bool = True
     data_api_schemas: tuple[str, ...] = ("public",)
     data_api_anon_role: str = "anonymous"
     data_api_max_rows: int = 0
     data_api_errors: str = "postgrest"
     session_jwt_version: str = "0.4.0"
+    rate_limit: str = ""
+    rate_limit_identity: str = ""
+    allowlist: str = "off"
+    allowlist_file: Path | None = None
     roles: tuple[str, ...] = ()
     users: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: dict(DEFAULT_USERS))
     providers: tuple[Provider, ...] = (Provider(BUILTIN_PROVIDER_ID, provider_name="neon-local"),)

@@ -20,7 +20,8 @@ WAIT = 60  # a bound on waiting for the emulator to act, never an expectation of
 @pytest.fixture(scope="module")
 async def emulator(tmp_path_factory):
     async with running_emulator(tmp_path_factory.mktemp("hardening-limits"),
-                                http_idle_timeout=HTTP_IDLE, client_idle_timeout=CLIENT_IDLE) as started:
+                                http_idle_timeout=HTTP_IDLE, client_idle_timeout=CLIENT_IDLE,
+                                role_connection_limit=50, max_connections=120) as started:
         yield started
 
 

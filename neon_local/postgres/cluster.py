@@ -34,7 +34,6 @@ CONF = """
 fsync = off
 full_page_writes = off
 min_wal_size = 2MB
-max_connections = 200
 shared_buffers = 128MB
 lc_messages = 'C'
 timezone = 'UTC'
@@ -173,8 +172,9 @@ def _pid_alive(pid: int) -> bool:
 class PostgresCluster:
     """One Postgres server on a private Unix socket, supervised by this process."""
 
-    def __init__(self, binaries: PgBinaries, data_dir: Path, log_file: Path) -> None:
+    def __init__(self, binaries: PgBinaries, data_dir: Path, log_file: Path, max_connections: int = 1000) -> None:
         self.run_as = RunAs()
+        self.max_connections = max_connections
         self.binaries = self.run_as.reachable(binaries)
         self.data_dir = data_dir
         self.log_file = log_file
@@ -238,7 +238,7 @@ class PostgresCluster:
         self.run_as.give(self.socket_dir)
         args = [*self.run_as.prefix(), *server_command(self.binaries), "-D", str(self.data_dir),
                 "-c", "listen_addresses=", "-c", f"unix_socket_directories={self.socket_dir}",
-                "-c", f"port={self.port}"]
+                "-c", f"port={self.port}", "-c", f"max_connections={self.max_connections}"]
         if self.binaries.major >= 16:  # slots ordinary roles cannot take: the owner always gets in (see bootstrap)
             args += ["-c", "reserved_connections=10"]
         trim_log(self.log_file)

@@ -22,7 +22,7 @@ from neon_local.postgres.cluster import PostgresCluster, RunAs, initdb
 from neon_local.postgres.extension_path import STUB_FILES_DIR
 from neon_local.settings import Settings
 
-FORMAT = 5  # bump when what a template holds changes without its inputs changing
+FORMAT = 6  # bump when what a template holds changes without its inputs changing
 
 
 def _key(binaries: PgBinaries, settings: Settings) -> str:

@@ -1,6 +1,6 @@
 """Limits that keep one client from starving the others: sessions per role, silent sessions, dead peers.
 
-Postgres has 200 connection slots. Without a cap, one JWT user opening ~200 sessions locks out
+Postgres has 1,000 connection slots. Without a cap, one JWT user opening ~1,000 sessions locks out
 everyone, the owner included (53300). `RoleSlots` caps the TCP and WebSocket sessions of each role
 but the owner's; `idle_close` ends sessions silent past `client_idle_timeout`; `tune_keepalive`
 lets the kernel notice a client that vanished without a FIN.

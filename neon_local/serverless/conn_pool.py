@@ -16,7 +16,7 @@ from neon_local.serverless.pg_conn import ConnectionLost, PgConnection, connect
 __all__ = ["ConnPool", "MAX_PER_POOL"]
 
 IDLE_TIMEOUT = 300.0  # Neon closes pooled connections idle for 5 minutes
-MAX_PER_POOL = 64  # the cluster allows 200 connections
+MAX_PER_POOL = 64  # the cluster allows 1,000 connections
 
 
 class Pool:
