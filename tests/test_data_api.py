@@ -369,6 +369,9 @@ async def test_a_database_dropped_and_made_again_or_losing_schema_pgrst(rest, se
     url = f"http://127.0.0.1:{rest.port}/rest_again/rest/v1/t"
     await make(1)
     assert (await rest.client.get(url)).json() == [{"id": 1}]
+    async with await psycopg.AsyncConnection.connect(rest.admin_conninfo.replace(DB, "rest_again"), autocommit=True) as conn:
+        await conn.execute("create table t2 (id int); grant select on t2 to anonymous")  # the first DDL after set-up
+    assert (await rest.client.get(url + "2")).json() == []
     await make(2)
     assert (await rest.client.get(url)).json() == [{"id": 2}]
     async with await psycopg.AsyncConnection.connect(rest.admin_conninfo.replace(DB, "rest_again"), autocommit=True) as conn:

@@ -44,10 +44,11 @@ MISSING_CREDENTIALS = "missing authentication credentials: required authorizatio
 EXPOSE = ("Content-Encoding, Content-Location, Content-Range, Content-Type, Date, Location, Server, "
           "Transfer-Encoding, Range-Unit")
 METHODS = "GET, POST, PATCH, PUT, DELETE, OPTIONS"
+STALE_RETRIES = 3  # plannings again after DDL raced the request
 # The database lost what the set-up put there: schema pgrst, its functions or its sequence.
 _UNPREPARED = frozenset(("3F000", "42883", "42P01"))
-_VERSION_SQL = "select (select last_value from pgrst.schema_version)::text"
-_ASSERT_VERSION_SQL = "select pgrst.assert_schema_version($1)"
+_VERSION_SQL = "select pgrst.schema_version()::text"
+_ASSERT_VERSION_SQL = "select pgrst.assert_schema_version_is($1)"
 CONFIG_KEYS = ("db_schemas", "db_anon_role", "db_max_rows", "db_extra_search_path", "server_cors_allowed_origins",
                "db_aggregates_enabled", "jwt_role_claim_key")
 # The keys pre_config() set in this transaction; json_strip_nulls drops the unset ones.
@@ -131,6 +132,7 @@ class DataApi:
         """Drop the schema cache of one database (or all): the next request introspects again."""
         for name in [dbname] if dbname else list(self._cache):
             self._cache.pop(name, None)
+            self._loading.pop(name, None)  # a load already under way may have read the schema before the change
 
     # --- HTTP -------------------------------------------------------------------------------------
 
@@ -199,7 +201,7 @@ class DataApi:
             "request.cookies": "{}", "request.get": json.dumps(dict(pairs)),
             "search_path": ", ".join(ident(s) for s in (schema_name, *config.extra_search_path)),
         }
-        for attempt in range(2):
+        for attempt in range(STALE_RETRIES + 1):
             if resource.startswith("rpc/"):
                 plan, extra = await self._rpc_plan(dbname, cached, schema_name, resource[4:], method, pairs, body, media, prefs)
             else:
@@ -209,7 +211,7 @@ class DataApi:
                 row = await self._run(dbname, role, claims_payload, plan, settings, cached.version)
                 break
             except _StaleSchema:
-                if attempt:
+                if attempt == STALE_RETRIES:
                     raise ApiError(503, "PGRST002", "Could not query the database for the schema cache. Retrying.",
                                    "the schema kept changing while this request was planned") from None
                 log.info("database %s changed its schema: the Data API reloads its schema cache (neon-local only; "
@@ -421,7 +423,7 @@ class DataApi:
                 raise ApiError(404, None, f'database "{dbname}" does not exist') from None
             raise
         async with conn:
-            exists = await (await conn.execute("select to_regproc('pgrst.assert_schema_version') is not null")).fetchone()
+            exists = await (await conn.execute("select to_regproc('pgrst.assert_schema_version_is') is not null")).fetchone()
             if not exists[0]:
                 await setup.apply(conn, self.settings)
 

@@ -15,7 +15,7 @@ from psycopg import sql
 __all__ = ["AUTHENTICATOR", "STALE_SCHEMA", "setup_statements", "cluster_statements", "config_values"]
 
 AUTHENTICATOR = "authenticator"
-STALE_SCHEMA = "PGRSV"  # raised by pgrst.assert_schema_version()
+STALE_SCHEMA = "PGRSV"  # raised by pgrst.assert_schema_version_is()
 
 
 def config_values(settings) -> dict[str, str]:
@@ -56,10 +56,13 @@ def setup_statements(settings) -> list[sql.Composable]:
         sql.SQL("GRANT SELECT ON SEQUENCE pgrst.schema_version TO {}").format(auth),
         # Each request asserts the version its schema cache was read at: a stale cache fails fast (PGRSV)
         # inside the request's own pipeline, and the request is planned again on a fresh cache.
-        sql.SQL("CREATE OR REPLACE FUNCTION pgrst.assert_schema_version(seen bigint) RETURNS void LANGUAGE plpgsql "
-                "SET search_path TO '' AS $$ BEGIN IF (SELECT last_value FROM pgrst.schema_version) <> seen THEN "
+        sql.SQL("CREATE OR REPLACE FUNCTION pgrst.schema_version() RETURNS bigint LANGUAGE sql STABLE "
+                "SET search_path TO '' AS $$ SELECT CASE WHEN is_called THEN last_value ELSE 0 END "
+                "FROM pgrst.schema_version $$"),
+        sql.SQL("CREATE OR REPLACE FUNCTION pgrst.assert_schema_version_is(seen bigint) RETURNS void "
+                "LANGUAGE plpgsql SET search_path TO '' AS $$ BEGIN IF pgrst.schema_version() <> seen THEN "
                 "RAISE SQLSTATE 'PGRSV' USING MESSAGE = 'the schema changed'; END IF; END $$"),
-        sql.SQL("GRANT ALL ON FUNCTION pgrst.assert_schema_version(bigint) TO {}").format(auth),
+        sql.SQL("GRANT ALL ON FUNCTION pgrst.schema_version(), pgrst.assert_schema_version_is(bigint) TO {}").format(auth),
         sql.SQL("CREATE OR REPLACE FUNCTION pgrst.bump_schema_version() RETURNS event_trigger LANGUAGE plpgsql "
                 "SECURITY DEFINER SET search_path TO '' AS $$ BEGIN "
                 "IF pg_catalog.current_setting('transaction_read_only')::bool THEN RETURN; END IF; "
