@@ -13,6 +13,7 @@ from neon_local.auth.keys import KeyRing
 from neon_local.auth.providers import ProviderCache
 from neon_local.auth.verifier import Verifier
 from neon_local.console.app import Console
+from neon_local.console.request_log import RequestLog
 from neon_local.control_plane import ControlPlane
 from neon_local.data_api.handler import DataApi
 from neon_local.postgres.cluster import PostgresCluster
@@ -50,9 +51,10 @@ async def start_services(settings: Settings, cluster: PostgresCluster, data_dir:
     verifier = Verifier(settings, keyring, providers)
     control_plane = ControlPlane(cluster)
     add_closer(control_plane.close)
-    sql = SqlOverHttp(settings, control_plane, verifier)
+    request_log = RequestLog()  # every path's requests and sessions, for the console's live log
+    sql = SqlOverHttp(settings, control_plane, verifier, request_log=request_log)
     add_closer(sql.close)
-    pg_proxy = PgProxyServer(settings, control_plane, verifier, data_dir / "tls")
+    pg_proxy = PgProxyServer(settings, control_plane, verifier, data_dir / "tls", request_log=request_log)
     services = Services(keyring, Issuer(settings, keyring, issuer_url), providers, verifier, control_plane, sql,
                         pg_proxy, WebSocketAdapter(pg_proxy))
     if settings.data_api:

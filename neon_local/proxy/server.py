@@ -16,7 +16,9 @@ import socket
 import ssl
 from pathlib import Path
 
+from neon_local.console.request_log import RequestLog
 from neon_local.control_plane import ControlPlane
+from neon_local.limits import Limits
 from neon_local.proxy import tls
 from neon_local.proxy.limits import RoleSlots, at_message_boundary, idle_close_message, tune_keepalive
 from neon_local.proxy.session import MITM_DETAIL, UNENCRYPTED_DATA, ProxyContext, Session
@@ -250,7 +252,8 @@ class PgProxyServer:
     Then `port = await server.start(host, port)` (or `start(bound_socket)`) and `await server.close()`.
     """
 
-    def __init__(self, settings, control_plane: ControlPlane, verifier, tls_files: tls.TlsFiles | Path) -> None:
+    def __init__(self, settings, control_plane: ControlPlane, verifier, tls_files: tls.TlsFiles | Path,
+                 request_log: RequestLog | None = None) -> None:
         self.settings = settings
         self.cluster = control_plane.cluster
         self.tls_files = tls_files if isinstance(tls_files, tls.TlsFiles) else tls.ensure_tls(Path(tls_files))
@@ -263,6 +266,8 @@ class PgProxyServer:
             channel_binding=tls.channel_binding_data(self.tls_files),
             mock_secret=secrets.token_bytes(32),
             role_slots=RoleSlots(settings.role_connection_limit, exempt=settings.owner),
+            request_log=request_log or RequestLog(),
+            limits=Limits.of(settings),
         )
         self._servers: list[asyncio.AbstractServer] = []
         self._tasks: set[asyncio.Task] = set()

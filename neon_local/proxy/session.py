@@ -12,14 +12,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from neon_local.errors import NeonLocalError
 from neon_local.auth import scram
 from neon_local.auth.verifier import JwtError, Verifier
+from neon_local.console.request_log import RequestLog
 from neon_local.control_plane import ControlPlane
 from neon_local.errors import PostgresErrorResponse, PostgresUnavailable
+from neon_local.limits import Limits, RateLimited
+from neon_local.limits.relay import StatementFilter
 from neon_local.postgres import session_jwt
 from neon_local.proxy.compute import BackendError, ComputeConnection, Opener, open_compute, send_cancel
 from neon_local.proxy.cancellation import CancelKey, CancelMap
@@ -71,6 +75,8 @@ class ProxyContext:
     mock_secret: bytes = b""
     auth_timeout: float = 60.0  # Postgres's authentication_timeout: no connection idles in the handshake
     role_slots: RoleSlots = field(default_factory=RoleSlots)  # sessions per role (owner exempt)
+    limits: Limits | None = None  # rate limits and the query allow-list
+    request_log: RequestLog = field(default_factory=RequestLog)  # what the console's live log shows
     warned: set[str] = field(default_factory=set)
 
     def warn_once(self, key: str, message: str) -> None:
@@ -222,6 +228,8 @@ class Session:
         self.decoder = FrameDecoder()
         self.cancel_key: CancelKey | None = None
         self.role: str | None = None  # holds one of its role's slots while set
+        self.token: str | None = None  # a JWT role's token, for the request log
+        self.began = time.perf_counter()
 
     async def run(self) -> None:
         try:
@@ -251,9 +259,28 @@ class Session:
 
     async def _run(self) -> None:
         async with asyncio.timeout(self.ctx.auth_timeout):
-            backend = await self._handshake()
+            try:
+                backend = await self._handshake()
+            except Exception as exc:
+                self._log_session(getattr(exc, "message", None) or str(exc) or type(exc).__name__)
+                raise
         if backend is not None:
-            await self.client.relay(backend.conduit, self.decoder.take_rest(), backend.take_rest())
+            self._log_session(None)
+            await self.client.relay(self._checked(backend.conduit), self.decoder.take_rest(), backend.take_rest())
+
+    def _checked(self, conduit):
+        """The backend as the client's side of the relay sees it: behind the allow-list if it checks this role."""
+        limits, jwt = self.ctx.limits, self.role in self.ctx.jwt_roles
+        if limits is None or limits.allowlist.mode_for(self.role, jwt) == "off":
+            return conduit
+        path = "tcp" if self.client.can_tls else "ws"
+        return StatementFilter(conduit, lambda text: limits.allowlist.check(self.role, jwt, text, path))
+
+    def _log_session(self, error: str | None) -> None:
+        """One request-log entry per session that got as far as naming its role: opened, or refused and why."""
+        if self.role is not None:
+            self.ctx.request_log.record("tcp" if self.client.can_tls else "ws", self.role, token=self.token,
+                                        statement="(session)", began=self.began, error=error)
 
     async def _handshake(self) -> ComputeConnection | None:
         startup = await self._negotiate()
@@ -272,12 +299,22 @@ class Session:
         except TooManySessions as exc:
             raise ClientError(exc.message, "53300", hint=exc.hint) from None
         self.role = vetted.user
+        self._rate_check(lambda rate: rate.check_endpoint("tcp" if self.client.can_tls else "ws"))
         if vetted.user in self.ctx.jwt_roles:
             backend, final = await self._jwt_login(vetted), b""
         else:
             backend, final = await self._password_login(vetted)
         self._greet(backend, final)
         return backend
+
+    def _rate_check(self, check) -> None:
+        """Neon's answer to a connection past a rate limit: an ErrorResponse with XX000."""
+        limits = self.ctx.limits
+        if limits is not None and limits.rate.enabled:
+            try:
+                check(limits.rate)
+            except RateLimited as exc:
+                raise ClientError(exc.message, "XX000", "ERROR") from None
 
     async def _negotiate(self) -> m.StartupMessage | None:
         """Answer SSLRequest/GSSENCRequest and CancelRequest until the StartupMessage arrives."""
@@ -344,12 +381,13 @@ class Session:
     async def _jwt_login(self, vetted: ClientStartup) -> ComputeConnection:
         if not (self.client.is_tls or self.client.is_loopback):
             raise ClientError(INSECURE, "28000", "ERROR")
-        token = (await self._cleartext_password()).decode("utf-8", "replace")
+        token = self.token = (await self._cleartext_password()).decode("utf-8", "replace")
         try:
             verified = await self.ctx.verifier.verify(token, vetted.user)
         except JwtError as exc:
             log.info("refused a JWT for role %s: %s", vetted.user, exc.detail or exc.message)
             raise ClientError(exc.message, "28000", "ERROR", jwt_refusal_hint(exc.message, token, vetted.user)) from None
+        self._rate_check(lambda rate: rate.check_identity(vetted.user, verified.claims.get("sub")))
         # The same steps as the HTTP path: a prepared database, a bound backend, a re-signed token.
         backend, signer = await self.ctx.control_plane.start_jwt_session(
             vetted.database, vetted.user,
