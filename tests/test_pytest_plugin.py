@@ -265,3 +265,17 @@ def test_every_option_is_documented(option):
                                      "neon_ws", "neon_rest", "neon_owner"])
 def test_every_fixture_is_documented(fixture):
     assert f"| `{fixture}` |" in DOCS
+
+
+def test_assert_no_lints_passes_on_the_sample_and_names_a_table_left_without_rls(app):
+    app.makepyfile(test_lints="""
+        def test_clean(neon_db):
+            neon_db.assert_no_lints(ignore=["auth_rls_initplan"])
+
+        def test_rls_off(neon_db):
+            neon_db.owner().execute("alter table todos disable row level security")
+            neon_db.assert_no_lints(ignore=["auth_rls_initplan"])
+    """)
+    result = app.runpytest("test_lints.py")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*the advisor found problems:*", "*rls_disabled_in_public*todos*"])

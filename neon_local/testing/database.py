@@ -140,6 +140,14 @@ class Database:
         __tracebackhide__ = True
         assert_rls_enabled(self.superuser(), schema, self.server.settings.jwt_roles, allow)
 
+    def assert_no_lints(self, ignore: Sequence[str] = ()) -> None:
+        """The advisor (`neon-local lint`) finds nothing on this database, but for the lints named in `ignore`."""
+        __tracebackhide__ = True
+        from neon_local.advisor.engine import assert_no_lints
+
+        settings = self.server.settings
+        assert_no_lints(self.superuser(), roles=settings.jwt_roles, users=settings.users, ignore=ignore)
+
     def assert_policies(self, table: str, names: Sequence[str]) -> None:
         """The table's policies are exactly these (pgTAP's policies_are)."""
         __tracebackhide__ = True
