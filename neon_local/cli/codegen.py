@@ -1,0 +1,43 @@
+"""`neon-local codegen`: typed functions and TanStack Query hooks from annotated SQL, typed by the running emulator."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from neon_local.cli.common import fail, project_options
+from neon_local.settings import Settings
+from neon_local.state import read_state
+
+
+@click.command()
+@click.option("--queries", type=click.Path(path_type=Path, file_okay=False), default=Path("queries"), show_default=True,
+              help="Folder of .sql files, each statement under a `-- name: ListTodos :many` comment.")
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=Path("src/db/queries.ts"),
+              show_default=True, help="The TypeScript module to write.")
+@project_options
+def codegen(settings: Settings, queries: Path, out: Path) -> None:
+    """Write a TypeScript module with a typed function and React Query hooks per SQL statement.
+
+    Each statement is described (never run) by the running emulator as the owner: types and nullability come
+    from the database, so run your migrations first."""
+    import psycopg
+
+    from neon_local.codegen.errors import CodegenError
+    from neon_local.codegen.generate import generate, write_atomically
+    from neon_local.codegen.typescript import is_mutation
+
+    state = read_state(settings.resolved_data_dir)
+    if not state:
+        fail("neon-local is not running; start it with `neon-local up -d` and run your migrations first.")
+    try:
+        with psycopg.connect(state["urls"]["owner"], autocommit=True) as conn:
+            text, described = generate(conn, queries)
+    except CodegenError as exc:
+        fail(str(exc))
+    except psycopg.OperationalError as exc:
+        fail(f"cannot reach the emulator's Postgres: {exc}")
+    write_atomically(out, text)
+    mutations = sum(map(is_mutation, described))
+    click.echo(f"Wrote {out}: {len(described) - mutations} queries and {mutations} mutations from {queries}/.")
