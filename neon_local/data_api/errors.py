@@ -7,7 +7,7 @@ from typing import Mapping
 
 from neon_local.errors import NeonLocalError
 
-__all__ = ["ApiError", "pg_status", "error_body"]
+__all__ = ["ApiError", "pg_status"]
 
 
 class ApiError(NeonLocalError):
@@ -35,10 +35,6 @@ class ApiError(NeonLocalError):
     def body(self, detail_key: str = "details") -> bytes:
         doc = {"code": self.code, detail_key: self.details, "hint": self.hint, "message": self.message}
         return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
-
-
-def error_body(code: str | None, message: str, details=None, hint=None, detail_key: str = "details") -> bytes:
-    return ApiError(0, code, message, details, hint).body(detail_key)
 
 
 _EXACT = {"23503": 409, "23505": 409, "25006": 405, "42P17": 500, "42P01": 404, "42883": 404, "57P01": 503,

@@ -29,8 +29,6 @@ QUANTIFIABLE = frozenset(("eq", "neq", "gt", "gte", "lt", "lte", "like", "ilike"
 FTS = frozenset(("fts", "plfts", "phfts", "wfts"))
 IS_VALUES = {"null": "NULL", "not_null": "NOT NULL", "true": "TRUE", "false": "FALSE", "unknown": "UNKNOWN"}
 AGGREGATES = frozenset(("count", "sum", "avg", "min", "max"))
-RESERVED = frozenset(("select", "columns", "on_conflict"))
-NODE_KEYS = frozenset(("order", "limit", "offset"))
 _INT = re.compile(r"-?\d+\Z")
 
 
@@ -503,9 +501,7 @@ class Preferences:
     count: str | None = None
     resolution: str | None = None
     missing_default: bool = False
-    tx: str | None = None
     applied: list[str] = field(default_factory=list)
-    given_return: bool = False
 
 
 def parse_prefer(values: Iterable[str]) -> Preferences:
@@ -515,7 +511,7 @@ def parse_prefer(values: Iterable[str]) -> Preferences:
             name, _, setting = item.strip().partition("=")
             name, setting = name.strip(), setting.strip()
             if name == "return" and setting in ("minimal", "representation", "headers-only"):
-                prefs.representation, prefs.given_return = setting, True
+                prefs.representation = setting
                 prefs.applied.append(f"return={setting}")
             elif name == "count" and setting in ("exact", "planned", "estimated"):
                 prefs.count = setting
@@ -526,8 +522,6 @@ def parse_prefer(values: Iterable[str]) -> Preferences:
             elif name == "missing" and setting in ("default", "null"):
                 prefs.missing_default = setting == "default"
                 prefs.applied.append(f"missing={setting}")
-            elif name == "tx" and setting in ("commit", "rollback"):
-                prefs.tx = setting
     return prefs
 
 

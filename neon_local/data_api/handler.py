@@ -13,7 +13,6 @@ import csv
 import io
 import json
 import logging
-import time
 import uuid
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
@@ -85,7 +84,6 @@ class _Cached:
     schema: Schema
     config: ApiConfig
     version: str
-    loaded_at: float
 
 
 class _StaleSchema(Exception):
@@ -473,7 +471,7 @@ class DataApi:
                 '"' + s.replace('"', '\\"') + '"' for s in config.schemas) + "}"], schema_row)])
         finally:
             await admin.close()
-        cached = _Cached(Schema.from_json(config.schemas, schema_row.row[0]), config, version_row.row[0], time.monotonic())
+        cached = _Cached(Schema.from_json(config.schemas, schema_row.row[0]), config, version_row.row[0])
         self._cache[dbname] = cached
         return cached
 

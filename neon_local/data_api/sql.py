@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from neon_local.data_api.errors import ApiError
 from neon_local.data_api.grammar import (
@@ -71,7 +71,6 @@ class Plan:
     singular: bool = False  # the body is one object (object+json, or a non-SETOF function)
     scalar: bool = False
     void: bool = False
-    keys: list[str] = field(default_factory=list)
 
 
 _TAIL = (", nullif(pg_catalog.current_setting('response.headers', true), '') as response_headers"
@@ -265,7 +264,7 @@ class Builder:
         self.check_paths()
         count_sql = f"(select pg_catalog.count(*) from ({level.query(paged=False, columns=['1'])}) pgrst_c)"
         sql = self._wrap(f"pgrst_source as ({level.query()})", count, singular, count_sql)
-        return Plan(sql, self.params.values, True, singular, keys=level.keys)
+        return Plan(sql, self.params.values, True, singular)
 
     def write(self, table: Table, method: str, rows: list[dict] | None, columns: list[str], representation: bool,
               singular: bool, resolution: str | None = None, missing_default: bool = False) -> Plan:
@@ -321,7 +320,7 @@ class Builder:
             level = self.level(table, self.query.select, (), alias, f"pgrst_write as {alias}", [], apply_filters=False)
             self.check_paths()
             sql = self._wrap(f"{write_cte}, pgrst_source as ({level.query()})", False, singular, None)
-            return Plan(sql, self.params.values, False, singular, keys=level.keys)
+            return Plan(sql, self.params.values, False, singular)
         sql = (f"with {write_cte} select null::bigint as total_result_set, pg_catalog.count(*) as page_total, "
                f"'' as body{_TAIL} from pgrst_write")
         return Plan(sql, self.params.values, False, singular)
@@ -358,7 +357,7 @@ class Builder:
         count_sql = f"(select pg_catalog.count(*) from ({level.query(paged=False, columns=['1'])}) pgrst_c)"
         singular = singular or not function.returns_set
         sql = self._wrap(f"pgrst_source as ({level.query()})", count, singular, count_sql)
-        return Plan(sql, self.params.values, read_only, singular, keys=level.keys)
+        return Plan(sql, self.params.values, read_only, singular)
 
 
 class _EmbedSql:
