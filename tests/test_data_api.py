@@ -175,6 +175,15 @@ async def test_preflight(rest):
     assert response.headers["Access-Control-Allow-Origin"] == "*"
     assert response.headers["Access-Control-Allow-Headers"] == "authorization,prefer, Authorization"
     assert "PATCH" in response.headers["Access-Control-Allow-Methods"]
+    assert "Access-Control-Allow-Private-Network" not in response.headers  # not asked for
+
+
+@pytest.mark.parametrize("origin, allowed", [("http://localhost:3000", True), ("https://evil.example", False)])
+async def test_private_network_access_only_for_admitted_origins(rest, origin, allowed):
+    response = await rest.client.options(rest.url + "/books", headers={
+        "Origin": origin, "Access-Control-Request-Method": "GET", "Access-Control-Request-Private-Network": "true"})
+    assert response.status_code == 200
+    assert (response.headers.get("Access-Control-Allow-Private-Network") == "true") is allowed
 
 
 async def test_outside_the_prefix(rest):

@@ -30,6 +30,7 @@ from neon_local.data_api.grammar import (
 from neon_local.data_api.schema import INTROSPECTION_SQL, Schema
 from neon_local.data_api.sql import Builder, Plan, env_query, ident
 from neon_local.errors import PostgresErrorResponse
+from neon_local.origins import PNA_ALLOW, PNA_REQUEST, OriginPolicy
 from neon_local.postgres import session_jwt
 from neon_local.serverless.conn_pool import ConnPool
 from neon_local.serverless.pg_conn import ConnectionLost, PgError, Statement, connect
@@ -115,6 +116,7 @@ class DataApi:
         self.pools = ConnPool(control_plane)
         self._verifier = verifier
         self._detail_key = "detail" if settings.data_api_errors == "neon" else "details"
+        self._origins = OriginPolicy(settings.allowed_origins)
         self._cache: dict[str, _Cached] = {}
         self._loading: dict[str, asyncio.Future] = {}
         self._set_up: dict[str, asyncio.Future] = {}
@@ -174,9 +176,13 @@ class DataApi:
         resource = "/".join(parts[4:])
         if request.method == "OPTIONS":
             requested = request.headers.get("Access-Control-Request-Headers")
-            return web.Response(status=200, headers={
-                "Allow": METHODS, "Access-Control-Allow-Methods": METHODS, "Access-Control-Max-Age": "86400",
-                "Access-Control-Allow-Headers": f"{requested}, Authorization" if requested else "Authorization"})
+            headers = {"Allow": METHODS, "Access-Control-Allow-Methods": METHODS, "Access-Control-Max-Age": "86400",
+                       "Access-Control-Allow-Headers": f"{requested}, Authorization" if requested else "Authorization"}
+            # Private Network Access: only pages the origin policy admits may reach this machine's data
+            # (a request without a token runs as the anonymous role).
+            if request.headers.get(PNA_REQUEST) == "true" and self._origins.allows(request.headers.get("Origin")):
+                headers[PNA_ALLOW] = "true"
+            return web.Response(status=200, headers=headers)
         token = self._bearer(request)
         cached = await self._schema(dbname)
         config = cached.config
