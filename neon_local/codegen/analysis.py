@@ -26,7 +26,7 @@ def analyse(statement: Statement) -> Tables:
     try:
         parsed = parse_sql(statement.sql)
     except ParseError as exc:
-        raise CodegenError(statement.path, statement.line_of(exc.location + 1), f"{statement.name}: {exc.args[0]}") from None
+        raise CodegenError(statement.path, statement.line_of(exc.args[1] + 1), f"{statement.name}: {exc.args[0]}") from None
     if len(parsed) != 1:
         line = statement.line_of(parsed[1].stmt_location + 1) if len(parsed) > 1 else statement.line
         raise CodegenError(statement.path, line, f"{statement.name} holds {len(parsed)} statements; give each its own "

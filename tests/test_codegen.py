@@ -1,0 +1,281 @@
+"""`neon-local codegen` against a running emulator: the todos sample and tricky statements compile with
+tsc --strict, the generated module runs with the real driver and query-core as alice and bob, a migration's
+change shows in the generated types, and bad input is a clear error with file and line, nothing half-written."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from http_support import NODE_DIR
+from neon_local.codegen.generate import generate
+from test_cli import neon_local
+
+FIXTURE = Path(__file__).parent.parent / "fixtures" / "todos"
+TSC = NODE_DIR / "node_modules" / ".bin" / "tsc"
+
+TRICKY_SCHEMA = """
+create type mood as enum ('happy', 'sad', 'it''s ok');
+create domain positive as integer check (value > 0);
+create table people (id serial primary key, name text not null, nick text, mood mood not null default 'happy',
+  moods mood[], tags text[] not null default '{}', scores int[], prefs jsonb not null default '{}', meta json,
+  balance numeric, big bigint, ratio float8, born date, seen timestamp, age positive, raw bytea, span interval);
+create table pets (id serial primary key, owner_id int not null references people, name text not null);
+create table snap (id int primary key, label text not null);
+"""
+
+TRICKY_QUERIES = """\
+-- name: PeopleWithPets :many
+SELECT p.name, pets.name AS pet FROM people p LEFT JOIN pets ON pets.owner_id = p.id;
+
+-- name: PetsWithPeople :many
+SELECT p.name AS person, pets.name FROM people p RIGHT JOIN pets ON pets.owner_id = p.id;
+
+-- name: PetCounts :many
+-- nonnull: pets
+SELECT p.id, count(pets.id) AS pets, max(pets.name) AS last, p.id + 1 AS next
+FROM people p LEFT JOIN pets ON pets.owner_id = p.id GROUP BY p.id;
+
+-- name: Everything :one
+SELECT * FROM people WHERE id = @id;
+
+-- name: ByMood :many
+SELECT id FROM people WHERE mood = @mood AND tags && sqlc.arg(tags) AND age > @age AND moods @> @moods;
+
+-- name: RecentPets :many
+WITH recent AS (SELECT * FROM pets ORDER BY id DESC LIMIT 10)
+SELECT people.name AS owner, recent.name FROM recent JOIN people ON people.id = recent.owner_id;
+
+-- name: PetNames :many
+SELECT name FROM pets;
+
+-- name: AddPerson :one
+INSERT INTO people (name, mood, prefs, born) VALUES (@name, @mood, @prefs, @born)
+RETURNING id, name, mood, prefs;
+
+-- name: AdoptPet :one
+-- param: owner
+-- param: name
+WITH adopted AS (INSERT INTO pets (owner_id, name) VALUES ($1, $2) RETURNING *)
+SELECT adopted.id, people.name AS owner FROM adopted JOIN people ON people.id = adopted.owner_id;
+
+-- name: ShoutNicks :execrows
+UPDATE people SET nick = upper(name);
+"""
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory):
+    """A running emulator (`neon-local up -d`) in a copy of the todos app, migrated, with the tricky schema."""
+    project = tmp_path_factory.mktemp("codegen")
+    shutil.copy(FIXTURE / "neon_local.toml", project)
+    shutil.copytree(FIXTURE / "queries", project / "queries")
+    up = neon_local("up", "--detach", "--http-port", "0", "--pg-port", "0", cwd=project)
+    assert up.returncode == 0, up.stderr
+    try:
+        state = json.loads(neon_local("status", "--json", cwd=project).stdout)
+        with psycopg.connect(state["urls"]["owner"], autocommit=True) as conn:
+            conn.execute((FIXTURE / "migrations" / "0000_todos.sql").read_text())
+            conn.execute(TRICKY_SCHEMA)
+        yield project, state
+    finally:
+        neon_local("down", cwd=project)
+
+
+def _owner(state):
+    return psycopg.connect(state["urls"]["owner"], autocommit=True)
+
+
+def _generate(state, folder: Path, files: dict[str, str]) -> str:
+    folder.mkdir(exist_ok=True)
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    with _owner(state) as conn:
+        return generate(conn, folder)[0]
+
+
+def _interface(text: str, name: str) -> str:
+    start = text.index(f"export interface {name} {{")
+    return text[start:text.index("}\n", start) + 1]
+
+
+def _compile(folder: Path, *files: str, out_dir: str | None = None) -> subprocess.CompletedProcess:
+    """tsc --strict over files in `folder`, which gets tests/node's node_modules as its own."""
+    if not (folder / "node_modules").exists():
+        os.symlink(NODE_DIR / "node_modules", folder / "node_modules")
+        (folder / "package.json").write_text('{"type": "module"}\n')
+    emit = ["--outDir", out_dir] if out_dir else ["--noEmit"]
+    args = [str(TSC), "--strict", *emit, "--target", "es2022", "--module", "nodenext", "--moduleResolution", "nodenext", *files]
+    return subprocess.run(args, cwd=folder, capture_output=True, text=True, timeout=300)
+
+
+def test_tricky_statements_types(emulator, tmp_path):
+    _, state = emulator
+    text = _generate(state, tmp_path / "queries", {"tricky.sql": TRICKY_QUERIES})
+    assert _interface(text, "PeopleWithPetsRow") == "export interface PeopleWithPetsRow {\n  name: string;\n  pet: string | null;\n}"
+    assert _interface(text, "PetsWithPeopleRow") == "export interface PetsWithPeopleRow {\n  person: string | null;\n  name: string;\n}"
+    assert _interface(text, "PetCountsRow") == (  # count made non-null by `-- nonnull:`; other expressions nullable
+        "export interface PetCountsRow {\n  id: number;\n  pets: string;\n  last: string | null;\n  next: number | null;\n}")
+    assert _interface(text, "EverythingRow") == """export interface EverythingRow {
+  id: number;
+  name: string;
+  nick: string | null;
+  mood: 'happy' | 'sad' | 'it\\'s ok';
+  moods: string | null;
+  tags: string[];
+  scores: number[] | null;
+  prefs: Json;
+  meta: Json | null;
+  balance: string | null;
+  big: string | null;
+  ratio: number | null;
+  born: Date | null;
+  seen: Date | null;
+  age: number | null;
+  raw: Uint8Array | null;
+  span: Interval | null;
+}"""
+    assert _interface(text, "ByMoodParams") == (
+        "export interface ByMoodParams {\n  mood: 'happy' | 'sad' | 'it\\'s ok';\n  tags: string[];\n  age: number;\n"
+        "  moods: Array<'happy' | 'sad' | 'it\\'s ok'>;\n}")
+    assert _interface(text, "RecentPetsRow") == "export interface RecentPetsRow {\n  owner: string;\n  name: string;\n}"
+    assert _interface(text, "AddPersonParams") == (
+        "export interface AddPersonParams {\n  name: string;\n  mood: 'happy' | 'sad' | 'it\\'s ok';\n  prefs: Json;\n"
+        "  born: Date | string;\n}")
+    assert "export async function shoutNicks(sql: Sql): Promise<number> {" in text
+    # a mutation invalidates exactly the queries reading what it writes
+    adopt = text[text.index("export function adoptPetMutationOptions"):text.index("export function useAdoptPet")]
+    assert [line.split("'")[3] for line in adopt.splitlines() if "invalidateQueries" in line] == \
+        ["peopleWithPets", "petsWithPeople", "petCounts", "recentPets", "petNames"]
+    add = text[text.index("export function addPersonMutationOptions"):text.index("export function useAddPerson")]
+    assert "'everything'" in add and "'petNames'" not in add
+    assert "any" not in text.replace("many", "")
+
+
+def test_generated_module_compiles_and_its_types_catch_mistakes(emulator, tmp_path):
+    project, state = emulator
+    (tmp_path / "queries.ts").write_text(_generate(state, tmp_path / "queries", {"tricky.sql": TRICKY_QUERIES}))
+    (tmp_path / "use.ts").write_text("""\
+import { neon } from '@neondatabase/serverless';
+import { QueryClient } from '@tanstack/react-query';
+import * as db from './queries.js';
+const sql = neon('postgresql://authenticated@localhost/neondb', { authToken: async () => 'token' });
+const rows = await db.peopleWithPets(sql);
+const name: string = rows[0]!.name;
+const pet: string | null = rows[0]!.pet;
+const person = await db.everything(sql, { id: 1 });
+const tags: string[] | undefined = person?.tags;
+const counted: number = await db.shoutNicks(sql);
+const options = db.byMoodQueryOptions(sql, { mood: 'sad', tags: ['a'], age: 3, moods: ['happy'] });
+const key: readonly ['neon', 'byMood', db.ByMoodParams] = options.queryKey;
+const mutation = db.addPersonMutationOptions(sql, new QueryClient());
+void mutation.mutationFn({ name: 'x', mood: 'happy', prefs: { a: [1, null] }, born: new Date() });
+void [name, pet, tags, counted, key, db.useEverything, db.useSuspenseRecentPets, db.useAdoptPet];
+""")
+    good = _compile(tmp_path, "queries.ts", "use.ts")
+    assert good.returncode == 0, good.stdout + good.stderr
+    (tmp_path / "wrong.ts").write_text("""\
+import { neon } from '@neondatabase/serverless';
+import * as db from './queries.js';
+const sql = neon('postgresql://authenticated@localhost/neondb', { authToken: async () => 'token' });
+const rows = await db.peopleWithPets(sql);
+const pet: string = rows[0]!.pet;
+void db.byMood(sql, { mood: 'angry', tags: [], age: 1, moods: [] });
+void pet;
+""")
+    wrong = _compile(tmp_path, "queries.ts", "wrong.ts")
+    assert wrong.returncode != 0
+    assert "wrong.ts(5,7): error TS2322: Type 'string | null' is not assignable to type 'string'." in wrong.stdout
+    assert "wrong.ts(6,23): error TS2322: Type '\"angry\"' is not assignable to type" in wrong.stdout
+
+
+def test_a_migration_changes_the_generated_types(emulator, tmp_path):
+    _, state = emulator
+    files = {"snap.sql": "-- name: Snap :many\nSELECT id, label FROM snap;\n"}
+    before = _interface(_generate(state, tmp_path / "queries", files), "SnapRow")
+    with _owner(state) as conn:
+        conn.execute("alter table snap alter column label drop not null, alter column id type bigint")
+    after = _interface(_generate(state, tmp_path / "queries", files), "SnapRow")
+    assert before == "export interface SnapRow {\n  id: number;\n  label: string;\n}"
+    assert after == "export interface SnapRow {\n  id: string;\n  label: string | null;\n}"
+
+
+def _codegen(project: Path, files: dict[str, str]) -> subprocess.CompletedProcess:
+    queries = project / "bad_queries"
+    shutil.rmtree(queries, ignore_errors=True)
+    queries.mkdir()
+    for name, text in files.items():
+        (queries / name).write_text(text)
+    return neon_local("codegen", "--queries", "bad_queries", "--out", "src/db/bad.ts", cwd=project)
+
+
+@pytest.mark.parametrize("files, error", [
+    ({"q.sql": "-- helpers\nSELECT 1;\n-- name: One :one\nSELECT 1 AS one;\n"},
+     "bad_queries/q.sql:2: a statement without a `-- name: Name :kind` comment above it."),
+    ({"q.sql": "-- name: Two :many\nSELECT 1 AS one;\nSELECT 2 AS two;\n"},
+     "bad_queries/q.sql:3: Two holds 2 statements; give each its own `-- name:` comment."),
+    ({"a.sql": "-- name: Same :one\nSELECT 1 AS one;\n", "b.sql": "\n-- name: Same :one\nSELECT 2 AS two;\n"},
+     "bad_queries/b.sql:2: the name Same is already used at bad_queries/a.sql:1."),
+    ({"q.sql": "-- name: Missing :many\nSELECT id,\n  nosuch\nFROM todos;\n"},
+     'bad_queries/q.sql:3: Missing does not describe: column "nosuch" does not exist'),
+    ({"q.sql": "-- name: NoTable :many\nSELECT * FROM nosuch;\n"},
+     'bad_queries/q.sql:2: NoTable does not describe: relation "nosuch" does not exist'),
+    ({"q.sql": "-- name: Typo :many\nSELEC 1;\n"}, 'bad_queries/q.sql:2: Typo: syntax error at or near "SELEC"'),
+    ({"q.sql": "-- name: NoKind\nSELECT 1 AS one;\n"}, "bad_queries/q.sql:1: NoKind needs a kind after its name"),
+    ({"q.sql": "-- name: Dup :many\nSELECT id, id FROM todos;\n"},
+     "bad_queries/q.sql:1: Dup returns two columns named 'id'; give one an alias (as ...)."),
+    ({"q.sql": "-- name: Nn :many\n-- nonnull: totl\nSELECT count(*) AS total FROM todos;\n"},
+     "bad_queries/q.sql:1: `-- nonnull: totl`: Nn returns no column 'totl'."),
+    ({"q.sql": "-- name: Delete :exec\nDELETE FROM todos;\n"}, "bad_queries/q.sql:1: Delete would be the function delete()"),
+])
+def test_bad_input_names_file_and_line_and_writes_nothing(emulator, files, error):
+    project, _ = emulator
+    out = project / "src" / "db" / "bad.ts"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("// the previous module\n")
+    result = _codegen(project, files)
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"error: {error}"), result.stderr
+    assert "Traceback" not in result.stderr
+    assert out.read_text() == "// the previous module\n"
+    assert [p.name for p in out.parent.iterdir()] == ["bad.ts"]  # no temporary file left
+
+
+def test_without_a_running_emulator(tmp_path):
+    (tmp_path / "queries").mkdir()
+    result = neon_local("codegen", cwd=tmp_path)
+    assert result.returncode == 1 and "neon-local is not running" in result.stderr
+
+
+def test_sample_app_runs_as_alice_and_bob(emulator):
+    """The CLI writes the todos module; compiled with tsc --strict and run with Node, each user sees only their rows."""
+    project, state = emulator
+    result = neon_local("codegen", cwd=project)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "Wrote src/db/queries.ts: 3 queries and 3 mutations from queries/.\n"
+    app = project / "src" / "db"
+    shutil.copy(NODE_DIR / "codegen" / "todos_app.ts", app)
+    compiled = _compile(app, "queries.ts", "todos_app.ts", out_dir="dist")
+    assert compiled.returncode == 0, compiled.stdout + compiled.stderr
+    env = {**os.environ, "SQL_URL": state["urls"]["sql"], "JWT_URL": state["urls"]["authenticated"],
+           "ALICE": neon_local("token", "alice", cwd=project).stdout.strip(),
+           "BOB": neon_local("token", "bob", cwd=project).stdout.strip()}
+    run = subprocess.run(["node", "dist/todos_app.js"], cwd=app, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    seen = json.loads(run.stdout)
+    assert seen["created"] == {"idType": "string", "insertedAtIsDate": True, "userId": "user_alice"}
+    assert seen["alice"] == ["alice 1", "alice 2"] and seen["bob"] == ["bob 1"]
+    assert seen["bobReadsAlicesTodo"] is None
+    assert seen["aliceCountAfterBobsUpdate"] == {"total": "2", "done": "0"}
+    assert seen["queryKey"] == ["neon", "listTodos", {"done": False}]
+    assert seen["cached"] == ["alice 1", "alice 2"]
+    assert seen["invalidatedAfterMutation"] is True and seen["refetched"] == ["alice 2"]
+    assert seen["bobsCache"] == ["bob 1"]
+    assert seen["bobDeletesCompleted"] == 0 and seen["aliceDeletesCompleted"] == 1
+    assert seen["aliceLeft"] == ["alice 2"]
