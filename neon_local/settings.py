@@ -72,6 +72,10 @@ SCALARS: tuple[Scalar, ...] = (
     Scalar("rate_limit_identity", str, "", 'neon-local only: the same buckets per JWT sub and per JWT role, on every path (e.g. "10@1s"); empty: no limit.'),
     Scalar("allowlist", str, "off", "Query allow-list mode for JWT roles (per-role modes live in the allow-list file): off, learn, warn or enforce.", ("off", "learn", "warn", "enforce")),
     Scalar("allowlist_file", Path, None, "The allow-list file (default: neon_local.allowlist.toml beside neon_local.toml)."),
+    Scalar("rate_limit", str, "", 'Connection attempts (and /sql requests) per endpoint, per protocol (tcp, ws, http): "rps@interval,..." buckets as Neon\'s proxy, "neon" for Neon\'s 500@1s,300@1m,200@10m; empty: no limit.'),
+    Scalar("rate_limit_identity", str, "", 'neon-local only: the same buckets per JWT sub and per JWT role, on every path (e.g. "10@1s"); empty: no limit.'),
+    Scalar("allowlist", str, "off", "Query allow-list mode for JWT roles (per-role modes live in the allow-list file): off, learn, warn or enforce.", ("off", "learn", "warn", "enforce")),
+    Scalar("allowlist_file", Path, None, "The allow-list file (default: neon_local.allowlist.toml beside neon_local.toml)."),
 )
 
 
@@ -118,6 +122,10 @@ class Settings:
     data_api_max_rows: int = 0
     data_api_errors: str = "postgrest"
     session_jwt_version: str = "0.4.0"
+    rate_limit: str = ""
+    rate_limit_identity: str = ""
+    allowlist: str = "off"
+    allowlist_file: Path | None = None
     rate_limit: str = ""
     rate_limit_identity: str = ""
     allowlist: str = "off"

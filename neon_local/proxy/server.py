@@ -18,7 +18,7 @@ from pathlib import Path
 
 from neon_local.console.request_log import RequestLog
 from neon_local.control_plane import ControlPlane
-from neon_local.limits import Limits
+from neon_local.limits import ClientLimits
 from neon_local.proxy import tls
 from neon_local.proxy.limits import RoleSlots, at_message_boundary, idle_close_message, tune_keepalive
 from neon_local.proxy.session import MITM_DETAIL, UNENCRYPTED_DATA, ProxyContext, Session
@@ -267,7 +267,7 @@ class PgProxyServer:
             mock_secret=secrets.token_bytes(32),
             role_slots=RoleSlots(settings.role_connection_limit, exempt=settings.owner),
             request_log=request_log or RequestLog(),
-            limits=Limits.of(settings),
+            limits=ClientLimits.of(settings),
         )
         self._servers: list[asyncio.AbstractServer] = []
         self._tasks: set[asyncio.Task] = set()

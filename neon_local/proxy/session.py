@@ -22,7 +22,7 @@ from neon_local.auth.verifier import JwtError, Verifier
 from neon_local.console.request_log import RequestLog
 from neon_local.control_plane import ControlPlane
 from neon_local.errors import PostgresErrorResponse, PostgresUnavailable
-from neon_local.limits import Limits, RateLimited
+from neon_local.limits import ClientLimits, RateLimited
 from neon_local.limits.relay import StatementFilter
 from neon_local.postgres import session_jwt
 from neon_local.proxy.compute import BackendError, ComputeConnection, Opener, open_compute, send_cancel
@@ -75,7 +75,7 @@ class ProxyContext:
     mock_secret: bytes = b""
     auth_timeout: float = 60.0  # Postgres's authentication_timeout: no connection idles in the handshake
     role_slots: RoleSlots = field(default_factory=RoleSlots)  # sessions per role (owner exempt)
-    limits: Limits | None = None  # rate limits and the query allow-list
+    limits: ClientLimits | None = None  # rate limits and the query allow-list
     request_log: RequestLog = field(default_factory=RequestLog)  # what the console's live log shows
     warned: set[str] = field(default_factory=set)
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import uuid
+from dataclasses import replace
 from typing import Mapping, Sequence
 
 import psycopg
@@ -24,6 +26,7 @@ from neon_local.origins import PNA_ALLOW, PNA_REQUEST, OriginPolicy
 from neon_local.postgres import session_jwt
 from neon_local.control_plane import ControlPlane
 from neon_local.errors import PostgresErrorResponse
+from neon_local.limits import ClientLimits, RateLimited, Refused
 from neon_local.serverless.conn_pool import MAX_PER_POOL, ConnPool
 from neon_local.serverless.errors import (
     SqlOverHttpError, cancelled_body, internal_error, not_supported_body, nul_byte_error, postgres_unavailable,
@@ -162,6 +165,7 @@ class SqlOverHttp:
         self._jwt_roles = frozenset(settings.jwt_roles)
         self._origins = OriginPolicy(settings.allowed_origins)
         self._body_timeout = settings.http_idle_timeout
+        self.limits = ClientLimits.of(settings)
 
     async def handle_options(self, request: web.Request) -> web.Response:
         headers = {**OPTIONS_HEADERS, "neon-request-id": _request_id(request)}
@@ -180,7 +184,7 @@ class SqlOverHttp:
         try:
             body, extra = await self._serve(request)
         except SqlOverHttpError as exc:
-            return _json_response(exc.status, exc.body(), request)
+            return _json_response(exc.status, exc.body(), request, getattr(exc, "headers", None))
         except _ClientGone:
             return _json_response(400, cancelled_body(), request)
         except Exception as exc:  # a bug of ours still answers Neon's JSON, never aiohttp's plain-text 500
@@ -222,6 +226,12 @@ class SqlOverHttp:
 
     async def _authorized(self, info: ConnInfo, headers: Headers, payload: Payload) -> bytes:
         verified = await self._authenticate(info)
+        if verified is not None and self.control_plane.tenancy is not None:  # the claim picks the database
+            try:
+                info = replace(info, dbname=await self.control_plane.tenant_database(verified.claims, info.dbname))
+            except PostgresErrorResponse as exc:
+                raise SqlOverHttpError.postgres(exc.fields, 400) from None
+        self._admit(info, verified, payload)
         backend = await self._session(info, verified)
         if payload.has_nul:  # libpq would cut the text at the NUL: refuse it as Postgres does
             self.pools.release(backend)
@@ -233,6 +243,18 @@ class SqlOverHttp:
             raise
         self.pools.release(backend)
         return body
+
+    def _admit(self, info: ConnInfo, verified: VerifiedToken | None, payload: Payload) -> None:
+        """Rate limits and the allow-list, before a connection is taken: Neon's status and body for each."""
+        try:
+            self.limits.admit("http", info.user, verified and verified.claims.get("sub"), verified is not None)
+            self.limits.check_statements(info.user, verified is not None, [q.text for q in payload.queries], "http")
+        except RateLimited as exc:  # Neon: a RateLimit connect error, not the user's, so 500; ours per identity: 429
+            error = SqlOverHttpError(500 if exc.endpoint else 429, exc.message)
+            error.headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
+            raise error from None
+        except Refused as exc:
+            raise SqlOverHttpError.postgres(exc.fields()) from None
 
     async def _authenticate(self, info: ConnInfo) -> VerifiedToken | None:
         if info.jwt is None:

@@ -1,0 +1,46 @@
+"""ClientLimits on what clients may send: Neon's rate limits (`rate`) and the query allow-list (`allowlist`).
+
+`ClientLimits.of(settings)` is the one instance a process shares between /sql, TCP and WebSocket, so
+per-identity limits and the allow-list's counters see every path.
+"""
+
+from __future__ import annotations
+
+from neon_local.limits.allowlist import AllowList, Refused, default_path
+from neon_local.limits.rate import RateLimited, RateLimiter
+from neon_local.settings import ConfigError
+
+__all__ = ["ClientLimits", "RateLimited", "Refused"]
+
+
+class ClientLimits:
+    """The allow-list and the rate limiter of one configuration."""
+
+    _shared: dict[tuple, "ClientLimits"] = {}
+
+    def __init__(self, settings) -> None:
+        self.allowlist = AllowList(default_path(settings), settings.allowlist)
+        try:
+            self.rate = RateLimiter(settings.rate_limit, settings.rate_limit_identity)
+        except ValueError as exc:
+            raise ConfigError(f"{exc} (rate_limit, rate_limit_identity)") from None
+
+    @classmethod
+    def of(cls, settings) -> "ClientLimits":
+        key = (str(default_path(settings)), settings.allowlist, settings.rate_limit, settings.rate_limit_identity)
+        if key not in cls._shared:
+            cls._shared[key] = cls(settings)
+        return cls._shared[key]
+
+    def admit(self, protocol: str, role: str, sub: str | None, jwt: bool) -> None:
+        """One connection attempt (or /sql request) of `role`: raises RateLimited past a limit."""
+        if self.rate.enabled:
+            self.rate.check_endpoint(protocol)
+            if jwt:
+                self.rate.check_identity(role, sub)
+
+    def check_statements(self, role: str, jwt: bool, texts, path: str) -> None:
+        """Every text's statements before any runs: raises Refused for the first one the allow-list refuses."""
+        if self.allowlist.mode_for(role, jwt) != "off":
+            for text in texts:
+                self.allowlist.check(role, jwt, text, path)

@@ -1,0 +1,201 @@
+"""The query allow-list at run time: the mode per role, the check per statement, learning, live reload.
+
+A JWT role's statements are checked by fingerprint against `neon_local.allowlist.toml`; the owner
+and other password roles only when [modes] names them. `learn` records what it sees (written to
+the file within a second, off the hot path), `warn` serves and logs, `enforce` refuses with
+SQLSTATE 42501 and the command that approves the statement. Functions are trusted once allowed:
+SQL they run (EXECUTE of dynamic text included) is not seen by the proxy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import collections
+import datetime
+import logging
+import os
+import threading
+from pathlib import Path
+
+from neon_local.limits.fingerprint import Fingerprinter, ParsedStatement, StatementError
+from neon_local.limits.store import ALLOWLIST_FILENAME, Entry, ListFile, ListFileError, read_list, write_list
+
+__all__ = ["AllowList", "Refused"]
+
+log = logging.getLogger(__name__)
+PARSER_HINT = ("The allow-list reads statements with pglast (PostgreSQL 17's parser) and refuses, in enforce mode, "
+               "what it cannot read.")
+RELOAD_INTERVAL = 1.0  # seconds between checks of the file's mtime (in a background task)
+
+
+class Refused(Exception):
+    """A statement the allow-list refuses: Postgres error fields for the client."""
+
+    def __init__(self, code: str, message: str, hint: str | None = None, detail: str | None = None,
+                 position: int | None = None) -> None:
+        super().__init__(message)
+        self.code, self.message, self.hint, self.detail, self.position = code, message, hint, detail, position
+
+    def fields(self) -> dict[str, str]:
+        found = {"S": "ERROR", "V": "ERROR", "C": self.code, "M": self.message, "D": self.detail, "H": self.hint,
+                 "P": None if self.position is None else str(self.position)}
+        return {k: v for k, v in found.items() if v is not None}
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def refusal(role: str, statement: ParsedStatement) -> Refused:
+    fp = statement.fingerprint
+    return Refused("42501", f'statement not in the allow-list for role "{role}" (fingerprint {fp}); '
+                            f"approve it with: neon-local allowlist approve {fp}",
+                   hint="neon-local allowlist list shows what is approved; learn mode records what your tests run.",
+                   detail=f"normalised statement: {statement.normalized()}")
+
+
+class AllowList:
+    """`check(role, jwt, text, path)` raises Refused or returns; `mode_for(role, jwt)` says whether to call it."""
+
+    def __init__(self, path: Path, default_mode: str = "off") -> None:
+        self.path = path
+        self.default_mode = default_mode
+        self.fingerprints = Fingerprinter()
+        self.counts: collections.Counter[str] = collections.Counter()  # learned, warned, refused
+        self.recent: collections.deque[dict] = collections.deque(maxlen=50)  # the latest refusals
+        self._content = ListFile()
+        self._mtime: float | None = None
+        self._dirty = False
+        self._saving = threading.Lock()  # the watcher's thread and a synchronous caller may both save
+        self._watcher: asyncio.Task | None = None
+        self.load()
+        atexit.register(self.flush)
+
+    def load(self) -> None:
+        """Read the file (blocking: at start and from the watcher's thread); a broken file keeps the last good list."""
+        try:
+            mtime = self.path.stat().st_mtime if self.path.exists() else None
+            content = read_list(self.path)
+        except (OSError, ListFileError) as exc:
+            log.error("allow-list not reloaded, keeping the previous one: %s", exc)
+            return
+        self._content, self._mtime = content, mtime
+
+    def mode_for(self, role: str, jwt: bool) -> str:
+        self._ensure_watcher()
+        content = self._content
+        if role in content.modes:
+            return content.modes[role]
+        return (content.mode or self.default_mode) if jwt else "off"
+
+    @property
+    def active(self) -> bool:
+        """Whether any role is checked at all (else sessions keep the plain byte relay)."""
+        content = self._content
+        return (content.mode or self.default_mode) != "off" or any(m != "off" for m in content.modes.values())
+
+    def check(self, role: str, jwt: bool, text: str, path: str) -> None:
+        mode = self.mode_for(role, jwt)
+        if mode == "off":
+            return
+        try:
+            statements = self.fingerprints.statements(text)
+        except StatementError as exc:
+            if mode == "enforce":
+                raise Refused(exc.code, exc.message, position=exc.position, hint=PARSER_HINT) from None
+            return  # learn and warn: Postgres answers it as it would anyway
+        for statement in statements:
+            if not statement.transaction_control:
+                self._check_one(role, mode, statement, path)
+
+    def _check_one(self, role: str, mode: str, statement: ParsedStatement, path: str) -> None:
+        entry = self._content.statements.get(statement.fingerprint)
+        if entry is not None and role in entry.roles:
+            if mode == "learn":
+                self._record(self._content.statements, role, statement, path)
+            return
+        if mode == "learn":
+            self.counts["learned"] += 1
+            self._record(self._content.statements, role, statement, path)
+            return
+        refused = refusal(role, statement)
+        self._record(self._content.refused, role, statement, path)
+        self.recent.append({"at": _now(), "role": role, "fingerprint": statement.fingerprint, "path": path,
+                            "sql": statement.text[:500], "mode": mode})
+        if mode == "warn":
+            self.counts["warned"] += 1
+            log.warning("allow-list (warn): %s", refused.message)
+            return
+        self.counts["refused"] += 1
+        raise refused
+
+    def _record(self, table: dict[str, Entry], role: str, statement: ParsedStatement, path: str) -> None:
+        now = _now()
+        entry = table.get(statement.fingerprint)
+        if entry is None:
+            entry = table[statement.fingerprint] = Entry(statement.normalized(), first_seen=now)
+        if role not in entry.roles:
+            entry.roles.append(role)
+        if path not in entry.paths:
+            entry.paths.append(path)
+        entry.last_seen, entry.count = now, entry.count + 1
+        self._dirty = True
+
+    def flush(self) -> None:
+        """Write what learn mode recorded, merged into the file as it is now (the CLI may have changed it)."""
+        with self._saving:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._dirty:
+            return
+        self._dirty = False
+        try:
+            merged = read_list(self.path)
+        except (OSError, ListFileError) as exc:
+            log.error("allow-list not saved: %s", exc)
+            return
+        for name in ("statements", "refused"):
+            mine, theirs = getattr(self._content, name), getattr(merged, name)
+            for fp, entry in mine.items():
+                if fp in theirs:
+                    theirs[fp].roles = sorted(set(theirs[fp].roles) | set(entry.roles))
+                    theirs[fp].paths = sorted(set(theirs[fp].paths) | set(entry.paths))
+                    theirs[fp].last_seen, theirs[fp].count = entry.last_seen, max(entry.count, theirs[fp].count)
+                else:
+                    theirs[fp] = entry
+        for fp in merged.statements:
+            merged.refused.pop(fp, None)
+        write_list(self.path, merged)
+        self._content, self._mtime = merged, self.path.stat().st_mtime
+
+    def _ensure_watcher(self) -> None:
+        task = self._watcher
+        if task is not None and not task.done():
+            return
+        try:
+            self._watcher = asyncio.get_running_loop().create_task(self._watch())
+        except RuntimeError:  # no event loop: a synchronous caller (CLI, tests), nothing to watch
+            pass
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(RELOAD_INTERVAL)
+            if self._dirty:
+                await asyncio.to_thread(self.flush)
+            mtime = await asyncio.to_thread(_mtime, self.path)
+            if mtime != self._mtime:
+                await asyncio.to_thread(self.load)
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return None
+
+
+def default_path(settings) -> Path:
+    """The allow-list file: the setting (relative to the project), else neon_local.allowlist.toml in the project."""
+    return settings.project_dir / (settings.allowlist_file or ALLOWLIST_FILENAME)

@@ -1,0 +1,91 @@
+"""The client→Postgres side of a TCP or WebSocket session whose role the allow-list checks.
+
+Only such sessions pay for it: others keep the plain byte relay. Query ('Q') is checked statement
+by statement, Parse ('P') once (Bind and Execute of a prepared statement are not re-checked). A
+refused message is replaced by a DO block that makes Postgres raise the error itself, so the
+session and its transaction end up exactly as after any other error. For a refused Parse the rest
+of the extended-protocol batch, up to and including its Sync, is dropped: the DO block's own
+ReadyForQuery answers that Sync.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from neon_local.limits.allowlist import Refused
+
+__all__ = ["StatementFilter", "raising_query"]
+
+_HEADER = 5  # type byte + int32 length
+
+
+def dollar_quote(text: str, tag: str) -> str:
+    """`text` as a dollar-quoted literal whose tag does not occur in it."""
+    n = 0
+    while f"${tag}{n}$" in text:
+        n += 1
+    return f"${tag}{n}${text}${tag}{n}$"
+
+
+def raising_query(refused: Refused) -> bytes:
+    """A simple Query message whose execution raises `refused` with its SQLSTATE, message, detail and hint."""
+    options = [f"ERRCODE = '{refused.code}'", f"MESSAGE = {dollar_quote(refused.message, 'm')}"]
+    if refused.detail:
+        options.append(f"DETAIL = {dollar_quote(refused.detail, 'd')}")
+    if refused.hint:
+        options.append(f"HINT = {dollar_quote(refused.hint, 'h')}")
+    body = f"BEGIN RAISE EXCEPTION USING {', '.join(options)}; END"
+    text = f"DO {dollar_quote(body, 'neon_local')}".encode() + b"\0"
+    return b"Q" + (len(text) + 4).to_bytes(4, "big") + text
+
+
+class StatementFilter:
+    """Stands in for the backend conduit on the client's side of the relay; only `write` differs."""
+
+    def __init__(self, backend, check: Callable[[str], None]) -> None:
+        self._backend = backend
+        self._check = check
+        self._buffer = bytearray()
+        self._dropping = False  # after a refused Parse, until the batch's Sync
+
+    def __getattr__(self, name: str):
+        return getattr(self._backend, name)
+
+    def write(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        out, position, size = [], 0, len(buffer)
+        while size - position >= _HEADER:
+            end = position + 1 + int.from_bytes(buffer[position + 1:position + 5], "big")
+            if end < position + _HEADER:  # a corrupt length: let Postgres refuse the stream as it would
+                out.append(bytes(buffer[position:]))
+                position = size
+                break
+            if end > size:
+                break
+            out.append(self._inspect(buffer[position], buffer, position, end))
+            position = end
+        del buffer[:position]
+        if out:
+            self._backend.write(b"".join(out))
+
+    def _inspect(self, kind: int, buffer: bytearray, start: int, end: int) -> bytes:
+        if self._dropping:
+            self._dropping = kind != ord("S")
+            return b""
+        if kind == ord("Q"):
+            text = bytes(buffer[start + _HEADER:end - 1])
+        elif kind == ord("P"):
+            name_end = buffer.find(0, start + _HEADER, end)
+            text_end = buffer.find(0, name_end + 1, end) if name_end >= 0 else -1
+            if text_end < 0:  # malformed: Postgres refuses it itself
+                return bytes(buffer[start:end])
+            text = bytes(buffer[name_end + 1:text_end])
+        else:
+            return bytes(buffer[start:end])
+        try:
+            self._check(text.decode("utf-8", "replace"))
+        except Refused as refused:
+            self._dropping = kind == ord("P")
+            return raising_query(refused)
+        return bytes(buffer[start:end])

@@ -1,0 +1,108 @@
+"""The allow-list file (`neon_local.allowlist.toml`): read, write, and the entries it holds.
+
+It is meant for code review, so it is plain TOML written in a stable order: the default mode,
+per-role modes, one `[statements.<fingerprint>]` table per approved statement, and the latest
+refused statements under `[refused.<fingerprint>]` so `neon-local allowlist approve` knows their SQL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["ALLOWLIST_FILENAME", "MODES", "Entry", "ListFile", "read_list", "write_list"]
+
+ALLOWLIST_FILENAME = "neon_local.allowlist.toml"
+MODES = ("off", "learn", "warn", "enforce")
+MAX_REFUSED = 100  # refused statements remembered in the file, newest kept
+HEADER = """\
+# neon-local's query allow-list: review it like code (README: "Lock down client SQL").
+# mode: off | learn | warn | enforce, for JWT roles; [modes] sets one role's (the owner only if named there).
+# Edit with `neon-local allowlist list|approve|remove|mode|diff`; a running neon-local reloads it within a second.
+"""
+
+
+@dataclass
+class Entry:
+    sql: str
+    roles: list[str] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
+    first_seen: str = ""
+    last_seen: str = ""
+    count: int = 0
+    note: str = ""
+
+
+@dataclass
+class ListFile:
+    mode: str | None = None
+    modes: dict[str, str] = field(default_factory=dict)
+    statements: dict[str, Entry] = field(default_factory=dict)
+    refused: dict[str, Entry] = field(default_factory=dict)
+
+
+class ListFileError(ValueError):
+    """The file is not a valid allow-list; the message names the file and the key."""
+
+
+def read_list(path: Path) -> ListFile:
+    """The file's content (an empty list if there is none)."""
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        return ListFile()
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ListFileError(f"{path} is not valid TOML: {exc}") from None
+    mode = raw.get("mode")
+    modes = raw.get("modes", {})
+    for where, value in [("mode", mode), *((f"modes.{k}", v) for k, v in modes.items())]:
+        if value is not None and value not in MODES:
+            raise ListFileError(f"{path}: {where} must be one of {', '.join(MODES)}, got {value!r}")
+    return ListFile(mode, dict(modes), _entries(path, raw.get("statements", {})), _entries(path, raw.get("refused", {})))
+
+
+def _entries(path: Path, table: dict) -> dict[str, Entry]:
+    known = set(Entry.__dataclass_fields__)
+    entries = {}
+    for fingerprint, values in table.items():
+        if not isinstance(values, dict) or "sql" not in values or set(values) - known:
+            raise ListFileError(f"{path}: [statements.{fingerprint}] needs sql and only the keys {sorted(known)}")
+        entries[fingerprint] = Entry(**values)
+    return entries
+
+
+def _string(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False)  # a JSON string is a TOML basic string
+
+
+def _table(name: str, fingerprint: str, entry: Entry) -> str:
+    lines = [f"\n[{name}.{_string(fingerprint) if not fingerprint.isalnum() else fingerprint}]", f"sql = {_string(entry.sql)}"]
+    lines.append("roles = [" + ", ".join(map(_string, sorted(entry.roles))) + "]")
+    lines.append("paths = [" + ", ".join(map(_string, sorted(entry.paths))) + "]")
+    lines += [f"first_seen = {_string(entry.first_seen)}", f"last_seen = {_string(entry.last_seen)}", f"count = {entry.count}"]
+    lines.append(f"note = {_string(entry.note)}")
+    return "\n".join(lines) + "\n"
+
+
+def render(content: ListFile) -> str:
+    out = [HEADER]
+    if content.mode is not None:
+        out.append(f"mode = {_string(content.mode)}\n")
+    if content.modes:
+        out.append("\n[modes]\n" + "".join(f"{_string(role)} = {_string(mode)}\n" for role, mode in sorted(content.modes.items())))
+    out += [_table("statements", fp, entry) for fp, entry in sorted(content.statements.items(), key=lambda kv: kv[1].sql)]
+    refused = sorted(content.refused.items(), key=lambda kv: kv[1].last_seen)[-MAX_REFUSED:]
+    out += [_table("refused", fp, entry) for fp, entry in refused]
+    return "".join(out)
+
+
+def write_list(path: Path, content: ListFile) -> None:
+    """Replace the file atomically, so a reader never sees half of it."""
+    descriptor, temporary = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(render(content))
+    os.replace(temporary, path)

@@ -1,0 +1,246 @@
+"""The query allow-list on every path: learn from a run, enforce, and what a hostile client gets.
+
+Real Postgres, real proxy and /sql handler, real clients (psycopg, asyncpg, psql); the allow-list
+file is edited as a person or the CLI would and reloaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+
+import asyncpg
+import psycopg
+import pytest
+from aiohttp import web
+
+from http_support import serve_sql_http
+from proxy_support import start_proxy
+from neon_local.limits import ClientLimits
+from neon_local.limits.store import read_list, write_list
+from neon_local.serverless.websocket import WebSocketAdapter
+from neon_local.testing.websocket import WebSocketBridge
+
+ALLOWED = "select body from lim_items where id = 1"
+CHANGED = "select body, id from lim_items where id = 1"
+
+
+def refusal_text(fingerprint: str) -> str:
+    return (f'statement not in the allow-list for role "authenticated" (fingerprint {fingerprint}); '
+            f"approve it with: neon-local allowlist approve {fingerprint}")
+
+
+def fingerprint(text: str) -> str:
+    from pglast.parser import fingerprint as fp
+    return fp(text)
+
+
+@pytest.fixture(scope="module")
+async def guarded(settings, cluster, tmp_path_factory):
+    """/sql, TCP and WebSocket sharing one allow-list file (starting in learn mode)."""
+    directory = tmp_path_factory.mktemp("allowlist")
+    guarded_settings = settings.with_overrides(allowlist="learn", allowlist_file=directory / "allow.toml")
+    admin = await psycopg.AsyncConnection.connect(cluster.conninfo(dbname=settings.database), autocommit=True)
+    await admin.execute("create table if not exists lim_items (id int primary key, body text);"
+                        "grant select, insert, update, delete on lim_items to authenticated;"
+                        "insert into lim_items values (1, 'one'), (2, 'two') on conflict do nothing")
+    await admin.close()
+    proxy = await start_proxy(guarded_settings, cluster, directory / "proxy")
+    adapter = WebSocketAdapter(proxy.server)
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", adapter.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    bridge = WebSocketBridge(f"ws://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/v2").start()
+    async with serve_sql_http(guarded_settings, cluster, directory / "http") as http:
+        yield Guarded(http, proxy, bridge, ClientLimits.of(guarded_settings).allowlist)
+    bridge.stop()
+    await runner.cleanup()
+    await proxy.server.close()
+    await proxy.server.context.control_plane.close()
+
+
+class Guarded:
+    def __init__(self, http, proxy, bridge, allowlist) -> None:
+        self.http, self.proxy, self.bridge, self.allowlist = http, proxy, bridge, allowlist
+
+    def set_mode(self, mode: str) -> None:
+        self.allowlist.flush()
+        content = read_list(self.allowlist.path)
+        content.mode = mode
+        write_list(self.allowlist.path, content)
+        self.allowlist.load()
+
+    async def sql(self, query, params=None):
+        body = query if isinstance(query, dict) else {"query": query, "params": params or []}
+        return await self.http.post(body, conn=self.http.jwt_conn_string(), token=self.http.token())
+
+    def tcp_url(self) -> str:
+        return self.proxy.url("authenticated", self.proxy.token())
+
+    def ws_url(self) -> str:
+        return f"postgresql://authenticated:{self.proxy.token()}@127.0.0.1:{self.bridge.port}/neondb?sslmode=disable"
+
+
+@pytest.fixture
+async def enforcing(guarded):
+    """Learn ALLOWED (and an insert) on every path, then enforce."""
+    guarded.set_mode("learn")
+    assert (await guarded.sql(ALLOWED)).status_code == 200
+    assert (await guarded.sql("insert into lim_items values ($1, $2) on conflict do nothing", [3, "x"])).status_code == 200
+    for url in (guarded.tcp_url(), guarded.ws_url()):
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            await conn.execute(ALLOWED)  # psycopg without parameters: a simple Query
+            await conn.execute("select body from lim_items where id = %s", [1])  # extended: Parse
+    guarded.set_mode("enforce")
+    yield guarded
+    guarded.set_mode("learn")
+
+
+async def test_learn_records_each_statement_with_role_and_path(enforcing):
+    entries = read_list(enforcing.allowlist.path).statements
+    entry = entries[fingerprint(ALLOWED)]
+    assert entry.roles == ["authenticated"]
+    assert set(entry.paths) == {"http", "tcp", "ws"}
+    assert entry.sql == "select body from lim_items where id = $1"
+    assert entry.count >= 3 and entry.first_seen <= entry.last_seen
+
+
+async def test_sql_enforce_passes_other_literals_and_refuses_a_changed_statement(enforcing):
+    ok = await enforcing.sql("SELECT body FROM lim_items WHERE id = 2 -- another literal")
+    assert ok.status_code == 200 and ok.json()["rows"] == [{"body": "two"}]
+    refused = await enforcing.sql(CHANGED)
+    assert refused.status_code == 400
+    body = refused.json()
+    assert body["message"] == refusal_text(fingerprint(CHANGED))
+    assert body["code"] == "42501" and len(body) == 17
+
+
+async def test_sql_batch_is_checked_before_anything_runs(enforcing):
+    batch = {"queries": [{"query": "insert into lim_items values ($1, $2) on conflict do nothing", "params": [9, "batch"]},
+                         {"query": CHANGED, "params": []}]}
+    refused = await enforcing.sql(batch)
+    assert refused.status_code == 400 and refused.json()["code"] == "42501"
+    admin = await enforcing.http.admin()
+    assert await (await admin.execute("select count(*) from lim_items where id = 9")).fetchone() == (0,)
+    await admin.close()
+
+
+@pytest.mark.parametrize("path", ["tcp", "ws"])
+async def test_psycopg_simple_and_extended_refused_and_transaction_aborted(enforcing, path):
+    url = enforcing.tcp_url() if path == "tcp" else enforcing.ws_url()
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        assert await (await conn.execute("select body from lim_items where id = %s", [2])).fetchall() == [("two",)]
+        with pytest.raises(psycopg.errors.InsufficientPrivilege) as refused:
+            await conn.execute(CHANGED)
+        assert refused.value.diag.message_primary == refusal_text(fingerprint(CHANGED))
+        # Inside a transaction, as after any error: aborted until rollback.
+        with pytest.raises(psycopg.errors.InFailedSqlTransaction):
+            await conn.execute(ALLOWED)
+        await conn.rollback()
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):  # extended protocol: refused at Parse
+            await conn.execute("select body, id from lim_items where id = %s", [1])
+        with pytest.raises(psycopg.errors.InFailedSqlTransaction):
+            await conn.execute("select body from lim_items where id = %s", [1])
+        await conn.rollback()
+        assert await (await conn.execute(ALLOWED)).fetchall() == [("one",)]
+
+
+async def test_prepared_statement_checked_once_at_parse(enforcing):
+    async with await psycopg.AsyncConnection.connect(enforcing.tcp_url(), autocommit=True) as conn:
+        for value in range(1, 4):  # prepared once, then Bind/Execute only
+            await conn.execute("select body from lim_items where id = %s", [value], prepare=True)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            await conn.execute("select body, id from lim_items where id = %s", [1], prepare=True)
+        assert await (await conn.execute("select body from lim_items where id = %s", [2], prepare=True)).fetchall() == [("two",)]
+
+
+async def test_asyncpg_prepared_statements(enforcing):
+    conn = await asyncpg.connect(enforcing.tcp_url(), ssl=_no_verify())
+    try:
+        assert await conn.fetchval("select body from lim_items where id = $1", 2) == "two"
+        with pytest.raises(asyncpg.InsufficientPrivilegeError) as refused:
+            await conn.prepare(CHANGED.replace("= 1", "= $1"))
+        assert "neon-local allowlist approve" in str(refused.value)
+        async with conn.transaction():
+            await conn.fetchval("select body from lim_items where id = $1", 1)
+        assert await conn.fetchval("select body from lim_items where id = $1", 1) == "one"
+    finally:
+        await conn.close()
+
+
+def _no_verify():
+    import ssl
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    return context
+
+
+async def test_psql_simple_query(enforcing):
+    env = {**os.environ, "PGPASSWORD": enforcing.proxy.token()}
+    url = enforcing.proxy.url("authenticated", sslmode="require")
+
+    def psql(sql: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["psql", url, "-X", "-v", "ON_ERROR_STOP=1", "-At", "-c", sql], env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    assert (await asyncio.to_thread(psql, "select body from lim_items where id = 2")).stdout.strip() == "two"
+    refused = await asyncio.to_thread(psql, "select body from lim_items where id = 2; select 1")
+    assert refused.returncode != 0 and "not in the allow-list" in refused.stderr
+
+
+@pytest.mark.parametrize("hostile", [
+    f"{ALLOWED}; delete from lim_items",  # ;-joined: the second is checked too
+    "DO $$ BEGIN DELETE FROM lim_items; END $$",
+    "/* select body from lim_items where id = 1 */ delete from lim_items",
+    "SeLeCt body FROM lim_items WHERE id = 1 OR true",
+])
+async def test_hostile_inputs_refused_on_every_path(enforcing, hostile):
+    assert (await enforcing.sql(hostile)).json()["code"] == "42501"
+    async with await psycopg.AsyncConnection.connect(enforcing.tcp_url(), autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            await conn.execute(hostile)
+    admin = await enforcing.http.admin()
+    assert (await (await admin.execute("select count(*) from lim_items")).fetchone())[0] >= 2
+    await admin.close()
+
+
+async def test_case_comments_and_whitespace_do_not_change_the_fingerprint(enforcing):
+    for variant in ("SELECT   body\nFROM lim_items /* c */ WHERE id=42", "select body from LIM_ITEMS where id = 7;"):
+        assert (await enforcing.sql(variant)).status_code == 200
+
+
+async def test_unparsable_and_very_long_statements_refused_with_a_clear_error(enforcing):
+    syntax = (await enforcing.sql("selec body from lim_items")).json()
+    assert syntax["code"] == "42601" and syntax["message"] == 'syntax error at or near "selec"'
+    long = "select body from lim_items where id in (" + ",".join(["1"] * 60_000) + ")"
+    body = (await enforcing.sql(long)).json()
+    assert body["code"] == "54000" and "too long for the allow-list check" in body["message"]
+
+
+async def test_owner_is_exempt(enforcing):
+    response = await enforcing.http.post({"query": CHANGED, "params": []})
+    assert response.status_code == 200
+    async with await psycopg.AsyncConnection.connect(enforcing.proxy.owner_url(), autocommit=True) as conn:
+        await conn.execute(CHANGED)
+
+
+async def test_live_changes_apply_without_restart(enforcing):
+    assert (await enforcing.sql(CHANGED)).status_code == 400
+    content = read_list(enforcing.allowlist.path)
+    content.statements[fingerprint(CHANGED)] = content.refused.pop(fingerprint(CHANGED))
+    content.statements[fingerprint(CHANGED)].roles = ["authenticated"]
+    write_list(enforcing.allowlist.path, content)
+    os.utime(enforcing.allowlist.path, (1, 1))  # a new mtime even within the file system's resolution
+    for _ in range(100):  # the watcher checks the file every second
+        if (await enforcing.sql(CHANGED)).status_code == 200:
+            break
+        await asyncio.sleep(0.1)
+    assert (await enforcing.sql(CHANGED)).status_code == 200
+    content = read_list(enforcing.allowlist.path)
+    del content.statements[fingerprint(CHANGED)]
+    write_list(enforcing.allowlist.path, content)
+    enforcing.allowlist.load()
