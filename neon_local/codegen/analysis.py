@@ -9,7 +9,7 @@ from pglast import ast, parse_sql
 from pglast.enums import JoinType
 from pglast.parser import ParseError
 
-from neon_local.codegen.annotations import Statement
+from neon_local.codegen.annotations import NamedStatement
 from neon_local.codegen.errors import CodegenError
 
 _WRITES = (ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt, ast.MergeStmt)
@@ -22,7 +22,7 @@ class Tables:
     outer_nullable: frozenset[str]
 
 
-def analyse(statement: Statement) -> Tables:
+def analyse(statement: NamedStatement) -> Tables:
     try:
         parsed = parse_sql(statement.sql)
     except ParseError as exc:

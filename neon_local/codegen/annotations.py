@@ -24,7 +24,7 @@ _MARKER = re.compile(r"sqlc\.n?arg\(\s*([A-Za-z_][A-Za-z0-9_]*)\s*\)|(?<![\w@])@
 
 
 @dataclass(frozen=True)
-class Statement:
+class NamedStatement:
     name: str  # PascalCase, as annotated
     kind: str  # many | one | exec | execrows
     sql: str  # with $1, $2 ... in place of named parameters
@@ -39,13 +39,13 @@ class Statement:
         return self.body_line + self.sql.count("\n", 0, max(position - 1, 0))
 
 
-def read_queries(folder: Path) -> list[Statement]:
+def read_queries(folder: Path) -> list[NamedStatement]:
     """Every annotated statement in folder/*.sql (sorted by file name), names unique across files."""
     files = sorted(folder.glob("*.sql"))
     if not files:
         raise CodegenError(folder, 0, "no .sql files here; write queries like `-- name: ListTodos :many` + SQL.")
-    statements: list[Statement] = []
-    seen: dict[str, Statement] = {}
+    statements: list[NamedStatement] = []
+    seen: dict[str, NamedStatement] = {}
     for path in files:
         for statement in parse_file(path, path.read_text()):
             if statement.name in seen:
@@ -56,7 +56,7 @@ def read_queries(folder: Path) -> list[Statement]:
     return statements
 
 
-def parse_file(path: Path, text: str) -> list[Statement]:
+def parse_file(path: Path, text: str) -> list[NamedStatement]:
     lines = text.split("\n")
     heads = [i for i, line in enumerate(lines) if _NAME.match(line.strip())]
     before = "\n".join(lines[: heads[0]] if heads else lines)
@@ -71,7 +71,7 @@ def _has_sql(text: str) -> bool:
     return bool(_SKIP.sub(" ", text).strip(" \t\n;"))
 
 
-def _statement(path: Path, lines: list[str], line: int) -> Statement:
+def _statement(path: Path, lines: list[str], line: int) -> NamedStatement:
     name, kind = _NAME.match(lines[0].strip()).groups()
     if not _PASCAL.match(name):
         raise CodegenError(path, line, f"name {name!r} must be PascalCase letters and digits, like ListTodos.")
@@ -97,7 +97,7 @@ def _statement(path: Path, lines: list[str], line: int) -> Statement:
     sql, params = _number_params(path, line + head, body, declared)
     if not _has_sql(sql):
         raise CodegenError(path, line, f"{name} has no SQL under its annotation.")
-    return Statement(name, kind, sql.rstrip().rstrip(";").rstrip(), tuple(params), frozenset(nonnull), path, line,
+    return NamedStatement(name, kind, sql.rstrip().rstrip(";").rstrip(), tuple(params), frozenset(nonnull), path, line,
                      line + head)
 
 

@@ -12,7 +12,7 @@ from psycopg import Connection
 from psycopg.pq import DiagnosticField, ExecStatus
 
 from neon_local.codegen.analysis import Tables, analyse
-from neon_local.codegen.annotations import Statement
+from neon_local.codegen.annotations import NamedStatement
 from neon_local.codegen.errors import CodegenError
 from neon_local.codegen.typemap import PgType, param_type, result_type
 
@@ -31,7 +31,7 @@ select n, c.oid::int, c.oid::regclass::text from unnest(%s::text[]) n join pg_cl
 
 
 @dataclass(frozen=True)
-class Column:
+class ResultColumn:
     name: str
     type: str  # TypeScript
     nullable: bool
@@ -39,22 +39,22 @@ class Column:
 
 @dataclass(frozen=True)
 class Described:
-    statement: Statement
+    statement: NamedStatement
     params: tuple[tuple[str, str], ...]  # (name, TypeScript type)
-    columns: tuple[Column, ...]
+    columns: tuple[ResultColumn, ...]
     reads: frozenset[str]  # tables, as regclass text
     writes: frozenset[str]
 
 
 @dataclass(frozen=True)
 class _Raw:
-    statement: Statement
+    statement: NamedStatement
     tables: Tables
     param_oids: tuple[int, ...]
     fields: tuple[tuple[str, int, int, int], ...]  # name, type OID, table OID, column number
 
 
-def describe_all(conn: Connection, statements: list[Statement]) -> list[Described]:
+def describe_all(conn: Connection, statements: list[NamedStatement]) -> list[Described]:
     raws = [_describe(conn, statement) for statement in statements]
     types = _types(conn, {oid for raw in raws for oid in (*raw.param_oids, *(f[1] for f in raw.fields))})
     pairs = {(f[2], f[3]) for raw in raws for f in raw.fields if f[2]}
@@ -64,7 +64,7 @@ def describe_all(conn: Connection, statements: list[Statement]) -> list[Describe
     return [_typed(raw, types, not_null, relations) for raw in raws]
 
 
-def _describe(conn: Connection, statement: Statement) -> _Raw:
+def _describe(conn: Connection, statement: NamedStatement) -> _Raw:
     tables = analyse(statement)
     _check(statement, conn.pgconn.prepare(b"", statement.sql.encode()))
     result = conn.pgconn.describe_prepared(b"")
@@ -77,7 +77,7 @@ def _describe(conn: Connection, statement: Statement) -> _Raw:
     return _Raw(statement, tables, tuple(result.param_type(i) for i in range(result.nparams)), fields)
 
 
-def _check(statement: Statement, result) -> None:
+def _check(statement: NamedStatement, result) -> None:
     if result.status != ExecStatus.COMMAND_OK:
         message = (result.error_field(DiagnosticField.MESSAGE_PRIMARY) or b"").decode()
         position = int(result.error_field(DiagnosticField.STATEMENT_POSITION) or 0)
@@ -107,7 +107,7 @@ def _typed(raw: _Raw, types: dict[int, PgType], not_null: set, relations: dict[s
     for name in sorted(statement.nonnull - set(names)):
         raise CodegenError(statement.path, statement.line, f"`-- nonnull: {name}`: {statement.name} returns no column {name!r}.")
     columns = tuple(
-        Column(name, result_type(oid, types),
+        ResultColumn(name, result_type(oid, types),
                name not in statement.nonnull and (not table or table in outer or (table, attnum) not in not_null))
         for name, oid, table, attnum in raw.fields)
     params = tuple((name, param_type(oid, types)) for name, oid in zip(statement.params, raw.param_oids))
