@@ -13,7 +13,7 @@ from pathlib import Path
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-SOURCES = ["neon_local/postgres/contrib/src/neon_local_contrib.c", "neon_local/postgres/contrib/src/pgp_sym.c"]
+SOURCES = [f"neon_local/postgres/contrib/src/{name}.c" for name in ("neon_local_contrib", "pgp_sym", "armor")]
 INCLUDE_DIRS = ["/usr/include", "/usr/local/include", "/opt/homebrew/include"]
 
 

@@ -355,6 +355,45 @@ def test_pgp_sym_errors_are_pgcryptos(owner):
     assert messages <= {"Wrong key or corrupt data", "encrypt error: Cipher cannot be initialized"}
 
 
+ARMORED_ABC = "-----BEGIN PGP MESSAGE-----\n\nYWJj\n=uhx7\n-----END PGP MESSAGE-----\n"
+
+
+def test_armor_is_pgcryptos_layout(owner):
+    # Layouts as PostgreSQL's pgcrypto writes them (checked by this test's Debian PostgreSQL 15 run).
+    assert one(owner, "select armor('abc')") == ARMORED_ABC
+    assert one(owner, "select armor(''::bytea)") == "-----BEGIN PGP MESSAGE-----\n\n=twTO\n-----END PGP MESSAGE-----\n"
+    assert one(owner, "select armor(decode(repeat('ab', 100), 'hex'), array['Version', 'Comment'], array['1.0', 'hi'])") == (
+        "-----BEGIN PGP MESSAGE-----\nVersion: 1.0\nComment: hi\n\n" + "q6ur" * 19 + "\n" + "q6ur" * 14 + "qw==\n"
+        "=LwXV\n-----END PGP MESSAGE-----\n")
+    for keys, values, error, message in [
+        ("array['a']", "array['b', 'c']", errors.ArraySubscriptError, "mismatched array dimensions"),
+        ("array[['a', 'b']]", "array[['c', 'd']]", errors.ArraySubscriptError, "wrong number of array subscripts"),
+        ("array[null]", "array['b']", errors.NullValueNotAllowed, "null value not allowed for header key"),
+        ("array['a: x']", "array['b']", errors.InvalidParameterValue, 'header key must not contain ": "'),
+        ("array['a']", "array[E'b\\n']", errors.InvalidParameterValue, "header value must not contain newlines"),
+    ]:
+        with pytest.raises(error, match=f"^{re.escape(message)}$"):
+            owner.execute(f"select armor('abc', {keys}::text[], {values}::text[])")
+
+
+def test_dearmor_reads_what_pgcrypto_reads(owner):
+    for armored in [
+        ARMORED_ABC,
+        "junk\n-----BEGIN PGP MESSAGE-----\nVersion: x\n\nYW\nJj\n=uhx7\n-----END PGP MESSAGE-----\njunk",
+        ARMORED_ABC.replace("\n", "\r\n"),
+        ARMORED_ABC.replace("MESSAGE", "PUBLIC KEY BLOCK"),
+        ARMORED_ABC.replace("YWJj", "YW Jj"),
+    ]:
+        assert bytes(one(owner, "select dearmor(%s)", (armored,))) == b"abc", armored
+    for corrupt in ["", "garbage", ARMORED_ABC.replace("uhx7", "AAAA"), ARMORED_ABC.replace("=uhx7\n", ""),
+                    ARMORED_ABC.replace("-----END PGP MESSAGE-----\n", ""), ARMORED_ABC.replace("\n\n", "\n"),
+                    ARMORED_ABC.replace("YWJj", "YW*Jj")]:
+        with pytest.raises(errors.ExternalRoutineInvocationException, match="^Corrupt ascii-armor$"):
+            owner.execute("select dearmor(%s)", (corrupt,))
+    sealed = one(owner, "select armor(pgp_sym_encrypt('secret', 'k'))")
+    assert one(owner, "select pgp_sym_decrypt(dearmor(%s), 'k')", (sealed,)) == "secret"
+
+
 @pytest.fixture(scope="module")
 def owners_on_both(servers):
     """An owner session with pgcrypto on each engine."""
@@ -373,6 +412,8 @@ def test_pgp_sym_messages_cross_between_engines(owners_on_both, options):
         assert one(receiver, "select pgp_sym_decrypt(%s, 'pässword')", (sealed,)) == SECRET
         sealed = one(sender, "select pgp_sym_encrypt_bytea(%s, 'k', %s)", (b"\x00\xff" * 20000, options))
         assert bytes(one(receiver, "select pgp_sym_decrypt_bytea(%s, 'k')", (sealed,))) == b"\x00\xff" * 20000
+        armored = one(sender, "select armor(pgp_sym_encrypt(%s, 'k', %s))", (SECRET, options))
+        assert one(receiver, "select pgp_sym_decrypt(dearmor(%s), 'k')", (armored,)) == SECRET
 
 
 async def test_over_neons_sql_http_a_migration_and_the_hint_arrive(sql_http):

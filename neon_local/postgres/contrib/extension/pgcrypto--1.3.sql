@@ -21,8 +21,9 @@ CREATE FUNCTION gen_random_bytes(integer) RETURNS bytea
 CREATE FUNCTION gen_random_uuid() RETURNS uuid
     AS 'SELECT pg_catalog.gen_random_uuid()' LANGUAGE SQL VOLATILE PARALLEL SAFE;
 
--- Symmetric PGP (where neon-local was built with OpenSSL and zlib). Public-key PGP, armor and raw ciphers are
--- declared so that migrations mentioning them load; calling one explains why it fails.
+-- Symmetric PGP (where neon-local was built with OpenSSL and zlib) and ASCII armor. Public-key PGP,
+-- pgp_armor_headers and raw ciphers are declared so that migrations mentioning them load; calling one explains
+-- why it fails.
 CREATE FUNCTION pgp_sym_encrypt(text, text) RETURNS bytea
     AS 'MODULE_PATHNAME', 'nl_pgp_sym_encrypt_text' LANGUAGE C VOLATILE STRICT PARALLEL SAFE;
 CREATE FUNCTION pgp_sym_encrypt(text, text, text) RETURNS bytea
@@ -62,11 +63,11 @@ CREATE FUNCTION pgp_pub_decrypt_bytea(bytea, bytea, text, text) RETURNS bytea
 CREATE FUNCTION pgp_key_id(bytea) RETURNS text
     AS 'MODULE_PATHNAME', 'nl_not_provided' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 CREATE FUNCTION armor(bytea) RETURNS text
-    AS 'MODULE_PATHNAME', 'nl_not_provided' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+    AS 'MODULE_PATHNAME', 'nl_armor' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 CREATE FUNCTION armor(bytea, text[], text[]) RETURNS text
-    AS 'MODULE_PATHNAME', 'nl_not_provided' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+    AS 'MODULE_PATHNAME', 'nl_armor' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 CREATE FUNCTION dearmor(text) RETURNS bytea
-    AS 'MODULE_PATHNAME', 'nl_not_provided' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+    AS 'MODULE_PATHNAME', 'nl_dearmor' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 CREATE FUNCTION pgp_armor_headers(text, OUT key text, OUT value text) RETURNS SETOF record
     AS 'MODULE_PATHNAME', 'nl_not_provided' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 CREATE FUNCTION encrypt(bytea, bytea, text) RETURNS bytea
