@@ -6,6 +6,8 @@ The fixture (tests/data_api_support.py) follows the reference: authors, books wi
 
 from __future__ import annotations
 
+import asyncio
+
 import psycopg
 import pytest
 
@@ -297,7 +299,6 @@ async def test_neon_error_keys(settings, cluster, tmp_path):
 async def test_nothing_carries_from_one_request_to_the_next(rest):
     """Role, claims, search_path, session settings and temp tables stay with their request on pooled connections,
     with two users interleaved under concurrency."""
-    import asyncio
     tokens = {"u1": rest.token("u1"), "u2": rest.token("u2"), "anon": rest.token("nobody", role="anonymous")}
 
     async def one(i):
@@ -400,3 +401,22 @@ async def test_hostile_paths_get_a_json_error_not_a_500(rest, path):
                                      headers={"Authorization": f"Bearer {rest.token()}"})
     assert 400 <= response.status_code < 500, response.text
     assert set(response.json()) == {"code", "details", "hint", "message"}
+
+
+async def test_notify_pgrst_reloads_the_schema_cache(rest):
+    """A config change has no DDL to notice: NOTIFY pgrst, 'reload config' makes the next request read it."""
+    assert (await rest.request("GET", "/books?select=id&order=id")).status_code == 200
+    async with await rest.admin() as conn:
+        await conn.execute(f"alter role authenticator in database {DB} set pgrst.db_max_rows = '1'")
+    try:
+        async with await rest.admin() as conn:
+            await conn.execute("notify pgrst, 'reload config'")
+        for _ in range(100):  # the listener hears it asynchronously
+            if len((await rest.request("GET", "/books?select=id")).json()) == 1:
+                break
+            await asyncio.sleep(0.05)
+        assert len((await rest.request("GET", "/books?select=id")).json()) == 1
+    finally:
+        async with await rest.admin() as conn:
+            await conn.execute(f"alter role authenticator in database {DB} reset pgrst.db_max_rows")
+            await conn.execute("notify pgrst, 'reload config'")

@@ -23,6 +23,7 @@ from aiohttp import web
 from neon_local.auth.verifier import JwtError
 from neon_local.data_api import setup
 from neon_local.data_api.errors import ApiError
+from neon_local.data_api.listener import Listeners
 from neon_local.data_api.openapi import openapi
 from neon_local.data_api.grammar import (
     CSV, JSON, OBJECT, Filter, parse_accept, parse_payload, parse_prefer, parse_query, parse_range,
@@ -117,6 +118,7 @@ class DataApi:
         self._verifier = verifier
         self._detail_key = "detail" if settings.data_api_errors == "neon" else "details"
         self._origins = OriginPolicy(settings.allowed_origins)
+        self._listeners = Listeners(lambda dbname: control_plane.conninfo("cloud_admin", dbname), self.forget)
         self._cache: dict[str, _Cached] = {}
         self._loading: dict[str, asyncio.Future] = {}
         self._set_up: dict[str, asyncio.Future] = {}
@@ -126,6 +128,7 @@ class DataApi:
             setup.AUTHENTICATOR in p.role_names for p in settings.providers) else "authenticated"
 
     async def close(self) -> None:
+        await self._listeners.stop()
         await self.pools.close()
 
     def forget(self, dbname: str | None = None) -> None:
@@ -185,6 +188,7 @@ class DataApi:
             return web.Response(status=200, headers=headers)
         token = self._bearer(request)
         cached = await self._schema(dbname)
+        self._listeners.touch(dbname)
         config = cached.config
         claims_payload, role = await self._identity(token, config)
         if resource in ("", "openapi.json") and request.method in ("GET", "HEAD"):
@@ -455,6 +459,7 @@ class DataApi:
         raise AssertionError("unreachable")
 
     async def _forget_database(self, dbname: str) -> None:
+        await self._listeners.stop(dbname)
         self._set_up.pop(dbname, None)
         self._cache.pop(dbname, None)
         await self.pools.forget_database(dbname)
@@ -479,6 +484,7 @@ class DataApi:
             await admin.close()
         cached = _Cached(Schema.from_json(config.schemas, schema_row.row[0]), config, version_row.row[0])
         self._cache[dbname] = cached
+        self._listeners.touch(dbname)
         return cached
 
     # --- responses -------------------------------------------------------------------------------------
