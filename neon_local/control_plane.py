@@ -8,7 +8,9 @@ for JWT roles; here SQL over HTTP, the Data API, TCP and WebSocket all call this
   JWT role's first session there, then the backend bound to its signer. When a reset took the
   extension away (`DROP SCHEMA public CASCADE`), the session that trips over it prepares the
   database again, once; no request pays for a check otherwise;
-- catalog lookups (which types are arrays, for the JSON encoding).
+- catalog lookups (which types are arrays, for the JSON encoding);
+- tenancy (neon-local only): with [tenancy], a JWT session's database is the one its tenant claim
+  names, whatever the connection string says, created from the template on first use.
 
 Its superuser connections never linger: the one for pg_authid closes when idle, the others close
 after their query, so none of them blocks the owner's DROP DATABASE or CREATE DATABASE.
@@ -20,8 +22,9 @@ import asyncio
 import hashlib
 import inspect
 import logging
+import re
 from collections import OrderedDict
-from typing import Awaitable, Callable, Protocol, Sequence, TypeVar
+from typing import Any, Awaitable, Callable, Mapping, Protocol, Sequence, TypeVar
 
 from neon_local.auth.scram import ScramVerifier
 from neon_local.errors import PostgresErrorResponse
@@ -29,7 +32,7 @@ from neon_local.postgres import session_jwt
 from neon_local.postgres.bootstrap import jwt_role_statements
 from neon_local.serverless.pg_conn import PgConnection, Statement, connect
 
-__all__ = ["ControlPlane", "JwtSessionBackend", "TEMPLATE_DATABASES"]
+__all__ = ["ControlPlane", "JwtSessionBackend", "TEMPLATE_DATABASES", "claim_at"]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,8 @@ ADMIN_USER = "cloud_admin"
 ADMIN_IDLE_SECONDS = 2.0  # the pg_authid connection closes this long after its last use
 PASSWORD_CACHE_SIZE = 1024
 TEMPLATE_DATABASES = frozenset(("template0", "template1"))
+TENANT_KEY = re.compile(r"[A-Za-z0-9_-]+")  # tenant ids as auth providers make them (org_2abc, acme-inc, 42)
+TEMPLATE_BUSY_RETRIES = 6  # CREATE DATABASE waits ~3 s in all for sessions on the template to end
 
 # The session set-up failed because the database lost what preparing it put there: the auth schema,
 # the extension's functions or state, or the role's USAGE on the schema.
@@ -74,11 +79,32 @@ def template_refusal(dbname: str) -> PostgresErrorResponse:
     })
 
 
-class ControlPlane:
-    """`ControlPlane(cluster)`: `cluster` is the running Postgres (`conninfo()`, `session_secret`)."""
+def tenancy_refusal(message: str, hint: str) -> PostgresErrorResponse:
+    return PostgresErrorResponse({"S": "FATAL", "V": "FATAL", "C": "28000", "M": message, "H": hint})
 
-    def __init__(self, cluster) -> None:
+
+def claim_at(claims: Mapping[str, Any], path: str) -> Any:
+    """The claim at a JSON path ("org_id", "org.id", "$.org.id"); a key that itself holds dots matches first."""
+    path = path.removeprefix("$").removeprefix(".")
+    if path in claims:
+        return claims[path]
+    value: Any = claims
+    for part in path.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+class ControlPlane:
+    """`ControlPlane(cluster, tenancy)`: `cluster` is the running Postgres (`conninfo()`, `session_secret`);
+    `tenancy` the [tenancy] settings with the template resolved, or None."""
+
+    def __init__(self, cluster, tenancy=None) -> None:
         self.cluster = cluster
+        self.tenancy = tenancy
+        self.pools: list = []  # the paths' ConnPools: asked to let go of the template before it is copied
+        self._tenants: dict[str, asyncio.Future] = {}
         self._prepared: dict[tuple[str, str], asyncio.Future] = {}
         self._prepare_lock = asyncio.Lock()
         self._authid: PgConnection | None = None
@@ -226,6 +252,68 @@ class ControlPlane:
                     role, refusal.fields.get("M", refusal.sqlstate), settings)
         return True
 
+    # --- tenancy ---------------------------------------------------------------------------------
+
+    def tenant_dbname(self, claims: Mapping[str, Any] | None) -> str:
+        """The database of the tenant `claims` name; a refusal (28000) when they name none."""
+        claim = self.tenancy.claim
+        tenant = claim_at(claims or {}, claim)
+        if isinstance(tenant, int) and not isinstance(tenant, bool):
+            tenant = str(tenant)
+        if tenant is None or tenant == "":
+            raise tenancy_refusal(f'this token has no "{claim}" claim, and tenancy routes every JWT session by it',
+                                  f'Give your tokens a "{claim}" claim (e.g. [users.alice] {claim} = "acme" in '
+                                  "neon_local.toml), or remove [tenancy].")
+        dbname = self.tenancy.prefix + tenant if isinstance(tenant, str) and TENANT_KEY.fullmatch(tenant) else None
+        if dbname is None or len(dbname.encode()) > 63:
+            raise tenancy_refusal(f'the "{claim}" claim {tenant!r} cannot name a tenant database',
+                                  "A tenant id is a string or number of letters, digits, _ and -, "
+                                  f"at most {63 - len(self.tenancy.prefix.encode())} characters.")
+        return dbname
+
+    async def tenant_database(self, claims: Mapping[str, Any] | None, requested_db: str) -> str:
+        """The database a JWT session with `claims` uses: `requested_db` without tenancy, else its tenant's,
+        created from the template on first use (once, even when raced), whatever `requested_db` says."""
+        if self.tenancy is None:
+            return requested_db
+        dbname = self.tenant_dbname(claims)
+        created = self._tenants.get(dbname)
+        if created is None or (created.done() and created.exception() is not None):
+            created = self._tenants[dbname] = asyncio.ensure_future(self._create_tenant(dbname))
+        await asyncio.shield(created)
+        return dbname
+
+    async def _create_tenant(self, dbname: str) -> None:
+        template = self.tenancy.template
+        admin = await connect(self.conninfo(ADMIN_USER, "postgres"))
+        try:
+            if await admin.first_row("select 1 from pg_catalog.pg_database where datname = $1", [dbname]):
+                return
+            for attempt in range(TEMPLATE_BUSY_RETRIES + 1):
+                try:
+                    await admin.run([Statement(f"CREATE DATABASE {_quote_ident(dbname)} TEMPLATE {_quote_ident(template)}")])
+                    log.info("tenant database %s created from %s", dbname, template)
+                    return
+                except PostgresErrorResponse as exc:
+                    if exc.sqlstate == "42P04":  # made by `neon-local tenants create` meanwhile
+                        return
+                    if exc.sqlstate != "55006" or attempt == TEMPLATE_BUSY_RETRIES:
+                        raise self._template_refusal(dbname, template, exc) from None
+                # Sessions on the template block the copy: our idle pooled ones go, others may end soon.
+                await asyncio.gather(*(pool.forget_database(template) for pool in self.pools))
+                await asyncio.sleep(0.05 * 2 ** attempt)
+        finally:
+            await admin.close()
+
+    @staticmethod
+    def _template_refusal(dbname: str, template: str, exc: PostgresErrorResponse) -> PostgresErrorResponse:
+        hint = (f'Close the sessions on "{template}" (psql, an IDE), or set [tenancy] template to a database '
+                "that only migrations connect to." if exc.sqlstate == "55006" else
+                f'Check [tenancy] template: "{template}" must exist and hold your migrated schema.')
+        return PostgresErrorResponse({"S": "FATAL", "V": "FATAL", "C": exc.sqlstate or "XX000", "H": hint,
+                                      "M": f'could not create tenant database "{dbname}" from "{template}": '
+                                           f'{exc.fields.get("M", "")}'})
+
     # --- catalog lookups ------------------------------------------------------------------------
 
     async def array_elements(self, dbname: str, oids: Sequence[int]) -> dict[int, int]:
@@ -255,6 +343,7 @@ class ControlPlane:
         self._arrays.pop(dbname, None)
         for key in [k for k in self._prepared if k[0] == dbname]:
             del self._prepared[key]
+        self._tenants.pop(dbname, None)
 
     # --- life cycle -----------------------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -49,7 +49,8 @@ async def start_services(settings: Settings, cluster: PostgresCluster, data_dir:
     """Build the services, listen on the two bound sockets; `add_closer` receives what must be closed, in order."""
     providers = ProviderCache(settings, data_dir / "jwks-cache")
     verifier = Verifier(settings, keyring, providers)
-    control_plane = ControlPlane(cluster)
+    tenancy = settings.tenancy and replace(settings.tenancy, template=settings.tenancy.template or settings.database)
+    control_plane = ControlPlane(cluster, tenancy)
     add_closer(control_plane.close)
     request_log = RequestLog()  # every path's requests and sessions, for the console's live log
     sql = SqlOverHttp(settings, control_plane, verifier, request_log=request_log)

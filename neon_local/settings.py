@@ -79,6 +79,20 @@ SCALARS: tuple[Scalar, ...] = (
 )
 
 
+TENANCY_MODES = ("database",)
+
+
+@dataclass(frozen=True)
+class Tenancy:
+    """[tenancy]: the claim (a JSON path) that names a JWT session's tenant, and where tenants' data lives:
+    mode "database" gives each tenant `prefix + claim` as its own database, copied from `template` on first use."""
+
+    claim: str
+    mode: str = "database"
+    template: str = ""  # empty: the app's database (`database`, neondb)
+    prefix: str = "tenant_"
+
+
 @dataclass(frozen=True)
 class Provider:
     """A JWKS source mapped to Postgres roles, shaped like Neon's local_proxy.json rules."""
@@ -132,6 +146,7 @@ class Settings:
     allowlist_file: Path | None = None
     roles: tuple[str, ...] = ()
     users: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: dict(DEFAULT_USERS))
+    tenancy: Tenancy | None = None  # [tenancy]; None: the connection string's database, as on Neon
     providers: tuple[Provider, ...] = (Provider(BUILTIN_PROVIDER_ID, provider_name="neon-local"),)
 
     @property
@@ -248,6 +263,23 @@ def _providers_from(raw: Any, origin: str) -> tuple[Provider, ...]:
     return tuple(providers)
 
 
+def _tenancy_from(raw: Any, origin: str) -> Tenancy:
+    shape = f'{origin}: [tenancy] needs claim = "org_id" (a JSON path into the token\'s claims, e.g. "org.id")'
+    if not isinstance(raw, dict) or not isinstance(raw.get("claim"), str) or not raw["claim"].strip("$."):
+        raise ConfigError(shape + ", and may set mode, template and prefix.")
+    unknown = set(raw) - {f.name for f in fields(Tenancy)}
+    if unknown:
+        raise ConfigError(f"{origin}: [tenancy] has unknown keys {sorted(unknown)}; known keys: claim, mode, prefix, template.")
+    if raw.get("mode", "database") not in TENANCY_MODES:
+        raise ConfigError(f"{origin}: [tenancy] mode must be one of {', '.join(map(repr, TENANCY_MODES))}, got {raw['mode']!r}.")
+    for key in ("template", "prefix"):
+        if not isinstance(raw.get(key, ""), str):
+            raise ConfigError(f"{origin}: [tenancy] {key} must be a string (a database name or its start).")
+    if not raw.get("prefix", "tenant_"):
+        raise ConfigError(f"{origin}: [tenancy] prefix must not be empty: it keeps tenants' databases apart from yours.")
+    return Tenancy(**raw)
+
+
 def _users_from(raw: Any, origin: str) -> dict[str, dict[str, Any]]:
     if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
         raise ConfigError(f"{origin}: [users.NAME] tables must hold claims, e.g. [users.alice] sub = \"user_alice\".")
@@ -278,12 +310,14 @@ def read_config_file(path: Path, text: str | None = None) -> dict[str, Any]:
             values["users"] = _users_from(value, origin)
         elif key == "jwks":
             values["providers"] = _providers_from(value, origin)
+        elif key == "tenancy":
+            values["tenancy"] = _tenancy_from(value, origin)
         elif key == "roles":
             if not isinstance(value, list) or not all(isinstance(r, str) and r for r in value):
                 raise ConfigError(f"{origin}: roles must be a list of role names, e.g. roles = [\"admin\"].")
             values["roles"] = tuple(value)
         else:
-            choices = sorted([*known, "users", "jwks", "roles"])
+            choices = sorted([*known, "users", "jwks", "roles", "tenancy"])
             raise ConfigError(f"{origin}: unknown setting {key!r}. Known settings: {', '.join(choices)}.")
     if values.get("data_dir") is not None and not values["data_dir"].is_absolute():
         values["data_dir"] = path.parent / values["data_dir"]

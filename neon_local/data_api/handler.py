@@ -187,6 +187,7 @@ class DataApi:
                 headers[PNA_ALLOW] = "true"
             return web.Response(status=200, headers=headers)
         token = self._bearer(request)
+        dbname = await self._tenant_database(token, dbname)
         cached = await self._schema(dbname)
         self._listeners.touch(dbname)
         config = cached.config
@@ -254,6 +255,20 @@ class DataApi:
                 raise ApiError(401, "PGRST302", "Anonymous access is disabled")
             role = config.anon_role
         return verified.payload.decode(), role
+
+    async def _tenant_database(self, token: str | None, dbname: str) -> str:
+        """With [tenancy], the database the token's tenant claim names, whatever the URL says (neon-local only)."""
+        if self.control_plane.tenancy is None:
+            return dbname
+        try:
+            verified = token and (self._verifier.verify_cached(token, self._verify_role)
+                                  or await self._verifier.verify(token, self._verify_role))
+            return await self.control_plane.tenant_database(verified and verified.claims, dbname)
+        except JwtError as exc:
+            raise ApiError(401, None, exc.message) from None
+        except PostgresErrorResponse as exc:
+            raise ApiError(401 if exc.sqlstate == "28000" else 503, None, exc.fields.get("M", ""),
+                           hint=exc.fields.get("H")) from None
 
     def _profile(self, request: web.Request, config: ApiConfig) -> str:
         header = "Accept-Profile" if request.method in ("GET", "HEAD") else "Content-Profile"

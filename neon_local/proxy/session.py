@@ -13,7 +13,7 @@ import asyncio
 import logging
 import ssl
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from neon_local.errors import NeonLocalError
@@ -386,8 +386,9 @@ class Session:
             verified = await self.ctx.verifier.verify(token, vetted.user)
         except JwtError as exc:
             log.info("refused a JWT for role %s: %s", vetted.user, exc.detail or exc.message)
-            raise ClientError(exc.message, "28000", "ERROR", jwt_refusal_hint(exc.message, token, vetted.user)) from None
+            raise ClientError(exc.message, "28000", "ERROR", exc.hint or jwt_refusal_hint(exc.message, token, vetted.user)) from None
         self._rate_check(lambda rate: rate.check_identity(vetted.user, verified.claims.get("sub")))
+        vetted = replace(vetted, database=await self.ctx.control_plane.tenant_database(verified.claims, vetted.database))
         # The same steps as the HTTP path: a prepared database, a bound backend, a re-signed token.
         backend, signer = await self.ctx.control_plane.start_jwt_session(
             vetted.database, vetted.user,

@@ -81,6 +81,7 @@ class ConnPool:
 
     def __init__(self, control_plane: ControlPlane, max_per_pool: int = MAX_PER_POOL) -> None:
         self.control_plane = control_plane
+        control_plane.pools.append(self)
         self._max_per_pool = max_per_pool
         self._pools: dict[tuple[str, str, bool], Pool] = {}
         # Which pool a connection came from; an entry goes with its connection.

@@ -1,0 +1,174 @@
+"""Multi-tenancy by claim ([tenancy], mode "database"): a JWT session's database is its tenant's, on every path.
+
+Two tenants write and read concurrently over /sql, TCP, WebSocket and the Data API with tokens whose
+connection strings (or URLs) name the other tenant's database; each sees only its own rows. The first
+request of a tenant creates its database from the template (neondb, migrated by the owner first).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import psycopg
+import pytest
+
+from http_support import run_node
+from neon_local.app import Emulator
+from neon_local.control_plane import claim_at
+from neon_local.settings import ConfigError, Settings, Tenancy, read_config_file
+
+pytestmark = pytest.mark.asyncio
+
+MIGRATION = """
+create table notes (id serial primary key, body text not null);
+grant select, insert on notes to authenticated;
+grant usage on sequence notes_id_seq to authenticated;
+insert into notes (body) values ('template-row');
+"""
+
+
+@pytest.fixture(scope="module")
+async def emulator(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tenancy")
+    settings = Settings(project_dir=root, data_dir=root / "data", http_port=0, pg_port=0, tenancy=Tenancy(claim="org_id"))
+    emu = Emulator(settings, write_state=False)
+    await emu.start()
+    async with await psycopg.AsyncConnection.connect(emu.endpoints.owner_url, autocommit=True) as owner:
+        await owner.execute(MIGRATION)
+    yield emu
+    await emu.stop()
+
+
+def token(emulator, org, sub: str = "user_alice") -> str:
+    claims = {"role": "authenticated"} | ({} if org is None else {"org_id": org})
+    return emulator.services.issuer.mint(sub=sub, claims=claims)
+
+
+async def sql(client: httpx.AsyncClient, emulator, org, query: str, params=(), dbname: str = "neondb") -> httpx.Response:
+    return await client.post(emulator.endpoints.sql_url, json={"query": query, "params": list(params)}, headers={
+        "Neon-Connection-String": f"postgresql://authenticated@127.0.0.1/{dbname}", "Authorization": f"Bearer {token(emulator, org)}"})
+
+
+async def tcp(emulator, org, dbname: str) -> psycopg.AsyncConnection:
+    return await psycopg.AsyncConnection.connect(host="127.0.0.1", port=emulator.endpoints.pg_port, user="authenticated",
+                                                 password=token(emulator, org), dbname=dbname, sslmode="require",
+                                                 autocommit=True)
+
+
+async def bodies(emulator, org) -> tuple[str, list[str]]:
+    """What the tenant's database holds, read as its owner (not through the tenancy routing)."""
+    dbname = f"tenant_{org}"
+    async with await psycopg.AsyncConnection.connect(emulator.endpoints.owner_url.replace("/neondb?", f"/{dbname}?")) as owner:
+        rows = await (await owner.execute("select body from notes order by body")).fetchall()
+    return dbname, [r[0] for r in rows]
+
+
+async def test_first_request_creates_the_tenant_database_from_the_template(emulator):
+    async with httpx.AsyncClient() as client:
+        response = await sql(client, emulator, "firstco", "select current_database() as db, array_agg(body) as b from notes")
+    assert response.status_code == 200, response.text
+    assert response.json()["rows"] == [{"db": "tenant_firstco", "b": ["template-row"]}]
+
+
+async def test_a_tenant_is_created_once_when_its_first_requests_race(emulator):
+    async with httpx.AsyncClient() as client:
+        responses = await asyncio.gather(*(sql(client, emulator, "raceco", "select current_database() as db")
+                                           for _ in range(12)))
+    assert [r.status_code for r in responses] == [200] * 12, [r.text for r in responses]
+    assert {r.json()["rows"][0]["db"] for r in responses} == {"tenant_raceco"}
+
+
+async def test_sql_over_http_tenants_never_see_each_other_under_concurrency(emulator):
+    async with httpx.AsyncClient() as client:
+        async def write(org, other, i):  # the connection string names the other tenant's database
+            response = await sql(client, emulator, org, "insert into notes (body) values ($1) returning current_database() as db",
+                                 [f"http-{org}-{i}"], dbname=f"tenant_{other}")
+            assert response.status_code == 200, response.text
+            return response.json()["rows"][0]["db"]
+        dbs = await asyncio.gather(*(write(org, other, i) for i in range(15) for org, other in
+                                     (("httpa", "httpb"), ("httpb", "httpa"))))
+        assert dbs == ["tenant_httpa", "tenant_httpb"] * 15
+        for org in ("httpa", "httpb"):
+            response = await sql(client, emulator, org, "select array_agg(body order by body) as b from notes",
+                                 dbname="tenant_httpa")
+            assert sorted(response.json()["rows"][0]["b"]) == sorted(["template-row", *(f"http-{org}-{i}" for i in range(15))])
+    _, template_rows = await bodies(emulator, "httpa")
+    assert not any(b.startswith("http-httpb") for b in template_rows)
+
+
+async def test_tcp_tenants_never_see_each_other_under_concurrency(emulator):
+    async def session(org, other, i):
+        async with await tcp(emulator, org, f"tenant_{other}") as conn:
+            await conn.execute("insert into notes (body) values (%s)", [f"tcp-{org}-{i}"])
+            return (await (await conn.execute("select current_database()")).fetchone())[0]
+    dbs = await asyncio.gather(*(session(org, other, i) for i in range(8) for org, other in
+                                 (("tcpa", "tcpb"), ("tcpb", "tcpa"))))
+    assert dbs == ["tenant_tcpa", "tenant_tcpb"] * 8
+    for org in ("tcpa", "tcpb"):
+        assert await bodies(emulator, org) == (f"tenant_{org}", sorted(["template-row", *(f"tcp-{org}-{i}" for i in range(8))]))
+
+
+async def test_websocket_tenants_never_see_each_other(emulator):
+    def url(org, other):
+        return f"postgresql://authenticated:{token(emulator, org)}@localhost/tenant_{other}"
+    urls = [[org, url(org, other)] for _ in range(4) for org, other in (("wsa", "wsb"), ("wsb", "wsa"))]
+    result = await run_node("tenancy_ws.mjs", {"WS_PROXY": f"127.0.0.1:{emulator.endpoints.http_port}/v2",
+                                               "URLS": json.dumps(urls)})
+    for entry in result:
+        assert entry["db"] == f"tenant_{entry['tenant']}"
+        assert all(b == "template-row" or b.startswith(f"ws-{entry['tenant']}-") for b in entry["bodies"]), entry
+    for org in ("wsa", "wsb"):
+        _, rows = await bodies(emulator, org)
+        assert sorted(rows) == sorted(["template-row", *(f"ws-{org}-{i}" for i in range(8) if urls[i][0] == org)])
+
+
+async def test_data_api_tenants_never_see_each_other(emulator):
+    base = f"http://127.0.0.1:{emulator.endpoints.http_port}"
+    async with httpx.AsyncClient() as client:
+        async def insert(org, other, i):  # the URL names the other tenant's database
+            response = await client.post(f"{base}/tenant_{other}/rest/v1/notes", json={"body": f"api-{org}-{i}"},
+                                         headers={"Authorization": f"Bearer {token(emulator, org)}"})
+            assert response.status_code == 201, response.text
+        await asyncio.gather(*(insert(org, other, i) for i in range(6) for org, other in (("apia", "apib"), ("apib", "apia"))))
+        for org, other in (("apia", "apib"), ("apib", "apia")):
+            response = await client.get(f"{base}/tenant_{other}/rest/v1/notes?select=body&order=body",
+                                        headers={"Authorization": f"Bearer {token(emulator, org)}"})
+            assert response.status_code == 200, response.text
+            assert sorted(r["body"] for r in response.json()) == sorted(["template-row", *(f"api-{org}-{i}" for i in range(6))])
+
+
+async def test_a_token_without_the_claim_is_refused_on_every_path(emulator):
+    async with httpx.AsyncClient() as client:
+        response = await sql(client, emulator, None, "select 1")
+        assert response.status_code == 400
+        assert response.json()["message"] == 'this token has no "org_id" claim, and tenancy routes every JWT session by it'
+        response = await client.get(f"http://127.0.0.1:{emulator.endpoints.http_port}/neondb/rest/v1/notes",
+                                    headers={"Authorization": f"Bearer {token(emulator, None)}"})
+        assert response.status_code == 401 and "org_id" in response.json()["message"]
+        response = await client.get(f"http://127.0.0.1:{emulator.endpoints.http_port}/neondb/rest/v1/notes")
+        assert response.status_code == 401
+    with pytest.raises(psycopg.OperationalError, match='no "org_id" claim'):
+        await tcp(emulator, None, "neondb")
+    with pytest.raises(psycopg.OperationalError, match="cannot name a tenant database"):
+        await tcp(emulator, "../neondb", "neondb")
+
+
+async def test_password_roles_are_not_routed(emulator):
+    async with await psycopg.AsyncConnection.connect(emulator.endpoints.owner_url) as owner:
+        row = await (await owner.execute("select current_database(), array_agg(body) from notes")).fetchone()
+    assert row == ("neondb", ["template-row"])
+
+
+async def test_tenant_claim_paths_and_config(tmp_path):
+    assert claim_at({"org": {"id": "acme"}}, "org.id") == "acme"
+    assert claim_at({"org": {"id": "acme"}}, "$.org.id") == "acme"
+    assert claim_at({"https://x.io/org": "acme"}, "https://x.io/org") == "acme"
+    assert claim_at({"org": "acme"}, "org.id") is None
+    config = tmp_path / "neon_local.toml"
+    config.write_text('[tenancy]\nclaim = "org.id"\ntemplate = "app_template"\n')
+    assert read_config_file(config)["tenancy"] == Tenancy(claim="org.id", template="app_template")
+    config.write_text('[tenancy]\nclaim = "org_id"\nmode = "schema"\n')
+    with pytest.raises(ConfigError, match="mode must be one of 'database'"):
+        read_config_file(config)
