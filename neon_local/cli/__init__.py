@@ -19,7 +19,7 @@ COMMAND_MODULES = {
     "up": "server", "down": "server", "status": "server", "reset": "server", "psql": "server",
     "token": "auth", "keys": "auth", "providers": "auth",
     "config": "config", "users": "config", "doctor": "doctor",
-    "lint": "lint", "data-api": "data_api", "codegen": "codegen",
+    "lint": "lint", "data-api": "data_api", "allowlist": "allowlist", "codegen": "codegen",
 }
 
 

@@ -14,7 +14,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["ALLOWLIST_FILENAME", "MODES", "Entry", "ListFile", "read_list", "write_list"]
+__all__ = ["ALLOWLIST_FILENAME", "MODES", "Entry", "ListFile", "parse_list", "read_list", "write_list"]
 
 ALLOWLIST_FILENAME = "neon_local.allowlist.toml"
 MODES = ("off", "learn", "warn", "enforce")
@@ -52,25 +52,33 @@ class ListFileError(ValueError):
 def read_list(path: Path) -> ListFile:
     """The file's content (an empty list if there is none)."""
     try:
-        raw = tomllib.loads(path.read_text())
+        text = path.read_text()
     except FileNotFoundError:
         return ListFile()
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ListFileError(f"{path} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ListFileError(f"{path} is not UTF-8 text: {exc}") from None
+    return parse_list(text, str(path))
+
+
+def parse_list(text: str, origin: str) -> ListFile:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ListFileError(f"{origin} is not valid TOML: {exc}") from None
     mode = raw.get("mode")
     modes = raw.get("modes", {})
     for where, value in [("mode", mode), *((f"modes.{k}", v) for k, v in modes.items())]:
         if value is not None and value not in MODES:
-            raise ListFileError(f"{path}: {where} must be one of {', '.join(MODES)}, got {value!r}")
-    return ListFile(mode, dict(modes), _entries(path, raw.get("statements", {})), _entries(path, raw.get("refused", {})))
+            raise ListFileError(f"{origin}: {where} must be one of {', '.join(MODES)}, got {value!r}")
+    return ListFile(mode, dict(modes), _entries(origin, raw.get("statements", {})), _entries(origin, raw.get("refused", {})))
 
 
-def _entries(path: Path, table: dict) -> dict[str, Entry]:
+def _entries(origin: str, table: dict) -> dict[str, Entry]:
     known = set(Entry.__dataclass_fields__)
     entries = {}
     for fingerprint, values in table.items():
         if not isinstance(values, dict) or "sql" not in values or set(values) - known:
-            raise ListFileError(f"{path}: [statements.{fingerprint}] needs sql and only the keys {sorted(known)}")
+            raise ListFileError(f"{origin}: [statements.{fingerprint}] needs sql and only the keys {sorted(known)}")
         entries[fingerprint] = Entry(**values)
     return entries
 
