@@ -72,11 +72,19 @@ SCALARS: tuple[Scalar, ...] = (
     Scalar("rate_limit_identity", str, "", 'neon-local only: the same buckets per JWT sub and per JWT role, on every path (e.g. "10@1s"); empty: no limit.'),
     Scalar("allowlist", str, "off", "Query allow-list mode for JWT roles (per-role modes live in the allow-list file): off, learn, warn or enforce.", ("off", "learn", "warn", "enforce")),
     Scalar("allowlist_file", Path, None, "The allow-list file (default: neon_local.allowlist.toml beside neon_local.toml)."),
-    Scalar("rate_limit", str, "", 'Connection attempts (and /sql requests) per endpoint, per protocol (tcp, ws, http): "rps@interval,..." buckets as Neon\'s proxy, "neon" for Neon\'s 500@1s,300@1m,200@10m; empty: no limit.'),
-    Scalar("rate_limit_identity", str, "", 'neon-local only: the same buckets per JWT sub and per JWT role, on every path (e.g. "10@1s"); empty: no limit.'),
-    Scalar("allowlist", str, "off", "Query allow-list mode for JWT roles (per-role modes live in the allow-list file): off, learn, warn or enforce.", ("off", "learn", "warn", "enforce")),
-    Scalar("allowlist_file", Path, None, "The allow-list file (default: neon_local.allowlist.toml beside neon_local.toml)."),
 )
+
+
+ROLE_GRANT_CHOICES = ("default", "none")
+
+
+@dataclass(frozen=True)
+class RoleSpec:
+    """How a custom JWT role is created: roles it is a member of (their privileges and policies apply
+    to it), and whether it gets Neon's documented grants on schema public ("default") or none."""
+
+    inherits: tuple[str, ...] = ()
+    grants: str = "default"
 
 
 TENANCY_MODES = ("database",)
@@ -140,11 +148,8 @@ class Settings:
     rate_limit_identity: str = ""
     allowlist: str = "off"
     allowlist_file: Path | None = None
-    rate_limit: str = ""
-    rate_limit_identity: str = ""
-    allowlist: str = "off"
-    allowlist_file: Path | None = None
     roles: tuple[str, ...] = ()
+    role_specs: Mapping[str, RoleSpec] = field(default_factory=dict)  # [roles.NAME] tables; absent: RoleSpec()
     users: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: dict(DEFAULT_USERS))
     tenancy: Tenancy | None = None  # [tenancy]; None: the connection string's database, as on Neon
     providers: tuple[Provider, ...] = (Provider(BUILTIN_PROVIDER_ID, provider_name="neon-local"),)
@@ -238,10 +243,12 @@ def _providers_from(raw: Any, origin: str) -> tuple[Provider, ...]:
         where = f"{origin}: [[jwks]] entry {index + 1}"
         if not isinstance(entry, dict) or "id" not in entry:
             raise ConfigError(f"{where} needs an id, e.g. id = \"clerk\".")
-        unknown = set(entry) - allowed
+        unknown = set(entry) - allowed - {"roles"}
         if unknown:
             raise ConfigError(f"{where} has unknown keys {sorted(unknown)}; known keys: {sorted(allowed)}.")
-        role_names = entry.get("role_names", list(DEFAULT_JWT_ROLES))
+        if "roles" in entry and "role_names" in entry:
+            raise ConfigError(f"{where}: give roles or role_names (the same thing, Neon's name), not both.")
+        role_names = entry.get("role_names", entry.get("roles", list(DEFAULT_JWT_ROLES)))
         if not isinstance(role_names, list) or not all(isinstance(r, str) and r for r in role_names):
             raise ConfigError(f"{where}: role_names must be a list of role names.")
         if entry["id"] != BUILTIN_PROVIDER_ID and not (entry.get("jwks_url") or entry.get("jwks_file")):
@@ -261,6 +268,31 @@ def _providers_from(raw: Any, origin: str) -> tuple[Provider, ...]:
     if not any(p.builtin for p in providers):
         providers.insert(0, Provider(BUILTIN_PROVIDER_ID, provider_name="neon-local"))
     return tuple(providers)
+
+
+def _roles_from(raw: Any, origin: str) -> tuple[tuple[str, ...], dict[str, RoleSpec]]:
+    """`roles = ["admin"]`, or `[roles.admin]` tables with `inherits` and `grants`."""
+    shape = ("roles must be a list of role names, e.g. roles = [\"admin\"], or [roles.NAME] tables "
+             "with inherits = [\"authenticated\"] and grants = \"default\" or \"none\"")
+    if isinstance(raw, list) and all(isinstance(r, str) and r for r in raw):
+        return tuple(raw), {}
+    if not isinstance(raw, dict) or not all(isinstance(v, dict) and name for name, v in raw.items()):
+        raise ConfigError(f"{origin}: {shape}.")
+    specs = {}
+    for name, table in raw.items():
+        where = f"{origin}: [roles.{name}]"
+        unknown = set(table) - {"inherits", "grants"}
+        if unknown:
+            raise ConfigError(f"{where} has unknown keys {sorted(unknown)}; known keys: grants, inherits.")
+        inherits = table.get("inherits", [])
+        inherits = [inherits] if isinstance(inherits, str) else inherits
+        if not isinstance(inherits, list) or not all(isinstance(r, str) and r and r != name for r in inherits):
+            raise ConfigError(f"{where}: inherits must be a role name or a list of them (not the role itself).")
+        grants = table.get("grants", "default")
+        if grants not in ROLE_GRANT_CHOICES:
+            raise ConfigError(f"{where}: grants must be one of {', '.join(map(repr, ROLE_GRANT_CHOICES))}, got {grants!r}.")
+        specs[name] = RoleSpec(tuple(inherits), grants)
+    return tuple(specs), specs
 
 
 def _tenancy_from(raw: Any, origin: str) -> Tenancy:
@@ -313,9 +345,7 @@ def read_config_file(path: Path, text: str | None = None) -> dict[str, Any]:
         elif key == "tenancy":
             values["tenancy"] = _tenancy_from(value, origin)
         elif key == "roles":
-            if not isinstance(value, list) or not all(isinstance(r, str) and r for r in value):
-                raise ConfigError(f"{origin}: roles must be a list of role names, e.g. roles = [\"admin\"].")
-            values["roles"] = tuple(value)
+            values["roles"], values["role_specs"] = _roles_from(value, origin)
         else:
             choices = sorted([*known, "users", "jwks", "roles", "tenancy"])
             raise ConfigError(f"{origin}: unknown setting {key!r}. Known settings: {', '.join(choices)}.")

@@ -63,10 +63,11 @@ _B64URL = re.compile(r"[A-Za-z0-9_-]*")
 class JwtError(NeonLocalError):
     """A refused token; `message` is the client-facing text (Neon's where Neon has one), `detail` is for logs."""
 
-    def __init__(self, message: str, detail: str | None = None):
+    def __init__(self, message: str, detail: str | None = None, hint: str | None = None):
         super().__init__(message)
         self.message = message
         self.detail = detail
+        self.hint = hint  # the next step, where the client's protocol has room for one (a Postgres HINT)
 
 
 @dataclass(frozen=True)
@@ -320,13 +321,20 @@ class Verifier:
     def clear_cache(self) -> None:
         self._cache.clear()
 
+    def use_settings(self, settings: Settings) -> None:
+        """Verify with new providers and roles from now on (live reload); tokens verified before are checked again."""
+        self._settings = settings
+        self._extended = settings.compat == "extended"
+        self._roles = {p.id: frozenset(p.role_names) for p in settings.providers}
+        self._cache.clear()
+
     async def _verify_signature(self, token: _Token, role: str) -> tuple[Provider, str | None]:
         candidates = await self._candidates(token, role)
         if not candidates:
             await self._refresh(role)
             candidates = await self._candidates(token, role)
         if not candidates:
-            raise JwtError(JWK_NOT_FOUND, f"no key with kid {token.header.get('kid')!r} for role {role!r}")
+            raise await self._not_found(token, role)
         first_error = None
         for provider, key in candidates:
             try:
@@ -334,6 +342,18 @@ class Verifier:
             except JwtError as exc:
                 first_error = first_error or exc
         raise first_error
+
+    async def _not_found(self, token: _Token, role: str) -> JwtError:
+        """Neon's "jwk not found", which it also answers for a role the token's provider does not allow;
+        the detail and hint say which of the two it is."""
+        kid = token.header.get("kid")
+        for provider in self._settings.providers:
+            if role not in provider.role_names and kid is not None and kid in (await self._keys(provider)).by_kid:
+                allowed = ", ".join(provider.role_names)
+                return JwtError(JWK_NOT_FOUND, f"role {role!r} is not allowed for provider {provider.id!r}, which signed this token (roles: {allowed})",
+                                f"Provider {provider.id} allows the roles {allowed}, not {role}: connect as one of those, "
+                                f"or add {role} to its roles in neon_local.toml.")
+        return JwtError(JWK_NOT_FOUND, f"no key with kid {kid!r} for role {role!r}")
 
     async def _candidates(self, token: _Token, role: str) -> list[tuple[Provider, VerifyKey]]:
         """Keys of the role's providers matching the kid, or in extended mode without a kid, the alg."""

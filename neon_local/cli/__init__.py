@@ -17,9 +17,9 @@ from neon_local.cli.version import print_version
 # command name -> module in neon_local/cli holding a click command of that name ("-" spelled "_")
 COMMAND_MODULES = {
     "up": "server", "down": "server", "status": "server", "reset": "server", "psql": "server",
-    "token": "auth", "keys": "auth", "providers": "auth",
+    "token": "auth", "keys": "auth", "providers": "auth", "roles": "roles",
     "config": "config", "users": "config", "doctor": "doctor",
-    "lint": "lint", "data-api": "data_api", "allowlist": "allowlist", "codegen": "codegen",
+    "lint": "lint", "tenants": "tenants", "data-api": "data_api", "allowlist": "allowlist", "codegen": "codegen",
 }
 
 

@@ -6,12 +6,16 @@ created, so a privilege the user revoked on purpose is never granted back behind
 
 from __future__ import annotations
 
+import logging
+
 import psycopg
 from psycopg import sql
 
 from neon_local.data_api import setup as data_api_setup
 from neon_local.postgres.cluster import PostgresCluster
 from neon_local.settings import Settings
+
+log = logging.getLogger(__name__)
 
 # What Neon's docs tell users to run for each JWT role (Clerk guide §4 plus the Data API's sequence grant).
 ROLE_GRANTS = """
@@ -49,7 +53,19 @@ async def _create_roles(conn: psycopg.AsyncConnection, settings: Settings) -> li
             # As Neon creates them: may log in, has no password, and holds no power beyond its grants.
             await conn.execute(sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS").format(sql.Identifier(role)))
             created.append(role)
+    for role, spec in settings.role_specs.items():
+        for parent in spec.inherits:
+            if not await _role_exists(conn, parent):
+                log.warning("role %s inherits %s, which does not exist; create it, or fix [roles.%s] inherits", role, parent, role)
+                continue
+            # Membership with INHERIT: the parent's privileges, and policies written TO the parent, apply to the role.
+            await conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(parent), sql.Identifier(role)))
     return created
+
+
+def _granted(settings: Settings, roles: list[str] | tuple[str, ...]) -> list[str]:
+    """The roles that get Neon's documented grants: all but custom roles declared with grants = "none"."""
+    return [r for r in roles if r not in settings.role_specs or settings.role_specs[r].grants != "none"]
 
 
 async def grant_role(conn: psycopg.AsyncConnection, role: str, owner: str) -> None:
@@ -84,7 +100,7 @@ async def bootstrap(cluster: PostgresCluster, settings: Settings) -> None:
         if new_database:
             await conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(settings.database), sql.Identifier(settings.owner)))
     async with await _connect(cluster, settings.database) as conn:
-        for role in settings.jwt_roles if new_database else new_roles:
+        for role in _granted(settings, settings.jwt_roles if new_database else new_roles):
             await grant_role(conn, role, settings.owner)
         for role in settings.jwt_roles:
             for statement in jwt_role_statements(role):

@@ -28,7 +28,7 @@ FORMAT = 6  # bump when what a template holds changes without its inputs changin
 def _key(binaries: PgBinaries, settings: Settings) -> str:
     digest = hashlib.sha256()
     for part in (FORMAT, binaries.bin_dir, binaries.version, settings.database, settings.owner,
-                 settings.owner_password, settings.jwt_roles):
+                 settings.owner_password, settings.jwt_roles, sorted(settings.role_specs.items())):
         digest.update(repr(part).encode())
     for stub_file in sorted(STUB_FILES_DIR.iterdir()):
         digest.update(stub_file.name.encode() + stub_file.read_bytes())
