@@ -15,6 +15,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from neon_local.testing import config, factories, report
@@ -23,6 +25,9 @@ from neon_local.testing.tokens import TokenFactory
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     config.add_options(parser)
+    parser.getgroup("neon-local").addoption(
+        "--neon-local-learn-allowlist", action="store_true", default=False,
+        help="Record every statement JWT roles run into the query allow-list (an emulator this run starts).")
 
 
 neon_local = factories.neon_local()
@@ -31,6 +36,8 @@ neon_db = factories.neon_db()
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("neon_local_learn_allowlist"):  # read by the emulator's settings when the fixture starts it
+        os.environ["NEON_LOCAL_ALLOWLIST"] = "learn"
     config.addinivalue_line("markers", "neon_rollback: run this test's neon_db in a transaction rolled back at its end")
     config.addinivalue_line("markers", "neon_clone: give this test a fresh database of its own (the default)")
 
