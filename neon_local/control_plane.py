@@ -32,7 +32,7 @@ from neon_local.postgres import session_jwt
 from neon_local.postgres.bootstrap import jwt_role_statements
 from neon_local.serverless.pg_conn import PgConnection, Statement, connect
 
-__all__ = ["ControlPlane", "JwtSessionBackend", "TEMPLATE_DATABASES", "claim_at"]
+__all__ = ["ControlPlane", "JwtSessionBackend", "TEMPLATE_DATABASES", "claim_at", "tenant_dbname"]
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,18 @@ def claim_at(claims: Mapping[str, Any], path: str) -> Any:
             return None
         value = value[part]
     return value
+
+
+def tenant_dbname(tenancy, tenant: Any) -> str:
+    """The database of `tenant` (a claim's value); a refusal (28000) when it cannot name one."""
+    if isinstance(tenant, int) and not isinstance(tenant, bool):
+        tenant = str(tenant)
+    dbname = tenancy.prefix + tenant if isinstance(tenant, str) and TENANT_KEY.fullmatch(tenant) else None
+    if dbname is None or len(dbname.encode()) > 63:
+        raise tenancy_refusal(f'the "{tenancy.claim}" claim {tenant!r} cannot name a tenant database',
+                              "A tenant id is a string or number of letters, digits, _ and -, "
+                              f"at most {63 - len(tenancy.prefix.encode())} characters.")
+    return dbname
 
 
 class ControlPlane:
@@ -183,6 +195,10 @@ class ControlPlane:
         try:
             backend = await open_backend(session_jwt.startup_options())
         except PostgresErrorResponse as exc:
+            if exc.sqlstate == "3D000" and dbname in self._tenants:  # dropped meanwhile (`neon-local tenants drop`)
+                self.forget_database(dbname)
+                await self._tenant_created(dbname)
+                return await self.start_jwt_session(dbname, role, open_backend)
             if exc.sqlstate in _NOT_FROM_ROLE_DEFAULTS or not await self._clear_role_defaults(role, exc):
                 raise
             backend = await open_backend(session_jwt.startup_options())
@@ -254,34 +270,26 @@ class ControlPlane:
 
     # --- tenancy ---------------------------------------------------------------------------------
 
-    def tenant_dbname(self, claims: Mapping[str, Any] | None) -> str:
-        """The database of the tenant `claims` name; a refusal (28000) when they name none."""
-        claim = self.tenancy.claim
-        tenant = claim_at(claims or {}, claim)
-        if isinstance(tenant, int) and not isinstance(tenant, bool):
-            tenant = str(tenant)
-        if tenant is None or tenant == "":
-            raise tenancy_refusal(f'this token has no "{claim}" claim, and tenancy routes every JWT session by it',
-                                  f'Give your tokens a "{claim}" claim (e.g. [users.alice] {claim} = "acme" in '
-                                  "neon_local.toml), or remove [tenancy].")
-        dbname = self.tenancy.prefix + tenant if isinstance(tenant, str) and TENANT_KEY.fullmatch(tenant) else None
-        if dbname is None or len(dbname.encode()) > 63:
-            raise tenancy_refusal(f'the "{claim}" claim {tenant!r} cannot name a tenant database',
-                                  "A tenant id is a string or number of letters, digits, _ and -, "
-                                  f"at most {63 - len(self.tenancy.prefix.encode())} characters.")
-        return dbname
-
     async def tenant_database(self, claims: Mapping[str, Any] | None, requested_db: str) -> str:
         """The database a JWT session with `claims` uses: `requested_db` without tenancy, else its tenant's,
         created from the template on first use (once, even when raced), whatever `requested_db` says."""
         if self.tenancy is None:
             return requested_db
-        dbname = self.tenant_dbname(claims)
+        tenant = claim_at(claims or {}, self.tenancy.claim)
+        if tenant is None or tenant == "":
+            claim = self.tenancy.claim
+            raise tenancy_refusal(f'this token has no "{claim}" claim, and tenancy routes every JWT session by it',
+                                  f'Give your tokens a "{claim}" claim (e.g. [users.alice] {claim} = "acme" in '
+                                  "neon_local.toml), or remove [tenancy].")
+        dbname = tenant_dbname(self.tenancy, tenant)
+        await self._tenant_created(dbname)
+        return dbname
+
+    async def _tenant_created(self, dbname: str) -> None:
         created = self._tenants.get(dbname)
         if created is None or (created.done() and created.exception() is not None):
             created = self._tenants[dbname] = asyncio.ensure_future(self._create_tenant(dbname))
         await asyncio.shield(created)
-        return dbname
 
     async def _create_tenant(self, dbname: str) -> None:
         template = self.tenancy.template

@@ -15,11 +15,10 @@ import psycopg
 import pytest
 
 from http_support import run_node
+from test_cli import neon_local
 from neon_local.app import Emulator
 from neon_local.control_plane import claim_at
 from neon_local.settings import ConfigError, Settings, Tenancy, read_config_file
-
-pytestmark = pytest.mark.asyncio
 
 MIGRATION = """
 create table notes (id serial primary key, body text not null);
@@ -161,7 +160,7 @@ async def test_password_roles_are_not_routed(emulator):
     assert row == ("neondb", ["template-row"])
 
 
-async def test_tenant_claim_paths_and_config(tmp_path):
+def test_tenant_claim_paths_and_config(tmp_path):
     assert claim_at({"org": {"id": "acme"}}, "org.id") == "acme"
     assert claim_at({"org": {"id": "acme"}}, "$.org.id") == "acme"
     assert claim_at({"https://x.io/org": "acme"}, "https://x.io/org") == "acme"
@@ -172,3 +171,46 @@ async def test_tenant_claim_paths_and_config(tmp_path):
     config.write_text('[tenancy]\nclaim = "org_id"\nmode = "schema"\n')
     with pytest.raises(ConfigError, match="mode must be one of 'database'"):
         read_config_file(config)
+
+
+def test_tenants_cli_create_list_migrate_drop(tmp_path):
+    (tmp_path / "neon_local.toml").write_text('[tenancy]\nclaim = "org_id"\n\n[users.alice]\norg_id = "acme"\n')
+    (tmp_path / "001_notes.sql").write_text(MIGRATION)
+    (tmp_path / "002_tag.sql").write_text("alter table notes add column tag text not null default 'none';\n")
+    (tmp_path / "003_bad.sql").write_text("alter table notes add column oops;\n")
+    up = neon_local("up", "--detach", "--http-port", "0", "--pg-port", "0", cwd=tmp_path)
+    assert up.returncode == 0, up.stderr
+    try:
+        state = json.loads(neon_local("status", "--json", cwd=tmp_path).stdout)
+        migrated = neon_local("tenants", "migrate", "001_notes.sql", cwd=tmp_path)
+        assert migrated.returncode == 0 and migrated.stdout == "neondb: 001_notes.sql\n", migrated.stderr
+        created = neon_local("tenants", "create", "beta", cwd=tmp_path)
+        assert created.returncode == 0 and created.stdout == 'created "tenant_beta" from "neondb"\n', created.stderr
+        again = neon_local("tenants", "create", "beta", cwd=tmp_path)
+        assert again.returncode == 1 and 'tenant beta already has its database "tenant_beta"' in again.stderr
+
+        alice = neon_local("token", "alice", cwd=tmp_path).stdout.strip()
+        headers = {"Neon-Connection-String": "postgresql://authenticated@127.0.0.1/neondb", "Authorization": f"Bearer {alice}"}
+
+        def query(sql: str) -> httpx.Response:
+            return httpx.post(state["urls"]["sql"], json={"query": sql}, headers=headers)
+        response = query("select current_database() as db, count(*)::int as n from notes")
+        assert response.status_code == 200 and response.json()["rows"] == [{"db": "tenant_acme", "n": 1}], response.text
+        listed = json.loads(neon_local("tenants", "list", "--json", cwd=tmp_path).stdout)
+        assert [(t["tenant"], t["database"]) for t in listed] == [("acme", "tenant_acme"), ("beta", "tenant_beta")]
+
+        migrated = neon_local("tenants", "migrate", "001_notes.sql", "002_tag.sql", cwd=tmp_path)
+        assert migrated.stdout.splitlines() == ["neondb: 002_tag.sql", "tenant_acme: 002_tag.sql", "tenant_beta: 002_tag.sql"]
+        assert query("select tag from notes").json()["rows"] == [{"tag": "none"}]
+        failed = neon_local("tenants", "migrate", "002_tag.sql", "003_bad.sql", cwd=tmp_path)
+        assert failed.returncode == 1 and "neondb: 003_bad.sql failed, nothing of it applied there" in failed.stderr
+
+        assert query("insert into notes (body) values ('alice') returning body").status_code == 200
+        dropped = neon_local("tenants", "drop", "acme", "--yes", cwd=tmp_path)
+        assert dropped.returncode == 0 and dropped.stdout == 'dropped "tenant_acme"\n', dropped.stderr
+        response = query("select array_agg(body) as b from notes")  # a fresh copy of the template
+        assert response.status_code == 200 and response.json()["rows"] == [{"b": ["template-row"]}], response.text
+        missing = neon_local("tenants", "drop", "nobody", "--yes", cwd=tmp_path)
+        assert missing.returncode == 1 and "tenant nobody has no database" in missing.stderr
+    finally:
+        neon_local("down", cwd=tmp_path)

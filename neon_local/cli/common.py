@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import glob
 import inspect
 import logging
 import os
@@ -13,6 +14,7 @@ from pathlib import Path
 import click
 
 from neon_local.settings import SCALARS, ConfigError, Settings, load_settings
+from neon_local.state import read_state
 
 _CLICK_TYPES = {int: int, str: str, tuple: str, Path: click.Path(path_type=Path)}
 
@@ -59,6 +61,22 @@ def project_options(command):
 def configure_logging(settings: Settings) -> None:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr)
+
+
+def admin_connect(settings: Settings, dbname: str | None):
+    """A superuser connection to the running emulator's Postgres over its Unix socket."""
+    import psycopg
+
+    state = read_state(settings.resolved_data_dir)
+    if not state:
+        fail("neon-local is not running; start it with `neon-local up -d` first.")
+    socket_dir = state["postgres"]["socket_dir"]
+    sockets = glob.glob(os.path.join(socket_dir, ".s.PGSQL.*"))
+    if not sockets:
+        fail(f"no Postgres socket in {socket_dir}; is neon-local still starting?")
+    port = sockets[0].rsplit(".", 1)[1]
+    return psycopg.connect(host=socket_dir, port=port, user="cloud_admin", dbname=dbname or state["database"],
+                           autocommit=True)
 
 
 def fail(message: str, code: int = 1):

@@ -2,30 +2,10 @@
 
 from __future__ import annotations
 
-import glob
-import os
-
 import click
 
-from neon_local.cli.common import fail, project_options
+from neon_local.cli.common import admin_connect as _connect, fail, project_options
 from neon_local.settings import Settings
-from neon_local.state import read_state
-
-
-def _connect(settings: Settings, dbname: str | None):
-    """A superuser connection to the running emulator's Postgres over its Unix socket."""
-    import psycopg
-
-    state = read_state(settings.resolved_data_dir)
-    if not state:
-        fail("neon-local is not running; start it with `neon-local up -d` first.")
-    socket_dir = state["postgres"]["socket_dir"]
-    sockets = glob.glob(os.path.join(socket_dir, ".s.PGSQL.*"))
-    if not sockets:
-        fail(f"no Postgres socket in {socket_dir}; is neon-local still starting?")
-    port = sockets[0].rsplit(".", 1)[1]
-    return psycopg.connect(host=socket_dir, port=port, user="cloud_admin", dbname=dbname or state["database"],
-                           autocommit=True)
 
 
 @click.group("data-api")
