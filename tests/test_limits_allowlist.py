@@ -197,6 +197,8 @@ async def test_psql_simple_query(enforcing):
     "DO $$ BEGIN DELETE FROM lim_items; END $$",
     "/* select body from lim_items where id = 1 */ delete from lim_items",
     "SeLeCt body FROM lim_items WHERE id = 1 OR true",
+    "/* /* nested */ begin */ delete from lim_items",  # comments nest in SQL: this is a DELETE, not a BEGIN
+    "begin; delete from lim_items; commit",
 ])
 async def test_hostile_inputs_refused_on_every_path(enforcing, hostile):
     assert (await enforcing.sql(hostile)).json()["code"] == "42501"

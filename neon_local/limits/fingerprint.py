@@ -6,6 +6,7 @@ path never parses the same text twice. Text longer than MAX_PARSE_CHARS is not p
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -14,6 +15,8 @@ from pglast import ast, parser
 __all__ = ["Fingerprinter", "ParsedStatement", "StatementError", "MAX_PARSE_CHARS"]
 
 MAX_PARSE_CHARS = 100_000
+_FIRST_WORD = re.compile(r"(?:\s|--[^\n]*\n?|/\*.*?\*/)*([A-Za-z]+)", re.S)
+_TRANSACTION_WORDS = {"begin", "start", "commit", "end", "rollback", "abort", "savepoint", "release"}
 CACHE_SIZE = 4096
 
 
@@ -65,12 +68,17 @@ class Fingerprinter:
             return StatementError("54000", f"statement is too long for the allow-list check ({len(text)} characters, "
                                            f"at most {MAX_PARSE_CHARS}); split it, or move it into a function")
         try:
-            return tuple(ParsedStatement(parser.fingerprint(part), part, _is_transaction_control(part))
-                         for part in parser.split(text))
+            body = text.rstrip().rstrip(";")  # no `;` left: at most one statement, no need to split
+            parts = parser.split(text) if ";" in body else (text,) if body.strip() else ()
+            return tuple(ParsedStatement(parser.fingerprint(part), part, _is_transaction_control(part)) for part in parts)
         except parser.ParseError as exc:  # Postgres' own syntax error text, with its 1-based position
             position = exc.args[1] + 1 if len(exc.args) > 1 and isinstance(exc.args[1], int) else None
             return StatementError("42601", exc.args[0], position)
 
 
 def _is_transaction_control(statement: str) -> bool:
+    # The cheap look at the first word only picks candidates; the parse tree decides (comments nest in SQL).
+    first = _FIRST_WORD.match(statement)
+    if first is None or first[1].lower() not in _TRANSACTION_WORDS:
+        return False
     return isinstance(parser.parse_sql(statement)[0].stmt, ast.TransactionStmt)
