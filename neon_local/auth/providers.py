@@ -97,6 +97,12 @@ class ProviderCache:
         fetched = None if entry.fetched_at is None else time.time() - (time.monotonic() - entry.fetched_at)
         return {"keys": len(entry.keys.keys), "fetched_at": fetched}
 
+    def remember(self, provider: Provider, document: Any) -> None:
+        """Take a JWKS fetched elsewhere (`providers add` checks it first) as freshly fetched, on disk too."""
+        entry = self._entry(provider)
+        entry.fetched_at = time.monotonic()
+        self._store(provider, entry, document, PublicKeySet.from_jwks(document))
+
     def forget(self, provider: Provider) -> None:
         """Drop a removed provider's keys from memory and disk."""
         self._entries.pop(provider.id, None)

@@ -198,22 +198,57 @@ def _jwks_table(provider_id, jwks_url, jwks_file, provider_name, roles, audience
     return "\n".join(lines) + "\n"
 
 
+# What the provider templates (neon_local/auth/provider_templates.py) build JWKS URLs from, one --flag each;
+# kept here so that the CLI's option tables import no part of neon_local.auth (and so no joserfc).
+TEMPLATE_PARAMS = {
+    "domain": "The provider's domain for your app, e.g. my-app.clerk.accounts.dev or my-tenant.us.auth0.com.",
+    "project_id": "The provider's project id (Stack Auth, Stytch, Descope, Firebase, Supabase project ref).",
+    "client_id": "The provider's client id (WorkOS: client_...).",
+    "region": "The cloud region (Cognito: e.g. us-east-1).",
+    "user_pool_id": "The Cognito user pool id, e.g. us-east-1_AbC123.",
+    "tenant": "The Microsoft Entra (Azure AD) tenant id or domain (default: common).",
+    "realm": "The Keycloak realm.",
+    "url": "The base URL of a self-hosted or per-app auth server (Better Auth, Keycloak, PropelAuth, SuperTokens, Neon Auth).",
+}
+
+
+def _template_options(command):
+    """One --flag per parameter a provider template may need (--domain, --project-id, ...)."""
+    for name, text in reversed(TEMPLATE_PARAMS.items()):
+        command = click.option("--" + name.replace("_", "-"), name, help=text)(command)
+    return command
+
+
 @providers.command("add")
 @project_options
-@click.argument("provider_id")
+@click.argument("provider")
+@click.option("--id", "provider_id", help="The [[jwks]] id (default: PROVIDER, or the issuer's host for an issuer URL).")
 @click.option("--jwks-url", help="URL of the provider's JWKS, e.g. https://<app>.clerk.accounts.dev/.well-known/jwks.json (http:// for a local server).")
 @click.option("--jwks-file", help="A local JWKS file (relative to the project directory).")
 @click.option("--provider-name", help="Display name, as in Neon's console (default: the id).")
 @click.option("--role", "roles", multiple=True, help=f"Postgres role that accepts this provider's tokens (default: {', '.join(DEFAULT_JWT_ROLES)}). Repeatable.")
 @click.option("--audience", help="Require this aud, as Neon's jwt_audience.")
 @click.option("--issuer", help="Require exactly this iss (neon-local only: Neon never checks iss).")
-def providers_add(provider_id, jwks_url, jwks_file, provider_name, roles, audience, issuer):
-    """Add an external provider as a [[jwks]] table in neon_local.toml."""
+@_template_options
+def providers_add(provider, provider_id, jwks_url, jwks_file, provider_name, roles, audience, issuer, **params):
+    """Add a provider as a [[jwks]] table in neon_local.toml.
+
+    PROVIDER is a known provider (clerk, auth0, stack-auth, better-auth, workos, firebase, supabase, cognito,
+    azure, google, keycloak, stytch, descope, kinde, propelauth, supertokens, neon-auth) whose JWKS URL is
+    built from --domain, --project-id, ...; or an OIDC issuer URL, found by discovery; or, with --jwks-url
+    or --jwks-file, any id. A built or discovered URL is fetched once, checked, and its keys cached for offline use.
+    """
     settings = _settings()
-    if bool(jwks_url) == bool(jwks_file):
-        raise click.UsageError("give exactly one of --jwks-url and --jwks-file")
-    if jwks_url and not jwks_url.startswith(("http://", "https://")):
-        raise click.BadParameter("must start with https:// (or http:// for a local server)", param_hint="--jwks-url")
+    if jwks_url or jwks_file:
+        if jwks_url and jwks_file:
+            raise click.UsageError("give exactly one of --jwks-url and --jwks-file")
+        if jwks_url and not jwks_url.startswith(("http://", "https://")):
+            raise click.BadParameter("must start with https:// (or http:// for a local server)", param_hint="--jwks-url")
+        provider_id = provider_id or provider
+        checked = None
+    else:
+        provider_id, jwks_url, provider_name, audience, checked = _resolve_provider(
+            provider, provider_id, provider_name, audience, params)
     if any(p.id == provider_id for p in settings.providers):
         raise click.ClickException(f"a provider with id {provider_id!r} exists already; remove it first")
     path = config_path(settings)
@@ -221,8 +256,50 @@ def providers_add(provider_id, jwks_url, jwks_file, provider_name, roles, audien
     separator = "" if not text or text.endswith("\n\n") else ("\n" if text.endswith("\n") else "\n\n")
     table = _jwks_table(provider_id, jwks_url, jwks_file, provider_name, roles or DEFAULT_JWT_ROLES, audience, issuer)
     write_config(path, text + separator + table)
-    click.echo(f"added provider {provider_id} to {path}")
+    if checked is not None:
+        from neon_local.auth.providers import ProviderCache
+
+        new = next(p for p in load_settings(config_file=path).providers if p.id == provider_id)
+        ProviderCache(settings).remember(new, checked)
+    click.echo(f"added provider {provider_id} ({jwks_url or jwks_file}) to {path}")
     restart_hint(settings)
+
+
+def _resolve_provider(provider, provider_id, provider_name, audience, params):
+    """(id, JWKS URL, display name, audience, fetched JWKS) for a known provider or an OIDC issuer URL;
+    the JWKS is fetched and checked here, so nothing is written for a URL that does not serve one."""
+    import asyncio
+
+    from neon_local.auth import provider_templates as templates
+    from neon_local.auth.providers import FetchError, Limits, fetch_jwks
+
+    limits = Limits(retries=1)
+    template = templates.TEMPLATES.get(provider)
+    try:
+        if template is not None:
+            url = template.jwks_url(params)
+            audience = audience or template.audience(params)
+            provider_name = provider_name or template.display
+            provider_id = provider_id or provider
+        elif provider.startswith(("http://", "https://")):
+            discovery = asyncio.run(fetch_jwks(templates.discovery_url(provider), limits, provider))
+            url = templates.jwks_uri_from_discovery(discovery, provider)
+            provider_id = provider_id or urlsplit(provider).hostname
+        else:
+            raise click.UsageError(
+                f"give exactly one of --jwks-url and --jwks-file, or name a known provider "
+                f"({', '.join(templates.TEMPLATES)}) or an OIDC issuer URL; {provider!r} is none of those.")
+        document = asyncio.run(fetch_jwks(url, limits, provider_id))
+        report = templates.check_jwks(document)
+    except (templates.TemplateError, FetchError) as exc:
+        raise click.ClickException(f"{str(exc).rstrip('.')}. Nothing was written.") from None
+    click.echo(f"{url}: {len(report.usable)} key(s) Neon can verify with" + (f" ({', '.join(report.usable)})" if report.usable else ""))
+    for note in report.warnings:
+        click.secho(f"warning: {note}", fg="yellow", err=True)
+    if template is not None and template.eddsa_default and not report.usable:
+        click.secho(f"warning: {template.display} signs with EdDSA by default; set its JWT plugin to RS256 or ES256 for Neon.",
+                    fg="yellow", err=True)
+    return provider_id, url, provider_name, audience, document
 
 
 @providers.command("list")
