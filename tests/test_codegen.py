@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import shutil
 import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import psycopg
@@ -279,3 +282,51 @@ def test_sample_app_runs_as_alice_and_bob(emulator):
     assert seen["bobsCache"] == ["bob 1"]
     assert seen["bobDeletesCompleted"] == 0 and seen["aliceDeletesCompleted"] == 1
     assert seen["aliceLeft"] == ["alice 2"]
+
+
+def _lines(process: subprocess.Popen) -> queue.Queue:
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in process.stdout], daemon=True).start()
+    return lines
+
+
+def _until(lines: queue.Queue, wanted: str) -> list[str]:
+    """Lines read until one containing `wanted` (a hung watcher fails the test after a minute)."""
+    seen = []
+    while not seen or wanted not in seen[-1]:
+        try:
+            seen.append(lines.get(timeout=60).rstrip("\n"))
+        except queue.Empty:
+            raise AssertionError(f"no line with {wanted!r} after {seen}") from None
+    return seen
+
+
+def test_watch_regenerates_on_sql_and_schema_changes(emulator):
+    project, state = emulator
+    with _owner(state) as conn:
+        conn.execute("create table watched (id int primary key, note text not null)")
+    queries = project / "watch_queries"
+    queries.mkdir()
+    (queries / "notes.sql").write_text("-- name: NoteIds :many\nSELECT id FROM watched;\n")
+    out = project / "src" / "db" / "watch.ts"
+    process = subprocess.Popen([sys.executable, "-m", "neon_local", "codegen", "--watch", "--queries", "watch_queries",
+                                "--out", "src/db/watch.ts"], cwd=project, stdout=subprocess.PIPE, text=True)
+    try:
+        lines = _lines(process)
+        assert _until(lines, "Watching")[-1] == "Watching watch_queries/*.sql and the schema; Ctrl-C stops."
+        with (queries / "notes.sql").open("a") as file:
+            file.write("\n-- name: Notes :many\nSELECT id, note FROM watched;\n")
+        added = _until(lines, "NotesRow.note")
+        assert added[-4].endswith("the SQL files changed; wrote src/db/watch.ts")
+        assert added[-3:] == ["  + Notes :many", "  + NotesRow.id: number", "  + NotesRow.note: string"]
+        assert "export interface NotesRow" in out.read_text()
+        with _owner(state) as conn:
+            conn.execute("alter table watched alter column note drop not null")
+        assert _until(lines, "NotesRow.note")[-1] == "  ~ NotesRow.note: string -> string | null"
+        assert "  note: string | null;" in out.read_text()
+        (queries / "notes.sql").write_text("-- name: Broken :many\nSELECT nosuch FROM watched;\n")
+        assert "Broken does not describe" in _until(lines, "left as it was")[-1]
+        assert "export interface NotesRow" in out.read_text()
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

@@ -16,8 +16,9 @@ from neon_local.state import read_state
               help="Folder of .sql files, each statement under a `-- name: ListTodos :many` comment.")
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=Path("src/db/queries.ts"),
               show_default=True, help="The TypeScript module to write.")
+@click.option("--watch", is_flag=True, help="Keep running: regenerate when a .sql file or the schema changes.")
 @project_options
-def codegen(settings: Settings, queries: Path, out: Path) -> None:
+def codegen(settings: Settings, queries: Path, out: Path, watch: bool) -> None:
     """Write a TypeScript module with a typed function and React Query hooks per SQL statement.
 
     Each statement is described (never run) by the running emulator as the owner: types and nullability come
@@ -33,11 +34,20 @@ def codegen(settings: Settings, queries: Path, out: Path) -> None:
         fail("neon-local is not running; start it with `neon-local up -d` and run your migrations first.")
     try:
         with psycopg.connect(state["urls"]["owner"], autocommit=True) as conn:
+            if watch:
+                from neon_local.codegen.watch import snapshot, watch as keep_watching
+
+                seen = snapshot(conn, queries)
             text, described = generate(conn, queries)
+            write_atomically(out, text)
+            mutations = sum(map(is_mutation, described))
+            click.echo(f"Wrote {out}: {len(described) - mutations} queries and {mutations} mutations from {queries}/.")
+            if watch:
+                click.echo(f"Watching {queries}/*.sql and the schema; Ctrl-C stops.")
+                keep_watching(conn, queries, out, seen, described, click.echo)
     except CodegenError as exc:
         fail(str(exc))
     except psycopg.OperationalError as exc:
-        fail(f"cannot reach the emulator's Postgres: {exc}")
-    write_atomically(out, text)
-    mutations = sum(map(is_mutation, described))
-    click.echo(f"Wrote {out}: {len(described) - mutations} queries and {mutations} mutations from {queries}/.")
+        fail(f"cannot reach the emulator's Postgres (is it still running?): {exc}")
+    except KeyboardInterrupt:
+        pass
