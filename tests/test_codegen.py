@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import psycopg
@@ -256,18 +257,37 @@ def test_without_a_running_emulator(tmp_path):
     assert result.returncode == 1 and "neon-local is not running" in result.stderr
 
 
+def _refused_as(state, token: str, statement: str) -> bool:
+    with psycopg.connect(state["urls"]["authenticated"], password=token, autocommit=True) as conn:
+        try:
+            conn.execute(statement)
+        except psycopg.errors.InsufficientPrivilege:
+            return True
+    return False
+
+
 def test_sample_app_runs_as_alice_and_bob(emulator):
-    """The CLI writes the todos module; compiled with tsc --strict and run with Node, each user sees only their rows."""
+    """The CLI writes the todos module and approves its statements in the allow-list; compiled with tsc --strict
+    and run with Node under `allowlist mode enforce`, it works, and each user sees only their rows."""
     project, state = emulator
-    result = neon_local("codegen", cwd=project)
+    result = neon_local("codegen", "--emit-allowlist", cwd=project)
     assert result.returncode == 0, result.stderr
-    assert result.stdout == "Wrote src/db/queries.ts: 3 queries and 3 mutations from queries/.\n"
+    assert result.stdout == ("Wrote src/db/queries.ts: 3 queries and 3 mutations from queries/.\n"
+                             f"Approved 6 statements in {project.resolve() / 'neon_local.allowlist.toml'} for authenticated.\n")
+    assert neon_local("allowlist", "mode", "enforce", cwd=project).returncode == 0
+    alice = neon_local("token", "alice", cwd=project).stdout.strip()
+    for _ in range(300):  # the emulator reloads the file within a second
+        if _refused_as(state, alice, "select 'not generated'"):
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail("the emulator never enforced the allow-list")
     app = project / "src" / "db"
     shutil.copy(NODE_DIR / "codegen" / "todos_app.ts", app)
     compiled = _compile(app, "queries.ts", "todos_app.ts", out_dir="dist")
     assert compiled.returncode == 0, compiled.stdout + compiled.stderr
     env = {**os.environ, "SQL_URL": state["urls"]["sql"], "JWT_URL": state["urls"]["authenticated"],
-           "ALICE": neon_local("token", "alice", cwd=project).stdout.strip(),
+           "ALICE": alice,
            "BOB": neon_local("token", "bob", cwd=project).stdout.strip()}
     run = subprocess.run(["node", "dist/todos_app.js"], cwd=app, env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr

@@ -17,8 +17,11 @@ from neon_local.state import read_state
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=Path("src/db/queries.ts"),
               show_default=True, help="The TypeScript module to write.")
 @click.option("--watch", is_flag=True, help="Keep running: regenerate when a .sql file or the schema changes.")
+@click.option("--emit-allowlist", is_flag=True,
+              help="Also approve the statements in the query allow-list, for the JWT roles (or --role).")
+@click.option("--role", "roles", multiple=True, help="Role the allow-list approves them for (repeatable).")
 @project_options
-def codegen(settings: Settings, queries: Path, out: Path, watch: bool) -> None:
+def codegen(settings: Settings, queries: Path, out: Path, watch: bool, emit_allowlist: bool, roles: tuple[str, ...]) -> None:
     """Write a TypeScript module with a typed function and React Query hooks per SQL statement.
 
     Each statement is described (never run) by the running emulator as the owner: types and nullability come
@@ -42,6 +45,8 @@ def codegen(settings: Settings, queries: Path, out: Path, watch: bool) -> None:
             write_atomically(out, text)
             mutations = sum(map(is_mutation, described))
             click.echo(f"Wrote {out}: {len(described) - mutations} queries and {mutations} mutations from {queries}/.")
+            if emit_allowlist:
+                _approve(settings, described, roles)
             if watch:
                 click.echo(f"Watching {queries}/*.sql and the schema; Ctrl-C stops.")
                 keep_watching(conn, queries, out, seen, described, click.echo)
@@ -51,3 +56,17 @@ def codegen(settings: Settings, queries: Path, out: Path, watch: bool) -> None:
         fail(f"cannot reach the emulator's Postgres (is it still running?): {exc}")
     except KeyboardInterrupt:
         pass
+
+
+def _approve(settings: Settings, described, roles: tuple[str, ...]) -> None:
+    from neon_local.codegen.allowed import approve
+    from neon_local.limits.allowlist import default_path
+    from neon_local.limits.store import ListFileError
+
+    path = default_path(settings)
+    roles = roles or settings.jwt_roles[:1]  # as `allowlist approve` does
+    try:
+        fingerprints = approve(path, described, roles)
+    except ListFileError as exc:
+        fail(str(exc))
+    click.echo(f"Approved {len(set(fingerprints))} statements in {path} for {', '.join(roles)}.")
