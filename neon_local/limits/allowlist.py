@@ -158,7 +158,7 @@ class AllowList:
             return
         for name in ("statements", "refused"):
             mine, theirs = getattr(self._content, name), getattr(merged, name)
-            for fp, entry in mine.items():
+            for fp, entry in list(mine.items()):  # a C-level copy: the event loop may be adding entries
                 if fp in theirs:
                     theirs[fp].roles = sorted(set(theirs[fp].roles) | set(entry.roles))
                     theirs[fp].paths = sorted(set(theirs[fp].paths) | set(entry.paths))
@@ -167,8 +167,11 @@ class AllowList:
                     theirs[fp] = entry
         for fp in merged.statements:
             merged.refused.pop(fp, None)
-        write_list(self.path, merged)
-        self._content, self._mtime = merged, self.path.stat().st_mtime
+        try:
+            write_list(self.path, merged)
+            self._content, self._mtime = merged, self.path.stat().st_mtime
+        except OSError as exc:
+            log.error("allow-list not saved to %s: %s", self.path, exc)
 
     def _ensure_watcher(self) -> None:
         task = self._watcher
@@ -182,11 +185,13 @@ class AllowList:
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(RELOAD_INTERVAL)
-            if self._dirty:
-                await asyncio.to_thread(self.flush)
-            mtime = await asyncio.to_thread(_mtime, self.path)
-            if mtime != self._mtime:
-                await asyncio.to_thread(self.load)
+            try:
+                if self._dirty:
+                    await asyncio.to_thread(self.flush)
+                if await asyncio.to_thread(_mtime, self.path) != self._mtime:
+                    await asyncio.to_thread(self.load)
+            except Exception:  # keep watching whatever one round met
+                log.exception("allow-list watcher")
 
 
 def _mtime(path: Path) -> float | None:
