@@ -246,3 +246,17 @@ async def test_live_changes_apply_without_restart(enforcing):
     del content.statements[fingerprint(CHANGED)]
     write_list(enforcing.allowlist.path, content)
     enforcing.allowlist.load()
+
+
+async def test_warn_serves_logs_and_records(guarded, caplog):
+    guarded.set_mode("warn")
+    try:
+        warned = guarded.allowlist.counts["warned"]
+        statement = "select id from lim_items where body = 'warned'"
+        assert (await guarded.sql(statement)).status_code == 200
+        assert guarded.allowlist.counts["warned"] == warned + 1
+        assert "allow-list (warn): statement not in the allow-list" in caplog.text
+        guarded.allowlist.flush()
+        assert fingerprint(statement) in read_list(guarded.allowlist.path).refused
+    finally:
+        guarded.set_mode("learn")

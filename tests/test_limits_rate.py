@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import psycopg
 import pytest
 from aiohttp import web
@@ -129,3 +131,27 @@ async def test_session_identity_limit_leaves_the_owner_in(limited):
         await psycopg.AsyncConnection.connect(url)
     async with await psycopg.AsyncConnection.connect(proxy.owner_url()) as conn:
         assert await (await conn.execute("select 1")).fetchone() == (1,)
+
+
+async def test_limits_in_the_list_file_apply_without_restart(settings, cluster, tmp_path):
+    from neon_local.limits.store import read_list, write_list
+
+    path = tmp_path / "allow.toml"
+    async with serve_sql_http(settings.with_overrides(allowlist_file=path), cluster, tmp_path / "http") as http:
+
+        async def statuses_until(status: int) -> int:
+            for _ in range(200):  # the watcher looks at the file every second
+                response = await http.post({"query": "select 1", "params": []})
+                if response.status_code == status:
+                    return response
+                await asyncio.sleep(0.05)
+            raise AssertionError(f"no {status} after the file changed")
+
+        assert (await http.post({"query": "select 1", "params": []})).status_code == 200
+        content = read_list(path)
+        content.limits = {"rate_limit": "0.01@100s"}  # one request per 100 s window
+        write_list(path, content)
+        assert (await statuses_until(500)).json()["message"] == TOO_MANY
+        content.limits = {}
+        write_list(path, content)
+        await statuses_until(200)

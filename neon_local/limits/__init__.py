@@ -1,4 +1,4 @@
-"""ClientLimits on what clients may send: Neon's rate limits (`rate`) and the query allow-list (`allowlist`).
+"""Limits on what clients may send: Neon's rate limits (`rate`) and the query allow-list (`allowlist`).
 
 `ClientLimits.of(settings)` is the one instance a process shares between /sql, TCP and WebSocket, so
 per-identity limits and the allow-list's counters see every path.
@@ -6,11 +6,16 @@ per-identity limits and the allow-list's counters see every path.
 
 from __future__ import annotations
 
+import logging
+
 from neon_local.limits.allowlist import AllowList, Refused, default_path
 from neon_local.limits.rate import RateLimited, RateLimiter
+from neon_local.limits.store import ListFile
 from neon_local.settings import ConfigError
 
 __all__ = ["ClientLimits", "RateLimited", "Refused"]
+
+log = logging.getLogger(__name__)
 
 
 class ClientLimits:
@@ -19,11 +24,25 @@ class ClientLimits:
     _shared: dict[tuple, "ClientLimits"] = {}
 
     def __init__(self, settings) -> None:
-        self.allowlist = AllowList(default_path(settings), settings.allowlist)
+        self._defaults = {"rate_limit": settings.rate_limit, "rate_limit_identity": settings.rate_limit_identity}
         try:
             self.rate = RateLimiter(settings.rate_limit, settings.rate_limit_identity)
         except ValueError as exc:
             raise ConfigError(f"{exc} (rate_limit, rate_limit_identity)") from None
+        self.allowlist = AllowList(default_path(settings), settings.allowlist, self._apply_file)
+
+    def _apply_file(self, content: ListFile) -> None:
+        """The list file's [limits] win over the settings; a bad one keeps the limits in force."""
+        wanted = {**self._defaults, **content.limits}
+        spec = (wanted["rate_limit"], wanted["rate_limit_identity"])
+        if spec == self.rate.spec:
+            return
+        try:
+            self.rate = RateLimiter(*spec)
+        except ValueError as exc:
+            log.error("rate limits in %s not applied: %s", self.allowlist.path, exc)
+            return
+        log.info("rate limits now: %s per protocol, %s per identity", spec[0] or "none", spec[1] or "none")
 
     @classmethod
     def of(cls, settings) -> "ClientLimits":

@@ -17,6 +17,7 @@ import logging
 import os
 import threading
 from pathlib import Path
+from typing import Callable
 
 from neon_local.limits.fingerprint import Fingerprinter, ParsedStatement, StatementError
 from neon_local.limits.store import ALLOWLIST_FILENAME, Entry, ListFile, ListFileError, read_list, write_list
@@ -58,8 +59,9 @@ def refusal(role: str, statement: ParsedStatement) -> Refused:
 class AllowList:
     """`check(role, jwt, text, path)` raises Refused or returns; `mode_for(role, jwt)` says whether to call it."""
 
-    def __init__(self, path: Path, default_mode: str = "off") -> None:
+    def __init__(self, path: Path, default_mode: str = "off", on_load: Callable[[ListFile], None] | None = None) -> None:
         self.path = path
+        self.on_load = on_load  # told of each newly read file (the rate limits it sets)
         self.default_mode = default_mode
         self.fingerprints = Fingerprinter()
         self.counts: collections.Counter[str] = collections.Counter()  # learned, warned, refused
@@ -81,6 +83,8 @@ class AllowList:
             log.error("allow-list not reloaded, keeping the previous one: %s", exc)
             return
         self._content, self._mtime = content, mtime
+        if self.on_load is not None:
+            self.on_load(content)
 
     def mode_for(self, role: str, jwt: bool) -> str:
         self._ensure_watcher()
@@ -88,12 +92,6 @@ class AllowList:
         if role in content.modes:
             return content.modes[role]
         return (content.mode or self.default_mode) if jwt else "off"
-
-    @property
-    def active(self) -> bool:
-        """Whether any role is checked at all (else sessions keep the plain byte relay)."""
-        content = self._content
-        return (content.mode or self.default_mode) != "off" or any(m != "off" for m in content.modes.values())
 
     def check(self, role: str, jwt: bool, text: str, path: str) -> None:
         mode = self.mode_for(role, jwt)
@@ -170,6 +168,8 @@ class AllowList:
         try:
             write_list(self.path, merged)
             self._content, self._mtime = merged, self.path.stat().st_mtime
+            if self.on_load is not None:
+                self.on_load(merged)
         except OSError as exc:
             log.error("allow-list not saved to %s: %s", self.path, exc)
 

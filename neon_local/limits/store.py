@@ -18,10 +18,12 @@ __all__ = ["ALLOWLIST_FILENAME", "MODES", "Entry", "ListFile", "parse_list", "re
 
 ALLOWLIST_FILENAME = "neon_local.allowlist.toml"
 MODES = ("off", "learn", "warn", "enforce")
+LIMIT_KEYS = {"rate_limit", "rate_limit_identity"}
 MAX_REFUSED = 100  # refused statements remembered in the file, newest kept
 HEADER = """\
 # neon-local's query allow-list: review it like code (README: "Lock down client SQL").
 # mode: off | learn | warn | enforce, for JWT roles; [modes] sets one role's (the owner only if named there).
+# [limits] rate_limit / rate_limit_identity override the settings of the same names.
 # Edit with `neon-local allowlist list|approve|remove|mode|diff`; a running neon-local reloads it within a second.
 """
 
@@ -43,6 +45,7 @@ class ListFile:
     modes: dict[str, str] = field(default_factory=dict)
     statements: dict[str, Entry] = field(default_factory=dict)
     refused: dict[str, Entry] = field(default_factory=dict)
+    limits: dict[str, str] = field(default_factory=dict)  # rate_limit / rate_limit_identity, over the settings
 
 
 class ListFileError(ValueError):
@@ -70,7 +73,11 @@ def parse_list(text: str, origin: str) -> ListFile:
     for where, value in [("mode", mode), *((f"modes.{k}", v) for k, v in modes.items())]:
         if value is not None and value not in MODES:
             raise ListFileError(f"{origin}: {where} must be one of {', '.join(MODES)}, got {value!r}")
-    return ListFile(mode, dict(modes), _entries(origin, raw.get("statements", {})), _entries(origin, raw.get("refused", {})))
+    limits = raw.get("limits", {})
+    if not isinstance(limits, dict) or set(limits) - LIMIT_KEYS or not all(isinstance(v, str) for v in limits.values()):
+        raise ListFileError(f"{origin}: [limits] takes only {', '.join(sorted(LIMIT_KEYS))}, as strings like \"neon\"")
+    return ListFile(mode, dict(modes), _entries(origin, raw.get("statements", {})), _entries(origin, raw.get("refused", {})),
+                    dict(limits))
 
 
 def _entries(origin: str, table: dict) -> dict[str, Entry]:
@@ -102,6 +109,8 @@ def render(content: ListFile) -> str:
         out.append(f"mode = {_string(content.mode)}\n")
     if content.modes:
         out.append("\n[modes]\n" + "".join(f"{_string(role)} = {_string(mode)}\n" for role, mode in sorted(content.modes.items())))
+    if content.limits:
+        out.append("\n[limits]\n" + "".join(f"{key} = {_string(value)}\n" for key, value in sorted(content.limits.items())))
     out += [_table("statements", fp, entry) for fp, entry in sorted(content.statements.items(), key=lambda kv: kv[1].sql)]
     refused = sorted(content.refused.items(), key=lambda kv: kv[1].last_seen)[-MAX_REFUSED:]
     out += [_table("refused", fp, entry) for fp, entry in refused]
