@@ -16,11 +16,12 @@ import pytest
 from aiohttp import web
 
 from http_support import serve_sql_http
-from proxy_support import start_proxy
+from proxy_support import RawClient, start_proxy
 from neon_local.limits import ClientLimits
 from neon_local.limits.store import read_list, write_list
 from neon_local.serverless.websocket import WebSocketAdapter
 from neon_local.testing.websocket import WebSocketBridge
+from neon_local.wire import messages as m
 
 ALLOWED = "select body from lim_items where id = 1"
 CHANGED = "select body, id from lim_items where id = 1"
@@ -260,3 +261,18 @@ async def test_warn_serves_logs_and_records(guarded, caplog):
         assert fingerprint(statement) in read_list(guarded.allowlist.path).refused
     finally:
         guarded.set_mode("learn")
+
+
+async def test_function_call_message_refused_under_enforce(enforcing):
+    client = await RawClient.connect(enforcing.proxy.port)
+    try:
+        assert (await client.login_jwt("authenticated", enforcing.proxy.token()))[-1].type == b"Z"
+        now_oid = 1299  # pg_catalog.now()
+        await client.send(b"F" + (14).to_bytes(4, "big") + now_oid.to_bytes(4, "big") + bytes(6))
+        error, ready = await client.read_until_ready()
+        assert error.type == b"E" and b"C42501\0" in error.body and b"FunctionCall" in error.body
+        assert ready == m.Message(b"Z", b"I")
+        await client.send(m.query(ALLOWED))
+        assert [msg.type for msg in await client.read_until_ready()] == [b"T", b"D", b"C", b"Z"]
+    finally:
+        client.writer.close()

@@ -107,6 +107,14 @@ class AllowList:
             if not statement.transaction_control:
                 self._check_one(role, mode, statement, path)
 
+    def check_function_call(self, role: str, jwt: bool) -> None:
+        """A FunctionCall message names a function by OID: nothing to fingerprint, so only enforce has a say."""
+        if self.mode_for(role, jwt) == "enforce":
+            self.counts["refused"] += 1
+            raise Refused("42501", f'function calls by OID (the FunctionCall message) are refused for role "{role}" '
+                                   "while the allow-list is enforced",
+                          hint="Call the function in a SQL statement instead (SELECT f(...)), and approve that.")
+
     def _check_one(self, role: str, mode: str, statement: ParsedStatement, path: str) -> None:
         entry = self._content.statements.get(statement.fingerprint)
         if entry is not None and role in entry.roles:

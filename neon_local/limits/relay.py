@@ -1,7 +1,8 @@
 """The client→Postgres side of a TCP or WebSocket session whose role the allow-list checks.
 
 Only such sessions pay for it: others keep the plain byte relay. Query ('Q') is checked statement
-by statement, Parse ('P') once (Bind and Execute of a prepared statement are not re-checked). A
+by statement, Parse ('P') once (Bind and Execute of a prepared statement are not re-checked), and a
+FunctionCall ('F', a function by OID with no SQL) is refused in enforce mode. A
 refused message is replaced by a DO block that makes Postgres raise the error itself, so the
 session and its transaction end up exactly as after any other error. For a refused Parse the rest
 of the extended-protocol batch, up to and including its Sync, is dropped: the DO block's own
@@ -42,9 +43,10 @@ def raising_query(refused: Refused) -> bytes:
 class StatementFilter:
     """Stands in for the backend conduit on the client's side of the relay; only `write` differs."""
 
-    def __init__(self, backend, check: Callable[[str], None]) -> None:
+    def __init__(self, backend, check: Callable[[str], None], check_call: Callable[[], None]) -> None:
         self._backend = backend
         self._check = check
+        self._check_call = check_call  # a FunctionCall ('F') runs a function by OID, with no SQL to check
         self._buffer = bytearray()
         self._dropping = False  # after a refused Parse, until the batch's Sync
 
@@ -81,10 +83,12 @@ class StatementFilter:
             if text_end < 0:  # malformed: Postgres refuses it itself
                 return bytes(buffer[start:end])
             text = bytes(buffer[name_end + 1:text_end])
+        elif kind == ord("F"):
+            text = None
         else:
             return bytes(buffer[start:end])
         try:
-            self._check(text.decode("utf-8", "replace"))
+            self._check_call() if text is None else self._check(text.decode("utf-8", "replace"))
         except Refused as refused:
             self._dropping = kind == ord("P")
             return raising_query(refused)

@@ -274,7 +274,8 @@ class Session:
         if limits is None or limits.allowlist.mode_for(self.role, jwt) == "off":
             return conduit
         path = "tcp" if self.client.can_tls else "ws"
-        return StatementFilter(conduit, lambda text: limits.allowlist.check(self.role, jwt, text, path))
+        return StatementFilter(conduit, lambda text: limits.allowlist.check(self.role, jwt, text, path),
+                               lambda: limits.allowlist.check_function_call(self.role, jwt))
 
     def _log_session(self, error: str | None) -> None:
         """One request-log entry per session that got as far as naming its role: opened, or refused and why."""
