@@ -72,6 +72,8 @@ SCALARS: tuple[Scalar, ...] = (
     Scalar("rate_limit_identity", str, "", 'neon-local only: the same buckets per JWT sub and per JWT role, on every path (e.g. "10@1s"); empty: no limit.'),
     Scalar("allowlist", str, "off", "Query allow-list mode for JWT roles (per-role modes live in the allow-list file): off, learn, warn or enforce.", ("off", "learn", "warn", "enforce")),
     Scalar("allowlist_file", Path, None, "The allow-list file (default: neon_local.allowlist.toml beside neon_local.toml)."),
+    Scalar("codegen_queries", Path, None, "Folder of annotated .sql files `neon-local codegen` reads (default: queries/ beside neon_local.toml)."),
+    Scalar("codegen_out", Path, None, "The TypeScript module `neon-local codegen` writes (default: src/db/queries.ts beside neon_local.toml)."),
 )
 
 
@@ -148,6 +150,8 @@ class Settings:
     rate_limit_identity: str = ""
     allowlist: str = "off"
     allowlist_file: Path | None = None
+    codegen_queries: Path | None = None
+    codegen_out: Path | None = None
     roles: tuple[str, ...] = ()
     role_specs: Mapping[str, RoleSpec] = field(default_factory=dict)  # [roles.NAME] tables; absent: RoleSpec()
     users: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: dict(DEFAULT_USERS))

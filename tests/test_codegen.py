@@ -251,6 +251,16 @@ def test_bad_input_names_file_and_line_and_writes_nothing(emulator, files, error
     assert [p.name for p in out.parent.iterdir()] == ["bad.ts"]  # no temporary file left
 
 
+def test_folder_and_module_from_settings(emulator):
+    project, _ = emulator
+    (project / "sql").mkdir()
+    (project / "sql" / "one.sql").write_text("-- name: One :one\nSELECT 1 AS one;\n")
+    result = neon_local("codegen", cwd=project / "sql", env={"NEON_LOCAL_CODEGEN_QUERIES": "sql", "NEON_LOCAL_CODEGEN_OUT": "web/db.ts"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"Wrote {project.resolve() / 'web' / 'db.ts'}: 1 queries and 0 mutations from ./.\n"
+    assert "export async function one(sql: Sql): Promise<OneRow | null>" in (project / "web" / "db.ts").read_text()
+
+
 def test_without_a_running_emulator(tmp_path):
     (tmp_path / "queries").mkdir()
     result = neon_local("codegen", cwd=tmp_path)

@@ -12,16 +12,18 @@ from neon_local.state import read_state
 
 
 @click.command()
-@click.option("--queries", type=click.Path(path_type=Path, file_okay=False), default=Path("queries"), show_default=True,
-              help="Folder of .sql files, each statement under a `-- name: ListTodos :many` comment.")
-@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=Path("src/db/queries.ts"),
-              show_default=True, help="The TypeScript module to write.")
+@click.option("--queries", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Folder of .sql files, each statement under a `-- name: ListTodos :many` comment "
+                   "[setting codegen_queries; default: queries/ beside neon_local.toml].")
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="The TypeScript module to write [setting codegen_out; default: src/db/queries.ts beside neon_local.toml].")
 @click.option("--watch", is_flag=True, help="Keep running: regenerate when a .sql file or the schema changes.")
 @click.option("--emit-allowlist", is_flag=True,
               help="Also approve the statements in the query allow-list, for the JWT roles (or --role).")
 @click.option("--role", "roles", multiple=True, help="Role the allow-list approves them for (repeatable).")
 @project_options
-def codegen(settings: Settings, queries: Path, out: Path, watch: bool, emit_allowlist: bool, roles: tuple[str, ...]) -> None:
+def codegen(settings: Settings, queries: Path | None, out: Path | None, watch: bool, emit_allowlist: bool,
+            roles: tuple[str, ...]) -> None:
     """Write a TypeScript module with a typed function and React Query hooks per SQL statement.
 
     Each statement is described (never run) by the running emulator as the owner: types and nullability come
@@ -32,6 +34,8 @@ def codegen(settings: Settings, queries: Path, out: Path, watch: bool, emit_allo
     from neon_local.codegen.generate import generate, write_atomically
     from neon_local.codegen.typescript import is_mutation
 
+    queries = _shown(queries or settings.project_dir / (settings.codegen_queries or "queries"))
+    out = _shown(out or settings.project_dir / (settings.codegen_out or "src/db/queries.ts"))
     state = read_state(settings.resolved_data_dir)
     if not state:
         fail("neon-local is not running; start it with `neon-local up -d` and run your migrations first.")
@@ -56,6 +60,11 @@ def codegen(settings: Settings, queries: Path, out: Path, watch: bool, emit_allo
         fail(f"cannot reach the emulator's Postgres (is it still running?): {exc}")
     except KeyboardInterrupt:
         pass
+
+
+def _shown(path: Path) -> Path:
+    """The path as people read it: relative to the current directory when under it."""
+    return path.relative_to(Path.cwd()) if path.is_absolute() and path.is_relative_to(Path.cwd()) else path
 
 
 def _approve(settings: Settings, described, roles: tuple[str, ...]) -> None:
