@@ -41,7 +41,9 @@ ADMIN_IDLE_SECONDS = 2.0  # the pg_authid connection closes this long after its 
 PASSWORD_CACHE_SIZE = 1024
 TEMPLATE_DATABASES = frozenset(("template0", "template1"))
 TENANT_KEY = re.compile(r"[A-Za-z0-9_-]+")  # tenant ids as auth providers make them (org_2abc, acme-inc, 42)
-TEMPLATE_BUSY_RETRIES = 6  # CREATE DATABASE waits ~3 s in all for sessions on the template to end
+# CREATE DATABASE waits 5 s for other sessions on the template to end, then fails: one more try after
+# a pooled connection that was busy (being reset) when the first began has gone idle and been closed.
+TEMPLATE_BUSY_RETRIES = 1
 
 # The session set-up failed because the database lost what preparing it put there: the auth schema,
 # the extension's functions or state, or the role's USAGE on the schema.
@@ -51,6 +53,8 @@ _NOT_FROM_ROLE_DEFAULTS = frozenset(("3D000", "53300", "57P01", "57P03", "55000"
 
 _SECRET_SQL = ("select rolpassword from pg_catalog.pg_authid where rolname = $1 and rolcanlogin"
                " and (rolvaliduntil is null or rolvaliduntil > now())")
+_DATABASE_OWNER_SQL = ("select pg_catalog.pg_get_userbyid(datdba) from pg_catalog.pg_database"
+                       " where datname = pg_catalog.current_database()")
 _ROLE_DEFAULTS_SQL = (
     "select coalesce(string_agg(coalesce(d.datname, '') || chr(1) || array_to_string(s.setconfig, chr(2)), chr(3)), '')"
     " from pg_catalog.pg_db_role_setting s join pg_catalog.pg_roles r on r.oid = s.setrole"
@@ -112,11 +116,16 @@ class ControlPlane:
     """`ControlPlane(cluster, tenancy)`: `cluster` is the running Postgres (`conninfo()`, `session_secret`);
     `tenancy` the [tenancy] settings with the template resolved, or None."""
 
-    def __init__(self, cluster, tenancy=None) -> None:
+    def __init__(self, cluster, tenancy=None, session_jwt_version: str = session_jwt.DEFAULT_VERSION) -> None:
         self.cluster = cluster
+        self.session_jwt_version = session_jwt_version  # what a database without the extension gets
         self.tenancy = tenancy
         self.pools: list = []  # the paths' ConnPools: asked to let go of the template before it is copied
         self._tenants: dict[str, asyncio.Future] = {}
+        if tenancy is not None:
+            log.warning('[tenancy] (neon-local only; Neon uses the connection string\'s database): a JWT session uses '
+                        'database %s<its "%s" claim>, copied from %s on first use', tenancy.prefix, tenancy.claim,
+                        tenancy.template)
         self._prepared: dict[tuple[str, str], asyncio.Future] = {}
         self._prepare_lock = asyncio.Lock()
         self._authid: PgConnection | None = None
@@ -245,7 +254,8 @@ class ControlPlane:
         async with self._prepare_lock:
             admin = await connect(self.conninfo(ADMIN_USER, dbname))
             try:
-                await admin.run([Statement(sql) for sql in jwt_role_statements(role)])
+                (owner,) = await admin.first_row(_DATABASE_OWNER_SQL)
+                await admin.run([Statement(sql) for sql in jwt_role_statements(role, owner, self.session_jwt_version)])
             finally:
                 await admin.close()
 
@@ -298,6 +308,8 @@ class ControlPlane:
             if await admin.first_row("select 1 from pg_catalog.pg_database where datname = $1", [dbname]):
                 return
             for attempt in range(TEMPLATE_BUSY_RETRIES + 1):
+                # Sessions on the template block the copy: our own idle pooled ones go first.
+                await asyncio.gather(*(pool.close_idle(template) for pool in self.pools))
                 try:
                     await admin.run([Statement(f"CREATE DATABASE {_quote_ident(dbname)} TEMPLATE {_quote_ident(template)}")])
                     log.info("tenant database %s created from %s", dbname, template)
@@ -307,9 +319,6 @@ class ControlPlane:
                         return
                     if exc.sqlstate != "55006" or attempt == TEMPLATE_BUSY_RETRIES:
                         raise self._template_refusal(dbname, template, exc) from None
-                # Sessions on the template block the copy: our idle pooled ones go, others may end soon.
-                await asyncio.gather(*(pool.forget_database(template) for pool in self.pools))
-                await asyncio.sleep(0.05 * 2 ** attempt)
         finally:
             await admin.close()
 

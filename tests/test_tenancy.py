@@ -154,6 +154,29 @@ async def test_a_token_without_the_claim_is_refused_on_every_path(emulator):
         await tcp(emulator, "../neondb", "neondb")
 
 
+async def test_idle_pooled_connections_to_the_template_do_not_block_a_new_tenant(emulator):
+    owner = emulator.endpoints.owner_url.replace("?sslmode=require", "")
+    async with httpx.AsyncClient() as client:
+        response = await client.post(emulator.endpoints.sql_url, json={"query": "select count(*) from notes"},
+                                     headers={"Neon-Connection-String": owner})
+        assert response.status_code == 200, response.text  # leaves an idle pooled owner connection on neondb
+        response = await sql(client, emulator, "afterpool", "select current_database() as db")
+    assert response.status_code == 200 and response.json()["rows"] == [{"db": "tenant_afterpool"}], response.text
+
+
+async def test_a_session_on_the_template_blocks_a_new_tenant_with_a_clear_error(emulator):
+    async with await psycopg.AsyncConnection.connect(emulator.endpoints.owner_url):
+        async with httpx.AsyncClient(timeout=30) as client:  # Postgres waits 5 s per try for the session to end
+            response = await sql(client, emulator, "blocked", "select 1")
+    assert response.status_code == 400
+    body = response.json()
+    assert body["code"] == "55006" and body["message"].startswith('could not create tenant database "tenant_blocked" from "neondb"')
+    assert "Close the sessions" in body["hint"]
+    async with httpx.AsyncClient() as client:  # once the session is gone, the tenant's next request makes it
+        response = await sql(client, emulator, "blocked", "select current_database() as db")
+    assert response.status_code == 200 and response.json()["rows"] == [{"db": "tenant_blocked"}], response.text
+
+
 async def test_password_roles_are_not_routed(emulator):
     async with await psycopg.AsyncConnection.connect(emulator.endpoints.owner_url) as owner:
         row = await (await owner.execute("select current_database(), array_agg(body) from notes")).fetchone()

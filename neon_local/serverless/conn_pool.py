@@ -120,6 +120,11 @@ class ConnPool:
             await pool.close_idle()
         await self.control_plane.repair_jwt_role(dbname, role)
 
+    async def close_idle(self, dbname: str) -> None:
+        """Close the idle connections to `dbname` (a template about to be copied); its pools stay."""
+        for key in [k for k in self._pools if k[0] == dbname]:
+            await self._pools[key].close_idle()
+
     async def forget_database(self, dbname: str) -> None:
         """`dbname` was dropped (or never existed): its pools and what the control plane knew of it go."""
         for key in [k for k in self._pools if k[0] == dbname]:
