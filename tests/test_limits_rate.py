@@ -95,6 +95,7 @@ async def test_sql_endpoint_limit_is_neons_500(limited):
     assert refused.status_code == 500
     body = refused.json()
     assert body["message"] == TOO_MANY and body["code"] == "" and len(body) == 17
+    assert "Retry-After" not in refused.headers  # Neon's answer has none
 
 
 async def test_sql_identity_limit_429_with_retry_after_and_the_owner_unaffected(limited):

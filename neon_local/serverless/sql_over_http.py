@@ -250,7 +250,9 @@ class SqlOverHttp:
             self.limits.admit("http", info.user, verified and verified.claims.get("sub"), verified is not None)
             self.limits.check_statements(info.user, verified is not None, [q.text for q in payload.queries], "http")
         except RateLimited as exc:  # Neon: a RateLimit connect error, not the user's, so 500; ours per identity: 429
-            error = SqlOverHttpError(500 if exc.endpoint else 429, exc.message)
+            if exc.endpoint:
+                raise SqlOverHttpError(500, exc.message) from None
+            error = SqlOverHttpError(429, exc.message)
             error.headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
             raise error from None
         except Refused as exc:
