@@ -68,7 +68,7 @@ SCALARS: tuple[Scalar, ...] = (
     Scalar("data_api_max_rows", int, 0, "Most rows one Data API response returns (pgrst.db_max_rows; 0: no limit)."),
     Scalar("data_api_errors", str, "postgrest", 'Data API error bodies: "postgrest" sends details (what postgrest-js reads), "neon" sends Neon\'s detail key.', ("postgrest", "neon")),
     Scalar("session_jwt_version", str, "0.4.0", "pg_session_jwt version installed in a database that has none yet (0.4.0: Neon's docs, with auth.uid() and auth.jwt(); an existing one keeps its version).", ("0.3.1", "0.4.0", "0.5.0")),
-    Scalar("rate_limit", str, "", 'Connection attempts (and /sql requests) per endpoint, per protocol (tcp, ws, http): "rps@interval,..." buckets as Neon\'s proxy, "neon" for Neon\'s 500@1s,300@1m,200@10m; empty: no limit.'),
+    Scalar("rate_limit", str, "", 'Connection attempts (and /sql requests) per endpoint, per protocol (tcp, ws, http): "rps@interval,..." buckets as Neon\'s proxy, "neon" for Neon\'s 500@1s,300@1m,200@10m; per protocol: "tcp=neon; http=100@1s"; empty: no limit.'),
     Scalar("rate_limit_identity", str, "", 'neon-local only: the same buckets per JWT sub and per JWT role, on every path (e.g. "10@1s"); empty: no limit.'),
     Scalar("allowlist", str, "off", "Query allow-list mode for JWT roles (per-role modes live in the allow-list file): off, learn, warn or enforce.", ("off", "learn", "warn", "enforce")),
     Scalar("allowlist_file", Path, None, "The allow-list file (default: neon_local.allowlist.toml beside neon_local.toml)."),

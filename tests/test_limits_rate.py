@@ -34,6 +34,20 @@ def test_neon_preset_is_neons_default_set():
         parse_spec("500 per second")
 
 
+def test_limits_per_protocol():
+    clock = Clock()
+    limiter = RateLimiter("tcp=neon; http=2@1s", "", clock)
+    assert [b.max_requests for b in limiter._endpoint["tcp"].buckets] == [500, 18_000, 120_000]
+    assert limiter._endpoint["ws"].buckets == ()
+    limiter.check_endpoint("http")
+    limiter.check_endpoint("http")
+    with pytest.raises(RateLimited, match="Too many connections to this endpoint"):
+        limiter.check_endpoint("http")
+    limiter.check_endpoint("ws")
+    with pytest.raises(ValueError, match="one of tcp, ws, http"):
+        RateLimiter("udp=neon")
+
+
 def test_every_bucket_must_allow_and_only_allowed_attempts_count():
     clock = Clock()
     limiter = WindowedLimiter(parse_spec("5@1s,2@5s"), clock)  # 5 per 1 s window, 10 per 5 s window

@@ -62,6 +62,20 @@ def parse_spec(text: str) -> tuple[RateBucket, ...]:
     return tuple(buckets)
 
 
+def parse_protocols(text: str) -> dict[str, tuple[RateBucket, ...]]:
+    """One spec for every protocol (`"neon"`), or one per protocol (`"tcp=neon; http=100@1s"`; unnamed: no limit)."""
+    if "=" not in text:
+        buckets = parse_spec(text)
+        return {protocol: buckets for protocol in PROTOCOLS}
+    found = {protocol: () for protocol in PROTOCOLS}
+    for part in filter(str.strip, text.split(";")):
+        protocol, _, spec = part.partition("=")
+        if protocol.strip() not in PROTOCOLS:
+            raise ValueError(f"rate limit {part.strip()!r}: the protocol must be one of {', '.join(PROTOCOLS)}")
+        found[protocol.strip()] = parse_spec(spec)
+    return found
+
+
 class WindowedLimiter:
     """Neon's bucket set, one state per key: `check(key)` returns None (allowed, counted) or seconds to wait."""
 
@@ -97,10 +111,10 @@ class RateLimiter:
 
     def __init__(self, endpoint: str = "", identity: str = "", clock=time.monotonic) -> None:
         self.spec = (endpoint, identity)
-        buckets = parse_spec(endpoint)
-        self._endpoint = {protocol: WindowedLimiter(buckets, clock) for protocol in PROTOCOLS}
+        per_protocol = parse_protocols(endpoint)
+        self._endpoint = {protocol: WindowedLimiter(per_protocol[protocol], clock) for protocol in PROTOCOLS}
         self._identity = WindowedLimiter(parse_spec(identity), clock)
-        self.enabled = bool(buckets) or bool(self._identity.buckets)
+        self.enabled = any(per_protocol.values()) or bool(self._identity.buckets)
 
     def check_endpoint(self, protocol: str) -> None:
         """Count one connection attempt (or /sql request) on `protocol`; raise RateLimited past Neon's limit."""
