@@ -215,7 +215,7 @@ def _codegen(project: Path, files: dict[str, str]) -> subprocess.CompletedProces
     shutil.rmtree(queries, ignore_errors=True)
     queries.mkdir()
     for name, text in files.items():
-        (queries / name).write_text(text)
+        (queries / name).write_bytes(text if isinstance(text, bytes) else text.encode())
     return neon_local("codegen", "--queries", "bad_queries", "--out", "src/db/bad.ts", cwd=project)
 
 
@@ -237,6 +237,8 @@ def _codegen(project: Path, files: dict[str, str]) -> subprocess.CompletedProces
     ({"q.sql": "-- name: Nn :many\n-- nonnull: totl\nSELECT count(*) AS total FROM todos;\n"},
      "bad_queries/q.sql:1: `-- nonnull: totl`: Nn returns no column 'totl'."),
     ({"q.sql": "-- name: Delete :exec\nDELETE FROM todos;\n"}, "bad_queries/q.sql:1: Delete would be the function delete()"),
+    ({"notes.txt": "not SQL"}, "bad_queries: no .sql files here"),
+    ({"q.sql": b"-- name: Cafe :one\nSELECT 'caf\xe9' AS x;\n"}, "bad_queries/q.sql: not UTF-8 text"),
 ])
 def test_bad_input_names_file_and_line_and_writes_nothing(emulator, files, error):
     project, _ = emulator

@@ -47,7 +47,11 @@ def read_queries(folder: Path) -> list[NamedStatement]:
     statements: list[NamedStatement] = []
     seen: dict[str, NamedStatement] = {}
     for path in files:
-        for statement in parse_file(path, path.read_text()):
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError as exc:
+            raise CodegenError(path, 0, f"not UTF-8 text ({exc.reason} at byte {exc.start}).") from None
+        for statement in parse_file(path, text):
             if statement.name in seen:
                 first = seen[statement.name]
                 raise CodegenError(path, statement.line, f"the name {statement.name} is already used at {first.path}:{first.line}.")

@@ -7,5 +7,6 @@ from pathlib import Path
 
 class CodegenError(Exception):
     def __init__(self, path: Path, line: int, message: str) -> None:
-        super().__init__(f"{path}:{line}: {message}")
+        """`line` 0: the message is about the whole file or folder."""
+        super().__init__(f"{path}:{line}: {message}" if line else f"{path}: {message}")
         self.path, self.line, self.message = path, line, message
