@@ -95,6 +95,7 @@ class Emulator:
         self._supervisor: asyncio.Task | None = None
         self._state_written = False
         self.started_at: float | None = None
+        self.reloader = None  # a ConfigReloader while neon_local.toml is watched
 
     @property
     def data_dir(self) -> Path:
@@ -132,6 +133,12 @@ class Emulator:
                                    settings.database, settings.owner, settings.owner_password)
         self.services = await start_services(settings, self.cluster, self.data_dir, self.endpoints.issuer_url,
                                              await keyring, http_sock, pg_sock, self._stack.append)
+        if settings.live_reload and settings.config_file is not None:
+            from neon_local.reload import ConfigReloader  # watchdog's thread only when there is a file to watch
+
+            self.reloader = ConfigReloader(self)
+            self.reloader.start()
+            self._stack.append(self.reloader.stop)
         self._supervisor = asyncio.create_task(self._supervise_postgres())
         self.started_in = time.perf_counter() - began
         if self.write_state:
@@ -153,7 +160,13 @@ class Emulator:
                      "data_api": e.data_api_url if self.settings.data_api else None},
             "tls_ca": str(self.services.pg_proxy.tls_files.ca_cert),
             "started_in": round(self.started_in or 0, 3),
+            "config_error": self.reloader.error if self.reloader else None,
         }
+
+    def config_changed(self) -> None:
+        """The live configuration, or its error, changed: `status` reads it from the state file."""
+        if self.write_state and self._state_written:
+            self._write_state()
 
     def _write_state(self) -> None:
         path = self.settings.resolved_data_dir / STATE_FILENAME

@@ -74,6 +74,7 @@ SCALARS: tuple[Scalar, ...] = (
     Scalar("allowlist_file", Path, None, "The allow-list file (default: neon_local.allowlist.toml beside neon_local.toml)."),
     Scalar("codegen_queries", Path, None, "Folder of annotated .sql files `neon-local codegen` reads (default: queries/ beside neon_local.toml)."),
     Scalar("codegen_out", Path, None, "The TypeScript module `neon-local codegen` writes (default: src/db/queries.ts beside neon_local.toml)."),
+    Scalar("live_reload", bool, True, "Apply edits to neon_local.toml (users, roles, providers, tenancy, rate limits, allow-list mode) while running; a file that does not load is refused and the last good one stays in force."),
 )
 
 
@@ -152,6 +153,7 @@ class Settings:
     allowlist_file: Path | None = None
     codegen_queries: Path | None = None
     codegen_out: Path | None = None
+    live_reload: bool = True
     roles: tuple[str, ...] = ()
     role_specs: Mapping[str, RoleSpec] = field(default_factory=dict)  # [roles.NAME] tables; absent: RoleSpec()
     users: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: dict(DEFAULT_USERS))

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import click
 
-from neon_local.settings import SCALARS, ConfigError, Settings, load_settings
+from neon_local.settings import CONFIG_FILENAME, SCALARS, ConfigError, Settings, find_config_file, load_settings
 from neon_local.state import read_state
 
 _CLICK_TYPES = {int: int, str: str, tuple: str, Path: click.Path(path_type=Path)}
 
 
-def _with_settings(command, scalars):
+def _with_settings(command, scalars, tolerate_bad_file: bool = False):
     """Add --config and a flag for each of `scalars`; the command receives the resolved `settings`."""
 
     @functools.wraps(command)
@@ -28,7 +28,9 @@ def _with_settings(command, scalars):
         try:
             settings = load_settings(flags, config_file=config)
         except ConfigError as exc:
-            fail(str(exc))
+            if not tolerate_bad_file:
+                fail(str(exc))
+            settings = _despite_bad_file(flags, config, exc)
         click.get_current_context().obj = settings
         configure_logging(settings)
         if "settings" in inspect.signature(command).parameters:
@@ -56,6 +58,24 @@ def project_options(command):
     """Only what finds the project (--config, --data-dir): for commands that use a running emulator or its files.
     The other settings still come from neon_local.toml and NEON_LOCAL_* variables."""
     return _with_settings(command, tuple(s for s in SCALARS if s.name == "data_dir"))
+
+
+def status_options(command):
+    """project_options for `status`, which must answer while neon_local.toml is broken if an emulator
+    runs (it keeps its last good configuration and reports the error): defaults stand in for the file."""
+    return _with_settings(command, tuple(s for s in SCALARS if s.name == "data_dir"), tolerate_bad_file=True)
+
+
+def _despite_bad_file(flags: dict, config: Path | None, error: ConfigError) -> Settings:
+    """Settings without the broken file, when an emulator runs in the default data directory; else the error."""
+    from neon_local.state import read_state
+
+    path = config or find_config_file(Path.cwd()) or Path.cwd() / CONFIG_FILENAME
+    settings = Settings(project_dir=path.parent.resolve(), **{k: v for k, v in flags.items() if v is not None})
+    if not read_state(settings.resolved_data_dir):
+        fail(str(error))
+    click.secho(f"warning: {error}", fg="yellow", err=True)
+    return settings
 
 
 def configure_logging(settings: Settings) -> None:

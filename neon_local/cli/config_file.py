@@ -41,8 +41,12 @@ def write_config(path: Path, text: str) -> None:
 
 
 def restart_hint(settings: Settings) -> None:
-    # Keys are re-read by a running emulator; the config file is read at start-up only.
-    if read_state(settings.resolved_data_dir):
+    # Keys are re-read by a running emulator; the config file too with live_reload (neon_local/reload.py).
+    if not read_state(settings.resolved_data_dir):
+        return
+    if settings.live_reload:
+        click.echo("neon-local is running and applies this change now (`neon-local status` shows an edit it refused).")
+    else:
         click.echo("neon-local is running: restart it (`neon-local down`, then `neon-local up`) to use this change.")
 
 

@@ -13,7 +13,7 @@ from urllib.parse import unquote, urlsplit
 
 import click
 
-from neon_local.cli.common import banner, fail, process_age, project_options, settings_options
+from neon_local.cli.common import banner, fail, process_age, project_options, settings_options, status_options
 from neon_local.postgres.binaries import find_binaries
 from neon_local.settings import Settings
 from neon_local.state import is_live_neon_local, read_state
@@ -123,7 +123,7 @@ def down(settings: Settings) -> None:
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON (URLs, ports, pids, data dir).")
-@project_options
+@status_options
 def status(settings: Settings, as_json: bool) -> None:
     """Show what runs: ports, URLs, data directory, Postgres version. Exit code 3 when not running."""
     state = read_state(settings.resolved_data_dir)
@@ -135,6 +135,9 @@ def status(settings: Settings, as_json: bool) -> None:
         click.echo(f"\n  Ports              HTTP {state['http_port']}, Postgres {state['pg_port']} on {state['host']}")
         click.echo(f"  Pids               neon-local {state['pid']}, Postgres {state['postgres']['pid']}")
         click.echo(f"  TLS CA             {state['tls_ca']}")
+        if state.get("config_error"):
+            click.secho(f"\n  Config error       {state['config_error']}\n"
+                        "                     (the last good configuration stays in force until the file loads)", fg="red")
     else:
         click.echo(f"neon-local is not running for {settings.resolved_data_dir}. Start it with `neon-local up`.")
     if not state:

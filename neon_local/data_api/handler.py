@@ -122,10 +122,14 @@ class DataApi:
         self._cache: dict[str, _Cached] = {}
         self._loading: dict[str, asyncio.Future] = {}
         self._set_up: dict[str, asyncio.Future] = {}
+
+    @property
+    def _verify_role(self) -> str:
         # Neon takes tokens for the Data API from the providers whose role_names list authenticator;
         # neon-local's providers list the JWT roles, so a provider serving `authenticated` serves the Data API too.
-        self._verify_role = setup.AUTHENTICATOR if any(
-            setup.AUTHENTICATOR in p.role_names for p in settings.providers) else "authenticated"
+        # Read from `settings` each time, since a live reload replaces them.
+        return setup.AUTHENTICATOR if any(
+            setup.AUTHENTICATOR in p.role_names for p in self.settings.providers) else "authenticated"
 
     async def close(self) -> None:
         await self._listeners.stop()

@@ -1,0 +1,155 @@
+"""Live reload: edits to neon_local.toml take effect in the running emulator, without a restart.
+
+watchdog reports changes to the file (editors that write a temporary file and rename it included); the
+file is then read as `up` reads it, and what changed among the reloadable settings is applied: test
+users, custom roles (created in Postgres as at start), JWKS providers, [tenancy], rate limits and the
+allow-list mode. A file that does not load is refused as a whole: the last good configuration stays in
+force, the error is logged and shown by `neon-local status` until the file loads again. Other settings
+(ports, data directory, database, ...) need a restart; a change to one is logged as such.
+
+Neon has no such thing (its proxy reloads local_proxy.json on SIGHUP); this is neon-local's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import fields, replace
+from pathlib import Path
+from typing import Callable
+
+import psycopg
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from neon_local.limits import ClientLimits
+from neon_local.postgres.bootstrap import bootstrap
+from neon_local.settings import ConfigError, Settings, load_settings
+
+__all__ = ["ConfigReloader", "RELOADED"]
+
+log = logging.getLogger(__name__)
+
+RELOADED = ("users", "roles", "role_specs", "providers", "tenancy", "rate_limit", "rate_limit_identity", "allowlist")
+SETTLE_SECONDS = 0.1  # an editor's save is several events (truncate, write, rename): read once they stop
+
+
+class _FileEvents(FileSystemEventHandler):
+    """Calls `notify` (from watchdog's thread) when an event touches `path`."""
+
+    def __init__(self, path: Path, notify: Callable[[], None]) -> None:
+        self._path, self._notify = str(path), notify
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if self._path in (event.src_path, getattr(event, "dest_path", None)):
+            self._notify()
+
+
+class ConfigReloader:
+    """Watches the emulator's config file; `error` is the last refused edit's message (None when the file loads)."""
+
+    def __init__(self, emulator) -> None:  # a started neon_local.app.Emulator (not imported: app imports this module)
+        self._emulator = emulator
+        self.path: Path = emulator.settings.config_file
+        self.error: str | None = None
+        self.reloads = 0  # edits read since start, applied or refused; tests wait on it
+        self._read = asyncio.Condition()
+        self._changed = asyncio.Event()
+        self._from_file = self._load()  # without CLI flags: what the file said, to see what an edit changes
+        self._observer = None
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._observer = Observer()
+        self._observer.schedule(_FileEvents(self.path, lambda: loop.call_soon_threadsafe(self._changed.set)),
+                                str(self.path.parent), recursive=False)
+        self._observer.daemon = True
+        self._observer.start()
+        self._task = loop.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        if self._observer is not None:
+            self._observer.stop()
+            await asyncio.to_thread(self._observer.join)
+
+    async def wait_for(self, reloads: int) -> None:
+        """Until the file has been read `reloads` times since start (each read applied, or refused)."""
+        async with self._read:
+            await self._read.wait_for(lambda: self.reloads >= reloads)
+
+    def _load(self) -> Settings:
+        return load_settings(config_file=self.path)
+
+    async def _run(self) -> None:
+        while True:
+            await self._changed.wait()
+            while self._changed.is_set():
+                self._changed.clear()
+                await asyncio.sleep(SETTLE_SECONDS)
+            try:
+                await self.reload()
+            except Exception:  # a reload must never end the watcher, nor the emulator
+                log.exception("reloading %s failed; the last good configuration stays in force", self.path)
+
+    async def reload(self) -> None:
+        """Read the file and apply what changed; a file that does not load changes nothing."""
+        emulator = self._emulator
+        try:
+            new = await asyncio.to_thread(self._load)
+            changed = [f.name for f in fields(Settings) if getattr(new, f.name) != getattr(self._from_file, f.name)]
+            applied = {name: getattr(new, name) for name in changed if name in RELOADED}
+            candidate = replace(emulator.settings, **applied)
+            if applied:
+                await apply_settings(emulator, candidate)
+        except ConfigError as exc:
+            self._refuse(str(exc))
+            return
+        except psycopg.Error as exc:
+            self._refuse(f"{self.path}: Postgres refused the change: {exc}")
+            return
+        restart = [name for name in changed if name not in RELOADED]
+        if restart:
+            log.warning("%s: %s changed; restart neon-local (`neon-local down`, `neon-local up`) to use %s",
+                        self.path, ", ".join(restart), "it" if len(restart) == 1 else "them")
+        self._from_file = new
+        emulator.settings = candidate
+        recovered, self.error = self.error is not None, None
+        if applied or recovered:
+            log.info("%s reloaded: %s", self.path, ", ".join(applied) or "back to a valid file")
+            emulator.config_changed()
+        await self._announce()
+
+    def _refuse(self, message: str) -> None:
+        log.error("%s; the last good configuration stays in force until the file is fixed", message)
+        self.error = message
+        self._emulator.config_changed()
+        asyncio.get_running_loop().create_task(self._announce())
+
+    async def _announce(self) -> None:
+        async with self._read:
+            self.reloads += 1
+            self._read.notify_all()
+
+
+async def apply_settings(emulator, settings: Settings) -> None:
+    """Make the running services use `settings`: what can fail (limits, Postgres roles) runs before anything
+    is switched, so a refused change leaves the emulator as it was."""
+    services = emulator.services
+    limits = ClientLimits.of(settings)
+    await bootstrap(emulator.cluster, settings)  # new roles, their grants and memberships, as at start
+    services.verifier.use_settings(settings)
+    # The services read these at construction; they are swapped here rather than rebuilt, so that pools,
+    # sessions and requests in flight carry on.
+    services.issuer._settings = settings
+    services.sql._jwt_roles = frozenset(settings.jwt_roles)
+    services.sql.limits = limits
+    services.pg_proxy.settings = settings
+    services.pg_proxy.context.jwt_roles = settings.jwt_roles
+    services.pg_proxy.context.limits = limits
+    services.control_plane.tenancy = settings.tenancy and replace(
+        settings.tenancy, template=settings.tenancy.template or settings.database)
+    if services.data_api is not None:
+        services.data_api.settings = settings
