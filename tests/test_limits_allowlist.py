@@ -276,3 +276,23 @@ async def test_function_call_message_refused_under_enforce(enforcing):
         assert [msg.type for msg in await client.read_until_ready()] == [b"T", b"D", b"C", b"Z"]
     finally:
         client.writer.close()
+
+
+async def test_refused_parse_in_the_middle_of_a_batch(enforcing):
+    """After allowed messages in one batch, and after one that failed (Postgres then skips to the Sync): no hang."""
+    client = await RawClient.connect(enforcing.proxy.port)
+    try:
+        await client.login_jwt("authenticated", enforcing.proxy.token())
+        allowed = "select body from lim_items where id = $1"
+        refused_parse = m.parse(CHANGED) + m.bind([]) + m.execute()
+        await client.send(m.parse(allowed) + m.bind(["2"]) + m.execute() + refused_parse + m.sync())
+        replies = await client.read_until_ready()
+        assert [r.type for r in replies[:4]] == [b"1", b"2", b"D", b"C"]
+        assert replies[-2].type == b"E" and b"C42501\0" in replies[-2].body and replies[-1] == m.Message(b"Z", b"I")
+        await client.send(m.parse(allowed) + m.bind(["not a number"]) + m.execute() + refused_parse + m.sync())
+        replies = await client.read_until_ready()
+        assert [r.type for r in replies] == [b"1", b"E", b"Z"] and b"C22P02\0" in replies[1].body
+        await client.send(m.query(ALLOWED))
+        assert [msg.type for msg in await client.read_until_ready()] == [b"T", b"D", b"C", b"Z"]
+    finally:
+        client.writer.close()

@@ -18,6 +18,7 @@ from neon_local.limits.allowlist import Refused
 __all__ = ["StatementFilter", "raising_query"]
 
 _HEADER = 5  # type byte + int32 length
+_EXTENDED = b"PBDEC"  # Parse, Bind, Describe, Execute, Close: a batch that a Sync ends
 
 
 def dollar_quote(text: str, tag: str) -> str:
@@ -37,7 +38,18 @@ def raising_query(refused: Refused) -> bytes:
         options.append(f"HINT = {dollar_quote(refused.hint, 'h')}")
     body = f"BEGIN RAISE EXCEPTION USING {', '.join(options)}; END"
     text = f"DO {dollar_quote(body, 'neon_local')}".encode() + b"\0"
-    return b"Q" + (len(text) + 4).to_bytes(4, "big") + text
+    return _message(b"Q", text)
+
+
+def raising_execution(refused: Refused) -> bytes:
+    """The same DO block as Parse, Bind and Execute of the unnamed statement, for the middle of a batch."""
+    text = raising_query(refused)[_HEADER:]
+    return (_message(b"P", b"\0" + text + b"\0\0") + _message(b"B", b"\0\0" + bytes(6))
+            + _message(b"E", b"\0" + bytes(4)))
+
+
+def _message(kind: bytes, body: bytes) -> bytes:
+    return kind + (len(body) + 4).to_bytes(4, "big") + body
 
 
 class StatementFilter:
@@ -49,6 +61,8 @@ class StatementFilter:
         self._check_call = check_call  # a FunctionCall ('F') runs a function by OID, with no SQL to check
         self._buffer = bytearray()
         self._dropping = False  # after a refused Parse, until the batch's Sync
+        self._sync_answered = False  # whether the refusal's own ReadyForQuery stands in for that Sync
+        self._in_batch = False  # extended-protocol messages went through since the last Sync
 
     def __getattr__(self, name: str):
         return getattr(self._backend, name)
@@ -73,8 +87,10 @@ class StatementFilter:
 
     def _inspect(self, kind: int, buffer: bytearray, start: int, end: int) -> bytes:
         if self._dropping:
-            self._dropping = kind != ord("S")
-            return b""
+            if kind != ord("S"):
+                return b""
+            self._dropping = self._in_batch = False
+            return b"" if self._sync_answered else bytes(buffer[start:end])
         if kind == ord("Q"):
             text = bytes(buffer[start + _HEADER:end - 1])
         elif kind == ord("P"):
@@ -86,10 +102,16 @@ class StatementFilter:
         elif kind == ord("F"):
             text = None
         else:
+            self._in_batch = kind != ord("S") and (self._in_batch or kind in _EXTENDED)
             return bytes(buffer[start:end])
         try:
             self._check_call() if text is None else self._check(text.decode("utf-8", "replace"))
         except Refused as refused:
-            self._dropping = kind == ord("P")
-            return raising_query(refused)
+            if kind != ord("P"):
+                return raising_query(refused)
+            # First in its batch: a simple Query answers for the whole batch (its ReadyForQuery for the Sync).
+            # Later in one, Postgres may already be skipping to the Sync after an error, so the Sync must reach it.
+            self._dropping, self._sync_answered = True, not self._in_batch
+            return raising_query(refused) if self._sync_answered else raising_execution(refused)
+        self._in_batch = kind == ord("P")
         return bytes(buffer[start:end])
