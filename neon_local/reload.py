@@ -140,6 +140,9 @@ async def apply_settings(emulator, settings: Settings) -> None:
     services = emulator.services
     limits = ClientLimits.of(settings)
     await bootstrap(emulator.cluster, settings)  # new roles, their grants and memberships, as at start
+    for provider in emulator.settings.providers:
+        if provider not in settings.providers:  # removed or changed (another URL or file): drop its keys
+            services.providers.forget(provider)
     services.verifier.use_settings(settings)
     # The services read these at construction; they are swapped here rather than rebuilt, so that pools,
     # sessions and requests in flight carry on.
@@ -153,3 +156,5 @@ async def apply_settings(emulator, settings: Settings) -> None:
         settings.tenancy, template=settings.tenancy.template or settings.database)
     if services.data_api is not None:
         services.data_api.settings = settings
+    if services.console is not None:
+        services.console.settings = settings

@@ -116,8 +116,17 @@ async def test_edits_apply_while_requests_are_in_flight_and_bad_edits_are_kept_o
         answers = [await sql(emulator, "select 1 as one", carol) for _ in range(4)]  # 0.05/s for a minute: 3
         assert [a.status_code for a in answers] == [200, 200, 200, 429], answers[3].text
 
+        # A provider whose key source changes: tokens signed with the old keys stop working, the new ones work.
+        other_keys = KeyRing.load_or_create(tmp_path / "other-keys")
+        (tmp_path / "other-jwks.json").write_text(json.dumps(other_keys.jwks()))
+        await edit(emulator, SECOND.replace("partner-jwks.json", "other-jwks.json"))
+        assert (await sql(emulator, "select 1", partner_token)).json()["message"] == "jwk not found"
+        other_token = Issuer(emulator.settings, other_keys, "https://other.example").mint(sub="user_other")
+        assert (await sql(emulator, "select auth.user_id() as uid", other_token)).json()["rows"] == [{"uid": "user_other"}]
+
         # A removed provider's tokens stop working at once.
         await edit(emulator, FIRST)
+        assert (await sql(emulator, "select 1", other_token)).json()["message"] == "jwk not found"
         assert (await sql(emulator, "select 1", partner_token)).json()["message"] == "jwk not found"
     finally:
         await emulator.stop()
