@@ -302,6 +302,60 @@ def _resolve_provider(provider, provider_id, provider_name, audience, params):
     return provider_id, url, provider_name, audience, document
 
 
+@providers.command("login")
+@project_options
+@click.option("--issuer", "issuer_url", required=True, help="The provider's issuer URL (its /.well-known/openid-configuration is read).")
+@click.option("--client-id", required=True, help="Your app's OAuth client id at the provider (a public client; http://127.0.0.1 redirects allowed).")
+@click.option("--id", "provider_id", help="The [[jwks]] id (default: the issuer's host).")
+@click.option("--user", "user_name", help="Name of the test user made from your sign-in (default: from your email or username).")
+@click.option("--role", "roles", multiple=True, help=f"Postgres role that accepts this provider's tokens (default: {', '.join(DEFAULT_JWT_ROLES)}). Repeatable.")
+def providers_login(issuer_url, client_id, provider_id, user_name, roles):
+    """Sign in at a provider in your browser (OAuth code + PKCE) and add it: its JWKS, the audience and
+    issuer from the ID token, and a test user with your claims ([users.NAME])."""
+    import asyncio
+    import threading
+    import webbrowser
+
+    import tomlkit
+
+    from neon_local.auth.oidc_login import sign_in
+    from neon_local.auth.provider_templates import TemplateError
+    from neon_local.auth.providers import FetchError, ProviderCache
+    from neon_local.cli.config import _dump, _users_table
+
+    settings = _settings()
+    provider_id = provider_id or urlsplit(issuer_url).hostname
+    if any(p.id == provider_id for p in settings.providers):
+        raise click.ClickException(f"a provider with id {provider_id!r} exists already; remove it first")
+
+    def open_browser(url: str) -> None:
+        click.echo(f"Sign in at: {url}")
+        # webbrowser may wait for the browser command to exit; the sign-in's redirect must not wait for it.
+        threading.Thread(target=webbrowser.open, args=(url,), daemon=True).start()
+
+    try:
+        signed = asyncio.run(sign_in(issuer_url, client_id, open_browser))
+    except (TemplateError, FetchError) as exc:
+        raise click.ClickException(f"{str(exc).rstrip('.')}. Nothing was written.") from None
+    for note in signed.report.warnings:
+        click.secho(f"warning: {note}", fg="yellow", err=True)
+    claims = signed.user_claims
+    user_name = user_name or str(claims.get("preferred_username") or str(claims.get("email", "")).split("@")[0] or "me")
+    path = config_path(settings)
+    text = path.read_text() if path.exists() else ""
+    separator = "" if not text or text.endswith("\n\n") else ("\n" if text.endswith("\n") else "\n\n")
+    doc = tomlkit.parse(text + separator + _jwks_table(provider_id, signed.jwks_url, None, provider_id,
+                                                      roles or DEFAULT_JWT_ROLES, signed.audience, signed.issuer))
+    users_table, _ = _users_table(doc)
+    users_table[user_name] = claims
+    write_config(path, _dump(doc))
+    new = next(p for p in load_settings(config_file=path).providers if p.id == provider_id)
+    ProviderCache(settings).remember(new, signed.jwks)
+    click.echo(f"added provider {provider_id} ({signed.jwks_url}, aud {signed.audience}, iss {signed.issuer}) "
+               f"and test user {user_name} (sub {claims['sub']}) to {path}")
+    restart_hint(settings)
+
+
 @providers.command("list")
 @project_options
 def providers_list():
