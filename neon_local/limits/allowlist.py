@@ -182,13 +182,13 @@ class AllowList:
             log.error("allow-list not saved to %s: %s", self.path, exc)
 
     def _ensure_watcher(self) -> None:
-        task = self._watcher
-        if task is not None and not task.done():
-            return
         try:
-            self._watcher = asyncio.get_running_loop().create_task(self._watch())
+            loop = asyncio.get_running_loop()
         except RuntimeError:  # no event loop: a synchronous caller (CLI, tests), nothing to watch
-            pass
+            return
+        task = self._watcher
+        if task is None or task.done() or task.get_loop() is not loop:  # one emulator may follow another
+            self._watcher = loop.create_task(self._watch())
 
     async def _watch(self) -> None:
         while True:
