@@ -52,9 +52,10 @@ class ConfigReloader:
         self._emulator = emulator
         self.path: Path = emulator.settings.config_file
         self.error: str | None = None
-        self.reloads = 0  # edits read since start, applied or refused; tests wait on it
+        self.seen: tuple[int, int] | None = None  # (inode, mtime) of the file as last read, applied or refused
         self._read = asyncio.Condition()
         self._changed = asyncio.Event()
+        self._reading: tuple[int, int] | None = None
         self._from_file = self._load()  # without CLI flags: what the file said, to see what an edit changes
         self._observer = None
         self._task: asyncio.Task | None = None
@@ -75,12 +76,14 @@ class ConfigReloader:
             self._observer.stop()
             await asyncio.to_thread(self._observer.join)
 
-    async def wait_for(self, reloads: int) -> None:
-        """Until the file has been read `reloads` times since start (each read applied, or refused)."""
+    async def wait_for(self, seen: tuple[int, int]) -> None:
+        """Until the file as it is at `seen` (inode, mtime) has been read, and applied or refused."""
         async with self._read:
-            await self._read.wait_for(lambda: self.reloads >= reloads)
+            await self._read.wait_for(lambda: self.seen == seen)
 
     def _load(self) -> Settings:
+        stat = self.path.stat()
+        self._reading = (stat.st_ino, stat.st_mtime_ns)
         return load_settings(config_file=self.path)
 
     async def _run(self) -> None:
@@ -105,10 +108,10 @@ class ConfigReloader:
             if applied:
                 await apply_settings(emulator, candidate)
         except ConfigError as exc:
-            self._refuse(str(exc))
+            await self._refuse(str(exc))
             return
         except psycopg.Error as exc:
-            self._refuse(f"{self.path}: Postgres refused the change: {exc}")
+            await self._refuse(f"{self.path}: Postgres refused the change: {exc}")
             return
         restart = [name for name in changed if name not in RELOADED]
         if restart:
@@ -122,15 +125,15 @@ class ConfigReloader:
             emulator.config_changed()
         await self._announce()
 
-    def _refuse(self, message: str) -> None:
+    async def _refuse(self, message: str) -> None:
         log.error("%s; the last good configuration stays in force until the file is fixed", message)
         self.error = message
         self._emulator.config_changed()
-        asyncio.get_running_loop().create_task(self._announce())
+        await self._announce()
 
     async def _announce(self) -> None:
         async with self._read:
-            self.reloads += 1
+            self.seen = self._reading
             self._read.notify_all()
 
 
@@ -139,7 +142,8 @@ async def apply_settings(emulator, settings: Settings) -> None:
     is switched, so a refused change leaves the emulator as it was."""
     services = emulator.services
     limits = ClientLimits.of(settings)
-    await bootstrap(emulator.cluster, settings)  # new roles, their grants and memberships, as at start
+    if (settings.jwt_roles, settings.role_specs) != (emulator.settings.jwt_roles, emulator.settings.role_specs):
+        await bootstrap(emulator.cluster, settings)  # new roles, their grants and memberships, as at start
     for provider in emulator.settings.providers:
         if provider not in settings.providers:  # removed or changed (another URL or file): drop its keys
             services.providers.forget(provider)

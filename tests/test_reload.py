@@ -59,9 +59,9 @@ async def edit(emulator: Emulator, text: str) -> None:
     config = emulator.settings.config_file
     temp = config.with_name(".neon_local.toml.swp")
     temp.write_text(text)
-    read = emulator.reloader.reloads + 1
     os.replace(temp, config)
-    await asyncio.wait_for(emulator.reloader.wait_for(read), 30)
+    stat = config.stat()
+    await asyncio.wait_for(emulator.reloader.wait_for((stat.st_ino, stat.st_mtime_ns)), 30)
 
 
 async def test_edits_apply_while_requests_are_in_flight_and_bad_edits_are_kept_out(tmp_path, caplog):
