@@ -50,7 +50,8 @@ FROM people p LEFT JOIN pets ON pets.owner_id = p.id GROUP BY p.id;
 SELECT * FROM people WHERE id = @id;
 
 -- name: ByMood :many
-SELECT id FROM people WHERE mood = @mood AND tags && sqlc.arg(tags) AND age > @age AND moods @> @moods;
+SELECT id FROM people WHERE mood = @mood AND tags && sqlc.arg(tags) AND age > @age AND moods @> @moods
+  AND nick IS NOT DISTINCT FROM sqlc.narg(nick);
 
 -- name: RecentPets :many
 WITH recent AS (SELECT * FROM pets ORDER BY id DESC LIMIT 10)
@@ -147,7 +148,7 @@ def test_tricky_statements_types(emulator, tmp_path):
 }"""
     assert _interface(text, "ByMoodParams") == (
         "export interface ByMoodParams {\n  mood: 'happy' | 'sad' | 'it\\'s ok';\n  tags: string[];\n  age: number;\n"
-        "  moods: Array<'happy' | 'sad' | 'it\\'s ok'>;\n}")
+        "  moods: Array<'happy' | 'sad' | 'it\\'s ok'>;\n  nick: string | null;\n}")
     assert _interface(text, "RecentPetsRow") == "export interface RecentPetsRow {\n  owner: string;\n  name: string;\n}"
     assert _interface(text, "AddPersonParams") == (
         "export interface AddPersonParams {\n  name: string;\n  mood: 'happy' | 'sad' | 'it\\'s ok';\n  prefs: Json;\n"
@@ -176,7 +177,7 @@ const pet: string | null = rows[0]!.pet;
 const person = await db.everything(sql, { id: 1 });
 const tags: string[] | undefined = person?.tags;
 const counted: number = await db.shoutNicks(sql);
-const options = db.byMoodQueryOptions(sql, { mood: 'sad', tags: ['a'], age: 3, moods: ['happy'] });
+const options = db.byMoodQueryOptions(sql, { mood: 'sad', tags: ['a'], age: 3, moods: ['happy'], nick: null });
 const key: readonly ['neon', 'byMood', db.ByMoodParams] = options.queryKey;
 const mutation = db.addPersonMutationOptions(sql, new QueryClient());
 void mutation.mutationFn({ name: 'x', mood: 'happy', prefs: { a: [1, null] }, born: new Date() });
@@ -190,7 +191,7 @@ import * as db from './queries.js';
 const sql = neon('postgresql://authenticated@localhost/neondb', { authToken: async () => 'token' });
 const rows = await db.peopleWithPets(sql);
 const pet: string = rows[0]!.pet;
-void db.byMood(sql, { mood: 'angry', tags: [], age: 1, moods: [] });
+void db.byMood(sql, { mood: 'angry', tags: [], age: 1, moods: [], nick: 'x' });
 void pet;
 """)
     wrong = _compile(tmp_path, "queries.ts", "wrong.ts")
@@ -259,7 +260,7 @@ def test_folder_and_module_from_settings(emulator):
     (project / "sql" / "one.sql").write_text("-- name: One :one\nSELECT 1 AS one;\n")
     result = neon_local("codegen", cwd=project / "sql", env={"NEON_LOCAL_CODEGEN_QUERIES": "sql", "NEON_LOCAL_CODEGEN_OUT": "web/db.ts"})
     assert result.returncode == 0, result.stderr
-    assert result.stdout == f"Wrote {project.resolve() / 'web' / 'db.ts'}: 1 queries and 0 mutations from ./.\n"
+    assert result.stdout == f"Wrote {project.resolve() / 'web' / 'db.ts'}: 1 query and 0 mutations from ./.\n"
     assert "export async function one(sql: Sql): Promise<OneRow | null>" in (project / "web" / "db.ts").read_text()
 
 

@@ -48,7 +48,8 @@ def codegen(settings: Settings, queries: Path | None, out: Path | None, watch: b
             text, described = generate(conn, queries)
             write_atomically(out, text)
             mutations = sum(map(is_mutation, described))
-            click.echo(f"Wrote {out}: {len(described) - mutations} queries and {mutations} mutations from {queries}/.")
+            click.echo(f"Wrote {out}: {_count(len(described) - mutations, 'query', 'queries')} and "
+                       f"{_count(mutations, 'mutation', 'mutations')} from {queries}/.")
             if emit_allowlist:
                 _approve(settings, described, roles)
             if watch:
@@ -60,6 +61,10 @@ def codegen(settings: Settings, queries: Path | None, out: Path | None, watch: b
         fail(f"cannot reach the emulator's Postgres (is it still running?): {exc}")
     except KeyboardInterrupt:
         pass
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
 
 
 def _shown(path: Path) -> Path:

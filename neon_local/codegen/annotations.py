@@ -1,6 +1,7 @@
 """sqlc-style annotated SQL files: `-- name: ListTodos :many` heads each statement.
 
-Parameters are named `@task` or `sqlc.arg(task)` in the text (numbered $1, $2... in order of first use),
+Parameters are named `@task` or `sqlc.arg(task)` in the text (numbered $1, $2... in order of first use;
+`sqlc.narg(task)` also accepts null),
 or written `$1`, `$2` with one `-- param: name` line per number. `-- nonnull: col, col` marks result
 columns Postgres cannot prove non-null (expressions, aggregates) as never null.
 """
@@ -20,7 +21,7 @@ _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _PASCAL = re.compile(r"[A-Z][A-Za-z0-9]*\Z")
 # Things a parameter marker must not be found inside: quoted text, quoted names, comments, dollar quotes.
 _SKIP = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|--[^\n]*|/\*.*?\*/|(\$[A-Za-z_]*\$).*?\1", re.S)
-_MARKER = re.compile(r"sqlc\.n?arg\(\s*([A-Za-z_][A-Za-z0-9_]*)\s*\)|(?<![\w@])@([A-Za-z_][A-Za-z0-9_]*)|\$(\d+)")
+_MARKER = re.compile(r"sqlc\.(n?)arg\(\s*([A-Za-z_][A-Za-z0-9_]*)\s*\)|(?<![\w@])@([A-Za-z_][A-Za-z0-9_]*)|\$(\d+)")
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class NamedStatement:
     kind: str  # many | one | exec | execrows
     sql: str  # with $1, $2 ... in place of named parameters
     params: tuple[str, ...]  # the name of $1, $2, ...
+    nullable_params: frozenset[str]  # those named with sqlc.narg()
     nonnull: frozenset[str]
     path: Path
     line: int  # of the `-- name:` comment
@@ -98,24 +100,27 @@ def _statement(path: Path, lines: list[str], line: int) -> NamedStatement:
     while head < len(lines) and not lines[head].strip():
         head += 1
     body = "\n".join(lines[head:]).rstrip()
-    sql, params = _number_params(path, line + head, body, declared)
+    sql, params, nullable = _number_params(path, line + head, body, declared)
     if not _has_sql(sql):
         raise CodegenError(path, line, f"{name} has no SQL under its annotation.")
-    return NamedStatement(name, kind, sql.rstrip().rstrip(";").rstrip(), tuple(params), frozenset(nonnull), path, line,
+    return NamedStatement(name, kind, sql.rstrip().rstrip(";").rstrip(), tuple(params), nullable, frozenset(nonnull), path, line,
                      line + head)
 
 
-def _number_params(path: Path, first_line: int, body: str, declared: list[str]) -> tuple[str, list[str]]:
+def _number_params(path: Path, first_line: int, body: str, declared: list[str]) -> tuple[str, list[str], frozenset[str]]:
     """Replace @name and sqlc.arg(name) with $n; $n markers take their names from `-- param:` lines."""
     names: list[str] = []
+    nullable: set[str] = set()
     numbered: set[int] = set()
     out: list[str] = []
     for chunk, skipped in _chunks(body):
         def replace(match: re.Match) -> str:
-            named = match.group(1) or match.group(2)
+            named = match.group(2) or match.group(3)
             if named is None:
-                numbered.add(int(match.group(3)))
+                numbered.add(int(match.group(4)))
                 return match.group(0)
+            if match.group(1):
+                nullable.add(named)
             if named not in names:
                 names.append(named)
             return f"${names.index(named) + 1}"
@@ -130,7 +135,7 @@ def _number_params(path: Path, first_line: int, body: str, declared: list[str]) 
         names = declared
     elif declared:
         raise CodegenError(path, line, "`-- param:` names $1, $2...; this statement has none (named @params need no `-- param:`).")
-    return "".join(out), names
+    return "".join(out), names, frozenset(nullable)
 
 
 def _chunks(text: str):

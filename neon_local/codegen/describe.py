@@ -110,7 +110,8 @@ def _typed(raw: _Raw, types: dict[int, PgType], not_null: set, relations: dict[s
         ResultColumn(name, result_type(oid, types),
                name not in statement.nonnull and (not table or table in outer or (table, attnum) not in not_null))
         for name, oid, table, attnum in raw.fields)
-    params = tuple((name, param_type(oid, types)) for name, oid in zip(statement.params, raw.param_oids))
+    params = tuple((name, param_type(oid, types) + (" | null" if name in statement.nullable_params else ""))
+                   for name, oid in zip(statement.params, raw.param_oids))
 
     def regclass(names: frozenset[str]) -> frozenset[str]:
         return frozenset(relations[name][1] for name in names if name in relations)
