@@ -4,9 +4,10 @@ Each template builds the JWKS URL from what the provider's dashboard shows (a do
 any other provider is found by OIDC discovery from its issuer URL. `check_jwks` says whether Neon's proxy
 would take tokens signed with a key set: RS256 or ES256 keys with a kid.
 
-Patterns confirmed in the providers' public docs: auth0, descope, google, stytch, workos. The others are
-the providers' documented defaults as commonly configured; `providers add` fetches the URL before it
-stores anything, so a wrong pattern shows up as a clear error rather than a silent misconfiguration.
+Patterns confirmed in the providers' public docs: auth0, better-auth, descope, google, stytch, workos;
+neon-auth follows from Better Auth's. The others are the providers' usual defaults, not re-checked here;
+`providers add` fetches the URL before it stores anything, so a wrong pattern shows up as a clear error
+rather than a silent misconfiguration.
 """
 
 from __future__ import annotations
@@ -67,7 +68,8 @@ TEMPLATES: Mapping[str, Template] = {t.name: t for t in (
     Template("kinde", "Kinde", "https://{domain}/.well-known/jwks", ("domain",)),
     Template("propelauth", "PropelAuth", "{url}/.well-known/jwks.json", ("url",)),
     Template("supertokens", "SuperTokens", "{url}/jwt/jwks.json", ("url",)),
-    Template("neon-auth", "Neon Auth", "{url}/.well-known/jwks.json", ("url",), eddsa_default=True),
+    # Neon Auth is Better Auth: its JWT plugin serves {auth base path}/jwks, and the Auth URL is that base path.
+    Template("neon-auth", "Neon Auth", "{url}/jwks", ("url",), eddsa_default=True),
 )}
 
 
