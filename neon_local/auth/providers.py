@@ -91,6 +91,10 @@ class ProviderCache:
         await self._refresh(provider, entry)
         return True
 
+    def cached(self, provider: Provider) -> PublicKeySet:
+        """The keys in memory or on disk, never fetched: for explaining a refusal without waiting on a provider."""
+        return self._entry(provider).keys
+
     def status(self, provider: Provider) -> dict[str, Any]:
         """What `providers list` shows: key count and age of the cached key set, from memory or disk."""
         entry = self._entry(provider)

@@ -334,7 +334,7 @@ class Verifier:
             await self._refresh(role)
             candidates = await self._candidates(token, role)
         if not candidates:
-            raise await self._not_found(token, role)
+            raise self._not_found(token, role)
         first_error = None
         for provider, key in candidates:
             try:
@@ -343,12 +343,13 @@ class Verifier:
                 first_error = first_error or exc
         raise first_error
 
-    async def _not_found(self, token: _Token, role: str) -> JwtError:
+    def _not_found(self, token: _Token, role: str) -> JwtError:
         """Neon's "jwk not found", which it also answers for a role the token's provider does not allow;
         the detail and hint say which of the two it is."""
         kid = token.header.get("kid")
         for provider in self._settings.providers:
-            if role not in provider.role_names and kid is not None and kid in (await self._keys(provider)).by_kid:
+            keys = self._builtin if provider.builtin else self._jwks.cached(provider)
+            if role not in provider.role_names and kid is not None and kid in keys.by_kid:
                 allowed = ", ".join(provider.role_names)
                 return JwtError(JWK_NOT_FOUND, f"role {role!r} is not allowed for provider {provider.id!r}, which signed this token (roles: {allowed})",
                                 f"Provider {provider.id} allows the roles {allowed}, not {role}: connect as one of those, "
