@@ -50,7 +50,7 @@ async def start_services(settings: Settings, cluster: PostgresCluster, data_dir:
     providers = ProviderCache(settings, data_dir / "jwks-cache")
     verifier = Verifier(settings, keyring, providers)
     tenancy = settings.tenancy and replace(settings.tenancy, template=settings.tenancy.template or settings.database)
-    control_plane = ControlPlane(cluster, tenancy)
+    control_plane = ControlPlane(cluster, tenancy, settings.session_jwt_version)
     add_closer(control_plane.close)
     request_log = RequestLog()  # every path's requests and sessions, for the console's live log
     sql = SqlOverHttp(settings, control_plane, verifier, request_log=request_log)

@@ -28,7 +28,7 @@ def neon_database(cluster, settings: Settings):
     conn = psycopg.connect(cluster.conninfo(dbname=name), autocommit=True)
     for role in ROLES:
         conn.execute(ROLE_GRANTS.format(role=role, owner=settings.owner))
-        for statement in jwt_role_statements(role):
+        for statement in jwt_role_statements(role, settings.owner, settings.session_jwt_version):
             conn.execute(statement)
     conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(settings.owner)))
     yield conn

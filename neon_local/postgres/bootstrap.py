@@ -12,6 +12,7 @@ import psycopg
 from psycopg import sql
 
 from neon_local.data_api import setup as data_api_setup
+from neon_local.postgres import session_jwt
 from neon_local.postgres.cluster import PostgresCluster
 from neon_local.settings import Settings
 
@@ -74,10 +75,11 @@ async def grant_role(conn: psycopg.AsyncConnection, role: str, owner: str) -> No
     await conn.execute(statements)
 
 
-def jwt_role_statements(role: str) -> list[str]:
-    """What Neon's local_proxy has done the first time it sees a (database, role): the extension, then USAGE on auth."""
-    return ["CREATE EXTENSION IF NOT EXISTS pg_session_jwt",
-            "GRANT USAGE ON SCHEMA auth TO " + sql.Identifier(role).as_string()]
+def jwt_role_statements(role: str, owner: str, version: str) -> list[str]:
+    """What Neon's local_proxy has done the first time it sees a (database, role): the extension (created by the
+    database's `owner` at `version`), then USAGE on auth. One transaction; run the statements in order."""
+    return ["BEGIN", *session_jwt.install_statements(version, owner),
+            "GRANT USAGE ON SCHEMA auth TO " + sql.Identifier(role).as_string(), "COMMIT"]
 
 
 async def _let_the_owner_manage_roles(conn: psycopg.AsyncConnection, settings: Settings) -> None:
@@ -103,7 +105,7 @@ async def bootstrap(cluster: PostgresCluster, settings: Settings) -> None:
         for role in _granted(settings, settings.jwt_roles if new_database else new_roles):
             await grant_role(conn, role, settings.owner)
         for role in settings.jwt_roles:
-            for statement in jwt_role_statements(role):
+            for statement in jwt_role_statements(role, settings.owner, settings.session_jwt_version):
                 await conn.execute(statement)
         if settings.data_api:
             await data_api_setup.apply(conn, settings)

@@ -22,6 +22,7 @@ __all__ = [
     "SECRET_FILENAME",
     "SessionSigner",
     "install_statement",
+    "install_statements",
     "new_secret",
     "read_secret",
     "startup_options",
@@ -30,6 +31,7 @@ __all__ = [
 
 # The versions the stub packages (the session_jwt_version setting's choices).
 EXTENSION_VERSIONS = ("0.3.1", "0.4.0", "0.5.0")
+DEFAULT_VERSION = "0.4.0"  # what Neon's current docs describe: auth.uid() and auth.jwt()
 
 # The stub reads it with pg_read_file(), which resolves relative paths in the data directory.
 SECRET_FILENAME = "neon_local_session.key"
@@ -49,18 +51,24 @@ INIT_QUERY = "select auth.jwt_session_init($1)"
 _HEADER_B64 = "eyJhbGciOiJIUzI1NiJ9"  # base64url of {"alg":"HS256"}
 
 
-def install_statement(version: str, owner: str) -> str:
-    """SQL, for the superuser to run in one database, that installs pg_session_jwt at `version` unless the
-    database has it already (an existing install keeps its version).
+def install_statements(version: str, owner: str) -> list[str]:
+    """SQL, for the superuser to run inside one transaction in one database, that installs pg_session_jwt at
+    `version` unless the database has it already (an existing install keeps its version).
 
     It is created by `owner` (the database's owner), as a trusted extension, so that the owner can
     `ALTER EXTENSION pg_session_jwt UPDATE TO ...` as on Neon; its objects still belong to the superuser.
-    One message: SET LOCAL ROLE lasts until the end of the implicit transaction it opens.
+    SET LOCAL ROLE lasts until the transaction ends; RESET ROLE gives the superuser back.
     """
     if version not in EXTENSION_VERSIONS:
         raise ValueError(f"pg_session_jwt {version} is not packaged; choose one of {', '.join(EXTENSION_VERSIONS)}")
-    return sql.SQL("SET LOCAL ROLE {}; CREATE EXTENSION IF NOT EXISTS pg_session_jwt VERSION {}").format(
-        sql.Identifier(owner), sql.Literal(version)).as_string()
+    return [sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(owner)).as_string(),
+            sql.SQL("CREATE EXTENSION IF NOT EXISTS pg_session_jwt VERSION {}").format(sql.Literal(version)).as_string(),
+            "RESET ROLE"]
+
+
+def install_statement(version: str, owner: str) -> str:
+    """`install_statements` as one message: its implicit transaction holds the SET LOCAL."""
+    return "; ".join(install_statements(version, owner))
 
 
 def _b64url(data: bytes) -> str:

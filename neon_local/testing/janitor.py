@@ -119,7 +119,7 @@ class Janitor:
             async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
                 for role in settings.jwt_roles:
                     await grant_role(conn, role, settings.owner)
-                    for statement in jwt_role_statements(role):
+                    for statement in jwt_role_statements(role, settings.owner, settings.session_jwt_version):
                         await conn.execute(statement)
 
         # asyncio.run needs a thread with no running loop, which pytest-asyncio's thread may not be.
