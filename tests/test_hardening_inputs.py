@@ -142,7 +142,7 @@ async def test_a_surrogate_pair_is_one_character(emulator, client):
 
 
 async def test_connections_exhausted_is_neons_json_with_the_real_cause(tmp_path):
-    async with running_emulator(tmp_path) as emulator, httpx.AsyncClient() as client:
+    async with running_emulator(tmp_path, max_connections=120) as emulator, httpx.AsyncClient() as client:
         fillers = []
         try:
             while True:  # take every slot Postgres has, the superuser's reserved ones too
