@@ -1,4 +1,4 @@
-"""One control plane for every path: the same JWT-session preparation, repair and refusals over /sql and TCP.
+"""One control plane for every path: the same JWT-session preparation, repair, refusals and request log over /sql and TCP.
 
 Each case runs on both paths against a whole emulator, as an app would meet it (issue 9, items 1-5, 8, 11).
 """
@@ -174,3 +174,23 @@ async def test_the_pg_authid_connection_closes_when_idle(emulator):
         cursor = await admin.execute("select count(*) from pg_stat_activity where usename = 'cloud_admin'"
                                      " and pid <> pg_backend_pid() and backend_type = 'client backend'")
         assert await cursor.fetchone() == (0,)
+
+
+async def test_sql_requests_and_tcp_sessions_share_one_log(emulator):
+    log = emulator.services.sql.request_log
+    assert emulator.services.pg_proxy.context.request_log is log
+    token = emulator.services.issuer.mint(sub="user_alice")
+    async with httpx.AsyncClient() as client:
+        response = await client.post(emulator.endpoints.sql_url, json={"query": "select auth.user_id()"}, headers={
+            "Neon-Connection-String": "postgresql://authenticated@127.0.0.1/neondb", "Authorization": f"Bearer {token}"})
+    assert response.status_code == 200
+    async with await psycopg.AsyncConnection.connect(host="127.0.0.1", port=emulator.endpoints.pg_port, user="authenticated",
+                                                     password=token, dbname="neondb", sslmode="require"):
+        pass
+    with pytest.raises(psycopg.OperationalError):
+        await psycopg.AsyncConnection.connect(host="127.0.0.1", port=emulator.endpoints.pg_port, user="authenticated",
+                                              password="not-a-jwt", dbname="neondb", sslmode="require")
+    entries = log.entries()
+    assert [(e["path"], e["sub"], e["error"] is None) for e in entries[-3:]] == [
+        ("/sql", "user_alice", True), ("tcp", "user_alice", True), ("tcp", None, False)]
+    assert entries[-1]["role"] == "authenticated" and "not a valid JWT encoding" in entries[-1]["error"]

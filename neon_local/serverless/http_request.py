@@ -27,7 +27,7 @@ ISOLATION_LEVELS = {
 UNTAGGED = "data did not match any variant of untagged enum Payload"
 MAX_JSON_DEPTH = 127  # serde_json's recursion limit: the 128th nested array or object is refused
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
-# A \uXXXX escape preceded by an even number of backslashes (so it is an escape, not an escaped backslash).
+# A \u escape (four hex digits) preceded by an even number of backslashes (so it is an escape, not an escaped backslash).
 _ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u([0-9a-fA-F]{4})")
 _STRING = r'"[^"\\]*(?:\\.[^"\\]*)*"'
 _STRINGS = re.compile(_STRING)
