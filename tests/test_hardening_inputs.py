@@ -167,6 +167,8 @@ async def test_owner_requests_while_postgres_restarts_get_neons_json(tmp_path):
     async with running_emulator(tmp_path) as emulator, httpx.AsyncClient() as client:
         assert (await post_sql(client, emulator, {"query": "select 1"})).status_code == 200
         os.kill(emulator.cluster.pid, signal.SIGKILL)
+        # An idle backend can still answer until it notices; the supervisor waits 0.2 s before restarting.
+        await emulator.cluster.wait_exit()
         answers = []
         async with asyncio.timeout(60):  # until Postgres is back; every answer meanwhile is Neon's JSON error
             while not answers or answers[-1].status_code != 200:

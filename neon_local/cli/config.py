@@ -17,7 +17,7 @@ import click
 import tomlkit
 import tomlkit.exceptions
 from click.core import ParameterSource
-from tomlkit.items import Table
+from tomlkit.items import AoT, Table
 
 from neon_local.cli.common import project_options
 from neon_local.cli.config_file import config_path, parse_claims, restart_hint, write_config
@@ -197,21 +197,35 @@ def config_set(key: str, value: str, config_file: Path | None) -> None:
         table = table[part]
         if not isinstance(table, dict):
             raise click.ClickException(f"{'.'.join(parts[:depth + 1])} is a value, not a table; cannot set {key}.")
-    _set(table, parts[-1], _typed(parts, value))
+    if table is doc:
+        doc = _with_setting(doc, parts[-1], _typed(parts, value))
+        table = doc
+    else:
+        table[parts[-1]] = _typed(parts, value)
     write_config(path, _dump(doc))
     click.echo(f"{key} = {_show(table[parts[-1]])} in {path}")
     if settings:
         restart_hint(settings)
 
 
-def _set(table: Any, key: str, value: Any) -> None:
-    """Set `key`; a new top-level setting goes after the last one there is, not after whatever comment
-    precedes the first table (where tomlkit would append it)."""
-    plain_keys = [k for k, v in table.items() if not isinstance(v, dict)] if isinstance(table, tomlkit.TOMLDocument) else []
-    if key in table or not plain_keys:
-        table[key] = value
-    else:
-        table._insert_after(plain_keys[-1], key, value)  # tomlkit's Container has no public insert-after
+def _with_setting(doc: tomlkit.TOMLDocument, key: str, value: Any) -> tomlkit.TOMLDocument:
+    """`doc` with top-level `key` set. A new setting goes after the last one there is, not after whatever
+    comment precedes the first table (where tomlkit would put it). tomlkit has no public insert-after,
+    so the document is rebuilt item by item; parsed=True keeps tomlkit from adding blank lines."""
+    plain = [i for i, (k, item) in enumerate(doc.body) if k is not None and not isinstance(item, (Table, AoT))]
+    if key in doc or not plain:
+        doc[key] = value
+        return doc
+    rebuilt = tomlkit.TOMLDocument(parsed=True)
+    for i, (k, item) in enumerate(doc.body):
+        if k is None:
+            rebuilt.add(item)
+        else:
+            rebuilt.append(k, item)
+        if i == plain[-1]:
+            rebuilt.append(key, value)
+    rebuilt.parsing(False)
+    return rebuilt
 
 
 @config.command("unset")
