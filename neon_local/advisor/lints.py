@@ -12,8 +12,8 @@ Query parameters: %(roles)s the JWT roles (text[]), %(claims)s every claim some 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 ERROR, WARN, INFO = "ERROR", "WARN", "INFO"
 
