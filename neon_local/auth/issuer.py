@@ -26,9 +26,9 @@ from aiohttp import web
 from joserfc import jwt
 from joserfc.errors import SecurityWarning
 
-from neon_local.errors import NeonLocalError
 from neon_local.auth.keys import ALGORITHMS, KeyRing
 from neon_local.auth.verifier import JwtError, parse_token
+from neon_local.errors import NeonLocalError
 from neon_local.origins import PNA_ALLOW, PNA_REQUEST, OriginPolicy
 from neon_local.settings import Settings, url_host
 

@@ -13,9 +13,10 @@ import logging
 import os
 import time
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -78,7 +79,7 @@ class KeyRing:
         self.version = 0
 
     @classmethod
-    def load_or_create(cls, directory: Path) -> "KeyRing":
+    def load_or_create(cls, directory: Path) -> KeyRing:
         """Read the key file in `directory`, creating the directory (0700) and missing active keys (0600)."""
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = directory / KEYRING_FILE
@@ -107,7 +108,7 @@ class KeyRing:
         ordered = sorted(self._keys, key=lambda k: (not self.is_active(k.kid), -k.created))
         return {"keys": [k.public_jwk() for k in ordered]}
 
-    def public_keys(self) -> "PublicKeySet":
+    def public_keys(self) -> PublicKeySet:
         """Every published key, converted for verification."""
         return PublicKeySet.from_jwks(self.jwks())
 
@@ -234,7 +235,7 @@ class PublicKeySet:
     by_kid: Mapping[str, VerifyKey]
 
     @classmethod
-    def from_jwks(cls, document: Any) -> "PublicKeySet":
+    def from_jwks(cls, document: Any) -> PublicKeySet:
         entries = document.get("keys") if isinstance(document, dict) else None
         if not isinstance(entries, list):
             raise ValueError('a JWKS must be a JSON object with a "keys" list')

@@ -11,8 +11,9 @@ import asyncio
 import base64
 import hashlib
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
@@ -98,7 +99,7 @@ async def _authorize(authorize: str, client_id: str, scope: str, state: str, non
         open_url(url)  # must not block: the browser's redirect comes back to this event loop
         try:
             query = await asyncio.wait_for(answer, SIGN_IN_SECONDS)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise TemplateError(f"no sign-in came back within {SIGN_IN_SECONDS} s; run the command again") from None
     finally:
         await runner.cleanup()

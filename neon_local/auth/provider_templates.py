@@ -13,13 +13,14 @@ rather than a silent misconfiguration.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 from neon_local.errors import NeonLocalError
 
-__all__ = ["TEMPLATES", "Template", "TemplateError", "JwksReport", "check_jwks", "discovery_url", "jwks_uri_from_discovery"]
+__all__ = ["TEMPLATES", "JwksReport", "Template", "TemplateError", "check_jwks", "discovery_url", "jwks_uri_from_discovery"]
 
 class TemplateError(NeonLocalError):
     """A template is missing a parameter, or a JWKS or discovery document is unusable; the message says what to give."""

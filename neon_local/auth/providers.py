@@ -21,11 +21,11 @@ from typing import Any
 
 import aiohttp
 
-from neon_local.errors import NeonLocalError
 from neon_local.auth.keys import PublicKeySet
+from neon_local.errors import NeonLocalError
 from neon_local.settings import Provider, Settings
 
-__all__ = ["FetchError", "ProviderCache", "Limits"]
+__all__ = ["FetchError", "Limits", "ProviderCache"]
 
 log = logging.getLogger(__name__)
 
@@ -258,7 +258,7 @@ async def _get_once(session: aiohttp.ClientSession, url: str, limits: Limits, wh
                 body += chunk
                 if len(body) > limits.max_body:
                     raise FetchError(f"{where}: the JWKS is larger than {limits.max_body} bytes")
-    except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiohttp.ClientConnectionError) as exc:
         raise _Transient(f"{type(exc).__name__}: {exc}") from None
     except aiohttp.ClientError as exc:
         raise FetchError(f"{where}: {type(exc).__name__}: {exc}") from None

@@ -42,7 +42,7 @@ class ScramVerifier:
         return "ScramVerifier([secure])"
 
     @classmethod
-    def parse(cls, text: str | None) -> "ScramVerifier | None":
+    def parse(cls, text: str | None) -> ScramVerifier | None:
         """None for roles without a SCRAM secret (no password, or an old md5 one)."""
         try:
             scheme, params, keys = text.split("$")
@@ -55,7 +55,7 @@ class ScramVerifier:
             return None
 
     @classmethod
-    def mock(cls, user: str, secret: bytes) -> "ScramVerifier":
+    def mock(cls, user: str, secret: bytes) -> ScramVerifier:
         """A stable fake for unknown roles, so a failed login looks the same whether or not the role exists."""
         salt = hashlib.sha256(secret + user.encode()).digest()[:16]
         return cls(MOCK_ITERATIONS, salt, secrets.token_bytes(32), secrets.token_bytes(32))

@@ -19,12 +19,12 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from neon_local.errors import NeonLocalError
 from neon_local.auth.keys import KeyRing, PublicKeySet, VerifyKey
 from neon_local.auth.providers import ProviderCache
+from neon_local.errors import NeonLocalError
 from neon_local.settings import Provider, Settings
 
-__all__ = ["JwtError", "VerifiedToken", "Verifier", "LEEWAY_SECONDS", "MAX_TOKEN_BYTES"]
+__all__ = ["LEEWAY_SECONDS", "MAX_TOKEN_BYTES", "JwtError", "VerifiedToken", "Verifier"]
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +47,10 @@ RSA_SIGNATURE = "signature error: signature error: verification error"
 
 # The `alg` values jose-jwa knows; any other value fails Neon's header parsing.
 JWA_ALGS = frozenset(
-    "none HS256 HS384 HS512 RS256 RS384 RS512 PS256 PS384 PS512 ES256 ES384 ES512 ES256K EdDSA".split()
+    ["none", "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "ES256K", "EdDSA"]
 )
 # What jose-jwk's `is_supported` accepts per key type; "Ed25519" is RFC 9864's name for EdDSA.
-RSA_ALGS = frozenset("RS256 RS384 RS512 PS256 PS384 PS512".split())
+RSA_ALGS = frozenset(["RS256", "RS384", "RS512", "PS256", "PS384", "PS512"])
 RSA_MIN_BITS = {"256": 2048, "384": 3072, "512": 4096}
 EC_ALGS = {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512", "secp256k1": "ES256K"}
 EC_NAMES = {"P-256": "P256", "P-384": "P384", "P-521": "P521", "secp256k1": "P256K"}
