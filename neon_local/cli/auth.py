@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 import tomllib
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -35,13 +35,13 @@ def _settings() -> Settings:
     return obj if isinstance(obj, Settings) else load_settings()
 
 
-def _keyring(settings: Settings) -> "KeyRing":
+def _keyring(settings: Settings) -> KeyRing:
     from neon_local.auth.keys import KeyRing
 
     return KeyRing.load_or_create(settings.resolved_data_dir / "keys")
 
 
-def _issuer(settings: Settings, state: dict | None) -> "Issuer":
+def _issuer(settings: Settings, state: dict | None) -> Issuer:
     """The issuer as the running emulator has it (its `iss` URL), or as the settings say when none runs."""
     from neon_local.auth.issuer import Issuer, default_issuer_url
 
@@ -145,7 +145,7 @@ def keys_list():
     """Show every key: kid, algorithm, creation time, and whether it signs new tokens."""
     ring = _keyring(_settings())
     for key in sorted(ring.keys, key=lambda k: (k.alg, -k.created)):
-        created = datetime.fromtimestamp(key.created, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+        created = datetime.fromtimestamp(key.created, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
         state = "active" if ring.is_active(key.kid) else "retired"
         click.echo(f"{key.kid:24} {key.alg:6} {created}  {state}")
 
@@ -369,7 +369,7 @@ def providers_list():
         cached = ""
         if not p.builtin:
             status = cache.status(p)
-            when = "never fetched" if status["fetched_at"] is None else "fetched " + datetime.fromtimestamp(status["fetched_at"], timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+            when = "never fetched" if status["fetched_at"] is None else "fetched " + datetime.fromtimestamp(status["fetched_at"], UTC).strftime("%Y-%m-%d %H:%M:%SZ")
             cached = f"  {status['keys']} cached keys, {when}"
         audience = f"  aud={p.jwt_audience}" if p.jwt_audience else ""
         click.echo(f"{p.id:16} {source}  roles={','.join(p.role_names)}{audience}{cached}")

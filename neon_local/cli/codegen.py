@@ -42,7 +42,8 @@ def codegen(settings: Settings, queries: Path | None, out: Path | None, watch: b
     try:
         with psycopg.connect(state["urls"]["owner"], autocommit=True) as conn:
             if watch:
-                from neon_local.codegen.watch import snapshot, watch as keep_watching
+                from neon_local.codegen.watch import snapshot
+                from neon_local.codegen.watch import watch as keep_watching
 
                 seen = snapshot(conn, queries)
             text, described = generate(conn, queries)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from neon_local.cli.common import admin_connect as _connect, fail, project_options
+from neon_local.cli.common import admin_connect as _connect
+from neon_local.cli.common import fail, project_options
 from neon_local.settings import Settings
 
 

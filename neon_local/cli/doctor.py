@@ -18,12 +18,12 @@ import stat
 import sys
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import click
 
-from neon_local.cli.auth import mint_options, mint_by_running_emulator
+from neon_local.cli.auth import mint_by_running_emulator, mint_options
 from neon_local.cli.common import project_options
 from neon_local.postgres.binaries import BinariesNotFound, PgBinaries, find_binaries
 from neon_local.postgres.cache import cache_dir
@@ -228,7 +228,7 @@ def check_tls(settings: Settings) -> Check:
         cert = x509.load_pem_x509_certificate(ca.read_bytes())
     except (OSError, ValueError) as exc:
         return failed("tls", f"cannot read the CA {ca}: {exc}", renew)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     if now < cert.not_valid_before_utc:
         return failed("tls", f"the CA is valid from {cert.not_valid_before_utc:%Y-%m-%d}, after this machine's clock ({now:%Y-%m-%d})", "set the clock")
     if now > cert.not_valid_after_utc:
@@ -258,7 +258,7 @@ def check_provider(settings: Settings, provider: Provider) -> Check:
         count = len(PublicKeySet.from_jwks(document).keys)
     except (FetchError, ValueError) as exc:
         if cached["keys"]:
-            when = datetime.fromtimestamp(cached["fetched_at"], timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+            when = datetime.fromtimestamp(cached["fetched_at"], UTC).strftime("%Y-%m-%d %H:%M:%SZ")
             return warn(name, f"unreachable ({exc}); its tokens verify with the {cached['keys']} keys cached at {when}",
                         "fine offline; keys the provider rotates in meanwhile are unknown until it is reachable")
         return failed(name, f"unreachable and never cached ({exc}): its tokens will be refused",
@@ -270,7 +270,7 @@ def check_provider(settings: Settings, provider: Provider) -> Check:
 
 def check_clock(settings: Settings, state: dict | None) -> Check:
     now = time.time()
-    shown = datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+    shown = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
     if now < EARLIEST_PLAUSIBLE:
         return failed("clock", f"this machine's clock says {shown}: tokens and certificates made now look wrong elsewhere",
                       "set the clock (e.g. timedatectl set-ntp true)")
