@@ -22,7 +22,7 @@ RESULT_TYPES = {
     1000: "boolean[]", 1001: "Uint8Array[]", 1005: "number[]", 1007: "number[]", 1028: "number[]",
     1016: "string[]", 1017: f"Array<{POINT}>", 1021: "number[]", 1022: "number[]", 1231: "number[]",  # numeric[]: floats
     1115: "Date[]", 1182: "Date[]", 1185: "Date[]", 1187: f"{INTERVAL}[]", 199: f"{JSON}[]", 3807: f"{JSON}[]",
-    **{oid: "string[]" for oid in (651, 1008, 1009, 1014, 1015, 1040, 1041, 3907, 2951, 791, 1183, 1270)},
+    **dict.fromkeys((651, 1008, 1009, 1014, 1015, 1040, 1041, 3907, 2951, 791, 1183, 1270), "string[]"),
 }
 
 # scalar type OID -> TypeScript type the driver serialises for a parameter of that type
