@@ -12,9 +12,10 @@ import json
 import logging
 import re
 import time
-from datetime import datetime, timezone
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from importlib import resources
-from typing import Any, Awaitable, Callable
+from typing import Any
 from urllib.parse import quote
 
 import psycopg
@@ -26,8 +27,8 @@ from neon_local.auth.verifier import JwtError, parse_token
 from neon_local.console import catalog
 from neon_local.console.guard import ConsoleGuard
 from neon_local.console.identities import IdentityError, defined, resolve, token_factory
-from neon_local.testing.explain import Explainer
 from neon_local.settings import Settings, url_host
+from neon_local.testing.explain import Explainer
 from neon_local.testing.tokens import claims_of
 
 __all__ = ["Console"]
@@ -222,9 +223,8 @@ class Console:
         if not isinstance(text, str) or not text.strip():
             raise ConsoleRequestError("nothing to run")
         began = time.perf_counter()
-        async with await self._owner() as conn:
-            async with conn.transaction():
-                await conn.execute(text)
+        async with await self._owner() as conn, conn.transaction():
+            await conn.execute(text)
         self.requests.record("console", self.settings.owner, statement=text, began=began)
         return {"ok": True}
 
@@ -235,7 +235,7 @@ class Console:
         if not isinstance(text, str) or not text.strip():
             raise ConsoleRequestError("nothing to write")
         folder = self.settings.project_dir / "migrations"
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
+        stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
         path = folder / f"{stamp}_{name}.sql"
         try:
             await asyncio.to_thread(_write_new, path, text.rstrip() + "\n")

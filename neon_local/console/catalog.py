@@ -10,16 +10,18 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row, tuple_row
 
 from neon_local.advisor.lints import SYSTEM_SCHEMAS
-from neon_local.testing.explain import Explainer, Identity as ExplainedIdentity
+from neon_local.testing.explain import Explainer
+from neon_local.testing.explain import Identity as ExplainedIdentity
 
-__all__ = ["overview", "TEMPLATES", "template_sql", "measure_matrix", "MatrixError"]
+__all__ = ["TEMPLATES", "MatrixError", "measure_matrix", "overview", "template_sql"]
 
 COMMANDS = ("select", "insert", "update", "delete")
 _AUTH_FUNCTION = re.compile(r"\bauth\.\w+\(\)")

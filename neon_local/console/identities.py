@@ -11,8 +11,9 @@ the session set-up of the real paths.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import quote
 
 from neon_local.auth.issuer import Issuer, IssuerError

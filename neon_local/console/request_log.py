@@ -14,10 +14,11 @@ import itertools
 import json
 import time
 from collections import deque
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import Any
 
-__all__ = ["RequestLog", "DEFAULT_SIZE"]
+__all__ = ["DEFAULT_SIZE", "RequestLog"]
 
 DEFAULT_SIZE = 1000  # entries kept; the oldest go first
 STATEMENT_CHARS = 2000  # a statement is cut here in the log
