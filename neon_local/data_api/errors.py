@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Mapping
+from collections.abc import Mapping
 
 from neon_local.errors import NeonLocalError
 
@@ -24,7 +24,7 @@ class ApiError(NeonLocalError):
         self.headers = dict(headers or {})
 
     @classmethod
-    def postgres(cls, fields: Mapping[str, str]) -> "ApiError":
+    def postgres(cls, fields: Mapping[str, str]) -> ApiError:
         code = fields.get("C", "")
         message = fields.get("M", "")
         status = pg_status(code, message)

@@ -8,15 +8,32 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable, Union
 
 from neon_local.data_api.errors import ApiError
 
 __all__ = [
-    "Field", "SelectColumn", "Embed", "Filter", "Logic", "OrderTerm", "Node", "QueryParams", "Preferences",
-    "parse_query", "parse_select", "parse_order", "parse_filter_value", "parse_logic", "parse_prefer",
-    "parse_accept", "parse_payload", "parse_range", "OPERATORS", "AGGREGATES",
+    "AGGREGATES",
+    "OPERATORS",
+    "Embed",
+    "Field",
+    "Filter",
+    "Logic",
+    "Node",
+    "OrderTerm",
+    "Preferences",
+    "QueryParams",
+    "SelectColumn",
+    "parse_accept",
+    "parse_filter_value",
+    "parse_logic",
+    "parse_order",
+    "parse_payload",
+    "parse_prefer",
+    "parse_query",
+    "parse_range",
+    "parse_select",
 ]
 
 OPERATORS = {
@@ -83,7 +100,7 @@ class Embed:
 class Filter:
     field: Field
     op: str
-    value: Union[str, list[str], None]
+    value: str | list[str] | None
     negate: bool = False
     quantifier: str | None = None  # "any" / "all"
     config: str | None = None  # text search configuration

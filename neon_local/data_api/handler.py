@@ -23,11 +23,19 @@ from aiohttp import web
 from neon_local.auth.verifier import JwtError
 from neon_local.data_api import setup
 from neon_local.data_api.errors import ApiError
+from neon_local.data_api.grammar import (
+    CSV,
+    JSON,
+    OBJECT,
+    Filter,
+    parse_accept,
+    parse_payload,
+    parse_prefer,
+    parse_query,
+    parse_range,
+)
 from neon_local.data_api.listener import Listeners
 from neon_local.data_api.openapi import openapi
-from neon_local.data_api.grammar import (
-    CSV, JSON, OBJECT, Filter, parse_accept, parse_payload, parse_prefer, parse_query, parse_range,
-)
 from neon_local.data_api.schema import INTROSPECTION_SQL, Schema
 from neon_local.data_api.sql import Builder, Plan, env_query, ident
 from neon_local.errors import PostgresErrorResponse
@@ -72,7 +80,7 @@ class ApiConfig:
     cors_origins: tuple[str, ...] | None
 
     @classmethod
-    def from_values(cls, values: dict[str, str]) -> "ApiConfig":
+    def from_values(cls, values: dict[str, str]) -> ApiConfig:
         def listed(key: str) -> tuple[str, ...]:
             return tuple(v.strip() for v in values.get(key, "").split(",") if v.strip())
         max_rows = values.get("db_max_rows", "").strip()
@@ -200,7 +208,7 @@ class DataApi:
             document = openapi(cached.schema, self._profile(request, config), request.host, f"/{dbname}/rest/v1")
             return web.Response(body=json.dumps(document).encode(), content_type="application/openapi+json",
                                 charset="utf-8")
-        if "/" in resource and not resource.startswith("rpc/") or resource.count("/") > 1:
+        if ("/" in resource and not resource.startswith("rpc/")) or resource.count("/") > 1:
             raise ApiError(404, "PGRST125", "Invalid path specified in request URL")
         method = request.method
         schema_name = self._profile(request, config)
@@ -521,7 +529,7 @@ class DataApi:
         status = 200
         if method in ("GET", "HEAD") or "function" in extra:
             if total is not None and offset > 0 and offset >= total and page_total == 0 and total >= 0:
-                if offset > total or total == 0 and offset > 0:
+                if offset > total or (total == 0 and offset > 0):
                     raise ApiError(416, "PGRST103", "Requested range not satisfiable",
                                    f"An offset of {offset} was requested, but there are only {total} rows.",
                                    headers={"Content-Range": f"*/{total}"})

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from neon_local.data_api.errors import ApiError
 
-__all__ = ["Schema", "Table", "Relationship", "Function", "INTROSPECTION_SQL"]
+__all__ = ["INTROSPECTION_SQL", "Function", "Relationship", "Schema", "Table"]
 
 # $1: the exposed schemas as a text[] literal. One row, one text column: the whole schema as JSON.
 INTROSPECTION_SQL = r"""
@@ -179,7 +179,7 @@ class Schema:
     functions: dict[tuple[str, str], list[Function]] = field(default_factory=dict)
 
     @classmethod
-    def from_json(cls, schemas: tuple[str, ...], text: str) -> "Schema":
+    def from_json(cls, schemas: tuple[str, ...], text: str) -> Schema:
         doc = json.loads(text)
         schema = cls(schemas)
         for t in doc["tables"]:

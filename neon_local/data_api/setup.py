@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from psycopg import sql
 
-__all__ = ["AUTHENTICATOR", "STALE_SCHEMA", "setup_statements", "cluster_statements", "config_values"]
+__all__ = ["AUTHENTICATOR", "STALE_SCHEMA", "cluster_statements", "config_values", "setup_statements"]
 
 AUTHENTICATOR = "authenticator"
 STALE_SCHEMA = "PGRSV"  # raised by pgrst.assert_schema_version_is()

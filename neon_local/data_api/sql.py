@@ -14,11 +14,21 @@ from dataclasses import dataclass
 
 from neon_local.data_api.errors import ApiError
 from neon_local.data_api.grammar import (
-    FTS, IS_VALUES, OPERATORS, SelectColumn, Embed, Field, Filter, Logic, Node, OrderTerm, QueryParams,
+    FTS,
+    IS_VALUES,
+    OPERATORS,
+    Embed,
+    Field,
+    Filter,
+    Logic,
+    Node,
+    OrderTerm,
+    QueryParams,
+    SelectColumn,
 )
 from neon_local.data_api.schema import Function, Relationship, Schema, Table
 
-__all__ = ["ident", "Params", "Builder", "Plan", "env_query", "array_literal"]
+__all__ = ["Builder", "Params", "Plan", "array_literal", "env_query", "ident"]
 
 _CAST_ALIASES = {
     "int": "int4", "integer": "int4", "bigint": "int8", "smallint": "int2", "float": "float8",
@@ -147,7 +157,7 @@ class Builder:
                 expr = f"cast({expr} as {cast_type(column.aggregate_cast)})"
         return expr
 
-    def condition(self, alias: str, table: Table | None, item, embeds: dict[str, "_EmbedSql"]) -> str:
+    def condition(self, alias: str, table: Table | None, item, embeds: dict[str, _EmbedSql]) -> str:
         if isinstance(item, Logic):
             joined = f" {item.op} ".join(self.condition(alias, table, c, embeds) for c in item.children)
             sql = f"({joined})"
@@ -181,7 +191,7 @@ class Builder:
         value = flt.value.replace("*", "%") if op in ("like", "ilike") else flt.value
         return f"{expr} {sql_op} {self.params.add(value)}"
 
-    def order_sql(self, alias: str, term: OrderTerm, embeds: dict[str, "_EmbedSql"]) -> str:
+    def order_sql(self, alias: str, term: OrderTerm, embeds: dict[str, _EmbedSql]) -> str:
         if term.relation is not None:
             embed = embeds.get(term.relation)
             if embed is None:
