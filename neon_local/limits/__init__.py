@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 class ClientLimits:
     """The allow-list and the rate limiter of one configuration."""
 
-    _shared: dict[tuple, "ClientLimits"] = {}
+    _shared: dict[tuple, ClientLimits] = {}
 
     def __init__(self, settings) -> None:
         self._defaults = {"rate_limit": settings.rate_limit, "rate_limit_identity": settings.rate_limit_identity}
@@ -45,7 +45,7 @@ class ClientLimits:
         log.info("rate limits now: %s per protocol, %s per identity", spec[0] or "none", spec[1] or "none")
 
     @classmethod
-    def of(cls, settings) -> "ClientLimits":
+    def of(cls, settings) -> ClientLimits:
         key = (str(default_path(settings)), settings.allowlist, settings.rate_limit, settings.rate_limit_identity)
         if key not in cls._shared:
             cls._shared[key] = cls(settings)

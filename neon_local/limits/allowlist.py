@@ -16,8 +16,8 @@ import datetime
 import logging
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from neon_local.limits.fingerprint import Fingerprinter, ParsedStatement, StatementError
 from neon_local.limits.store import ALLOWLIST_FILENAME, Entry, ListFile, ListFileError, read_list, write_list
@@ -45,7 +45,7 @@ class Refused(Exception):
 
 
 def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
+    return datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat()
 
 
 def refusal(role: str, statement: ParsedStatement) -> Refused:

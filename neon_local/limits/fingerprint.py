@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from pglast import ast, parser
 
-__all__ = ["Fingerprinter", "ParsedStatement", "StatementError", "MAX_PARSE_CHARS"]
+__all__ = ["MAX_PARSE_CHARS", "Fingerprinter", "ParsedStatement", "StatementError"]
 
 MAX_PARSE_CHARS = 100_000
 _FIRST_WORD = re.compile(r"(?:\s|--[^\n]*\n?|/\*.*?\*/)*([A-Za-z]+)", re.S)

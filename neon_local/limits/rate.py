@@ -13,7 +13,7 @@ import re
 import time
 from dataclasses import dataclass
 
-__all__ = ["NEON_PRESET", "RateBucket", "RateLimited", "RateLimiter", "WindowedLimiter", "parse_spec", "TOO_MANY"]
+__all__ = ["NEON_PRESET", "TOO_MANY", "RateBucket", "RateLimited", "RateLimiter", "WindowedLimiter", "parse_spec"]
 
 TOO_MANY = "Too many connections to this endpoint. Please try again later."
 NEON_PRESET = "500@1s,300@1m,200@10m"  # Neon proxy's DEFAULT_ENDPOINT_RPS_SET
@@ -66,8 +66,8 @@ def parse_protocols(text: str) -> dict[str, tuple[RateBucket, ...]]:
     """One spec for every protocol (`"neon"`), or one per protocol (`"tcp=neon; http=100@1s"`; unnamed: no limit)."""
     if "=" not in text:
         buckets = parse_spec(text)
-        return {protocol: buckets for protocol in PROTOCOLS}
-    found = {protocol: () for protocol in PROTOCOLS}
+        return dict.fromkeys(PROTOCOLS, buckets)
+    found = dict.fromkeys(PROTOCOLS, ())
     for part in filter(str.strip, text.split(";")):
         protocol, _, spec = part.partition("=")
         if protocol.strip() not in PROTOCOLS:

@@ -11,7 +11,7 @@ ReadyForQuery answers that Sync.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from neon_local.limits.allowlist import Refused
 
