@@ -305,7 +305,7 @@ class PostgresCluster:
         self._process.send_signal(signal.SIGINT)
         try:
             await asyncio.wait_for(self._process.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self._process.send_signal(signal.SIGQUIT)
             await self._process.wait()
         shutil.rmtree(self.socket_dir, ignore_errors=True)
