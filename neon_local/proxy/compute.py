@@ -9,7 +9,7 @@ handed to the relay untouched.
 from __future__ import annotations
 
 import asyncio
-from typing import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from neon_local.errors import PostgresErrorResponse, PostgresUnavailable
 from neon_local.proxy.cancellation import CancelKey

@@ -160,7 +160,7 @@ class ClientConduit(Conduit):
     can_tls = True
     password_refusal = None  # no web origin over TCP
 
-    def __init__(self, server: "PgProxyServer") -> None:
+    def __init__(self, server: PgProxyServer) -> None:
         super().__init__()
         self._server = server
         self._direct: DirectTls | None = None

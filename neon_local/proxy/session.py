@@ -16,17 +16,16 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from neon_local.errors import NeonLocalError
 from neon_local.auth import scram
 from neon_local.auth.verifier import JwtError, Verifier
 from neon_local.console.request_log import RequestLog
 from neon_local.control_plane import ControlPlane
-from neon_local.errors import PostgresErrorResponse, PostgresUnavailable
+from neon_local.errors import NeonLocalError, PostgresErrorResponse, PostgresUnavailable
 from neon_local.limits import ClientLimits, RateLimited
 from neon_local.limits.relay import StatementFilter
 from neon_local.postgres import session_jwt
-from neon_local.proxy.compute import BackendError, ComputeConnection, Opener, open_compute, send_cancel
 from neon_local.proxy.cancellation import CancelKey, CancelMap
+from neon_local.proxy.compute import BackendError, ComputeConnection, Opener, open_compute, send_cancel
 from neon_local.proxy.limits import RoleSlots, TooManySessions
 from neon_local.wire import messages as m
 from neon_local.wire.codec import FrameDecoder, ProtocolViolation
@@ -159,9 +158,7 @@ def parse_options(text: str) -> list[tuple[str, str]]:
         if word == "-c" and index + 1 < len(words):
             index += 1
             gucs.append(_guc(words[index]))
-        elif word.startswith("-c") and len(word) > 2:
-            gucs.append(_guc(word[2:]))
-        elif word.startswith("--"):
+        elif (word.startswith("-c") and len(word) > 2) or word.startswith("--"):
             gucs.append(_guc(word[2:]))
         elif not word.startswith(IGNORED_OPTION_PREFIXES):
             raise ClientError(f'unsupported startup option "{word}": only -c name=value and --name=value are allowed', "0A000")

@@ -63,7 +63,7 @@ def channel_binding_data(files: TlsFiles) -> bytes:
 
 
 def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
+    return datetime.datetime.now(datetime.UTC)
 
 
 def _needs_renewal(path: Path) -> bool:
