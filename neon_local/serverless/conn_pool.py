@@ -8,12 +8,12 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from neon_local.control_plane import TEMPLATE_DATABASES, ControlPlane
 from neon_local.serverless.pg_conn import ConnectionLost, PgConnection, connect
 
-__all__ = ["ConnPool", "MAX_PER_POOL"]
+__all__ = ["MAX_PER_POOL", "ConnPool"]
 
 IDLE_TIMEOUT = 300.0  # Neon closes pooled connections idle for 5 minutes
 MAX_PER_POOL = 64  # the cluster allows 1,000 connections

@@ -7,15 +7,20 @@ failed auth, too large) has `code` and `severity` "" and every other field null,
 from __future__ import annotations
 
 import json
-from typing import Mapping
+from collections.abc import Mapping
 
 import psycopg
 
 from neon_local.errors import NeonLocalError
 
 __all__ = [
-    "SqlOverHttpError", "cancelled_body", "internal_error", "not_supported_body", "nul_byte_error",
-    "postgres_unavailable", "PG_FIELDS",
+    "PG_FIELDS",
+    "SqlOverHttpError",
+    "cancelled_body",
+    "internal_error",
+    "not_supported_body",
+    "nul_byte_error",
+    "postgres_unavailable",
 ]
 
 # Body key → Postgres ErrorResponse field code, in Neon's key order (after "message").
@@ -49,12 +54,12 @@ class SqlOverHttpError(NeonLocalError):
         self.pg_fields = pg_fields
 
     @classmethod
-    def postgres(cls, fields: Mapping[str, str], status: int = 400) -> "SqlOverHttpError":
+    def postgres(cls, fields: Mapping[str, str], status: int = 400) -> SqlOverHttpError:
         """An error Postgres raised for the user's SQL (or while connecting): its bare message and fields."""
         return cls(status, fields.get("M", ""), fields)
 
     @classmethod
-    def internal_postgres(cls, fields: Mapping[str, str]) -> "SqlOverHttpError":
+    def internal_postgres(cls, fields: Mapping[str, str]) -> SqlOverHttpError:
         """SQL the proxy runs itself failed (session init): 500 with tokio-postgres's `db error: …` text."""
         text = f"db error: {fields.get('S', 'ERROR')}: {fields.get('M', '')}"
         for label, key in (("DETAIL", "D"), ("HINT", "H")):

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Collection, Mapping
 from urllib.parse import unquote_to_bytes, urlsplit
 
 from neon_local.serverless.errors import SqlOverHttpError
 from neon_local.serverless.json import params_to_pg_text
 
-__all__ = ["ConnInfo", "Headers", "Payload", "Query", "parse_body", "parse_conn_info", "parse_headers", "MAX_REQUEST_BYTES"]
+__all__ = ["MAX_REQUEST_BYTES", "ConnInfo", "Headers", "Payload", "Query", "parse_body", "parse_conn_info", "parse_headers"]
 
 MAX_REQUEST_BYTES = 10 * 1024 * 1024
 CONN_STRING = "Neon-Connection-String"

@@ -8,8 +8,9 @@ Neon's serializer does. Facts follow `proxy/src/serverless/json.rs` and `sql_ove
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping, Sequence
 from json.encoder import encode_basestring  # escapes like serde_json: '"', '\\', controls; not non-ASCII
-from typing import Callable, Mapping, NamedTuple, Sequence
+from typing import NamedTuple
 
 __all__ = [
     "Column", "PgTextError", "ResponseTooLarge", "ResponseWriter",

@@ -13,8 +13,9 @@ import asyncio
 import logging
 import os
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import psycopg
 from psycopg import pq
@@ -26,7 +27,7 @@ from neon_local.errors import PostgresErrorResponse, PostgresUnavailable
 from neon_local.postgres import session_jwt
 from neon_local.serverless.json import Column
 
-__all__ = ["ConnectionLost", "PgError", "RESET_STATEMENTS", "ResultSink", "PgConnection", "Statement", "connect"]
+__all__ = ["RESET_STATEMENTS", "ConnectionLost", "PgConnection", "PgError", "ResultSink", "Statement", "connect"]
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +160,7 @@ class PgConnection:
             finally:
                 self._loop.remove_writer(self._fd)
 
-    def _take(self) -> pq.PGresult | None | object:
+    def _take(self) -> pq.PGresult | object | None:
         """The next result if libpq holds it whole, else _BUSY: lets loops skip a coroutine per result."""
         return _BUSY if self.pg.is_busy() else self.pg.get_result()
 
@@ -327,7 +328,7 @@ async def _startup_error(conninfo: str) -> dict[str, str] | None:
             return await asyncio.wait_for(_read_startup_error(reader), 5)
         finally:
             writer.close()
-    except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, struct.error):
+    except (TimeoutError, OSError, asyncio.IncompleteReadError, struct.error):
         return None
 
 

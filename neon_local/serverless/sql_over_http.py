@@ -13,8 +13,8 @@ import logging
 import math
 import time
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Mapping, Sequence
 
 import psycopg
 from aiohttp import web
@@ -22,17 +22,29 @@ from multidict import CIMultiDict
 
 from neon_local.auth.verifier import JwtError, VerifiedToken
 from neon_local.console.request_log import RequestLog
-from neon_local.origins import PNA_ALLOW, PNA_REQUEST, OriginPolicy
-from neon_local.postgres import session_jwt
 from neon_local.control_plane import ControlPlane
 from neon_local.errors import PostgresErrorResponse
 from neon_local.limits import ClientLimits, RateLimited, Refused
+from neon_local.origins import PNA_ALLOW, PNA_REQUEST, OriginPolicy
+from neon_local.postgres import session_jwt
 from neon_local.serverless.conn_pool import MAX_PER_POOL, ConnPool
 from neon_local.serverless.errors import (
-    SqlOverHttpError, cancelled_body, internal_error, not_supported_body, nul_byte_error, postgres_unavailable,
+    SqlOverHttpError,
+    cancelled_body,
+    internal_error,
+    not_supported_body,
+    nul_byte_error,
+    postgres_unavailable,
 )
 from neon_local.serverless.http_request import (
-    MAX_REQUEST_BYTES, ConnInfo, Headers, Payload, Query, parse_body, parse_conn_info, parse_headers,
+    MAX_REQUEST_BYTES,
+    ConnInfo,
+    Headers,
+    Payload,
+    Query,
+    parse_body,
+    parse_conn_info,
+    parse_headers,
 )
 from neon_local.serverless.json import Column, PgTextError, ResponseTooLarge, ResponseWriter, row_encoder
 from neon_local.serverless.pg_conn import ConnectionLost, PgConnection, PgError, Statement
@@ -113,7 +125,7 @@ class _DisconnectWatch:
         self._task = asyncio.current_task()
         self._handle: asyncio.TimerHandle | None = None
 
-    def __enter__(self) -> "_DisconnectWatch":
+    def __enter__(self) -> _DisconnectWatch:
         self._handle = asyncio.get_running_loop().call_later(DISCONNECT_POLL, self._check)
         return self
 
@@ -132,7 +144,7 @@ class _DisconnectWatch:
 class _QuerySink:
     """Writes one query's result into the response as it streams in."""
 
-    def __init__(self, owner: "SqlOverHttp", writer: ResponseWriter, dbname: str, raw: bool, array_mode: bool) -> None:
+    def __init__(self, owner: SqlOverHttp, writer: ResponseWriter, dbname: str, raw: bool, array_mode: bool) -> None:
         self._owner = owner
         self._writer = writer
         self._dbname = dbname
