@@ -13,9 +13,10 @@ one by one on the same rows, as the superuser with the user's claims, to name th
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 import psycopg
 from psycopg import sql
@@ -26,7 +27,6 @@ from neon_local.testing.clients import connect
 from neon_local.testing.explain import claims_read, describe_policy, find_table, policies_for
 from neon_local.testing.identity import authenticate_as
 from neon_local.testing.tokens import User, claims_of
-
 
 
 class Acting(Protocol):

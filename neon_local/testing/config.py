@@ -5,9 +5,9 @@ Resolved like neon-local's own settings: default < ini (the project file) < envi
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 import pytest
 

@@ -6,18 +6,18 @@ one shared database in a transaction rolled back after the test (about a millise
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 from urllib.parse import quote
 
 from psycopg.conninfo import make_conninfo
 
 from neon_local.postgres.cluster import SUPERUSER
 from neon_local.testing import access
-from neon_local.testing.clients import (AsyncNeonConnection, HttpClient, NeonConnection, RestClient, SharedSession,
-                                        aconnect, connect)
+from neon_local.testing.clients import AsyncNeonConnection, HttpClient, NeonConnection, RestClient, SharedSession, aconnect, connect
 from neon_local.testing.explain import Explainer, Identity
-from neon_local.testing.identity import (assert_policies, assert_policy, assert_rls_enabled, authenticate_as)
+from neon_local.testing.identity import assert_policies, assert_policy, assert_rls_enabled, authenticate_as
 from neon_local.testing.janitor import run_all
 from neon_local.testing.server import NeonLocal
 from neon_local.testing.tokens import NotAJwt, User, claims_of
@@ -165,7 +165,7 @@ class Database:
         access.assert_access(self, table, expected, new_row=new_row, via=via)
 
     def access_matrix(self, table: str, users: Sequence[str | User], *, new_row: Any = None,
-                      via: str | None = None) -> "access.AccessMatrix":
+                      via: str | None = None) -> access.AccessMatrix:
         """A table of what each user may do, to compare with a stored expectation (`assert matrix == EXPECTED`)."""
         return access.measure_matrix(self, table, users, new_row=new_row, via=via)
 

@@ -6,9 +6,10 @@ import importlib
 import os
 import re
 import subprocess
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Union
+from typing import Union
 
 import psycopg
 

@@ -12,8 +12,9 @@ import os
 import shutil
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -87,7 +88,7 @@ class NeonLocal:
     _tokens: TokenFactory | None = dataclasses.field(default=None, repr=False)
 
     @classmethod
-    def start(cls, settings: Settings) -> "NeonLocal":
+    def start(cls, settings: Settings) -> NeonLocal:
         thread = EmulatorThread(settings)
         emulator = thread.start()
         return cls(settings, emulator.endpoints, emulator.cluster.socket_dir, emulator.services.pg_proxy.tls_files.ca_cert,
@@ -95,7 +96,7 @@ class NeonLocal:
                    sign=lambda claims, alg: emulator.services.issuer.sign(claims, alg=alg))
 
     @classmethod
-    def attach(cls, settings: Settings) -> "NeonLocal":
+    def attach(cls, settings: Settings) -> NeonLocal:
         data_dir = settings.resolved_data_dir
         state = read_state(data_dir)
         if state is None:
@@ -109,7 +110,7 @@ class NeonLocal:
                    _http_minter(endpoints.http_url))
 
     @classmethod
-    def open(cls, rootdir: Path, config_file: Path | None, reuse: bool) -> "NeonLocal":
+    def open(cls, rootdir: Path, config_file: Path | None, reuse: bool) -> NeonLocal:
         """Attach to the project's running emulator, or start a private one on free ports in a scratch data dir."""
         if reuse:
             return cls.attach(load_settings(cwd=rootdir, config_file=config_file))

@@ -5,7 +5,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 MINTED_KEPT = 100_000  # tokens whose claims the factory vouches for; a session mints far fewer
 

@@ -28,7 +28,7 @@ class WebSocketBridge:
         self._server: asyncio.AbstractServer | None = None
         self._session: aiohttp.ClientSession | None = None
 
-    def start(self) -> "WebSocketBridge":
+    def start(self) -> WebSocketBridge:
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self._listen(), self._loop).result(BRIDGE_START_TIMEOUT)
         return self
