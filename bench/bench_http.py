@@ -200,13 +200,12 @@ def _errors(runs: list[dict]) -> str:
 async def _bench(directory: Path) -> list[dict]:
     """Both sides ROUNDS times, alternating, best of each: the machine is shared, so noise comes and goes."""
     https, floors = [], []
-    async with _cluster(directory) as (settings, binaries, cluster):
-        async with _sql_endpoint(settings, cluster, directory) as (url, token):
-            conn_string = "postgresql://authenticated@localhost/" + settings.database
-            await _run_load(url, conn_string, token, WARMUP_SECONDS)
-            for _ in range(ROUNDS):
-                https.append(await _run_load(url, conn_string, token, SECONDS))
-                floors.append(await _pgbench(binaries, cluster, settings.database, json.dumps({"sub": "user_7"}), directory))
+    async with _cluster(directory) as (settings, binaries, cluster), _sql_endpoint(settings, cluster, directory) as (url, token):
+        conn_string = "postgresql://authenticated@localhost/" + settings.database
+        await _run_load(url, conn_string, token, WARMUP_SECONDS)
+        for _ in range(ROUNDS):
+            https.append(await _run_load(url, conn_string, token, SECONDS))
+            floors.append(await _pgbench(binaries, cluster, settings.database, json.dumps({"sub": "user_7"}), directory))
     http = max(https, key=lambda run: run["requests"])
     floor = max(floors, key=lambda run: run["tps"])
     rps = http["requests"] / http["seconds"]

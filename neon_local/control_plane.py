@@ -24,7 +24,8 @@ import inspect
 import logging
 import re
 from collections import OrderedDict
-from typing import Any, Awaitable, Callable, Mapping, Protocol, Sequence, TypeVar
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar
 
 from neon_local.auth.scram import ScramVerifier
 from neon_local.errors import PostgresErrorResponse
@@ -32,7 +33,7 @@ from neon_local.postgres import session_jwt
 from neon_local.postgres.bootstrap import jwt_role_statements
 from neon_local.serverless.pg_conn import PgConnection, Statement, connect
 
-__all__ = ["ControlPlane", "JwtSessionBackend", "TEMPLATE_DATABASES", "claim_at", "tenant_dbname"]
+__all__ = ["TEMPLATE_DATABASES", "ControlPlane", "JwtSessionBackend", "claim_at", "tenant_dbname"]
 
 log = logging.getLogger(__name__)
 
@@ -349,7 +350,7 @@ class ControlPlane:
             if missing:
                 (pairs,) = await admin.first_row(_ARRAYS_SQL.format("t.oid = any($1::oid[])"),
                                                  ["{" + ",".join(map(str, missing)) + "}"])
-                known.update({oid: 0 for oid in missing})
+                known.update(dict.fromkeys(missing, 0))
                 known.update(_pairs(pairs))
         finally:
             await admin.close()

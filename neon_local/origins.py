@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 from urllib.parse import urlsplit
 
-__all__ = ["OriginPolicy", "PNA_REQUEST", "PNA_ALLOW"]
+__all__ = ["PNA_ALLOW", "PNA_REQUEST", "OriginPolicy"]
 
 PNA_REQUEST = "Access-Control-Request-Private-Network"
 PNA_ALLOW = "Access-Control-Allow-Private-Network"

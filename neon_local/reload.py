@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import fields, replace
 from pathlib import Path
-from typing import Callable
 
 import psycopg
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
@@ -26,7 +26,7 @@ from neon_local.limits import ClientLimits
 from neon_local.postgres.bootstrap import bootstrap
 from neon_local.settings import ConfigError, Settings, load_settings
 
-__all__ = ["ConfigReloader", "RELOADED"]
+__all__ = ["RELOADED", "ConfigReloader"]
 
 log = logging.getLogger(__name__)
 
