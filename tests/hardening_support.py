@@ -71,7 +71,7 @@ class WsPg:
         self.session, self.ws, self.decoder = session, ws, FrameDecoder()
 
     @classmethod
-    async def connect(cls, emulator: Emulator, origin: str | None = None) -> "WsPg":
+    async def connect(cls, emulator: Emulator, origin: str | None = None) -> WsPg:
         session = aiohttp.ClientSession()
         headers = {"Origin": origin} if origin else {}
         ws = await session.ws_connect(f"ws://127.0.0.1:{emulator.endpoints.http_port}/v2", headers=headers)

@@ -101,7 +101,7 @@ class RawClient:
         self.reader, self.writer = reader, writer
 
     @classmethod
-    async def connect(cls, port: int | None = None, path: str | None = None) -> "RawClient":
+    async def connect(cls, port: int | None = None, path: str | None = None) -> RawClient:
         if path is not None:
             return cls(*await asyncio.open_unix_connection(path))
         return cls(*await asyncio.open_connection("127.0.0.1", port))

@@ -23,7 +23,8 @@ from neon_local.auth.issuer import Issuer
 from neon_local.auth.keys import KeyRing
 from neon_local.auth.providers import Limits, ProviderCache
 from neon_local.auth.verifier import JwtError, Verifier
-from neon_local.cli.auth import mint_for_cli, token as token_command
+from neon_local.cli.auth import mint_for_cli
+from neon_local.cli.auth import token as token_command
 from neon_local.settings import Provider, Settings
 
 pytestmark = pytest.mark.filterwarnings("ignore::authlib.deprecate.AuthlibDeprecationWarning")

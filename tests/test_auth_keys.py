@@ -4,13 +4,12 @@ import stat
 
 import pytest
 from click.testing import CliRunner
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from neon_local.auth.keys import ALGORITHMS, KeyRing, KeyRingError, PublicKeySet, verify_key_from_jwk
 from neon_local.cli.auth import keys
-from neon_local.settings import Settings
 
 PRIVATE_PARTS = {"d", "p", "q", "dp", "dq", "qi", "k"}
 

@@ -12,7 +12,6 @@ from hardening_support import owner_conn_string, running_emulator
 from neon_local.console.guard import loopback_host
 
 
-
 @pytest.fixture(scope="module")
 async def emulator(tmp_path_factory):
     async with running_emulator(tmp_path_factory.mktemp("console-api")) as emu:

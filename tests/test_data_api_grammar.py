@@ -7,10 +7,10 @@ import json
 import re
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from data_api_support import rest  # noqa: F401 (fixture)
-
 from neon_local.data_api.errors import ApiError
 from neon_local.data_api.grammar import parse_accept, parse_prefer, parse_query
 from neon_local.data_api.schema import Schema

@@ -14,7 +14,6 @@ from neon_local.data_api.schema import Schema
 from neon_local.data_api.typescript import typescript
 
 
-
 async def _tsc(source: str) -> subprocess.CompletedProcess:
     tsc = NODE_DIR / "node_modules" / ".bin" / "tsc"
     args = [str(tsc), "--strict", "--noEmit", "--skipLibCheck", "--target", "es2022", "--module", "nodenext",

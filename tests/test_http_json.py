@@ -5,8 +5,16 @@ import json
 import pytest
 
 from neon_local.serverless.json import (
-    Column, PgTextError, ResponseTooLarge, ResponseWriter, command_and_count, fields_json,
-    params_to_pg_text, parse_array, row_encoder, value_encoder,
+    Column,
+    PgTextError,
+    ResponseTooLarge,
+    ResponseWriter,
+    command_and_count,
+    fields_json,
+    params_to_pg_text,
+    parse_array,
+    row_encoder,
+    value_encoder,
 )
 
 TEXT, INT2, INT4, INT8, FLOAT4, FLOAT8, BOOL, JSONB = 25, 21, 23, 20, 700, 701, 16, 3802

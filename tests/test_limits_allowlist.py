@@ -16,12 +16,12 @@ import pytest
 from aiohttp import web
 
 from http_support import serve_sql_http
-from proxy_support import RawClient, start_proxy
 from neon_local.limits import ClientLimits
 from neon_local.limits.store import read_list, write_list
 from neon_local.serverless.websocket import WebSocketAdapter
 from neon_local.testing.websocket import WebSocketBridge
 from neon_local.wire import messages as m
+from proxy_support import RawClient, start_proxy
 
 ALLOWED = "select body from lim_items where id = 1"
 CHANGED = "select body, id from lim_items where id = 1"

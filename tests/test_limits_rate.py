@@ -9,12 +9,12 @@ import pytest
 from aiohttp import web
 
 from http_support import serve_sql_http
-from proxy_support import start_proxy
 from neon_local.limits import ClientLimits
 from neon_local.limits.rate import NEON_PRESET, TOO_MANY, RateBucket, RateLimited, RateLimiter, WindowedLimiter, parse_spec
 from neon_local.serverless.websocket import WebSocketAdapter
 from neon_local.settings import ConfigError
 from neon_local.testing.websocket import WebSocketBridge
+from proxy_support import start_proxy
 
 
 class Clock:

@@ -13,8 +13,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from neon_local.wire import messages as m
 from conftest import start_cluster
+from neon_local.wire import messages as m
 from proxy_support import RawClient, proxy, start_proxy, wait_until_running  # noqa: F401 (fixtures)
 
 

@@ -12,8 +12,8 @@ import pytest
 
 from neon_local.auth.issuer import Issuer
 from neon_local.auth.keys import KeyRing
-from neon_local.proxy import tls
 from neon_local.auth.scram import ScramVerifier
+from neon_local.proxy import tls
 from neon_local.proxy.session import INSECURE, Session
 from neon_local.wire import messages as m
 from proxy_support import RawClient, now, proxy, run_node, start_proxy, todos, wait_until_running  # noqa: F401 (fixtures)

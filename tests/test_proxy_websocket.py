@@ -43,7 +43,7 @@ class WsClient:
         self.session, self.ws, self.decoder = session, ws, FrameDecoder()
 
     @classmethod
-    async def connect(cls, port: int, path: str = "/v2") -> "WsClient":
+    async def connect(cls, port: int, path: str = "/v2") -> WsClient:
         session = aiohttp.ClientSession()
         return cls(session, await session.ws_connect(f"ws://127.0.0.1:{port}{path}", max_msg_size=0))
 

@@ -15,7 +15,7 @@ import pytest
 # Imported before pytester's in-process runs take their sys.modules snapshots: cryptography's Rust core
 # caches its Python classes once per process, so a copy of cryptography imported afresh by a later
 # in-process run would fail its own isinstance checks.
-import neon_local.services  # noqa: F401
+import neon_local.services
 import neon_local.testing
 from neon_local.app import read_state
 from neon_local.testing.config import OPTIONS, get_config

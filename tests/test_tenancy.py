@@ -15,10 +15,10 @@ import psycopg
 import pytest
 
 from http_support import run_node
-from test_cli import neon_local
 from neon_local.app import Emulator
 from neon_local.control_plane import claim_at
 from neon_local.settings import ConfigError, Settings, Tenancy, read_config_file
+from test_cli import neon_local
 
 MIGRATION = """
 create table notes (id serial primary key, body text not null);

@@ -76,7 +76,7 @@ def test_the_installed_package_is_the_wheel_and_carries_every_data_file(venv, pr
     assert installed.is_relative_to(venv), where
     assert str(ROOT) not in where[1]
     expected = {p.relative_to(PACKAGE) for p in PACKAGE.rglob("*")
-                if p.is_file() and p.suffix not in SOURCE_ONLY and "__pycache__" not in p.parts and ".so" != p.suffix}
+                if p.is_file() and p.suffix not in SOURCE_ONLY and "__pycache__" not in p.parts and p.suffix != ".so"}
     missing = sorted(str(p) for p in expected if not (installed / p).is_file())
     assert not missing, f"the wheel lacks {missing}: MANIFEST.in or pyproject's package data leaves them out"
     modules = {p.relative_to(PACKAGE) for p in PACKAGE.rglob("*.py")}
