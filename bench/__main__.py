@@ -9,7 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-MODULES = ["bench.bench_engine", "bench.bench_cli", "bench.bench_auth", "bench.bench_stub", "bench.bench_http", "bench.bench_data_api", "bench.bench_wire", "bench.bench_pytest", "bench.bench_limits", "bench.bench_codegen", "bench.bench_tenancy"]
+MODULES = ["bench.bench_engine", "bench.bench_cli", "bench.bench_auth", "bench.bench_stub", "bench.bench_http", "bench.bench_data_api",
+           "bench.bench_wire", "bench.bench_pytest", "bench.bench_limits", "bench.bench_codegen", "bench.bench_tenancy"]
 
 
 def machine() -> str:

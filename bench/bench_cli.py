@@ -84,7 +84,7 @@ def run() -> list[dict]:
     env.update(NEON_LOCAL_CACHE_DIR=str(cache), NEON_LOCAL_LOG_LEVEL="warning")
     cli = [sys.executable, "-m", "neon_local"]
     ports = ["--http-port", str(_free_port()), "--pg-port", str(_free_port())]
-    options = dict(cwd=project, env=env)
+    options = {"cwd": project, "env": env}
 
     python = [_timed([sys.executable, "-c", "pass"])[0] for _ in range(ROUNDS)]
     version = [_timed([*cli, "--version"], **options)[0] for _ in range(ROUNDS)]

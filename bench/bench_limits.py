@@ -81,7 +81,7 @@ async def _tcp_rows(variants: dict, binaries, cluster, directory: Path) -> list[
     try:
         for _ in range(ROUNDS):
             for protocol in ("simple", "prepared"):
-                for name, (server, port, issuer) in proxies.items():
+                for name, (_server, port, issuer) in proxies.items():
                     token = issuer.mint(sub="user_bench", lifetime=3600)
                     args = ["-h", "127.0.0.1", "-p", str(port), "-U", "authenticated", "-M", protocol, "neondb"]
                     tps = await _pgbench(binaries, args, PGBENCH_CLIENTS, {"PGPASSWORD": token, "PGSSLMODE": "disable"})

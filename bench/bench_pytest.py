@@ -1,4 +1,5 @@
-"""pytest plugin: session start-up, and each test's isolation: a fresh database (clone mode) beside a bare CREATE DATABASE ... TEMPLATE, and a rolled-back transaction (rollback mode)."""
+"""pytest plugin: session start-up, and each test's isolation: a fresh database (clone mode) beside a bare
+CREATE DATABASE ... TEMPLATE, and a rolled-back transaction (rollback mode)."""
 
 from __future__ import annotations
 
@@ -90,7 +91,8 @@ def _pytest_run(app: Path, fixture: str, tests: int, *options: str) -> tuple[flo
 
 
 def _extra_seconds(app: Path, tests: int) -> float:
-    """Median over ROUNDS of (run with neon_db - run with pytestconfig; tmp_path would add its own clean-up of old temp dirs), the two run back to back against drift."""
+    """Median over ROUNDS of (run with neon_db - run with pytestconfig; tmp_path would add its own clean-up of old
+    temp dirs), the two run back to back against drift."""
     return statistics.median(_pytest_run(app, "neon_db", tests)[0] - _pytest_run(app, "pytestconfig", tests)[0]
                              for _ in range(ROUNDS))
 

@@ -111,7 +111,8 @@ async def _start_proxy(settings, cluster, directory: Path):
     from neon_local.proxy.server import PgProxyServer
 
     keyring = KeyRing.load_or_create(directory / "keys")
-    server = PgProxyServer(settings, ControlPlane(cluster), Verifier(settings, keyring, ProviderCache(settings, directory / "jwks")), directory / "tls")
+    verifier = Verifier(settings, keyring, ProviderCache(settings, directory / "jwks"))
+    server = PgProxyServer(settings, ControlPlane(cluster), verifier, directory / "tls")
     return server, await server.start("127.0.0.1", 0), Issuer(settings, keyring, "http://127.0.0.1:4444")
 
 
