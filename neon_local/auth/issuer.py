@@ -255,7 +255,8 @@ class Issuer:
             claims = self._own_token_claims(auth[len("Bearer "):])
         except JwtError as exc:
             header = f'Bearer error="invalid_token", error_description="{exc.message}"'
-            return web.json_response({"error": "invalid_token", "error_description": exc.message}, status=401, headers=_CORS | {"WWW-Authenticate": header})
+            return web.json_response({"error": "invalid_token", "error_description": exc.message}, status=401,
+                                     headers=_CORS | {"WWW-Authenticate": header})
         drop = {"iss", "aud", "exp", "iat", "nbf", "jti", "auth_time", "nonce"}
         return web.json_response({k: v for k, v in claims.items() if k not in drop}, headers=_CORS)
 

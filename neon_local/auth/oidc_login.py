@@ -47,7 +47,7 @@ def _b64url(data: bytes) -> str:
 
 
 async def sign_in(issuer: str, client_id: str, open_url: Callable[[str], None], scope: str = "openid profile email",
-                  limits: Limits = Limits(retries=1)) -> SignIn:
+                  limits: Limits = Limits(retries=1)) -> SignIn:  # noqa: B008 (Limits is frozen)
     """Run the flow: `open_url` is given the authorization URL and must return at once (the CLI opens a
     browser on it from another thread)."""
     discovery = await fetch_jwks(discovery_url(issuer), limits, issuer)  # any JSON document, fetched with Neon's limits

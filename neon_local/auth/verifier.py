@@ -351,7 +351,8 @@ class Verifier:
             keys = self._builtin if provider.builtin else self._jwks.cached(provider)
             if role not in provider.role_names and kid is not None and kid in keys.by_kid:
                 allowed = ", ".join(provider.role_names)
-                return JwtError(JWK_NOT_FOUND, f"role {role!r} is not allowed for provider {provider.id!r}, which signed this token (roles: {allowed})",
+                return JwtError(JWK_NOT_FOUND,
+                                f"role {role!r} is not allowed for provider {provider.id!r}, which signed this token (roles: {allowed})",
                                 f"Provider {provider.id} allows the roles {allowed}, not {role}: connect as one of those, "
                                 f"or add {role} to its roles in neon_local.toml.")
         return JwtError(JWK_NOT_FOUND, f"no key with kid {kid!r} for role {role!r}")

@@ -26,6 +26,8 @@ __all__ = ["ALGORITHMS", "keys", "mint_by_running_emulator", "mint_for_cli", "mi
 # options (tests/test_cli_imports.py checks the two agree).
 ALGORITHMS = ("ES256", "RS256", "EdDSA")
 
+ROLE_HELP = f"Postgres role that accepts this provider's tokens (default: {', '.join(DEFAULT_JWT_ROLES)}). Repeatable."
+
 _TABLE_HEADER = re.compile(r"^\s*\[")
 _JWKS_HEADER = re.compile(r"^\s*\[\[\s*jwks\s*\]\]\s*(#.*)?$")
 
@@ -117,12 +119,14 @@ def mint_for_cli(settings: Settings, user: str) -> str:
 @project_options
 @click.argument("user", required=False)
 @click.option("--sub", help="Subject; with USER it replaces the user's sub, without USER it is the only identity claim.")
-@click.option("--claim", "pairs", multiple=True, metavar="NAME=VALUE", help="Add or override a claim; VALUE is JSON if it parses (42, true, [1]), else a string. Repeatable.")
+@click.option("--claim", "pairs", multiple=True, metavar="NAME=VALUE",
+              help="Add or override a claim; VALUE is JSON if it parses (42, true, [1]), else a string. Repeatable.")
 @click.option("--claims", "claims_json", metavar="JSON", help="Add or override claims from a JSON object.")
 @click.option("--lifetime", type=click.IntRange(min=1), default=3600, show_default=True, help="Seconds until exp.")
 @click.option("--expired", is_flag=True, help="Make exp two minutes past (beyond Neon's 30 s leeway).")
 @click.option("--not-before", type=int, metavar="SECONDS", help="Set nbf SECONDS from now; Neon refuses nbf 30 s or more ahead.")
-@click.option("--alg", type=click.Choice(ALGORITHMS), default="ES256", show_default=True, help="Signing algorithm; Neon accepts ES256 and RS256 only.")
+@click.option("--alg", type=click.Choice(ALGORITHMS), default="ES256", show_default=True,
+              help="Signing algorithm; Neon accepts ES256 and RS256 only.")
 @click.option("--no-kid", is_flag=True, help="Leave kid out of the header (Neon refuses this: missing key id).")
 @click.option("--audience", help="Set aud (needed when a provider has jwt_audience).")
 def token(user, sub, pairs, claims_json, lifetime, expired, not_before, alg, no_kid, audience):
@@ -223,10 +227,11 @@ def _template_options(command):
 @project_options
 @click.argument("provider")
 @click.option("--id", "provider_id", help="The [[jwks]] id (default: PROVIDER, or the issuer's host for an issuer URL).")
-@click.option("--jwks-url", help="URL of the provider's JWKS, e.g. https://<app>.clerk.accounts.dev/.well-known/jwks.json (http:// for a local server).")
+@click.option("--jwks-url",
+              help="URL of the provider's JWKS, e.g. https://<app>.clerk.accounts.dev/.well-known/jwks.json (http:// for a local server).")
 @click.option("--jwks-file", help="A local JWKS file (relative to the project directory).")
 @click.option("--provider-name", help="Display name, as in Neon's console (default: the id).")
-@click.option("--role", "roles", multiple=True, help=f"Postgres role that accepts this provider's tokens (default: {', '.join(DEFAULT_JWT_ROLES)}). Repeatable.")
+@click.option("--role", "roles", multiple=True, help=ROLE_HELP)
 @click.option("--audience", help="Require this aud, as Neon's jwt_audience.")
 @click.option("--issuer", help="Require exactly this iss (neon-local only: Neon never checks iss).")
 @_template_options
@@ -308,7 +313,7 @@ def _resolve_provider(provider, provider_id, provider_name, audience, params):
 @click.option("--client-id", required=True, help="Your app's OAuth client id at the provider (a public client; http://127.0.0.1 redirects allowed).")
 @click.option("--id", "provider_id", help="The [[jwks]] id (default: the issuer's host).")
 @click.option("--user", "user_name", help="Name of the test user made from your sign-in (default: from your email or username).")
-@click.option("--role", "roles", multiple=True, help=f"Postgres role that accepts this provider's tokens (default: {', '.join(DEFAULT_JWT_ROLES)}). Repeatable.")
+@click.option("--role", "roles", multiple=True, help=ROLE_HELP)
 def providers_login(issuer_url, client_id, provider_id, user_name, roles):
     """Sign in at a provider in your browser (OAuth code + PKCE) and add it: its JWKS, the audience and
     issuer from the ID token, and a test user with your claims ([users.NAME])."""
@@ -369,7 +374,8 @@ def providers_list():
         cached = ""
         if not p.builtin:
             status = cache.status(p)
-            when = "never fetched" if status["fetched_at"] is None else "fetched " + datetime.fromtimestamp(status["fetched_at"], UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+            fetched_at = status["fetched_at"]
+            when = "never fetched" if fetched_at is None else "fetched " + datetime.fromtimestamp(fetched_at, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
             cached = f"  {status['keys']} cached keys, {when}"
         audience = f"  aud={p.jwt_audience}" if p.jwt_audience else ""
         click.echo(f"{p.id:16} {source}  roles={','.join(p.role_names)}{audience}{cached}")

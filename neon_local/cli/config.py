@@ -295,7 +295,8 @@ def users_list(as_json: bool) -> None:
 @users.command("add")
 @click.argument("name")
 @click.option("--sub", help="Subject claim (default: user_NAME).")
-@click.option("--claim", "pairs", multiple=True, metavar="NAME=VALUE", help="A claim; VALUE is JSON if it parses (42, true, [1]), else a string. Repeatable.")
+@click.option("--claim", "pairs", multiple=True, metavar="NAME=VALUE",
+              help="A claim; VALUE is JSON if it parses (42, true, [1]), else a string. Repeatable.")
 @click.option("--claims", "claims_json", metavar="JSON", help="Claims from a JSON object.")
 @project_options
 def users_add(name: str, sub: str | None, pairs: tuple[str, ...], claims_json: str | None) -> None:

@@ -58,7 +58,7 @@ def failed(check: str, message: str, fix: str = "") -> Check:
 
 def check_python() -> Check:
     where = f"Python {platform.python_version()} on {platform.system()} {platform.machine()}"
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 (doctor reports on whatever interpreter runs it, e.g. from a source tree)
         return failed("python", where, "neon-local needs Python 3.11 or newer")
     if platform.system() != "Linux":
         return warn("python", f"{where}: neon-local is tested on Linux",
@@ -230,7 +230,8 @@ def check_tls(settings: Settings) -> Check:
         return failed("tls", f"cannot read the CA {ca}: {exc}", renew)
     now = datetime.now(UTC)
     if now < cert.not_valid_before_utc:
-        return failed("tls", f"the CA is valid from {cert.not_valid_before_utc:%Y-%m-%d}, after this machine's clock ({now:%Y-%m-%d})", "set the clock")
+        return failed("tls", f"the CA is valid from {cert.not_valid_before_utc:%Y-%m-%d}, after this machine's clock ({now:%Y-%m-%d})",
+                      "set the clock")
     if now > cert.not_valid_after_utc:
         return failed("tls", f"the CA expired on {cert.not_valid_after_utc:%Y-%m-%d}", renew)
     if _system_trusts(cert.public_bytes(Encoding.DER)):

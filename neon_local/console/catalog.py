@@ -38,7 +38,8 @@ order by 2, 3
 _POLICIES = """
 select pol.polrelid as oid, pol.polname as name, pol.polpermissive as permissive,
        case pol.polcmd when 'r' then 'SELECT' when 'a' then 'INSERT' when 'w' then 'UPDATE' when 'd' then 'DELETE' else 'ALL' end as command,
-       case when 0 = any(pol.polroles) then array['PUBLIC'] else array(select rolname::text from pg_roles where oid = any(pol.polroles) order by 1) end as roles,
+       case when 0 = any(pol.polroles) then array['PUBLIC']
+            else array(select rolname::text from pg_roles where oid = any(pol.polroles) order by 1) end as roles,
        pg_get_expr(pol.polqual, pol.polrelid, true) as using, pg_get_expr(pol.polwithcheck, pol.polrelid, true) as with_check
 from pg_policy pol where pol.polrelid = any(%(oids)s) order by pol.polname
 """

@@ -378,9 +378,9 @@ class _EmbedSql:
         self.item = item
         self.relationship: Relationship = builder.schema.relationship(parent, item.name, item.hint)
         rel = self.relationship
-        path = parent_path + (item.key,)
-        if path not in builder.query.nodes and (parent_path + (item.name,)) in builder.query.nodes:
-            path = parent_path + (item.name,)
+        path = (*parent_path, item.key)
+        if path not in builder.query.nodes and (*parent_path, item.name) in builder.query.nodes:
+            path = (*parent_path, item.name)
         builder._used_paths.add(path)
         self.alias = builder._alias("e")
         inner_alias = builder._alias("t")

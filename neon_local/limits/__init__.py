@@ -7,6 +7,7 @@ per-identity limits and the allow-list's counters see every path.
 from __future__ import annotations
 
 import logging
+from typing import ClassVar
 
 from neon_local.limits.allowlist import AllowList, Refused, default_path
 from neon_local.limits.rate import RateLimited, RateLimiter
@@ -21,7 +22,7 @@ log = logging.getLogger(__name__)
 class ClientLimits:
     """The allow-list and the rate limiter of one configuration."""
 
-    _shared: dict[tuple, ClientLimits] = {}
+    _shared: ClassVar[dict[tuple, ClientLimits]] = {}
 
     def __init__(self, settings) -> None:
         self._defaults = {"rate_limit": settings.rate_limit, "rate_limit_identity": settings.rate_limit_identity}

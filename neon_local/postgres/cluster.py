@@ -242,7 +242,7 @@ class PostgresCluster:
         if self.binaries.major >= 16:  # slots ordinary roles cannot take: the owner always gets in (see bootstrap)
             args += ["-c", "reserved_connections=10"]
         trim_log(self.log_file)
-        log_fd = open(self.log_file, "ab")
+        log_fd = open(self.log_file, "ab")  # noqa: ASYNC230, SIM115 (start-up, not a hot path; the child inherits it, closed below)
         try:
             self._process = await asyncio.create_subprocess_exec(
                 *args, stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd, start_new_session=True

@@ -179,7 +179,7 @@ def _parse_url(text: str):
     if any(ch in _FORBIDDEN_HOST for ch in host.rpartition("]")[2].partition(":")[0]):
         raise _bad_request("invalid connection string: invalid domain character")
     try:
-        url.port
+        url.port  # noqa: B018 (reading it validates the port)
     except ValueError:
         raise _bad_request("invalid connection string: invalid port number") from None
     return url

@@ -9,11 +9,10 @@ import subprocess
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Union
 
 import psycopg
 
-Spec = Union[str, os.PathLike, Callable[[str], None]]
+Spec = str | os.PathLike | Callable[[str], None]
 _CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 OUTPUT_TAIL = 30  # lines of a failed command's output worth showing
 _DOLLAR_TAG = re.compile(r"\$(?:[A-Za-z_\x80-\uffff][\w\x80-\uffff]*)?\$")
@@ -178,7 +177,7 @@ class ShellCommand:
         return self.command
 
 
-Step = Union[SqlFile, PythonCallable, ShellCommand]
+Step = SqlFile | PythonCallable | ShellCommand
 
 
 def steps_from(spec: Spec | Iterable[Spec] | None) -> list[Step]:

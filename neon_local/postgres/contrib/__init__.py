@@ -26,9 +26,13 @@ PLACEHOLDER_VERSION = "unavailable"
 # Extensions Neon documents as supported that migrations commonly create, with the Debian/Ubuntu package that
 # provides each for PostgreSQL major NN ("contrib": in the server package itself; None: no package, build it).
 NEON_EXTENSIONS: dict[str, str | None] = {
-    **dict.fromkeys(("pgcrypto", "uuid-ossp", "pg_trgm", "citext", "hstore", "ltree", "unaccent", "btree_gin", "btree_gist", "pg_stat_statements", "fuzzystrmatch", "intarray", "cube", "earthdistance", "tablefunc", "isn", "lo", "seg", "bloom", "dict_int", "intagg", "tsm_system_rows", "tsm_system_time", "postgres_fdw", "dblink", "pg_prewarm", "pgrowlocks", "pgstattuple", "autoinc", "insert_username", "moddatetime", "refint", "tcn"), "contrib"),
+    **dict.fromkeys(("pgcrypto", "uuid-ossp", "pg_trgm", "citext", "hstore", "ltree", "unaccent", "btree_gin", "btree_gist", "pg_stat_statements",
+                     "fuzzystrmatch", "intarray", "cube", "earthdistance", "tablefunc", "isn", "lo", "seg", "bloom", "dict_int", "intagg",
+                     "tsm_system_rows", "tsm_system_time", "postgres_fdw", "dblink", "pg_prewarm", "pgrowlocks", "pgstattuple", "autoinc",
+                     "insert_username", "moddatetime", "refint", "tcn"), "contrib"),
     "vector": "postgresql-NN-pgvector",
-    **dict.fromkeys(("postgis", "postgis_raster", "postgis_topology", "postgis_tiger_geocoder", "postgis_sfcgal", "address_standardizer", "address_standardizer_data_us"), "postgresql-NN-postgis-3"),
+    **dict.fromkeys(("postgis", "postgis_raster", "postgis_topology", "postgis_tiger_geocoder", "postgis_sfcgal", "address_standardizer",
+                     "address_standardizer_data_us"), "postgresql-NN-postgis-3"),
     "pgrouting": "postgresql-NN-pgrouting",
     "pg_uuidv7": "postgresql-NN-pg-uuidv7",
     "pg_partman": "postgresql-NN-partman",
