@@ -162,7 +162,7 @@ async def test_keys_keep_working_offline_after_the_server_is_gone(tmp_path, ring
     await verifier.verify(token, "authenticated")
     await server.stop()
     # A new process: nothing in memory, the server unreachable, every refresh failing.
-    _, cache, offline = setup(tmp_path, ring, server.url, Limits(retry_backoff=0.01, retries=1, auto_renew=0))
+    _, _cache, offline = setup(tmp_path, ring, server.url, Limits(retry_backoff=0.01, retries=1, auto_renew=0))
     assert (await offline.verify(server.keys[0].token(n=1), "authenticated")).provider_id == "ext"
     await asyncio.sleep(0.2)
     assert "keeping the 1 keys cached before" in caplog.text
@@ -219,7 +219,7 @@ async def test_only_http_urls_are_fetched():
 
 
 async def test_a_jwks_without_usable_keys_keeps_the_old_ones(tmp_path, ring, server, caplog):
-    _, cache, verifier = setup(tmp_path, ring, server.url, Limits(retry_backoff=0.01, min_renew=0))
+    _, _cache, verifier = setup(tmp_path, ring, server.url, Limits(retry_backoff=0.01, min_renew=0))
     token = server.keys[0].token()
     await verifier.verify(token, "authenticated")
     server.body = b'{"keys": [{"kty": "RSA", "use": "enc", "kid": "e", "n": "AQAB", "e": "AQAB"}]}'

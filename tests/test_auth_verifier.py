@@ -128,7 +128,7 @@ def rs(world, payload=None, **header):
 
 def resign(world, token, alg="ES256"):
     """Sign the token's raw first two segments, however odd, with our key for `alg`."""
-    kid, key = our(world, alg)
+    _kid, key = our(world, alg)
     signing_input = token.rsplit(".", 1)[0]
     sign = es256(key) if alg == "ES256" else rs256(key)
     return f"{signing_input}.{b64(sign(signing_input.encode()))}"
@@ -209,7 +209,7 @@ ATTACKS = [
     ("token over the length cap", lambda w: es(w, {"sub": "u", "pad": "x" * MAX_TOKEN_BYTES}), "authenticated", None),
     ("duplicate claim", lambda w: resign(w, raw(json.dumps({"alg": "ES256", "kid": kid_of(w, "ES256")}), '{"role": "member", "role": "service_role"}')), "authenticated", 'duplicate key "role" in the JWT payload'),
     ("duplicate nested claim", lambda w: resign(w, raw(json.dumps({"alg": "ES256", "kid": kid_of(w, "ES256")}), '{"app": {"admin": false, "admin": true}}')), "authenticated", 'duplicate key "admin" in the JWT payload'),
-    ("duplicate header alg", lambda w: resign(w, raw('{"alg": "ES256", "alg": "none", "kid": "%s"}' % kid_of(w, "ES256"), "{}")), "authenticated", 'duplicate key "alg" in the JWT header'),
+    ("duplicate header alg", lambda w: resign(w, raw(f'{{"alg": "ES256", "alg": "none", "kid": "{kid_of(w, "ES256")}"}}', "{}")), "authenticated", 'duplicate key "alg" in the JWT header'),
     ("jku header", lambda w: es(w, jku="https://attacker.example/jwks.json"), "authenticated", 'JWT header parameter "jku" is not allowed: keys come only from the configured JWKS'),
     ("x5u header", lambda w: es(w, x5u="https://attacker.example/cert.pem"), "authenticated", 'JWT header parameter "x5u" is not allowed: keys come only from the configured JWKS'),
     ("embedded jwk header (CVE-2018-0114)", lambda w: es(w, jwk=ECKey.generate_key("P-256").as_dict(private=False)), "authenticated", 'JWT header parameter "jwk" is not allowed: keys come only from the configured JWKS'),

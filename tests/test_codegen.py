@@ -164,7 +164,7 @@ def test_tricky_statements_types(emulator, tmp_path):
 
 
 def test_generated_module_compiles_and_its_types_catch_mistakes(emulator, tmp_path):
-    project, state = emulator
+    _project, state = emulator
     (tmp_path / "queries.ts").write_text(_generate(state, tmp_path / "queries", {"tricky.sql": TRICKY_QUERIES}))
     (tmp_path / "use.ts").write_text("""\
 import { neon } from '@neondatabase/serverless';

@@ -44,10 +44,10 @@ def test_no_module_imports_one_that_imports_it_back():
             node, trail = stack.pop()
             for nxt in graph.get(node, ()):
                 if nxt == start and not _through_package_init(trail):
-                    circles.append(" -> ".join(trail + [start]))
+                    circles.append(" -> ".join([*trail, start]))
                 elif nxt not in seen and nxt.startswith("neon_local"):
                     seen.add(nxt)
-                    stack.append((nxt, trail + [nxt]))
+                    stack.append((nxt, [*trail, nxt]))
     assert not circles, "import circles:\n" + "\n".join(sorted(set(circles))[:20])
 
 

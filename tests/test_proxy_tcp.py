@@ -149,7 +149,7 @@ async def test_node_postgres_jwt_and_owner(proxy, todos):
         "OWNER_URL": url(proxy.settings.owner, proxy.settings.owner_password), "CA": proxy.ca,
     })
     assert result == {"jwt": {"user": "user_alice", "rows": 2}, "owner": {"user": proxy.settings.owner, "rows": 3},
-                      "bad": "JWT token has expired (exp=%d)" % result["bad_exp"], "bad_exp": result["bad_exp"]}
+                      "bad": f"JWT token has expired (exp={result['bad_exp']})", "bad_exp": result["bad_exp"]}
 
 
 async def test_parameter_status_forwarded_and_backend_key_is_ours(proxy):

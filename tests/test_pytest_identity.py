@@ -145,7 +145,7 @@ def test_a_migration_error_without_a_position_names_the_statements_line(pytester
         expected = text.split("\n").index(line.split("\n")[0]) + 1
     else:
         text = text.replace(broken.split("\n")[0], line.split("\n")[0])
-        expected = next(i for i, l in enumerate(text.split("\n"), 1) if '"todos"."owner"' in l)
+        expected = next(i for i, row in enumerate(text.split("\n"), 1) if '"todos"."owner"' in row)
     path.write_text(text)
     app.makepyfile(test_one="def test_one(neon_db):\n    pass\n")
     result = app.runpytest()
