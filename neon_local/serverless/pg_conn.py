@@ -10,17 +10,19 @@ tokio-postgres sends it.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import os
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, Literal, Protocol
 
 import psycopg
 from psycopg import pq
 from psycopg.adapt import AdaptersMap, Transformer
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.pq.abc import PGresult
 from psycopg.types.string import TextLoader
 
 from neon_local.errors import PostgresErrorResponse, PostgresUnavailable
@@ -44,7 +46,15 @@ _ROLLBACK_AND_RESET = b"ROLLBACK; " + _RESET
 CHUNK_ROWS = 1000
 
 S = pq.ExecStatus
-_BUSY = object()
+
+
+class _Busy(enum.Enum):
+    """libpq has not got the whole next result yet (an enum, so the type checker can tell it from a result)."""
+
+    BUSY = enum.auto()
+
+
+_BUSY: Final = _Busy.BUSY
 _ROW_STATUSES = frozenset((S.TUPLES_CHUNK, S.TUPLES_OK, S.SINGLE_TUPLE, S.COMMAND_OK, S.EMPTY_QUERY))
 _TEXT = AdaptersMap()
 _TEXT.register_loader(0, TextLoader)  # the fallback loader: every type comes back as its text
@@ -92,7 +102,7 @@ class _FirstRow:
         pass
 
 
-def _error_fields(result: pq.PGresult) -> dict[str, str]:
+def _error_fields(result: PGresult) -> dict[str, str]:
     fields = {}
     for code in "SVCMDHPpqWstcdnFLR":
         value = result.error_field(ord(code))
@@ -101,7 +111,7 @@ def _error_fields(result: pq.PGresult) -> dict[str, str]:
     return fields or {"M": result.error_message.decode(errors="replace").strip()}
 
 
-def _columns(result: pq.PGresult) -> list[Column]:
+def _columns(result: PGresult) -> list[Column]:
     return [Column(result.fname(i).decode(), result.ftype(i), result.ftable(i), result.ftablecol(i),
                    result.fsize(i), result.fmod(i)) for i in range(result.nfields)]
 
@@ -160,11 +170,11 @@ class PgConnection:
             finally:
                 self._loop.remove_writer(self._fd)
 
-    def _take(self) -> pq.PGresult | object | None:
+    def _take(self) -> PGresult | Literal[_Busy.BUSY] | None:
         """The next result if libpq holds it whole, else _BUSY: lets loops skip a coroutine per result."""
         return _BUSY if self.pg.is_busy() else self.pg.get_result()
 
-    async def _result(self) -> pq.PGresult | None:
+    async def _result(self) -> PGresult | None:
         try:
             while self.pg.is_busy():
                 await self._readable()
@@ -317,7 +327,7 @@ async def connect(conninfo: str) -> PgConnection:
 async def _startup_error(conninfo: str) -> dict[str, str] | None:
     """Replay the startup by hand to read the ErrorResponse's fields, which libpq only gives as text."""
     params = conninfo_to_dict(conninfo)
-    path = os.path.join(params["host"], f".s.PGSQL.{params.get('port', 5432)}")
+    path = os.path.join(str(params["host"]), f".s.PGSQL.{params.get('port', 5432)}")
     startup = {"user": params.get("user"), "database": params.get("dbname"), "options": params.get("options")}
     body = struct.pack("!i", 196608) + b"".join(
         k.encode() + b"\0" + str(v).encode() + b"\0" for k, v in startup.items() if v) + b"\0"
