@@ -67,7 +67,7 @@ def parse_protocols(text: str) -> dict[str, tuple[RateBucket, ...]]:
     if "=" not in text:
         buckets = parse_spec(text)
         return dict.fromkeys(PROTOCOLS, buckets)
-    found = dict.fromkeys(PROTOCOLS, ())
+    found: dict[str, tuple[RateBucket, ...]] = dict.fromkeys(PROTOCOLS, ())
     for part in filter(str.strip, text.split(";")):
         protocol, _, spec = part.partition("=")
         if protocol.strip() not in PROTOCOLS:

@@ -11,6 +11,7 @@ import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import cast
 from urllib.parse import unquote_to_bytes, urlsplit
 
 from neon_local.serverless.errors import SqlOverHttpError
@@ -310,6 +311,7 @@ def _serde_message(exc: Exception, body: bytes) -> str:
         text = body.decode()
         pos = text.find(str(exc))
         exc = json.JSONDecodeError("Expecting value", text, pos)
+    exc = cast(json.JSONDecodeError, exc)  # all that is left: the json module's own errors
     where = f" at line {exc.lineno} column {exc.colno}"
     if exc.pos >= len(exc.doc.rstrip()):
         return "EOF while parsing a value" + (f" at line {exc.lineno} column {exc.colno - 1}")

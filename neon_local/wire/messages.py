@@ -176,7 +176,7 @@ def error_response(severity: str, code: str, message: str, detail: str | None = 
 
 # --- decoders for message bodies ---
 
-def int32(body: bytes, offset: int = 0) -> int:
+def int32(body: bytes | bytearray, offset: int = 0) -> int:
     return _I32.unpack_from(body, offset)[0]
 
 
@@ -196,7 +196,8 @@ def error_fields(body: bytes) -> dict[str, str]:
 
 def data_row(body: bytes) -> list[bytes | None]:
     count = struct.unpack_from("!h", body)[0]
-    values, offset = [], 2
+    values: list[bytes | None] = []
+    offset = 2
     for _ in range(count):
         length = int32(body, offset)
         offset += 4
