@@ -59,7 +59,7 @@ async def start_services(settings: Settings, cluster: PostgresCluster, data_dir:
     services = Services(keyring, Issuer(settings, keyring, issuer_url), providers, verifier, control_plane, sql,
                         pg_proxy, WebSocketAdapter(pg_proxy))
     if settings.data_api:
-        services.data_api = DataApi(settings, control_plane, verifier)
+        services.data_api = DataApi(settings, control_plane, verifier, request_log=request_log)
         add_closer(services.data_api.close)
     services.console = Console(settings, services, http_sock.getsockname()[1], pg_sock.getsockname()[1])
     await pg_proxy.start(pg_sock)

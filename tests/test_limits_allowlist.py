@@ -252,10 +252,10 @@ async def test_live_changes_apply_without_restart(enforcing):
 async def test_warn_serves_logs_and_records(guarded, caplog):
     guarded.set_mode("warn")
     try:
-        warned = guarded.allowlist.counts["warned"]
+        warned = guarded.allowlist.total("warned")
         statement = "select id from lim_items where body = 'warned'"
         assert (await guarded.sql(statement)).status_code == 200
-        assert guarded.allowlist.counts["warned"] == warned + 1
+        assert guarded.allowlist.total("warned") == warned + 1
         assert "allow-list (warn): statement not in the allow-list" in caplog.text
         guarded.allowlist.flush()
         assert fingerprint(statement) in read_list(guarded.allowlist.path).refused

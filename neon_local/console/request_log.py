@@ -58,13 +58,14 @@ class RequestLog:
         self._ids = itertools.count(1)
 
     def record(self, path: str, role: str | None, *, token: str | None = None, statement: str = "",
-               began: float | None = None, rows: int | None = None, error: str | None = None) -> None:
+               began: float | None = None, rows: int | None = None, error: str | None = None,
+               method: str | None = None, status: int | None = None) -> None:
         """One finished request or session. `token`: the JWT it came with (decoded lazily); `began`: its
-        time.perf_counter() at the start."""
+        time.perf_counter() at the start; `method` and `status`: an HTTP request's (the Data API's)."""
         entry = {"id": next(self._ids), "time": time.time(), "path": path, "role": role, "_token": token,
                  "statement": statement[:STATEMENT_CHARS],
                  "duration_ms": round((time.perf_counter() - began) * 1000, 2) if began is not None else None,
-                 "rows": rows, "error": error}
+                 "rows": rows, "error": error, "method": method, "status": status}
         self._entries.append(entry)
         for queue in self._subscribers:
             if queue.qsize() < SUBSCRIBER_BACKLOG:

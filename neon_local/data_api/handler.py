@@ -4,6 +4,11 @@ One request runs as Neon's rest broker has local_proxy run it: a pooled connecti
 `authenticator` with the caller's claims installed in pg_session_jwt, then one READ COMMITTED
 transaction (READ ONLY for GET/HEAD and non-volatile RPC) holding the `set_config` statement (role,
 request.jwt.claims, request.method/path/headers/get, search_path) and the main query.
+
+Beyond Neon, the client limits of the other paths apply (neon_local.limits): Neon's per-endpoint rate
+limit (the `http` protocol's buckets) and the per-identity one, and the query allow-list on the main
+query the request generates (its fingerprint follows the request's shape, not its values). Each
+request is recorded in the console's live log.
 """
 
 from __future__ import annotations
@@ -13,14 +18,18 @@ import csv
 import io
 import json
 import logging
+import math
+import re
+import time
 import uuid
 from dataclasses import dataclass
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote_plus
 
 import psycopg
 from aiohttp import web
 
 from neon_local.auth.verifier import JwtError
+from neon_local.console.request_log import RequestLog
 from neon_local.data_api import setup
 from neon_local.data_api.errors import ApiError
 from neon_local.data_api.grammar import (
@@ -39,6 +48,7 @@ from neon_local.data_api.openapi import openapi
 from neon_local.data_api.schema import INTROSPECTION_SQL, Schema
 from neon_local.data_api.sql import Builder, Plan, env_query, ident
 from neon_local.errors import PostgresErrorResponse
+from neon_local.limits import ClientLimits, RateLimited, Refused
 from neon_local.origins import PNA_ALLOW, PNA_REQUEST, OriginPolicy
 from neon_local.postgres import session_jwt
 from neon_local.serverless.conn_pool import ConnPool
@@ -119,8 +129,10 @@ class _Row:
 class DataApi:
     """The Data API handlers for every database; `close()` closes the pooled connections."""
 
-    def __init__(self, settings, control_plane, verifier) -> None:
+    def __init__(self, settings, control_plane, verifier, *, request_log: RequestLog | None = None) -> None:
         self.settings = settings
+        self.request_log = request_log or RequestLog()
+        self.limits = ClientLimits.of(settings)  # the instance /sql and the proxy share
         self.control_plane = control_plane
         self.pools = ConnPool(control_plane)
         self._verifier = verifier
@@ -153,19 +165,27 @@ class DataApi:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         request_id = str(uuid.uuid4())
+        began = time.perf_counter()
         cors = self._cors(request)
+        error, who = None, {}
         try:
-            response = await self._serve(request)
+            response = await self._serve(request, who)
         except ApiError as exc:
             body = exc.body(self._detail_key)
             response = web.Response(status=exc.status, body=body, headers=exc.headers,
                                     content_type="application/json", charset="utf-8")
+            error = exc.message
         except Exception as exc:  # a bug of ours still answers PostgREST's JSON
             log.exception("unexpected error in a Data API request")
-            error = ApiError(500, "PGRST000", f"internal error in neon-local ({type(exc).__name__}: {exc}); see its log")
-            response = web.Response(status=500, body=error.body(self._detail_key), content_type="application/json")
+            error = f"internal error in neon-local ({type(exc).__name__}: {exc}); see its log"
+            response = web.Response(status=500, body=ApiError(500, "PGRST000", error).body(self._detail_key),
+                                    content_type="application/json")
         response.headers.update(cors)
         response.headers["neon-request-id"] = request_id
+        if request.method != "OPTIONS":  # a browser's preflight is not a request of the app's
+            self.request_log.record(request.path, who.get("role"), token=who.get("token"), statement=unquote_plus(request.query_string),
+                                    began=began, rows=_rows(request.method, response), error=error,
+                                    method=request.method, status=response.status)
         return response
 
     def _cors(self, request: web.Request) -> dict[str, str]:
@@ -183,7 +203,8 @@ class DataApi:
             headers["Vary"] = "Origin"
         return headers
 
-    async def _serve(self, request: web.Request) -> web.StreamResponse:
+    async def _serve(self, request: web.Request, who: dict) -> web.StreamResponse:
+        """The response; `who` receives the request's role and token once known (for the request log)."""
         parts = request.path.split("/")
         dbname = parts[1]
         if parts[2:4] != ["rest", "v1"]:
@@ -198,12 +219,24 @@ class DataApi:
             if request.headers.get(PNA_REQUEST) == "true" and self._origins.allows(request.headers.get("Origin")):
                 headers[PNA_ALLOW] = "true"
             return web.Response(status=200, headers=headers)
+        if self.limits.rate.enabled:
+            try:
+                self.limits.admit_endpoint("http", "data_api")
+            except RateLimited as exc:  # Neon's endpoint limit: 500 with its text, as on /sql
+                raise ApiError(500, None, exc.message) from None
         token = self._bearer(request)
         dbname = await self._tenant_database(token, dbname)
         cached = await self._schema(dbname)
         self._listeners.touch(dbname)
         config = cached.config
-        claims_payload, role = await self._identity(token, config)
+        claims_payload, role, sub = await self._identity(token, config)
+        who.update(role=role, token=token)
+        if self.limits.rate.enabled:
+            try:  # every Data API role is a token's (or the anonymous one): the per-identity limit applies
+                self.limits.admit_identity("data_api", role, sub)
+            except RateLimited as exc:
+                raise ApiError(429, None, exc.message,
+                               headers={"Retry-After": str(max(1, math.ceil(exc.retry_after)))}) from None
         if resource in ("", "openapi.json") and request.method in ("GET", "HEAD"):
             document = openapi(cached.schema, self._profile(request, config), request.host, f"/{dbname}/rest/v1")
             return web.Response(body=json.dumps(document).encode(), content_type="application/openapi+json",
@@ -228,6 +261,7 @@ class DataApi:
             else:
                 plan, extra = await self._table_plan(dbname, cached, schema_name, resource, method, pairs, body, media,
                                                      prefs, request.headers.get("Range"))
+            self._check_allowlist(role, plan, method, resource, pairs)
             try:
                 row = await self._run(dbname, role, claims_payload, plan, settings, cached.version)
                 break
@@ -250,12 +284,12 @@ class DataApi:
             raise ApiError(401, None, MISSING_CREDENTIALS)
         return header[len("Bearer "):].strip()
 
-    async def _identity(self, token: str | None, config: ApiConfig) -> tuple[str, str]:
-        """(claims JSON, role) as Neon picks them: the token's `role` string, else the anonymous role."""
+    async def _identity(self, token: str | None, config: ApiConfig) -> tuple[str, str, object]:
+        """(claims JSON, role, sub) as Neon picks them: the token's `role` string, else the anonymous role."""
         if token is None:
             if config.anon_role is None:
                 raise ApiError(401, None, MISSING_CREDENTIALS)
-            return json.dumps({"role": config.anon_role}), config.anon_role
+            return json.dumps({"role": config.anon_role}), config.anon_role, None
         try:
             verified = self._verifier.verify_cached(token, self._verify_role) or await self._verifier.verify(
                 token, self._verify_role)
@@ -266,7 +300,20 @@ class DataApi:
             if config.anon_role is None:
                 raise ApiError(401, "PGRST302", "Anonymous access is disabled")
             role = config.anon_role
-        return verified.payload.decode(), role
+        return verified.payload.decode(), role, verified.claims.get("sub")
+
+    def _check_allowlist(self, role: str, plan: Plan, method: str, resource: str, pairs) -> None:
+        """The main query the request generated, against the allow-list as the role's other statements are."""
+        allowlist = self.limits.allowlist
+        if allowlist.mode_for(role, True) == "off":
+            return
+        shape = request_shape(method, resource, pairs)
+        try:
+            allowlist.check(role, True, plan.sql, "data_api", note=shape)
+        except Refused as exc:
+            fields = exc.fields()
+            fields["D"] = f"request: {shape}; " + fields.get("D", "")
+            raise _pg_error(fields, self._detail_key) from None
 
     async def _tenant_database(self, token: str | None, dbname: str) -> str:
         """With [tenancy], the database the token's tenant claim names, whatever the URL says (neon-local only)."""
@@ -572,6 +619,32 @@ class DataApi:
             response.content_type = content_type
             response.charset = "utf-8"
         return response
+
+
+_OPERATOR = re.compile(r"^((?:not\.)?(?:[a-z]+)(?:\([^)]*\))?)\.")
+_SHAPE_KEYS = frozenset(("select", "order", "columns", "on_conflict"))
+
+
+def request_shape(method: str, resource: str, pairs) -> str:
+    """The request without its values (`GET todos?select=id,task&done=eq.…`): what a reviewer reads next to the
+    fingerprint of the SQL it generates, which changes with the shape and not with the values."""
+    parts = []
+    for key, value in pairs:
+        if key in _SHAPE_KEYS or key.endswith((".order", ".select")):
+            parts.append(f"{key}={value}")
+        else:
+            operator = _OPERATOR.match(value)
+            parts.append(f"{key}={operator[1] + '.' if operator else ''}…")
+    return f"Data API: {method} {resource}" + ("?" + "&".join(parts) if parts else "")
+
+
+def _rows(method: str, response: web.StreamResponse) -> int | None:
+    """Rows in the answer, from its Content-Range (`0-9/*`, or `*/...` for none), for the request log."""
+    span = response.headers.get("Content-Range", "")
+    first, dash, last = span.partition("/")[0].partition("-")
+    if dash and first.isdigit() and last.isdigit():
+        return int(last) - int(first) + 1
+    return 0 if span.startswith("*") and method in ("GET", "HEAD") and response.status < 400 else None
 
 
 def _check_put(table, query, rows: list[dict]) -> None:

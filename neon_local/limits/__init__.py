@@ -1,11 +1,13 @@
 """Limits on what clients may send: Neon's rate limits (`rate`) and the query allow-list (`allowlist`).
 
-`ClientLimits.of(settings)` is the one instance a process shares between /sql, TCP and WebSocket, so
-per-identity limits and the allow-list's counters see every path.
+`ClientLimits.of(settings)` is the one instance a process shares between /sql, TCP, WebSocket and the
+Data API, so per-identity limits and the counters (`summary()`, shown by `neon-local status` and the
+console) see every path.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 from typing import ClassVar
 
@@ -14,9 +16,11 @@ from neon_local.limits.rate import RateLimited, RateLimiter
 from neon_local.limits.store import ListFile
 from neon_local.settings import ConfigError
 
-__all__ = ["ClientLimits", "RateLimited", "Refused"]
+__all__ = ["PATHS", "ClientLimits", "RateLimited", "Refused"]
 
 log = logging.getLogger(__name__)
+# The paths limits apply to, as the counters name them: /sql, TCP, WebSocket, the Data API.
+PATHS = ("http", "tcp", "ws", "data_api")
 
 
 class ClientLimits:
@@ -31,6 +35,7 @@ class ClientLimits:
         except ValueError as exc:
             raise ConfigError(f"{exc} (rate_limit, rate_limit_identity)") from None
         self.allowlist = AllowList(default_path(settings), settings.allowlist, self._apply_file)
+        self.rate_limited: collections.Counter[str] = collections.Counter()  # per path (PATHS)
 
     def _apply_file(self, content: ListFile) -> None:
         """The list file's [limits] win over the settings; a bad one keeps the limits in force."""
@@ -55,12 +60,40 @@ class ClientLimits:
     def admit(self, protocol: str, role: str, sub: str | None, jwt: bool) -> None:
         """One connection attempt (or /sql request) of `role`: raises RateLimited past a limit."""
         if self.rate.enabled:
-            self.rate.check_endpoint(protocol)
+            self.admit_endpoint(protocol)
             if jwt:
-                self.rate.check_identity(role, sub)
+                self.admit_identity(protocol, role, sub)
+
+    def admit_endpoint(self, protocol: str, path: str | None = None) -> None:
+        """Count one attempt on Neon's per-protocol limit; `path` names the counter when it is not the protocol."""
+        try:
+            self.rate.check_endpoint(protocol)
+        except RateLimited:
+            self.rate_limited[path or protocol] += 1
+            raise
+
+    def admit_identity(self, path: str, role: str, sub: object) -> None:
+        """Count one attempt of a JWT role (and its `sub`) on neon-local's per-identity limit."""
+        try:
+            self.rate.check_identity(role, sub)
+        except RateLimited:
+            self.rate_limited[path] += 1
+            raise
 
     def check_statements(self, role: str, jwt: bool, texts, path: str) -> None:
         """Every text's statements before any runs: raises Refused for the first one the allow-list refuses."""
         if self.allowlist.mode_for(role, jwt) != "off":
             for text in texts:
                 self.allowlist.check(role, jwt, text, path)
+
+    def summary(self) -> dict:
+        """What `neon-local status --json` and the console show: modes, limits, counts per path since start."""
+        counts = self.allowlist.counts
+        paths = {path: {"rate_limited": self.rate_limited[path],
+                        **{event: counts[event, path] for event in ("refused", "warned", "learned", "allowed")}}
+                 for path in PATHS}
+        return {
+            "allowlist": self.allowlist.describe(),
+            "rate_limit": self.rate.spec[0] or "off", "rate_limit_identity": self.rate.spec[1] or "off",
+            "paths": paths,
+        }

@@ -64,7 +64,8 @@ class AllowList:
         self.on_load = on_load  # told of each newly read file (the rate limits it sets)
         self.default_mode = default_mode
         self.fingerprints = Fingerprinter()
-        self.counts: collections.Counter[str] = collections.Counter()  # learned, warned, refused
+        # (event, path) -> how many: allowed, learned, warned, refused; path is http (/sql), tcp, ws or data_api
+        self.counts: collections.Counter[tuple[str, str]] = collections.Counter()
         self.recent: collections.deque[dict] = collections.deque(maxlen=50)  # the latest refusals
         self._content = ListFile()
         self._mtime: float | None = None
@@ -93,7 +94,8 @@ class AllowList:
             return content.modes[role]
         return (content.mode or self.default_mode) if jwt else "off"
 
-    def check(self, role: str, jwt: bool, text: str, path: str) -> None:
+    def check(self, role: str, jwt: bool, text: str, path: str, note: str = "") -> None:
+        """`note`: what a reviewer reads next to a statement first recorded here (the Data API's request shape)."""
         mode = self.mode_for(role, jwt)
         if mode == "off":
             return
@@ -101,46 +103,59 @@ class AllowList:
             statements = self.fingerprints.statements(text)
         except StatementError as exc:
             if mode == "enforce":
+                self.counts["refused", path] += 1
                 raise Refused(exc.code, exc.message, position=exc.position, hint=PARSER_HINT) from None
             return  # learn and warn: Postgres answers it as it would anyway
         for statement in statements:
             if not statement.transaction_control:
-                self._check_one(role, mode, statement, path)
+                self._check_one(role, mode, statement, path, note)
 
-    def check_function_call(self, role: str, jwt: bool) -> None:
+    def check_function_call(self, role: str, jwt: bool, path: str) -> None:
         """A FunctionCall message names a function by OID: nothing to fingerprint, so only enforce has a say."""
         if self.mode_for(role, jwt) == "enforce":
-            self.counts["refused"] += 1
+            self.counts["refused", path] += 1
             raise Refused("42501", f'function calls by OID (the FunctionCall message) are refused for role "{role}" '
                                    "while the allow-list is enforced",
                           hint="Call the function in a SQL statement instead (SELECT f(...)), and approve that.")
 
-    def _check_one(self, role: str, mode: str, statement: ParsedStatement, path: str) -> None:
+    def _check_one(self, role: str, mode: str, statement: ParsedStatement, path: str, note: str) -> None:
         entry = self._content.statements.get(statement.fingerprint)
         if entry is not None and role in entry.roles:
+            self.counts["allowed", path] += 1
             if mode == "learn":
-                self._record(self._content.statements, role, statement, path)
+                self._record(self._content.statements, role, statement, path, note)
             return
         if mode == "learn":
-            self.counts["learned"] += 1
-            self._record(self._content.statements, role, statement, path)
+            self.counts["learned", path] += 1
+            self._record(self._content.statements, role, statement, path, note)
             return
         refused = refusal(role, statement)
-        self._record(self._content.refused, role, statement, path)
+        self._record(self._content.refused, role, statement, path, note)
         self.recent.append({"at": _now(), "role": role, "fingerprint": statement.fingerprint, "path": path,
-                            "sql": statement.text[:500], "mode": mode})
+                            "sql": (note or statement.text)[:500], "mode": mode})
         if mode == "warn":
-            self.counts["warned"] += 1
+            self.counts["warned", path] += 1
             log.warning("allow-list (warn): %s", refused.message)
             return
-        self.counts["refused"] += 1
+        self.counts["refused", path] += 1
         raise refused
 
-    def _record(self, table: dict[str, Entry], role: str, statement: ParsedStatement, path: str) -> None:
+    def total(self, event: str) -> int:
+        """How many statements met `event` (allowed, learned, warned, refused) on every path."""
+        return sum(n for (kind, _), n in self.counts.items() if kind == event)
+
+    def describe(self) -> dict:
+        """The file, the modes, and the fingerprints it holds: approved (or learned), and refused lately."""
+        content = self._content
+        return {"file": str(self.path), "mode": content.mode or self.default_mode, "modes": dict(content.modes),
+                "fingerprints": {"approved": len(content.statements), "refused": len(content.refused)},
+                "recent_refusals": list(self.recent)}
+
+    def _record(self, table: dict[str, Entry], role: str, statement: ParsedStatement, path: str, note: str) -> None:
         now = _now()
         entry = table.get(statement.fingerprint)
         if entry is None:
-            entry = table[statement.fingerprint] = Entry(statement.normalized(), first_seen=now)
+            entry = table[statement.fingerprint] = Entry(statement.normalized(), first_seen=now, note=note)
         if role not in entry.roles:
             entry.roles.append(role)
         if path not in entry.paths:

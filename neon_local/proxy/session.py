@@ -272,7 +272,7 @@ class Session:
             return conduit
         path = "tcp" if self.client.can_tls else "ws"
         return StatementFilter(conduit, lambda text: limits.allowlist.check(self.role, jwt, text, path),
-                               lambda: limits.allowlist.check_function_call(self.role, jwt))
+                               lambda: limits.allowlist.check_function_call(self.role, jwt, path))
 
     def _log_session(self, error: str | None) -> None:
         """One request-log entry per session that got as far as naming its role: opened, or refused and why."""
@@ -297,7 +297,7 @@ class Session:
         except TooManySessions as exc:
             raise ClientError(exc.message, "53300", hint=exc.hint) from None
         self.role = vetted.user
-        self._rate_check(lambda rate: rate.check_endpoint("tcp" if self.client.can_tls else "ws"))
+        self._rate_check(lambda limits: limits.admit_endpoint("tcp" if self.client.can_tls else "ws"))
         if vetted.user in self.ctx.jwt_roles:
             backend, final = await self._jwt_login(vetted), b""
         else:
@@ -310,7 +310,7 @@ class Session:
         limits = self.ctx.limits
         if limits is not None and limits.rate.enabled:
             try:
-                check(limits.rate)
+                check(limits)
             except RateLimited as exc:
                 raise ClientError(exc.message, "XX000", "ERROR") from None
 
@@ -385,7 +385,8 @@ class Session:
         except JwtError as exc:
             log.info("refused a JWT for role %s: %s", vetted.user, exc.detail or exc.message)
             raise ClientError(exc.message, "28000", "ERROR", exc.hint or jwt_refusal_hint(exc.message, token, vetted.user)) from None
-        self._rate_check(lambda rate: rate.check_identity(vetted.user, verified.claims.get("sub")))
+        self._rate_check(lambda limits: limits.admit_identity("tcp" if self.client.can_tls else "ws", vetted.user,
+                                                              verified.claims.get("sub")))
         vetted = replace(vetted, database=await self.ctx.control_plane.tenant_database(verified.claims, vetted.database))
         # The same steps as the HTTP path: a prepared database, a bound backend, a re-signed token.
         backend, signer = await self.ctx.control_plane.start_jwt_session(
