@@ -10,6 +10,7 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import cast
 
 from neon_local.data_api.errors import ApiError
 
@@ -224,9 +225,9 @@ class _Cursor:
         return self.text[start:self.pos].strip()
 
     def json_path(self) -> tuple[tuple[str, str], ...]:
-        path = []
+        path: list[tuple[str, str]] = []
         while self.peek("->"):
-            arrow = "->>" if self.take("->>") else (self.take("->") and "->")
+            arrow = "->>" if self.take("->>") else cast(str, self.take("->") and "->")  # peek said "->" is next
             if self.peek('"'):
                 path.append((arrow, self.name()))
                 continue
@@ -378,7 +379,7 @@ def _in_list(text: str, what: str, whole: str) -> list[str]:
     return [_unquote(item.strip()) if item.strip().startswith('"') else item for item in split_top(inner)]
 
 
-def parse_filter_value(text: str, what: str = "filter") -> tuple[bool, str, str | None, str | None, object]:
+def parse_filter_value(text: str, what: str = "filter") -> tuple[bool, str, str | None, str | None, str | list[str]]:
     """`[not.]op[(any|all|config)].value` → (negate, op, quantifier, config, value)."""
     rest, negate = text, False
     if rest.startswith("not."):
@@ -388,6 +389,7 @@ def parse_filter_value(text: str, what: str = "filter") -> tuple[bool, str, str 
         column = len(text) - len(rest) + (len(match.group(1)) + 1 if match else 1)
         raise _syntax(what, text, column, "expecting an operator: " + ", ".join(OPERATORS))
     op, modifier = match.group(1), match.group(2)
+    value: str | list[str]  # the text after the operator; a list for in, any and all
     value = rest[match.end():]
     quantifier = config = None
     if modifier is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from typing import cast
 
 from neon_local.data_api.errors import ApiError
 from neon_local.data_api.grammar import (
@@ -176,19 +177,21 @@ class Builder:
     def _operator(self, expr: str, flt: Filter, table: Table | None) -> str:
         op = flt.op
         if op == "is":
-            return f"{expr} is {IS_VALUES[flt.value]}"
+            return f"{expr} is {IS_VALUES[cast(str, flt.value)]}"
         if op == "in":
-            return f"{expr} = any({self.params.add(array_literal(flt.value))})"
+            return f"{expr} = any({self.params.add(array_literal(cast(list[str], flt.value)))})"
         if op in FTS:
             config = f"{self.params.add(flt.config)}::regconfig, " if flt.config else ""
             column = table.columns.get(flt.field.name) if table is not None and not flt.field.path else None
             vector = expr if column is not None and column.base == "tsvector" else f"pg_catalog.to_tsvector({config}{expr})"
-            return f"{vector} @@ pg_catalog.{OPERATORS[op]}({config}{self.params.add(flt.value)})"
+            return f"{vector} @@ pg_catalog.{OPERATORS[op]}({config}{self.params.add(cast(str, flt.value))})"
         sql_op = OPERATORS[op]
-        if flt.quantifier:
-            values = [v.replace("*", "%") for v in flt.value] if op in ("like", "ilike") else flt.value
+        if flt.quantifier:  # the grammar gives a list of values with a quantifier, else one value
+            items = cast(list[str], flt.value)
+            values = [v.replace("*", "%") for v in items] if op in ("like", "ilike") else items
             return f"{expr} {sql_op} {flt.quantifier}({self.params.add(array_literal(values))})"
-        value = flt.value.replace("*", "%") if op in ("like", "ilike") else flt.value
+        value = cast(str, flt.value)
+        value = value.replace("*", "%") if op in ("like", "ilike") else value
         return f"{expr} {sql_op} {self.params.add(value)}"
 
     def order_sql(self, alias: str, term: OrderTerm, embeds: dict[str, _EmbedSql]) -> str:
