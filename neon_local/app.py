@@ -11,6 +11,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 from neon_local import __version__
@@ -24,6 +25,8 @@ from neon_local.postgres.template import neon_template
 from neon_local.services import Services, start_services
 from neon_local.settings import Settings, url_host
 from neon_local.state import STATE_FILENAME, read_state
+
+__all__ = ["AlreadyRunning", "Emulator", "Endpoints"]
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +85,13 @@ def _memory_dir() -> str | None:
 
 
 class Emulator:
-    """Start with `await emulator.start()`, stop with `await emulator.stop()`; `endpoints` says where it listens."""
+    """Start with `await emulator.start()`, stop with `await emulator.stop()`, or run it for a block with
+    `async with Emulator(settings) as emulator:`; `endpoints` says where it listens."""
 
     def __init__(self, settings: Settings, *, write_state: bool = True) -> None:
         self.settings = settings
         self.write_state = write_state
-        self.endpoints: Endpoints | None = None
+        self._endpoints: Endpoints | None = None
         self.started_in: float | None = None
         self._temp_dir: Path | None = None
         self._stack: list = []  # things to close, in reverse order
@@ -100,6 +104,35 @@ class Emulator:
     @property
     def data_dir(self) -> Path:
         return self._temp_dir or self.settings.resolved_data_dir
+
+    @property
+    def endpoints(self) -> Endpoints:
+        """Where clients reach it, once started."""
+        if self._endpoints is None:
+            raise self._not_running()
+        return self._endpoints
+
+    async def __aenter__(self) -> Emulator:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()  # what did start (Postgres, a temporary data dir) is closed again
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    def mint(self, user: str | None = None, **options: Any) -> str:
+        """A JWT from the built-in issuer, as `neon-local token` makes: for a user of neon_local.toml, or
+        `sub=...`, with the same options (claims, lifetime, alg, audience, not_before, expired)."""
+        if self.services is None:
+            raise self._not_running()
+        return self.services.issuer.mint(user, **options)
+
+    def _not_running(self) -> NeonLocalError:
+        return NeonLocalError("the emulator has not started: use it inside `async with Emulator(settings)`, "
+                              "or after `await emulator.start()`.")
 
     async def start(self) -> None:
         began = time.perf_counter()
@@ -129,7 +162,7 @@ class Emulator:
         await self.cluster.start()
         self._stack.append(self.cluster.stop)
         await bootstrap(self.cluster, settings)
-        self.endpoints = Endpoints(url_host(settings.host), http_sock.getsockname()[1], pg_sock.getsockname()[1],
+        self._endpoints = Endpoints(url_host(settings.host), http_sock.getsockname()[1], pg_sock.getsockname()[1],
                                    settings.database, settings.owner, settings.owner_password)
         self.services = await start_services(settings, self.cluster, self.data_dir, self.endpoints.issuer_url,
                                              await keyring, http_sock, pg_sock, self._stack.append)

@@ -19,6 +19,9 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 from neon_local.errors import NeonLocalError
 
+# What apps may use; the rest (SCALARS, the file's parsing, path helpers) serves the CLI and the emulator.
+__all__ = ["ConfigError", "Provider", "RoleSpec", "Settings", "Tenancy", "load_settings"]
+
 CONFIG_FILENAME = "neon_local.toml"
 BUILTIN_PROVIDER_ID = "neon-local"
 DEFAULT_JWT_ROLES = ("authenticated", "anonymous")

@@ -23,6 +23,8 @@ import pytest
 from neon_local.testing import report
 from neon_local.testing.config import get_config
 
+__all__ = ["neon_db", "neon_local", "neon_template"]
+
 
 def _worker_id(config: pytest.Config) -> str:
     # Not PYTEST_XDIST_WORKER: a pytester run inside a worker inherits that variable but is not a worker.

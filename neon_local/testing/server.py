@@ -19,9 +19,10 @@ from urllib.parse import quote
 
 import httpx
 
-from neon_local.app import Emulator, Endpoints, read_state
+from neon_local.app import Emulator, Endpoints
 from neon_local.postgres.cluster import SOCKET_PORT, SUPERUSER
 from neon_local.settings import Settings, load_settings
+from neon_local.state import read_state
 from neon_local.testing.tokens import TokenFactory
 from neon_local.testing.websocket import WebSocketBridge
 
