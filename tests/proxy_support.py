@@ -94,6 +94,46 @@ async def todos(proxy):
     return "todos"
 
 
+def scram_secret(password: str, iterations: int = 4096) -> str:
+    """A role's SCRAM verifier as Postgres stores it in pg_authid.rolpassword (scram_build_secret)."""
+    salt = os.urandom(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    stored = hashlib.sha256(hmac.new(salted, b"Client Key", "sha256").digest()).digest()
+    server = hmac.new(salted, b"Server Key", "sha256").digest()
+    salt_text, stored_text, server_text = (base64.b64encode(part).decode() for part in (salt, stored, server))
+    return f"SCRAM-SHA-256${iterations}:{salt_text}${stored_text}:{server_text}"
+
+
+class ScramClient:
+    """The client side of SCRAM-SHA-256 as libpq runs it: an empty SCRAM username (the startup packet names the
+    role) and, given the server certificate's hash, tls-server-end-point channel binding (-PLUS)."""
+
+    def __init__(self, password: str, binding: bytes | None = None, flag: bytes | None = None) -> None:
+        self.password, self.binding = password.encode(), binding
+        self.gs2_header = (flag or (b"p=tls-server-end-point" if binding is not None else b"n")) + b",,"
+        self.first_bare = b"n=,r=" + base64.b64encode(os.urandom(18))
+        self.expected_final = b""  # the server's `v=` once `final()` has run
+
+    @property
+    def mechanism(self) -> str:
+        return "SCRAM-SHA-256-PLUS" if self.gs2_header.startswith(b"p=") else "SCRAM-SHA-256"
+
+    def first(self) -> bytes:
+        return self.gs2_header + self.first_bare
+
+    def final(self, server_first: bytes) -> bytes:
+        attrs = dict(part.split(b"=", 1) for part in server_first.split(b","))
+        salted = hashlib.pbkdf2_hmac("sha256", self.password, base64.b64decode(attrs[b"s"]), int(attrs[b"i"]))
+        client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+        binding = self.gs2_header + ((self.binding or b"") if self.gs2_header.startswith(b"p=") else b"")
+        without_proof = b"c=" + base64.b64encode(binding) + b",r=" + attrs[b"r"]
+        auth_message = b",".join((self.first_bare, server_first, without_proof))
+        signature = hmac.new(hashlib.sha256(client_key).digest(), auth_message, "sha256").digest()
+        server_key = hmac.new(salted, b"Server Key", "sha256").digest()
+        self.expected_final = b"v=" + base64.b64encode(hmac.new(server_key, auth_message, "sha256").digest())
+        return without_proof + b",p=" + base64.b64encode(bytes(a ^ b for a, b in zip(client_key, signature)))
+
+
 class RawClient:
     """A byte-level Postgres client over TCP: send what you like, read messages back."""
 
@@ -139,22 +179,13 @@ class RawClient:
         """Log in with SCRAM-SHA-256 (no channel binding), checking the server's signature too."""
         await self.send(m.startup_message({"user": user, "database": "neondb", **params}))
         assert "SCRAM-SHA-256" in m.cstrings((await self.read_message()).body[4:])
-        first_bare = b"n=,r=" + base64.b64encode(os.urandom(18))
-        await self.send(m.sasl_initial_response("SCRAM-SHA-256", b"n,," + first_bare))
-        server_first = (await self.read_message()).body[4:]
-        attrs = dict(part.split(b"=", 1) for part in server_first.split(b","))
-        salted = hashlib.pbkdf2_hmac("sha256", password.encode(), base64.b64decode(attrs[b"s"]), int(attrs[b"i"]))
-        client_key = hmac.new(salted, b"Client Key", "sha256").digest()
-        final_without_proof = b"c=biws,r=" + attrs[b"r"]
-        auth_message = b",".join((first_bare, server_first, final_without_proof))
-        signature = hmac.new(hashlib.sha256(client_key).digest(), auth_message, "sha256").digest()
-        proof = bytes(a ^ b for a, b in zip(client_key, signature))
-        await self.send(m.sasl_response(final_without_proof + b",p=" + base64.b64encode(proof)))
+        scram = ScramClient(password)
+        await self.send(m.sasl_initial_response(scram.mechanism, scram.first()))
+        await self.send(m.sasl_response(scram.final((await self.read_message()).body[4:])))
         final = await self.read_message()
         if final.type == b"E":
             return [final]
-        server_key = hmac.new(salted, b"Server Key", "sha256").digest()
-        assert final.body[4:] == b"v=" + base64.b64encode(hmac.new(server_key, auth_message, "sha256").digest())
+        assert final.body[4:] == scram.expected_final
         return await self.read_until_ready()
 
     def close(self) -> None:

@@ -9,10 +9,12 @@ import re
 import shutil
 import subprocess
 import threading
+import time
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 from playwright.sync_api import expect, sync_playwright
@@ -254,3 +256,54 @@ def test_a_page_from_another_origin_cannot_call_the_console_api(page, emulator, 
     assert results["read"].startswith("blocked")  # no CORS for the console's API: the page cannot read it
     with owner(emulator) as conn:
         assert conn.execute("select to_regclass('public.pwned')").fetchone() == (None,)
+
+
+def test_limits_counts_in_the_console_and_status(page, emulator):
+    """Enforce the allow-list on the running instance: a /sql statement and a Data API request refused show up in
+    `neon-local status` (text and --json), on the Limits page, and (the Data API one) in the request log."""
+    project = Path(emulator["data_dir"]).parent
+    token = neon_local("token", "alice", cwd=project).stdout.strip()
+    sql_headers = {"Authorization": f"Bearer {token}",
+                   "Neon-Connection-String": f"postgresql://authenticated@127.0.0.1/{emulator['database']}"}
+
+    def sql_status(query: str) -> int:
+        return httpx.post(emulator["urls"]["sql"], json={"query": query, "params": []}, headers=sql_headers).status_code
+
+    def until(status: int, query: str) -> None:  # the running instance reads the list file within a second
+        for _ in range(100):
+            if sql_status(query) == status:
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"{query!r} never answered {status}")
+
+    assert neon_local("allowlist", "mode", "enforce", cwd=project).returncode == 0
+    try:
+        until(400, "select 'probe' as limits_probe")
+        before = json.loads(neon_local("status", "--json", cwd=project).stdout)["limits"]
+        assert before["allowlist"]["mode"] == "enforce" and before["paths"]["data_api"]["refused"] == 0
+        refused = httpx.get(emulator["urls"]["data_api"] + "/todos?select=id,task", headers={"Authorization": f"Bearer {token}"})
+        assert refused.status_code == 403 and refused.json()["code"] == "42501"
+        after = json.loads(neon_local("status", "--json", cwd=project).stdout)["limits"]
+        assert after["paths"]["data_api"]["refused"] == 1 and after["paths"]["http"]["refused"] >= 1
+        assert after["allowlist"]["recent_refusals"][-1]["sql"] == "Data API: GET todos?select=id,task"
+
+        text = neon_local("status", cwd=project).stdout
+        assert "Allow-list         enforce for JWT roles; 0 approved fingerprints" in text
+        assert re.search(r"Since start +path +rate-limited +refused +warned +learned +allowed", text)
+        assert re.search(r"\n +Data API +0 +1 +0 +0 +0\n", text)
+        assert re.search(rf"\n +/sql +0 +{after['paths']['http']['refused']} +0 +0 +0\n", text)
+
+        page.goto(page.url + "#limits")
+        expect(page.locator("#lim-summary")).to_contain_text("allow-list enforce for JWT roles")
+        expect(page.locator('#lim-paths tr[data-path="data_api"] td.refused')).to_have_text("1")
+        expect(page.locator("#lim-recent tbody tr").first).to_contain_text("Data API: GET todos?select=id,task")
+        page.screenshot(path=DOCS / "console-limits.png")
+
+        page.goto(page.url.split("#")[0] + "#log")
+        entry = page.locator("#log tbody tr", has_text="GET /neondb/rest/v1/todos")
+        expect(entry).to_contain_text("select=id,task")
+        expect(entry).to_contain_text("403")
+        expect(entry).to_contain_text("user_alice")
+    finally:
+        neon_local("allowlist", "mode", "off", cwd=project)
+        until(200, "select 'probe' as limits_probe")

@@ -14,7 +14,7 @@ from neon_local.auth.issuer import Issuer
 from neon_local.auth.keys import KeyRing
 from neon_local.auth.scram import ScramVerifier
 from neon_local.proxy import tls
-from neon_local.proxy.session import INSECURE, Session
+from neon_local.proxy.session import INSECURE
 from neon_local.wire import messages as m
 from proxy_support import RawClient, now, proxy, run_node, start_proxy, todos, wait_until_running  # noqa: F401 (fixtures)
 
@@ -220,33 +220,6 @@ async def test_custom_jwt_role(settings, cluster, tmp_path):
         assert rows == [("app_reader", "user_erin")]
     finally:
         await started.server.close()
-
-
-class PlaybookChannel:
-    """A ClientChannel fed from a script: the session's view of a client we cannot reach over the network."""
-
-    can_tls = True
-
-    def __init__(self, incoming: list[bytes], is_loopback: bool) -> None:
-        self.incoming, self.is_loopback, self.is_tls = list(incoming), is_loopback, False
-        self.sent = bytearray()
-
-    async def read(self) -> bytes:
-        return self.incoming.pop(0) if self.incoming else b""
-
-    def write(self, data: bytes) -> None:
-        self.sent += data
-
-    def close(self) -> None:
-        pass
-
-
-async def test_cleartext_jwt_refused_on_a_remote_plain_connection(proxy):
-    channel = PlaybookChannel([m.startup_message({"user": "authenticated", "database": "neondb"}),
-                               m.password_message(proxy.token())], is_loopback=False)
-    await Session(proxy.server.context, channel).run()
-    assert bytes(channel.sent) == m.error_response("ERROR", "28000", INSECURE)
-    assert channel.incoming, "the token must not have been read"
 
 
 async def test_scram_verifier_from_pg_authid_checks_passwords_like_postgres(proxy):

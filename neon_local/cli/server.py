@@ -9,6 +9,7 @@ import shutil
 import signal
 import sys
 import time
+import urllib.request
 from urllib.parse import unquote, urlsplit
 
 import click
@@ -125,16 +126,19 @@ def down(settings: Settings) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON (URLs, ports, pids, data dir).")
 @status_options
 def status(settings: Settings, as_json: bool) -> None:
-    """Show what runs: ports, URLs, data directory, Postgres version. Exit code 3 when not running."""
+    """Show what runs: ports, URLs, data directory, Postgres version, what the limits refused. Exit code 3 when not running."""
     state = read_state(settings.resolved_data_dir)
+    limits = _live_limits(state) if state else None
     if as_json:
-        click.echo(json.dumps({"running": bool(state), **(state or {"data_dir": str(settings.resolved_data_dir)})}, indent=2))
+        shown = {"running": bool(state), **(state or {"data_dir": str(settings.resolved_data_dir)})}
+        click.echo(json.dumps(shown | ({"limits": limits} if state else {}), indent=2))
     elif state:
         minutes = (time.time() - state["started_at"]) / 60
         click.echo(banner(state, f"neon-local {state['version']} is running, up {minutes:.0f} min"))
         click.echo(f"\n  Ports              HTTP {state['http_port']}, Postgres {state['pg_port']} on {state['host']}")
         click.echo(f"  Pids               neon-local {state['pid']}, Postgres {state['postgres']['pid']}")
         click.echo(f"  TLS CA             {state['tls_ca']}")
+        click.echo(_limits_text(limits))
         if state.get("config_error"):
             click.secho(f"\n  Config error       {state['config_error']}\n"
                         "                     (the last good configuration stays in force until the file loads)", fg="red")
@@ -142,6 +146,37 @@ def status(settings: Settings, as_json: bool) -> None:
         click.echo(f"neon-local is not running for {settings.resolved_data_dir}. Start it with `neon-local up`.")
     if not state:
         sys.exit(3)
+
+
+def _live_limits(state: dict) -> dict | None:
+    """The running emulator's client-limit counters, from its console API (the key in state.json opens it)."""
+    base, _, key = state["urls"]["console"].partition("/console?key=")
+    request = urllib.request.Request(f"{base}/console/api/limits",
+                                     headers={"Cookie": f"neon_local_console_{state['http_port']}={key}"})
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never through a proxy
+    try:
+        with opener.open(request, timeout=5) as response:
+            return json.load(response)
+    except (OSError, ValueError):
+        return None
+
+
+def _limits_text(limits: dict | None) -> str:
+    pad = " " * 21
+    if limits is None:
+        return "  Limits             (no answer from the running neon-local's console API)"
+    allowlist = limits["allowlist"]
+    modes = ", ".join(f"{role}={mode}" for role, mode in sorted(allowlist["modes"].items()))
+    fingerprints = allowlist["fingerprints"]
+    lines = [f"  Allow-list         {allowlist['mode']} for JWT roles" + (f" ({modes})" if modes else "")
+             + f"; {fingerprints['approved']} approved fingerprints, {fingerprints['refused']} refused lately"
+             + f" ({allowlist['file']})",
+             f"  Rate limits        {limits['rate_limit']} per protocol, {limits['rate_limit_identity']} per identity",
+             f"  Since start        {'path':10} {'rate-limited':>12} {'refused':>8} {'warned':>7} {'learned':>8} {'allowed':>8}"]
+    for counts in limits["paths"].values():
+        lines.append(f"{pad}{counts['label']:10} {counts['rate_limited']:>12} {counts['refused']:>8} {counts['warned']:>7} "
+                     f"{counts['learned']:>8} {counts['allowed']:>8}")
+    return "\n".join(lines)
 
 
 @click.command()

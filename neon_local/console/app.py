@@ -86,6 +86,7 @@ class Console:
             ("POST", "owner-sql"): self._owner_sql, ("POST", "policy/migration"): self._migration,
             ("POST", "matrix"): self._matrix, ("GET", "lints"): self._lints, ("POST", "tokens/mint"): self._mint,
             ("POST", "tokens/decode"): self._decode, ("GET", "log"): self._log_entries,
+            ("GET", "limits"): self._limits,
         }
         return [
             web.get("/console", self._page),
@@ -311,6 +312,11 @@ class Console:
             return answer | {"valid": False, "error": exc.message, "detail": exc.detail}
         return answer | {"valid": True, "provider": verified.provider_id, "kid": parsed.header.get("kid"),
                          "expires_at": verified.expires_at}
+
+    async def _limits(self, request: web.Request, body: Any) -> dict:
+        """The allow-list's mode and fingerprints, the rate limits, and what each path refused since start
+        (also what `neon-local status` prints)."""
+        return self.services.sql.limits.summary()
 
     async def _log_entries(self, request: web.Request, body: Any) -> dict:
         return {"entries": self.requests.entries(int(request.query.get("after", 0) or 0))}

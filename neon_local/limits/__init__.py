@@ -19,8 +19,8 @@ from neon_local.settings import ConfigError
 __all__ = ["PATHS", "ClientLimits", "RateLimited", "Refused"]
 
 log = logging.getLogger(__name__)
-# The paths limits apply to, as the counters name them: /sql, TCP, WebSocket, the Data API.
-PATHS = ("http", "tcp", "ws", "data_api")
+# The paths limits apply to, as the counters name them, and as people read them.
+PATHS = {"http": "/sql", "tcp": "TCP", "ws": "WebSocket", "data_api": "Data API"}
 
 
 class ClientLimits:
@@ -35,7 +35,7 @@ class ClientLimits:
         except ValueError as exc:
             raise ConfigError(f"{exc} (rate_limit, rate_limit_identity)") from None
         self.allowlist = AllowList(default_path(settings), settings.allowlist, self._apply_file)
-        self.rate_limited: collections.Counter[str] = collections.Counter()  # per path (PATHS)
+        self.rate_limited: collections.Counter[str] = collections.Counter()  # per path (a key of PATHS)
 
     def _apply_file(self, content: ListFile) -> None:
         """The list file's [limits] win over the settings; a bad one keeps the limits in force."""
@@ -89,9 +89,9 @@ class ClientLimits:
     def summary(self) -> dict:
         """What `neon-local status --json` and the console show: modes, limits, counts per path since start."""
         counts = self.allowlist.counts
-        paths = {path: {"rate_limited": self.rate_limited[path],
+        paths = {path: {"label": label, "rate_limited": self.rate_limited[path],
                         **{event: counts[event, path] for event in ("refused", "warned", "learned", "allowed")}}
-                 for path in PATHS}
+                 for path, label in PATHS.items()}
         return {
             "allowlist": self.allowlist.describe(),
             "rate_limit": self.rate.spec[0] or "off", "rate_limit_identity": self.rate.spec[1] or "off",

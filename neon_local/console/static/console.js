@@ -331,9 +331,11 @@ async function decode() {
 // --- request log ------------------------------------------------------------------------------------
 const logEntries = [];
 function logRow(e) {
-  const tr = h("tr", { title: e.statement, onclick: () => rerun(e) },
-    h("td", {}, new Date(e.time * 1000).toLocaleTimeString()), h("td", {}, e.path), h("td", {}, e.role || ""), h("td", {}, e.sub || ""),
-    h("td", { class: "stmt" }, e.statement), h("td", {}, e.duration_ms ?? ""), h("td", {}, e.rows ?? ""), h("td", { class: e.error ? "bad" : "" }, e.error || ""));
+  // A Data API request (it has a method) shows its query string, which is not SQL to run again.
+  const tr = h("tr", { title: e.statement, onclick: e.method ? null : () => rerun(e) },
+    h("td", {}, new Date(e.time * 1000).toLocaleTimeString()), h("td", {}, e.method ? `${e.method} ${e.path}` : e.path),
+    h("td", {}, e.role || ""), h("td", {}, e.sub || ""), h("td", { class: "stmt" }, e.statement), h("td", {}, e.duration_ms ?? ""),
+    h("td", {}, e.rows ?? ""), h("td", { class: e.status >= 400 ? "bad" : "" }, e.status ?? ""), h("td", { class: e.error ? "bad" : "" }, e.error || ""));
   tr.dataset.who = `${e.sub || ""} ${e.role || ""}`.toLowerCase();
   return tr;
 }
@@ -369,6 +371,24 @@ function startLog() {
   };
 }
 
+// --- limits -----------------------------------------------------------------------------------------
+loaders.limits = async () => {
+  try {
+    const s = await api("limits");
+    const a = s.allowlist;
+    const modes = Object.entries(a.modes).map(([role, mode]) => `${role}=${mode}`).join(", ");
+    $("lim-summary").textContent = `allow-list ${a.mode} for JWT roles${modes ? ` (${modes})` : ""} · ` +
+      `${a.fingerprints.approved} approved fingerprint(s), ${a.fingerprints.refused} refused lately · ` +
+      `rate limits: ${s.rate_limit} per protocol, ${s.rate_limit_identity} per identity · ${a.file}`;
+    show($("lim-paths").tBodies[0], ...Object.entries(s.paths).map(([name, p]) => h("tr", { "data-path": name },
+      h("td", {}, p.label), ...["rate_limited", "refused", "warned", "learned", "allowed"].map((k) => h("td", { class: k }, p[k])))));
+    show($("lim-recent").tBodies[0], ...a.recent_refusals.slice().reverse().map((r) => h("tr", {},
+      h("td", {}, r.at), h("td", {}, s.paths[r.path] ? s.paths[r.path].label : r.path), h("td", {}, r.role), h("td", {}, r.mode),
+      h("td", {}, h("code", {}, r.fingerprint)), h("td", { class: "stmt" }, r.sql))));
+  } catch (e) { $("lim-summary").textContent = e.message; }
+};
+setInterval(() => { if (location.hash === "#limits" && document.visibilityState === "visible") loaders.limits(); }, 2000);
+
 // --- start ------------------------------------------------------------------------------------------
 async function start() {
   info = await api("info");
@@ -401,6 +421,7 @@ async function start() {
   $("tk-mint").addEventListener("click", mint);
   $("tk-decode").addEventListener("click", decode);
   $("log-filter").addEventListener("input", filterLog);
+  $("lim-refresh").addEventListener("click", loaders.limits);
   window.addEventListener("hashchange", route);
   startLog();
   route();
