@@ -21,6 +21,7 @@ from neon_local.ports import bind
 from neon_local.postgres.binaries import find_binaries
 from neon_local.postgres.bootstrap import bootstrap
 from neon_local.postgres.cluster import PostgresCluster, PostgresError
+from neon_local.postgres.stub_upgrade import upgrade_stub
 from neon_local.postgres.template import neon_template
 from neon_local.services import Services, start_services
 from neon_local.settings import Settings, url_host
@@ -161,6 +162,7 @@ class Emulator:
         self.cluster.prepare(await neon_template(self.binaries, settings))
         await self.cluster.start()
         self._stack.append(self.cluster.stop)
+        await upgrade_stub(self.cluster)  # a data dir from an older neon-local
         await bootstrap(self.cluster, settings)
         self._endpoints = Endpoints(url_host(settings.host), http_sock.getsockname()[1], pg_sock.getsockname()[1],
                                    settings.database, settings.owner, settings.owner_password)

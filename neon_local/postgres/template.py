@@ -19,19 +19,17 @@ from neon_local.postgres.binaries import PgBinaries
 from neon_local.postgres.bootstrap import bootstrap
 from neon_local.postgres.cache import cache_dir
 from neon_local.postgres.cluster import PostgresCluster, RunAs, initdb
-from neon_local.postgres.extension_path import STUB_FILES_DIR
+from neon_local.postgres.stub_upgrade import stamp, stub_digest
 from neon_local.settings import Settings
 
-FORMAT = 6  # bump when what a template holds changes without its inputs changing
+FORMAT = 7  # bump when what a template holds changes without its inputs changing
 
 
 def _key(binaries: PgBinaries, settings: Settings) -> str:
     digest = hashlib.sha256()
     for part in (FORMAT, binaries.bin_dir, binaries.version, settings.database, settings.owner,
-                 settings.owner_password, settings.jwt_roles, sorted(settings.role_specs.items())):
+                 settings.owner_password, settings.jwt_roles, sorted(settings.role_specs.items()), stub_digest()):
         digest.update(repr(part).encode())
-    for stub_file in sorted(STUB_FILES_DIR.iterdir()):
-        digest.update(stub_file.name.encode() + stub_file.read_bytes())
     return digest.hexdigest()[:12]
 
 
@@ -57,6 +55,7 @@ async def neon_template(binaries: PgBinaries, settings: Settings) -> Path:
             await builder.stop()
         for leftover in ("postmaster.opts", session_jwt.SECRET_FILENAME):
             (pgdata / leftover).unlink(missing_ok=True)
+        stamp(pgdata)  # copies hold the current stub: no upgrade at their first start
         try:
             os.rename(pgdata, target)
         except OSError:  # another process built the same template first: keep theirs
