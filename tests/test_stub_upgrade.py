@@ -137,7 +137,7 @@ def owner(emulator: Emulator, dbname: str = "neondb") -> psycopg.Connection:
 
 
 def test_start_says_what_it_upgraded(upgraded):
-    emulator, messages = upgraded
+    _, messages = upgraded
     assert any("pg_session_jwt 0.3.1 in database neondb: functions refreshed, policies and data kept, "
                "and now belongs to neondb_owner (was cloud_admin)" in m for m in messages), messages
 
