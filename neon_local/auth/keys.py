@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -52,7 +52,7 @@ def _generate(alg: str) -> ECKey | RSAKey | OKPKey:
     else:
         key = OKPKey.generate_key("Ed25519")
     # The RFC 7638 thumbprint makes the kid stable for the key and unique across rotations.
-    return jwk.import_key(key.as_dict(private=True) | {"kid": f"{alg.lower()}-{key.thumbprint()[:12]}"})
+    return cast(ECKey | RSAKey | OKPKey, jwk.import_key(key.as_dict(private=True) | {"kid": f"{alg.lower()}-{key.thumbprint()[:12]}"}))
 
 
 @dataclass(frozen=True)
@@ -173,7 +173,8 @@ def _read(path: Path) -> tuple[list[SigningKey], dict[str, str]]:
         path.chmod(0o600)
     try:
         document = json.loads(path.read_text())
-        keys = [SigningKey(e["jwk"]["kid"], e["alg"], int(e["created"]), jwk.import_key(e["jwk"])) for e in document["keys"]]
+        keys = [SigningKey(e["jwk"]["kid"], e["alg"], int(e["created"]), cast(ECKey | RSAKey | OKPKey, jwk.import_key(e["jwk"])))
+                for e in document["keys"]]
         active = {alg: kid for alg, kid in document["active"].items() if any(k.kid == kid for k in keys)}
     except (ValueError, KeyError, TypeError, JoseError) as exc:
         raise KeyRingError(f"{path} is damaged ({exc!r}); move it away and a new key ring is made on the next start.") from None

@@ -92,7 +92,7 @@ async def _authorize(authorize: str, client_id: str, scope: str, state: str, non
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     try:
-        redirect_uri = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/callback"
+        redirect_uri = f"http://127.0.0.1:{runner.addresses[0][1]}/callback"
         url = authorize + ("&" if "?" in authorize else "?") + urlencode({
             "response_type": "code", "client_id": client_id, "redirect_uri": redirect_uri, "scope": scope,
             "state": state, "nonce": nonce, "code_challenge": challenge, "code_challenge_method": "S256"})

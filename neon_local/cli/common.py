@@ -10,6 +10,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
@@ -99,7 +100,7 @@ def admin_connect(settings: Settings, dbname: str | None):
                            autocommit=True)
 
 
-def fail(message: str, code: int = 1):
+def fail(message: str, code: int = 1) -> NoReturn:
     click.secho(f"error: {message}", fg="red", err=True)
     sys.exit(code)
 

@@ -30,7 +30,7 @@ def lint(settings: Settings, as_json: bool, database: str | None) -> None:
     if database:
         params["dbname"] = database
     try:
-        with psycopg.connect(make_conninfo(**params), connect_timeout=10) as conn:
+        with psycopg.connect(make_conninfo("", **params), connect_timeout=10) as conn:
             findings = check(conn, roles=settings.jwt_roles, users=settings.users)
     except psycopg.Error as exc:
         fail(f"could not check {params['dbname']} as {params['user']}: {str(exc).strip()}")

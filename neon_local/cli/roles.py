@@ -8,6 +8,7 @@ member of other roles, so their privileges and the policies written for them app
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 import tomlkit
@@ -50,7 +51,7 @@ def roles():
 def roles_list(as_json: bool) -> None:
     """Every JWT role, what it inherits, its grants, and the providers whose tokens it takes."""
     settings = _settings()
-    rows = {}
+    rows: dict[str, dict[str, Any]] = {}
     for role in settings.jwt_roles:
         spec = settings.role_specs.get(role, RoleSpec())
         rows[role] = {"custom": role not in DEFAULT_JWT_ROLES, "inherits": list(spec.inherits), "grants": spec.grants,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -64,7 +65,7 @@ def tenants_list(settings: Settings, as_json: bool) -> None:
     """Every tenant database and its size on disk."""
     prefix = _tenancy(settings).prefix
     with admin_connect(settings, "postgres") as conn:
-        rows = [{"tenant": name[len(prefix):], "database": name, "bytes": size}
+        rows: list[dict[str, Any]] = [{"tenant": name[len(prefix):], "database": name, "bytes": size}
                 for name, size in _tenant_databases(conn, prefix)]
     if as_json:
         click.echo(json.dumps(rows, indent=2))

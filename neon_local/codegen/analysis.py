@@ -86,7 +86,8 @@ class _Walk:
             self.visit(node.quals, nullable)
             return
         # the WITH clause first, so that a CTE named in FROM is known as one
-        for slot in sorted(node.__slots__, key=lambda slot: slot != "withClause"):
+        slots = node.__slots__  # type: ignore[attr-defined]  # every pglast node has them; its stubs do not say so
+        for slot in sorted(slots, key=lambda slot: slot != "withClause"):
             if isinstance(node, _WRITES) and slot == "relation":
                 continue
             self.visit(getattr(node, slot), nullable)

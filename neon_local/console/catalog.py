@@ -168,7 +168,7 @@ async def _target(conn: psycopg.AsyncConnection, table: str) -> tuple[str, str, 
     return found[0], found[1], column[0] if column else None
 
 
-def _statement(command: str, ident: sql.Composable, column: str | None, new_row: dict | None) -> tuple[sql.Composable, list]:
+def _statement(command: str, ident: sql.Composable, column: str | None, new_row: dict | None) -> tuple[sql.Composed, list]:
     if command == "select":
         return sql.SQL("SELECT count(*) FROM {}").format(ident), []
     if command == "delete":

@@ -13,6 +13,7 @@ import os
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -85,7 +86,7 @@ def _write_ca(files: TlsFiles) -> None:
 
 
 def _write_server(files: TlsFiles) -> None:
-    ca_key = serialization.load_pem_private_key(files.ca_key.read_bytes(), password=None)
+    ca_key = cast(ec.EllipticCurvePrivateKey, serialization.load_pem_private_key(files.ca_key.read_bytes(), password=None))  # _write_ca's
     ca_cert = x509.load_pem_x509_certificate(files.ca_cert.read_bytes())
     key = ec.generate_private_key(ec.SECP256R1())
     names = [x509.DNSName("localhost"), *(x509.IPAddress(ipaddress.ip_address(a)) for a in SERVER_NAMES[1:])]

@@ -37,7 +37,7 @@ class TokenFactory:
     `sub=None` with no user makes a token without a `sub` (as for `anonymous`), where `sign` is available.
     """
 
-    def __init__(self, mint: Callable[..., str], sign: Callable[[dict], str] | None = None) -> None:
+    def __init__(self, mint: Callable[..., str], sign: Callable[[dict[str, Any], str], str] | None = None) -> None:
         self._mint = mint
         self._sign = sign
         self._minted: dict[str, dict[str, Any]] = {}
