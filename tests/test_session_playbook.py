@@ -440,13 +440,20 @@ async def test_channel_binding_to_another_certificate_is_refused(world):
     assert answer == m.error_response("FATAL", "28000", "SCRAM channel binding check failed")
 
 
-async def test_a_client_that_could_bind_but_was_not_offered_plus_is_refused(world):
+@pytest.mark.parametrize("mechanism, flag, message", [
+    ("SCRAM-SHA-256", b"y", "SCRAM channel binding negotiation error"),  # "I could bind, the server seems not to": a downgrade
+    ("SCRAM-SHA-256", b"p=tls-server-end-point", "channel binding was requested, but the mechanism does not support it"),
+    ("SCRAM-SHA-256-PLUS", b"n", "channel binding is required, but client does not support it"),
+    ("SCRAM-SHA-256-PLUS", b"p=tls-unique", "channel binding is required, but client does not support it"),
+], ids=["y-flag", "p-flag-on-plain", "n-flag-on-plus", "tls-unique"])
+async def test_binding_flags_that_do_not_match_the_mechanism_are_refused(world, mechanism, flag, message):
     playbook = world.playbook()
     await playbook.send(m.ssl_request())
-    scram = ScramClient(OWNER_PASSWORD, flag=b"y")  # "y": I can bind, the server seems not to: a downgrade
     await playbook.send(startup(OWNER))
-    answer = await playbook.send(m.sasl_initial_response(scram.mechanism, scram.first()))
-    assert answer == m.error_response("FATAL", "28000", "SCRAM channel binding negotiation error")
+    scram = ScramClient(OWNER_PASSWORD, binding=world.ctx.channel_binding, flag=flag)
+    answer = await playbook.send(m.sasl_initial_response(mechanism, scram.first()))
+    assert answer == m.error_response("FATAL", "28000", message)
+    assert playbook.ended and world.computes == []
 
 
 async def test_plus_without_tls_is_an_invalid_mechanism(world):
