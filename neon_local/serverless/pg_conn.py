@@ -61,11 +61,19 @@ _TEXT.register_loader(0, TextLoader)  # the fallback loader: every type comes ba
 
 
 class PgError(PostgresErrorResponse):
-    """Postgres answered with an ErrorResponse; `fields` maps its field codes (C, M, S, …) to text."""
+    """Postgres answered with an ErrorResponse; `fields` maps its field codes (C, M, S, …) to text, and
+    `statement` is the position, in the run, of the statement that failed."""
+
+    def __init__(self, fields: dict[str, str], statement: int = 0) -> None:
+        super().__init__(fields)
+        self.statement = statement
 
 
 class ConnectionLost(PostgresUnavailable):
-    """The backend connection broke or misbehaved; the message is libpq's (or ours)."""
+    """The backend connection broke or misbehaved; the message is libpq's (or ours). `statement` is the
+    position, in the run, of the statement whose results were awaited."""
+
+    statement = 0
 
 
 class ResultSink(Protocol):
@@ -129,6 +137,7 @@ class PgConnection:
         self.idle_since = 0.0
         self.reset_pending = False
         self._running = False
+        self._reading = 0  # the position of the statement whose results run() awaits
         self._transformer = Transformer(_TEXT)
         self._loop = asyncio.get_running_loop()
         self._waiter: asyncio.Future | None = None
@@ -193,34 +202,42 @@ class PgConnection:
         leaves the connection mid-pipeline, so it is marked broken and must be discarded.
         """
         self._running = True
+        self._reading = 0
         try:
             self._send(statements)
             await self._flush()
-            error = await self._receive(statements)
+            failed = await self._receive(statements)
             self._running = False
         except psycopg.OperationalError as exc:
-            raise ConnectionLost(str(exc).strip()) from None
+            lost = ConnectionLost(str(exc).strip())
+            lost.statement = self._reading
+            raise lost from None
+        except ConnectionLost as exc:
+            exc.statement = self._reading
+            raise
         finally:
             if self._running:
                 self._mark_broken()
         if reset_after:
             self.queue_reset()
-        if error is not None:
-            raise PgError(error)
+        if failed is not None:
+            raise PgError(failed[1], failed[0])
 
     def _send(self, statements: Sequence[Statement]) -> None:
         for statement in statements:
             self.pg.send_query_params(statement.sql.encode(), [p if p is None else p.encode() for p in statement.params])
         self.pg.pipeline_sync()
 
-    async def _receive(self, statements: Sequence[Statement]) -> dict[str, str] | None:
-        """Every statement's results, then the Sync's; the first error's fields, if any."""
-        error = None
-        for statement in statements:
-            failed = await self._read_statement(statement.sink)
-            error = error or failed
+    async def _receive(self, statements: Sequence[Statement]) -> tuple[int, dict[str, str]] | None:
+        """Every statement's results, then the Sync's; the first error's position and fields, if any."""
+        failed = None
+        for index, statement in enumerate(statements):
+            self._reading = index
+            error = await self._read_statement(statement.sink)
+            if failed is None and error is not None:
+                failed = index, error
         await self._read_sync()
-        return error
+        return failed
 
     async def _read_sync(self) -> None:
         result = await self._result()
@@ -233,7 +250,7 @@ class PgConnection:
             self.pg.set_chunked_rows_mode(CHUNK_ROWS)
         except psycopg.OperationalError:  # refused after an error aborted the pipeline: nothing to chunk
             pass
-        error, tag, described = None, "", False
+        error, tag, described, aborted = None, "", False, False
         while True:
             result = self._take()
             if result is _BUSY:
@@ -252,9 +269,11 @@ class PgConnection:
                         sink.rows(self._transformer.load_rows(0, result.ntuples, tuple))
             elif status == S.FATAL_ERROR:
                 error = _error_fields(result)
-            elif status != S.PIPELINE_ABORTED:  # COPY and friends: tokio-postgres fails on them too
+            elif status == S.PIPELINE_ABORTED:  # skipped after an earlier statement's error: no result to end
+                aborted = True
+            else:  # COPY and friends: tokio-postgres fails on them too
                 raise ConnectionLost("unexpected message from server")
-        if sink is not None and error is None:
+        if sink is not None and error is None and not aborted:
             sink.end(tag)
         return error
 

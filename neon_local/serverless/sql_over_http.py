@@ -13,7 +13,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import replace
 
 import psycopg
@@ -72,6 +72,33 @@ def _unavailable(exc: BaseException | None) -> bool:
 
 class _ClientGone(Exception):
     """The HTTP client disconnected while its request ran."""
+
+
+class _InitFailed(Exception):
+    """The session init (the proxy's own SQL) failed with `error`, a PgError; the user's SQL did not run."""
+
+    def __init__(self, error: PgError) -> None:
+        super().__init__(error.fields.get("M", ""))
+        self.error = error
+
+
+class _RefusedInPipeline(Exception):
+    """The user's first statement refused to run after the session init in one transaction; `error` is its answer."""
+
+    def __init__(self, error: SqlOverHttpError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+# Where Postgres raises 25001 for a statement that must come first in its transaction or outside one
+# (the error's routine field): VACUUM, CREATE DATABASE, ...; SET TRANSACTION ISOLATION LEVEL, READ WRITE,
+# DEFERRABLE; SET TRANSACTION SNAPSHOT. Not a RAISE of the same SQLSTATE in the user's own code.
+_FIRST_IN_TRANSACTION = frozenset(("PreventInTransactionBlock", "call_enum_check_hook", "call_bool_check_hook",
+                                   "ImportSnapshot"))
+
+
+def _refused_after_a_query(fields: Mapping[str, str]) -> bool:
+    return fields.get("C") == "25001" and fields.get("R") in _FIRST_IN_TRANSACTION
 
 
 def _request_id(request: web.Request) -> str:
@@ -244,17 +271,18 @@ class SqlOverHttp:
             except PostgresErrorResponse as exc:
                 raise SqlOverHttpError.postgres(exc.fields, 400) from None
         self._admit(info, verified, payload)
-        backend = await self._session(info, verified)
-        if payload.has_nul:  # libpq would cut the text at the NUL: refuse it as Postgres does
-            self.pools.release(backend)
-            raise nul_byte_error()
         try:
-            body = await (self._batch if payload.batch else self._single)(backend, info.dbname, headers, payload.queries)
-        except BaseException:
-            self.pools.discard(backend)
-            raise
-        self.pools.release(backend)
-        return body
+            return await self._execute(info, verified, headers, payload)
+        except _InitFailed as exc:
+            # The session set-up failed for want of the extension or its grant (the user reset the schema):
+            # the database is prepared again and the request goes on, on a fresh connection.
+            if not ControlPlane.unprepared(exc.error):
+                raise SqlOverHttpError.internal_postgres(exc.error.fields) from None
+        await self.pools.repair(info.dbname, info.user)
+        try:
+            return await self._execute(info, verified, headers, payload)
+        except _InitFailed as exc:
+            raise SqlOverHttpError.internal_postgres(exc.error.fields) from None
 
     def _admit(self, info: ConnInfo, verified: VerifiedToken | None, payload: Payload) -> None:
         """Rate limits and the allow-list, before a connection is taken: Neon's status and body for each."""
@@ -297,66 +325,88 @@ class SqlOverHttp:
         except (ConnectionLost, psycopg.OperationalError, OSError) as exc:
             raise postgres_unavailable(exc) from None
 
-    async def _session(self, info: ConnInfo, verified: VerifiedToken | None) -> PgConnection:
-        """A pooled connection ready for the user's SQL: a JWT role's with this request's claims installed.
+    async def _execute(self, info: ConnInfo, verified: VerifiedToken | None, headers: Headers, payload: Payload) -> bytes:
+        """The request on a pooled connection, a JWT role's behind local_proxy's per-request session init.
 
-        A pooled session whose set-up fails for want of the extension or its grant (the user reset the
-        schema) makes the database be prepared again, and the request goes on, on a fresh connection.
+        The init goes in the same pipeline as the user's SQL, before it and up to the same Sync, so an
+        init that fails makes Postgres skip the SQL. In one pipeline they share a transaction, which a
+        few statements refuse (VACUUM, SET TRANSACTION ISOLATION LEVEL, ...: SQLSTATE 25001): those
+        run again behind an init of their own, as on Neon. So does a batch whose BEGIN sets an
+        isolation level (it must come before any query).
         """
         backend = await self._connect(info, verified is not None)
-        if verified is None:
-            return backend
         try:
-            return await self._init_session(backend, verified)
-        except PgError as exc:
-            if not ControlPlane.unprepared(exc):
-                raise SqlOverHttpError.internal_postgres(exc.fields) from None
-        await self.pools.repair(info.dbname, info.user)
-        try:
-            return await self._init_session(await self._connect(info, True), verified)
-        except PgError as exc:
-            raise SqlOverHttpError.internal_postgres(exc.fields) from None
-
-    async def _init_session(self, backend: PgConnection, verified: VerifiedToken) -> PgConnection:
-        """local_proxy's per-request step: the verified claims, re-signed with the next jti, before any user SQL.
-        A connection whose set-up failed is dropped."""
-        token = backend.signer.token_for(verified.payload)
-        try:
-            await backend.run([Statement(session_jwt.INIT_QUERY, [token])])
-        except ConnectionLost as exc:
-            self.pools.discard(backend)
-            raise SqlOverHttpError(500, str(exc)) from None
+            if payload.has_nul:  # libpq would cut the text at the NUL: refused as Postgres does, after the init
+                if verified is not None:
+                    await self._run(backend, [self._init(backend, verified)], init_at=0)
+                body = b""
+            else:
+                body = await self._pipelined(backend, verified, info.dbname, headers, payload)
         except BaseException:
             self.pools.discard(backend)
             raise
-        return backend
+        self.pools.release(backend)
+        if payload.has_nul:
+            raise nul_byte_error()
+        return body
+
+    async def _pipelined(self, backend: PgConnection, verified: VerifiedToken | None, dbname: str, headers: Headers,
+                         payload: Payload) -> bytes:
+        apart = payload.batch and headers.isolation_level not in (None, "ReadCommitted")
+        try:
+            return await self._statements(backend, verified, dbname, headers, payload, apart)
+        except _RefusedInPipeline as exc:  # the refused statement's transaction is gone: reset, then again
+            if not backend.reset_pending:
+                backend.queue_reset()
+            if not await backend.finish_reset():
+                raise exc.error from None
+        return await self._statements(backend, verified, dbname, headers, payload, apart=True)
+
+    @staticmethod
+    def _init(backend: PgConnection, verified: VerifiedToken) -> Statement:
+        """local_proxy's per-request step: the verified claims, re-signed with the next jti."""
+        return Statement(session_jwt.INIT_QUERY, [backend.signer.token_for(verified.payload)])
+
+    async def _statements(self, backend: PgConnection, verified: VerifiedToken | None, dbname: str, headers: Headers,
+                          payload: Payload, apart: bool) -> bytes:
+        """The user's SQL with the session init (if any) ahead of it: in the same pipeline, or `apart` in a
+        round trip of its own. A batch is one transaction: COMMIT only once every result is in."""
+        writer = ResponseWriter(MAX_RESPONSE_BYTES)
+        init = [] if verified is None else [self._init(backend, verified)]
+        if init and apart:
+            await self._run(backend, init, init_at=0)
+            init = []
+        init_at = 0 if init else None
+        if not payload.batch:
+            await self._run(backend, [*init, self._statement(payload.queries[0], writer, dbname, headers)], init_at,
+                            first_query=len(init), reset_after=True)
+            return writer.body()
+        writer.begin_batch()
+        statements = [self._statement(query, writer, dbname, headers) for query in payload.queries]
+        await self._run(backend, [*init, Statement(headers.begin_statement()), *statements], init_at, len(init) + 1)
+        await self._run(backend, [Statement("COMMIT")], reset_after=True)
+        writer.end_batch()
+        return writer.body()
 
     def _statement(self, query: Query, writer: ResponseWriter, dbname: str, headers: Headers) -> Statement:
         array_mode = headers.array_mode if query.array_mode is None else query.array_mode
         return Statement(query.text, query.params, _QuerySink(self, writer, dbname, headers.raw_output, array_mode))
 
-    async def _single(self, backend: PgConnection, dbname: str, headers: Headers, queries: Sequence[Query]) -> bytes:
-        writer = ResponseWriter(MAX_RESPONSE_BYTES)
-        await self._run(backend, [self._statement(queries[0], writer, dbname, headers)], reset_after=True)
-        return writer.body()
-
-    async def _batch(self, backend: PgConnection, dbname: str, headers: Headers, queries: Sequence[Query]) -> bytes:
-        """One transaction: the first error fails the whole batch; COMMIT only once every result is in."""
-        writer = ResponseWriter(MAX_RESPONSE_BYTES)
-        writer.begin_batch()
-        statements = [self._statement(query, writer, dbname, headers) for query in queries]
-        await self._run(backend, [Statement(headers.begin_statement()), *statements])
-        await self._run(backend, [Statement("COMMIT")], reset_after=True)
-        writer.end_batch()
-        return writer.body()
-
-    async def _run(self, backend: PgConnection, statements: list[Statement], reset_after: bool = False) -> None:
+    async def _run(self, backend: PgConnection, statements: list[Statement], init_at: int | None = None,
+                   first_query: int = 0, reset_after: bool = False) -> None:
+        """Run the statements; `init_at` is the session init's position among them, if it is there, and
+        `first_query` the user's first statement's (only a BEGIN of ours between them)."""
         try:
             await backend.run(statements, reset_after)
         except PgError as exc:
-            raise SqlOverHttpError.postgres(exc.fields) from None
-        except ConnectionLost as exc:
-            raise SqlOverHttpError(400, str(exc)) from None
+            if exc.statement == init_at:
+                raise _InitFailed(exc) from None
+            error = SqlOverHttpError.postgres(exc.fields)
+            if init_at is not None and init_at < exc.statement <= first_query and _refused_after_a_query(exc.fields):
+                raise _RefusedInPipeline(error) from None
+            raise error from None
+        except ConnectionLost as exc:  # in the proxy's own SQL, a 500 as tokio-postgres' error; in the user's, a 400
+            raise SqlOverHttpError(500 if init_at is not None and exc.statement <= init_at else 400, str(exc)) from None
         except ResponseTooLarge as exc:
             raise SqlOverHttpError(507, str(exc)) from None
         except PgTextError:
