@@ -36,6 +36,7 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     only = sys.argv[1:]
+    started = time.perf_counter()
     sections = [f"# neon-local benchmarks\n\nMachine: {machine()}  \nRun: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n"]
     for name in MODULES:
         if only and not any(o in name for o in only):
@@ -48,9 +49,12 @@ def main() -> None:
             continue
         print(f"running {name} ...", file=sys.stderr, flush=True)
         began = time.perf_counter()
-        rows = module.run()
+        result = module.run()  # one table's rows, or {subtitle: rows} for several tables
+        tables = result.items() if isinstance(result, dict) else [("", result)]
         title = (module.__doc__ or name).strip().splitlines()[0]
-        sections.append(f"## {title}\n\n{table(rows)}\n\n_{time.perf_counter() - began:.0f} s_\n")
+        body = "\n\n".join((f"### {subtitle}\n\n" if subtitle else "") + table(rows) for subtitle, rows in tables)
+        sections.append(f"## {title}\n\n{body}\n\n_{time.perf_counter() - began:.0f} s_\n")
+    sections.append(f"_Whole run: {(time.perf_counter() - started) / 60:.1f} min_\n")
     out = Path(__file__).parent / "results.md"
     out.write_text("\n".join(sections))
     print(out.read_text())

@@ -1,26 +1,18 @@
 """Data API: GET /<db>/rest/v1 requests per second with a JWT, beside POST /sql running the SQL each request generates.
 
 16 concurrent clients, one RLS-filtered row (`select=id,body&id=eq.7` as user_7), and the same with a
-to-one embed one level deep. Both endpoints are neon-local's handlers on uvloop in one process over the
-same fresh Postgres; the load comes from a separate process speaking raw HTTP/1.1 keep-alive. The
-baseline is /sql given the Data API's own main query (its text and parameters, taken from the builder),
-measured in the same run. Goals: >= 0.8x of /sql, >= 0.5x with the embed.
+to-one embed one level deep. Both endpoints are neon-local's (`bench.common.emulator`, on uvloop in this
+process); the load comes from a separate process speaking raw HTTP/1.1 keep-alive. The baseline is /sql
+given the Data API's own main query (its text and parameters, taken from the builder), in the same
+rounds. Medians of ROUNDS rounds, range beside. Goals: >= 0.8x of /sql, >= 0.5x with the embed.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
-import os
-import re
-import socket
-import sys
-import tempfile
-import time
-from contextlib import asynccontextmanager
 from pathlib import Path
 
-from bench.bench_http import CLIENTS, ROUNDS, SECONDS, WARMUP_SECONDS, _cluster, _percentile
+from bench.bench_http import CLIENTS, SECONDS, SETUP_SQL, WARMUP_SECONDS, jwt_connection_string
+from bench.common import ROUNDS, emulator, http_load, load_errors, post_sql, ratio, run_async, show, spread
 
 EMBED_SQL = """
 create table bench_owners (user_id text primary key, name text);
@@ -32,74 +24,6 @@ grant select on bench_owners to authenticated;
 """
 PLAIN = "/bench_notes?select=id,body&id=eq.7"
 EMBED = "/bench_notes?select=id,body,bench_owners(name)&id=eq.7"
-
-
-async def _client(host: str, port: int, request: bytes, until: float, latencies: list[float], errors: list[str]) -> None:
-    reader, writer = await asyncio.open_connection(host, port)
-    while (start := time.perf_counter()) < until:
-        writer.write(request)
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
-        body = await reader.readexactly(length)
-        if not head.startswith(b"HTTP/1.1 200"):
-            errors.append(body.decode(errors="replace"))
-        latencies.append(time.perf_counter() - start)
-    writer.close()
-
-
-async def _load(port: int, request_text: str, seconds: float) -> dict:
-    request = request_text.encode()
-    latencies: list[float] = []
-    errors: list[str] = []
-    until = time.perf_counter() + seconds
-    await asyncio.gather(*(_client("127.0.0.1", port, request, until, latencies, errors) for _ in range(CLIENTS)))
-    return {"requests": len(latencies), "seconds": seconds, "errors": len(errors), "first_error": errors[:1],
-            "p50_ms": _percentile(latencies, 0.5) * 1e3, "p99_ms": _percentile(latencies, 0.99) * 1e3}
-
-
-async def _run_load(port: int, request: str, seconds: float) -> dict:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench.bench_data_api", "load", str(port), request, str(seconds),
-        cwd=Path(__file__).parent.parent, stdout=asyncio.subprocess.PIPE)
-    stdout, _ = await process.communicate()
-    return json.loads(stdout)
-
-
-@asynccontextmanager
-async def _endpoints(settings, cluster, directory: Path):
-    """/sql and the Data API on one free port; yields the port, a token for user_7 and the Data API."""
-    from aiohttp import web
-
-    from neon_local.auth.issuer import Issuer
-    from neon_local.auth.keys import KeyRing
-    from neon_local.auth.providers import ProviderCache
-    from neon_local.auth.verifier import Verifier
-    from neon_local.control_plane import ControlPlane
-    from neon_local.data_api.handler import DataApi
-    from neon_local.serverless.sql_over_http import SqlOverHttp
-
-    keyring = KeyRing.load_or_create(directory / "keys")
-    verifier = Verifier(settings, keyring, ProviderCache(settings, directory / "jwks-cache"))
-    control_plane = ControlPlane(cluster)
-    sql = SqlOverHttp(settings, control_plane, verifier)
-    api = DataApi(settings, control_plane, verifier)
-    app = web.Application()
-    app.router.add_post("/sql", sql.handle_sql)
-    app.router.add_route("*", "/{db}/rest/{tail:.*}", api.handle)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    await web.SockSite(runner, sock).start()
-    try:
-        token = Issuer(settings, keyring, f"http://127.0.0.1:{port}").mint(sub="user_7", claims={"role": "authenticated"}, lifetime=3600)
-        yield port, token, api
-    finally:
-        await runner.cleanup()
-        await sql.close()
-        await api.close()
-        await control_plane.close()
 
 
 async def _generated_sql(api, dbname: str, path: str) -> tuple[str, list]:
@@ -116,66 +40,35 @@ async def _generated_sql(api, dbname: str, path: str) -> tuple[str, list]:
     return plan.sql, plan.params
 
 
-def _requests(port: int, dbname: str, token: str, path: str, sql: str, params: list) -> tuple[str, str]:
-    rest = (f"GET /{dbname}/rest/v1{path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-            f"Authorization: Bearer {token}\r\n\r\n")
-    body = json.dumps({"query": sql, "params": params})
-    conn = f"postgresql://authenticated@localhost/{dbname}"
-    over_sql = (f"POST /sql HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nNeon-Connection-String: {conn}\r\n"
-                f"Authorization: Bearer {token}\r\nContent-Length: {len(body.encode())}\r\n\r\n{body}")
-    return rest, over_sql
-
-
-def _errors(runs: list[dict]) -> str:
-    count = sum(run["errors"] for run in runs)
-    first = next((run["first_error"][0] for run in runs if run["first_error"]), "")
-    return f"{count} errors" + (f" (first: {first[:200]})" if count else "")
-
-
 async def _bench(directory: Path) -> list[dict]:
-    import psycopg
-
     rows = []
-    async with _cluster(directory) as (settings, _binaries, cluster):
-        async with await psycopg.AsyncConnection.connect(cluster.conninfo(dbname=settings.database), autocommit=True) as conn:
-            await conn.execute(EMBED_SQL)
-        async with _endpoints(settings, cluster, directory) as (port, token, api):
-            for label, path, goal in (("one row", PLAIN, 0.8), ("one row + to-one embed", EMBED, 0.5)):
-                sql, params = await _generated_sql(api, settings.database, path)
-                rest, over_sql = _requests(port, settings.database, token, path, sql, params)
-                await _run_load(port, rest, WARMUP_SECONDS)
-                await _run_load(port, over_sql, WARMUP_SECONDS)
-                rests, sqls = [], []
-                for _ in range(ROUNDS):
-                    rests.append(await _run_load(port, rest, SECONDS))
-                    sqls.append(await _run_load(port, over_sql, SECONDS))
-                best_rest = max(rests, key=lambda run: run["requests"])
-                best_sql = max(sqls, key=lambda run: run["requests"])
-                rest_rps, sql_rps = best_rest["requests"] / SECONDS, best_sql["requests"] / SECONDS
-                rows.append({"what": f"POST /sql, the Data API's SQL ({label})", "per second": f"{sql_rps:.0f}",
-                             "p50 (ms)": f"{best_sql['p50_ms']:.2f}", "p99 (ms)": f"{best_sql['p99_ms']:.2f}",
-                             "vs /sql": "1.00x", "notes": f"best of {ROUNDS}; {_errors(sqls)}"})
-                rows.append({"what": f"GET /rest/v1{path}", "per second": f"{rest_rps:.0f}",
-                             "p50 (ms)": f"{best_rest['p50_ms']:.2f}", "p99 (ms)": f"{best_rest['p99_ms']:.2f}",
-                             "vs /sql": f"{rest_rps / sql_rps:.2f}x",
-                             "notes": f"best of {ROUNDS}; {_errors(rests)}; target >= {goal}x"})
+    async with emulator(directory, SETUP_SQL + EMBED_SQL) as emu:
+        port, dbname = emu.endpoints.http_port, emu.settings.database
+        token = emu.services.issuer.mint(sub="user_7", claims={"role": "authenticated"}, lifetime=3600)
+        for label, path, goal in (("one row", PLAIN, 0.8), ("one row + to-one embed", EMBED, 0.5)):
+            sql, params = await _generated_sql(emu.services.data_api, dbname, path)
+            rest = (f"GET /{dbname}/rest/v1{path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                    f"Authorization: Bearer {token}\r\n\r\n").encode()
+            over_sql = post_sql(port, sql, params, jwt_connection_string(emu), token)
+            await http_load(port, [rest], CLIENTS, WARMUP_SECONDS)
+            await http_load(port, [over_sql], CLIENTS, WARMUP_SECONDS)
+            rests, sqls = [], []
+            for _ in range(ROUNDS):
+                rests.append(await http_load(port, [rest], CLIENTS, SECONDS))
+                sqls.append(await http_load(port, [over_sql], CLIENTS, SECONDS))
+            rest_rps, sql_rps = [r["per_second"] for r in rests], [r["per_second"] for r in sqls]
+            rows.append({"what": f"POST /sql, the Data API's SQL ({label})", "per second": spread(sql_rps),
+                         "p50 (ms)": spread([r["p50_ms"] for r in sqls], 2), "p99 (ms)": spread([r["p99_ms"] for r in sqls], 2),
+                         "vs /sql": "1.00x", "notes": load_errors(sqls)})
+            rows.append({"what": f"GET /rest/v1{path}", "per second": spread(rest_rps),
+                         "p50 (ms)": spread([r["p50_ms"] for r in rests], 2), "p99 (ms)": spread([r["p99_ms"] for r in rests], 2),
+                         "vs /sql": ratio(rest_rps, sql_rps), "notes": f"{load_errors(rests)}; target >= {goal}x"})
     return rows
 
 
 def run() -> list[dict]:
-    import uvloop
-
-    with tempfile.TemporaryDirectory(prefix="bench-data-api-") as directory:
-        os.chmod(directory, 0o755)
-        return uvloop.run(_bench(Path(directory)))
+    return run_async("bench-data-api-", _bench)
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["load"]:
-        import uvloop
-
-        port, request, seconds = sys.argv[2:]
-        print(json.dumps(uvloop.run(_load(int(port), request, float(seconds)))))
-    else:
-        for row in run():
-            print(row)
+    show(run())

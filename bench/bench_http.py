@@ -1,29 +1,32 @@
-"""SQL over HTTP: /sql requests per second with a JWT on a one-row RLS select, beside pgbench running the same SQL.
+"""SQL over HTTP: /sql with a JWT beside pgbench (the select alone, and the proxy's own SQL); the token cache; large results.
 
-16 concurrent clients for each side. The HTTP side is neon-local's handlers on uvloop with a fresh
-Postgres; the load comes from a separate process speaking raw HTTP/1.1 keep-alive (so the client
-costs little). The floor is pgbench on the same Postgres, as `authenticated`, running per
-transaction what the proxy sends per request: Neon's reset, the session claims, the select.
+neon-local runs in this process on uvloop (`bench.common.emulator`); the HTTP load comes from a separate
+process speaking raw HTTP/1.1 keep-alive, as Neon's driver does (`Neon-Raw-Text-Output`, array mode).
+- Throughput, 16 clients: POST /sql with a JWT on a one-row RLS select (Drizzle's crudPolicy form),
+  beside pgbench on the same Postgres over its Unix socket running (a) the select alone as the owner,
+  no RLS: the plain-select floor; (b) per transaction what the proxy sends per request (Neon's reset,
+  the session claims, the select) as `authenticated`.
+- Token cache: the same /sql load with 20,000 users' tokens round-robin (each verified once before
+  the rounds, as a working set that has been seen), beside one token.
+- Large results: one client, the owner's /sql request for 10k and 100k rows of a 100k-row table,
+  beside pgbench fetching the same rows (latency average, one client).
+Each figure is the median of ROUNDS rounds (range beside it); a round runs every side once.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import re
-import socket
-import sys
-import tempfile
-import time
-from contextlib import asynccontextmanager
 from pathlib import Path
 
+from bench.common import ROUNDS, direct_args, emulator, http_load, load_errors, pgbench, post_sql, ratio, run_async, show, spread
+
 CLIENTS = 16
-SECONDS = 10
-ROUNDS = 2
+SECONDS = 5
 WARMUP_SECONDS = 2
 ROWS = 10  # users in the table, one row each: RLS leaves exactly one
+WORKING_SET = 20_000  # distinct users for the token cache
+BIG_ROWS = 100_000
+FETCHES = {10_000: 20, 100_000: 5}  # rows per request: requests per round
 
 SETUP_SQL = f"""
 drop table if exists bench_notes;
@@ -36,7 +39,14 @@ create policy "crud-authenticated-policy-select" on bench_notes as permissive fo
 grant select on bench_notes to authenticated;
 analyze bench_notes;
 """
+BIG_SQL = f"""
+create table bench_big (id int primary key, body text not null, created timestamptz not null default now());
+insert into bench_big (id, body) select g, md5(g::text) from generate_series(1, {BIG_ROWS}) g;
+analyze bench_big;
+"""
 QUERY = "select id, body from bench_notes"
+PLAIN_QUERY = "select id, body from bench_notes where user_id = 'user_7'"
+DRIVER_HEADERS = {"Neon-Raw-Text-Output": "true", "Neon-Array-Mode": "true"}
 
 # For pgbench only: mints, inside Postgres, the token the proxy would send on this backend (the stub's
 # scheme: HMAC under the connection's key, jti one past the last accepted). Reads the stub's private
@@ -59,177 +69,105 @@ grant execute on function bench.session_token(jsonb) to authenticated;
 """
 
 
-def _percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+def jwt_connection_string(emu) -> str:
+    return f"postgresql://authenticated@localhost/{emu.settings.database}"
 
 
-# --- the load generator (runs in its own process: `python -m bench.bench_http load ...`) ---------------
-
-
-async def _client(host: str, port: int, request: bytes, until: float, latencies: list[float], errors: list[str]) -> None:
-    reader, writer = await asyncio.open_connection(host, port)
-    while (start := time.perf_counter()) < until:
-        writer.write(request)
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
-        body = await reader.readexactly(length)
-        if not head.startswith(b"HTTP/1.1 200"):
-            errors.append(body.decode(errors="replace"))
-        latencies.append(time.perf_counter() - start)
-    writer.close()
-
-
-async def _load(url: str, conn_string: str, token: str, seconds: float) -> dict:
-    host, port = re.match(r"http://([^:/]+):(\d+)/", url).groups()
-    body = json.dumps({"query": QUERY, "params": []}).encode()
-    request = (f"POST /sql HTTP/1.1\r\nHost: {host}:{port}\r\nNeon-Connection-String: {conn_string}\r\n"
-               f"Authorization: Bearer {token}\r\nNeon-Raw-Text-Output: true\r\nNeon-Array-Mode: true\r\n"
-               f"Content-Length: {len(body)}\r\n\r\n").encode() + body
-    latencies: list[float] = []
-    errors: list[str] = []
-    until = time.perf_counter() + seconds
-    await asyncio.gather(*(_client(host, int(port), request, until, latencies, errors) for _ in range(CLIENTS)))
-    return {"requests": len(latencies), "seconds": seconds, "errors": len(errors), "first_error": errors[:1],
-            "p50_ms": _percentile(latencies, 0.5) * 1e3, "p99_ms": _percentile(latencies, 0.99) * 1e3}
-
-
-def _load_main(argv: list[str]) -> None:
-    import uvloop
-
-    url, conn_string, token, seconds = argv
-    print(json.dumps(uvloop.run(_load(url, conn_string, token, float(seconds)))))
-
-
-# --- the benchmark ------------------------------------------------------------------------------------
-
-
-async def _run_load(url: str, conn_string: str, token: str, seconds: float) -> dict:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench.bench_http", "load", url, conn_string, token, str(seconds),
-        cwd=Path(__file__).parent.parent, stdout=asyncio.subprocess.PIPE)
-    stdout, _ = await process.communicate()
-    return json.loads(stdout)
-
-
-async def _pgbench(binaries, cluster, dbname: str, claims: str, directory: Path) -> dict:
-    """pgbench as `authenticated` with the session JWK, over the Unix socket: reset, session init, select."""
+async def _pgbench_script(emu, directory: Path, name: str, script: str, user: str, clients: int, **how) -> dict:
     from neon_local.postgres import session_jwt
+
+    (directory / name).write_text(script)
+    env = {"PGOPTIONS": session_jwt.startup_options()} if user == "authenticated" else None
+    return await pgbench([*direct_args(emu, user), "-M", "simple", "-c", str(clients), "-j", str(min(clients, 2)),
+                          *how.get("length", ["-T", str(SECONDS)]), "-f", str(directory / name), emu.settings.database],
+                         env, log_dir=directory if how.get("log", True) else None)
+
+
+async def _throughput(emu, directory: Path) -> list[dict]:
     from neon_local.serverless.pg_conn import RESET_STATEMENTS
 
-    script = directory / "per_request.sql"
+    port = emu.endpoints.http_port
+    token = emu.services.issuer.mint(sub="user_7", lifetime=3600)
+    request = post_sql(port, QUERY, [], jwt_connection_string(emu), token, DRIVER_HEADERS)
     reset = " \\; ".join(statement.decode() for statement in RESET_STATEMENTS)  # one message, as Neon sends it
-    script.write_text(f"{reset};\nselect auth.jwt_session_init(bench.session_token('{claims}'));\n{QUERY};\n")
-    for old_log in directory.glob("pgbench_log*"):
-        old_log.unlink()
-    log_prefix = directory / "pgbench_log"
-    process = await asyncio.create_subprocess_exec(
-        str(binaries.tool("pgbench")), "-h", str(cluster.socket_dir), "-p", str(cluster.port), "-U", "authenticated",
-        "-n", "-M", "simple", "-c", str(CLIENTS), "-j", "2", "-T", str(SECONDS), "-f", str(script),
-        "-l", "--log-prefix", str(log_prefix), dbname,
-        cwd=directory, env={**os.environ, "PGOPTIONS": session_jwt.startup_options()},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    stdout, stderr = await process.communicate()
-    if process.returncode != 0 or b"aborted" in stdout + stderr:
-        raise RuntimeError(f"pgbench failed: {stdout.decode()} {stderr.decode()}")
-    tps = float(re.search(r"tps = ([\d.]+) \(without initial connection time\)", stdout.decode()).group(1))
-    latencies = [int(line.split()[2]) / 1e3 for log in directory.glob("pgbench_log*") for line in log.read_text().splitlines()]
-    return {"tps": tps, "p50_ms": _percentile(latencies, 0.5), "p99_ms": _percentile(latencies, 0.99)}
-
-
-@asynccontextmanager
-async def _cluster(directory: Path):
-    """A fresh Postgres shaped like a Neon branch, with the bench table and the SQL signer."""
-    import psycopg
-
-    from neon_local.postgres.binaries import find_binaries
-    from neon_local.postgres.bootstrap import bootstrap
-    from neon_local.postgres.cluster import PostgresCluster
-    from neon_local.postgres.template import neon_template
-    from neon_local.settings import Settings
-
-    settings = Settings(project_dir=directory, data_dir=directory / "data", http_port=0, pg_port=0)
-    binaries = find_binaries()
-    cluster = PostgresCluster(binaries, directory / "data" / "pgdata", directory / "postgres.log")
-    cluster.prepare(await neon_template(binaries, settings))
-    await cluster.start()
-    try:
-        await bootstrap(cluster, settings)
-        async with await psycopg.AsyncConnection.connect(cluster.conninfo(dbname=settings.database), autocommit=True) as conn:
-            await conn.execute(SETUP_SQL + SIGNER_SQL)
-        yield settings, binaries, cluster
-    finally:
-        await cluster.stop()
-
-
-@asynccontextmanager
-async def _sql_endpoint(settings, cluster, directory: Path):
-    """neon-local's /sql handler on a free port; yields its URL and a token for user_7."""
-    from aiohttp import web
-
-    from neon_local.auth.issuer import Issuer
-    from neon_local.auth.keys import KeyRing
-    from neon_local.auth.providers import ProviderCache
-    from neon_local.auth.verifier import Verifier
-    from neon_local.control_plane import ControlPlane
-    from neon_local.serverless.sql_over_http import SqlOverHttp
-
-    keyring = KeyRing.load_or_create(directory / "keys")
-    handler = SqlOverHttp(settings, ControlPlane(cluster), Verifier(settings, keyring, ProviderCache(settings, directory / "jwks-cache")))
-    app = web.Application()
-    app.router.add_post("/sql", handler.handle_sql)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}/sql"
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    await web.SockSite(runner, sock).start()
-    try:
-        yield url, Issuer(settings, keyring, url.rsplit("/", 1)[0]).mint(sub="user_7", lifetime=3600)
-    finally:
-        await runner.cleanup()
-        await handler.close()
-
-
-def _errors(runs: list[dict]) -> str:
-    count = sum(run["errors"] for run in runs)
-    first = next((run["first_error"][0] for run in runs if run["first_error"]), "")
-    return f"{count} errors" + (f" (first: {first[:200]})" if count else "")
-
-
-async def _bench(directory: Path) -> list[dict]:
-    """Both sides ROUNDS times, alternating, best of each: the machine is shared, so noise comes and goes."""
-    https, floors = [], []
-    async with _cluster(directory) as (settings, binaries, cluster), _sql_endpoint(settings, cluster, directory) as (url, token):
-        conn_string = "postgresql://authenticated@localhost/" + settings.database
-        await _run_load(url, conn_string, token, WARMUP_SECONDS)
-        for _ in range(ROUNDS):
-            https.append(await _run_load(url, conn_string, token, SECONDS))
-            floors.append(await _pgbench(binaries, cluster, settings.database, json.dumps({"sub": "user_7"}), directory))
-    http = max(https, key=lambda run: run["requests"])
-    floor = max(floors, key=lambda run: run["tps"])
-    rps = http["requests"] / http["seconds"]
+    proxy_sql = f"{reset};\nselect auth.jwt_session_init(bench.session_token('{json.dumps({'sub': 'user_7'})}'));\n{QUERY};\n"
+    await http_load(port, [request], CLIENTS, WARMUP_SECONDS)
+    https, plains, proxies = [], [], []
+    for _ in range(ROUNDS):
+        https.append(await http_load(port, [request], CLIENTS, SECONDS))
+        plains.append(await _pgbench_script(emu, directory, "plain.sql", PLAIN_QUERY + ";\n", emu.settings.owner, CLIENTS))
+        proxies.append(await _pgbench_script(emu, directory, "proxy.sql", proxy_sql, "authenticated", CLIENTS))
+    rps = [run["per_second"] for run in https]
+    plain_tps, proxy_tps = [run["tps"] for run in plains], [run["tps"] for run in proxies]
     return [
-        {"what": "pgbench, same SQL direct (reset, session init, select)", "per second": f"{floor['tps']:.0f}",
-         "p50 (ms)": f"{floor['p50_ms']:.2f}", "p99 (ms)": f"{floor['p99_ms']:.2f}", "vs floor": "1.00x",
-         "notes": f"tokens signed in SQL by a bench helper; best of {ROUNDS}"},
-        {"what": "POST /sql with a JWT (neon-local)", "per second": f"{rps:.0f}", "p50 (ms)": f"{http['p50_ms']:.2f}",
-         "p99 (ms)": f"{http['p99_ms']:.2f}", "vs floor": f"{rps / floor['tps']:.2f}x",
-         "notes": f"best of {ROUNDS}; {_errors(https)}; target >= 0.25x"},
+        {"what": "floor: pgbench, the select alone (owner, no RLS, Unix socket)", "per second": spread(plain_tps),
+         "p50 (ms)": spread([r["p50_ms"] for r in plains], 2), "p99 (ms)": spread([r["p99_ms"] for r in plains], 2),
+         "vs floor": "1.00x", "notes": f"{CLIENTS} clients"},
+        {"what": "pgbench, the proxy's SQL (reset, session init, select as authenticated)", "per second": spread(proxy_tps),
+         "p50 (ms)": spread([r["p50_ms"] for r in proxies], 2), "p99 (ms)": spread([r["p99_ms"] for r in proxies], 2),
+         "vs floor": ratio(proxy_tps, plain_tps), "notes": "tokens signed in SQL by a bench helper"},
+        {"what": "POST /sql with a JWT (neon-local), one RLS row", "per second": spread(rps),
+         "p50 (ms)": spread([r["p50_ms"] for r in https], 2), "p99 (ms)": spread([r["p99_ms"] for r in https], 2),
+         "vs floor": ratio(rps, plain_tps),
+         "notes": f"{ratio(rps, proxy_tps)} of the proxy's SQL by pgbench (issue 12 target); {load_errors(https)}"},
     ]
 
 
-def run() -> list[dict]:
-    import uvloop
+async def _token_cache(emu) -> list[dict]:
+    port, issuer, verifier = emu.endpoints.http_port, emu.services.issuer, emu.services.verifier
+    conn = jwt_connection_string(emu)
+    # Users with no row: both sides get an empty result, so only the tokens differ.
+    one = [post_sql(port, QUERY, [], conn, issuer.mint(sub="user_none", lifetime=3600), DRIVER_HEADERS)]
+    tokens = [issuer.mint(sub=f"user_set_{i}", lifetime=3600) for i in range(WORKING_SET)]
+    for token in tokens:  # the working set has been seen once: what is measured is whether it stays cached
+        await verifier.verify(token, "authenticated")
+    many = [post_sql(port, QUERY, [], conn, token, DRIVER_HEADERS) for token in tokens]
+    singles, sets = [], []
+    for _ in range(ROUNDS):
+        singles.append(await http_load(port, one, CLIENTS, SECONDS))
+        sets.append(await http_load(port, many, CLIENTS, SECONDS))
+    single_rps, set_rps = [r["per_second"] for r in singles], [r["per_second"] for r in sets]
+    return [
+        {"what": "POST /sql, one token", "per second": spread(single_rps), "vs one token": "1.00x",
+         "notes": load_errors(singles)},
+        {"what": f"POST /sql, {WORKING_SET:,} users' tokens round-robin", "per second": spread(set_rps),
+         "vs one token": ratio(set_rps, single_rps), "notes": f"target >= 0.95x; {load_errors(sets)}"},
+    ]
 
-    with tempfile.TemporaryDirectory(prefix="bench-http-") as directory:
-        os.chmod(directory, 0o755)
-        return uvloop.run(_bench(Path(directory)))
+
+async def _large_results(emu, directory: Path) -> list[dict]:
+    port, settings = emu.endpoints.http_port, emu.settings
+    owner = f"postgresql://{settings.owner}:{settings.owner_password}@localhost/{settings.database}"
+    rows = []
+    for count, requests in FETCHES.items():
+        query = f"select id, body, created from bench_big order by id limit {count}"
+        request = post_sql(port, query, [], owner, headers={"Neon-Raw-Text-Output": "true", "Neon-Array-Mode": "false"})
+        await http_load(port, [request], 1, count=2)
+        https, floors = [], []
+        for _ in range(ROUNDS):
+            https.append(await http_load(port, [request], 1, count=requests))
+            floors.append(await _pgbench_script(emu, directory, "big.sql", query + ";\n", settings.owner, 1,
+                                                length=["-t", str(requests)], log=False))
+        http_ms, floor_ms = [r["p50_ms"] for r in https], [r["latency_ms"] for r in floors]
+        rows.append({"what": f"floor: pgbench fetching {count:,} rows (id, text, timestamptz)", "ms per request": spread(floor_ms, 1),
+                     "vs floor": "1.00x", "notes": f"one client, {requests} per round"})
+        rows.append({"what": f"POST /sql, owner, {count:,} rows as JSON objects", "ms per request": spread(http_ms, 1),
+                     "vs floor": ratio(http_ms, floor_ms), "notes": f"target <= 2x; {load_errors(https)}"})
+    return rows
+
+
+async def _bench(directory: Path) -> dict:
+    async with emulator(directory, SETUP_SQL + BIG_SQL + SIGNER_SQL) as emu:
+        return {
+            f"/sql JWT one-row RLS select, {CLIENTS} clients": await _throughput(emu, directory),
+            "Verified-token cache: a working set of 20k users": await _token_cache(emu),
+            "Large results": await _large_results(emu, directory),
+        }
+
+
+def run() -> dict:
+    return run_async("bench-http-", _bench)
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["load"]:
-        _load_main(sys.argv[2:])
-    else:
-        for row in run():
-            print(row)
+    show(run())

@@ -1,26 +1,26 @@
 """Client SQL limits: the query allow-list (enforce) and the rate limiter against neither, on /sql and TCP, in one run.
 
-One fresh Postgres. TCP rows are `pgbench -S` as `authenticated` (a JWT as the password, plain
-loopback) through three proxies in this process that differ only in their limits; `-M simple` sends
+One emulator's Postgres (`bench.common.emulator`) and three sets of neon-local's services on it
+(`bench.common.services`: /sql and the TCP proxy, in this process) that differ only in their limits.
+TCP rows are `pgbench -S` as `authenticated` (a JWT as the password, plain loopback); `-M simple` sends
 a new text per transaction (a fingerprint each: nothing to cache), `-M prepared` one Parse per client.
-/sql rows reuse bench_http's load generator (16 keep-alive clients, one RLS select). The rate limiter
-runs Neon's three-bucket shape with numbers the load never reaches, so what is measured is its cost.
-Rounds alternate between variants and the best of each counts: the 2 cores are shared.
+/sql rows use the common load generator (16 keep-alive clients, bench_http's one-row RLS select). The
+rate limiter runs Neon's three-bucket shape with numbers the load never reaches, so what is measured is
+its cost. Rounds alternate between variants; medians of ROUNDS rounds, ratios per round.
 """
 
 from __future__ import annotations
 
-import asyncio
-import os
 import tempfile
 import time
+from contextlib import AsyncExitStack
 from pathlib import Path
 
-from bench.bench_http import QUERY, _cluster, _run_load, _sql_endpoint
-from bench.bench_wire import _pgbench, _pgbench_path, _start_proxy
+from bench.bench_http import CLIENTS, QUERY, SETUP_SQL, jwt_connection_string
+from bench.common import ROUNDS, emulator, http_load, pgbench, pgbench_init, post_sql, ratio, run_async, services, show, spread, superuser
 
-ROUNDS = 2
-SQL_SECONDS = 8
+SQL_SECONDS = 5
+PGBENCH_SECONDS = 3
 PGBENCH_CLIENTS = 4
 PGBENCH_SELECT = "SELECT abalance FROM pgbench_accounts WHERE aid = 1"
 UNREACHED = "100000@1s,100000@1m,100000@10m"  # Neon's bucket shape, never full
@@ -72,76 +72,62 @@ def _variants(settings, directory: Path) -> dict:
     }
 
 
-async def _tcp_rows(variants: dict, binaries, cluster, directory: Path) -> list[dict]:
-    proxies = {}
-    for name, settings in variants.items():
-        if name != "rate limiter on":  # a session pays the limiter once, at connect: nothing to see in pgbench
-            proxies[name] = await _start_proxy(settings, cluster, directory / name.replace(" ", "-"))
-    best: dict[tuple[str, str], float] = {}
-    try:
-        for _ in range(ROUNDS):
-            for protocol in ("simple", "prepared"):
-                for name, (_server, port, issuer) in proxies.items():
-                    token = issuer.mint(sub="user_bench", lifetime=3600)
-                    args = ["-h", "127.0.0.1", "-p", str(port), "-U", "authenticated", "-M", protocol, "neondb"]
-                    tps = await _pgbench(binaries, args, PGBENCH_CLIENTS, {"PGPASSWORD": token, "PGSSLMODE": "disable"})
-                    best[(protocol, name)] = max(best.get((protocol, name), 0.0), tps)
-    finally:
-        for server, _, _ in proxies.values():
-            await server.close()
+async def _tcp_rows(stacks: dict, database: str) -> list[dict]:
+    # A session pays the rate limiter once, at connect: nothing to see in pgbench.
+    proxies = {name: stack for name, stack in stacks.items() if name != "rate limiter on"}
+    tps: dict[tuple[str, str], list[float]] = {}
+    for _ in range(ROUNDS):
+        for protocol in ("simple", "prepared"):
+            for name, (started, _, pg_port) in proxies.items():
+                token = started.issuer.mint(sub="user_bench", lifetime=3600)
+                args = ["-h", "127.0.0.1", "-p", str(pg_port), "-U", "authenticated", "-M", protocol, "-S",
+                        "-c", str(PGBENCH_CLIENTS), "-j", "2", "-T", str(PGBENCH_SECONDS), database]
+                result = await pgbench(args, {"PGPASSWORD": token, "PGSSLMODE": "disable"})
+                tps.setdefault((protocol, name), []).append(result["tps"])
     rows = []
     for protocol in ("simple", "prepared"):
-        base = best[(protocol, "limits off")]
+        base = tps[(protocol, "limits off")]
         for name in proxies:
-            tps = best[(protocol, name)]
-            rows.append({"what": f"TCP pgbench -S -M {protocol} c={PGBENCH_CLIENTS}, {name}", "per second": f"{tps:.0f}",
-                         "vs limits off": f"{tps / base:.3f}x", "goal": "" if name == "limits off" else ">= 0.95x"})
+            rows.append({"what": f"TCP pgbench -S -M {protocol} c={PGBENCH_CLIENTS}, {name}", "per second": spread(tps[(protocol, name)]),
+                         "vs limits off": ratio(tps[(protocol, name)], base), "goal": "" if name == "limits off" else ">= 0.95x"})
     return rows
 
 
-async def _sql_rows(variants: dict, cluster, directory: Path) -> list[dict]:
-    from contextlib import AsyncExitStack
-
-    best: dict[str, float] = {}
-    errors: dict[str, int] = {}
-    async with AsyncExitStack() as stack:
-        endpoints = {name: await stack.enter_async_context(_sql_endpoint(settings, cluster, directory / f"http-{i}"))
-                     for i, (name, settings) in enumerate(variants.items())}
-        conn_string = "postgresql://authenticated@localhost/neondb"
-        for url, token in endpoints.values():
-            await _run_load(url, conn_string, token, 1)  # warm the pools
-        for _ in range(ROUNDS):
-            for name, (url, token) in endpoints.items():
-                run = await _run_load(url, conn_string, token, SQL_SECONDS)
-                best[name] = max(best.get(name, 0.0), run["requests"] / run["seconds"])
-                errors[name] = errors.get(name, 0) + run["errors"]
-    base = best["limits off"]
+async def _sql_rows(stacks: dict, emu) -> list[dict]:
+    runs: dict[str, list[dict]] = {name: [] for name in stacks}
+    requests = {}
+    for name, (started, http_port, _) in stacks.items():
+        token = started.issuer.mint(sub="user_7", lifetime=3600)
+        requests[name] = (http_port, [post_sql(http_port, QUERY, [], jwt_connection_string(emu), token)])
+        await http_load(*requests[name], CLIENTS, 1)  # warm the pools
+    for _ in range(ROUNDS):
+        for name, (http_port, request) in requests.items():
+            runs[name].append(await http_load(http_port, request, CLIENTS, SQL_SECONDS))
+    base = [run["per_second"] for run in runs["limits off"]]
     goals = {"limits off": "", "allow-list enforce": ">= 0.95x", "rate limiter on": ">= 0.98x"}
-    return [{"what": f"POST /sql, {name}", "per second": f"{rps:.0f}", "vs limits off": f"{rps / base:.3f}x",
-             "goal": goals[name], "errors": errors[name]} for name, rps in best.items()]
+    return [{"what": f"POST /sql, {name}", "per second": spread([r["per_second"] for r in done]),
+             "vs limits off": ratio([r["per_second"] for r in done], base), "goal": goals[name],
+             "errors": sum(r["errors"] for r in done)} for name, done in runs.items()]
 
 
 def _share(rows: list[dict], call: str, request: str) -> dict:
     """A per-call cost as a share of one request's time: steadier than two throughputs on shared cores."""
     micro = float(next(r for r in rows if r["what"] == call)["per call (µs)"])
-    per_second = float(next(r for r in rows if r["what"] == request)["per second"])
+    per_second = float(next(r for r in rows if r["what"] == request)["per second"].split()[0])  # the median
     return {"what": f"{call}, share of one {request}", "per call (µs)": f"{micro * per_second / 1e6 * 100:.2f}%"}
 
 
 async def _bench(directory: Path) -> list[dict]:
-    import psycopg
-
-    async with _cluster(directory) as (settings, binaries, cluster):
-        init = await asyncio.create_subprocess_exec(
-            _pgbench_path(binaries), "-i", "-q", "-s", "1", "-h", str(cluster.socket_dir), "-p", str(cluster.port),
-            "-U", settings.owner, settings.database, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
-        await init.wait()
-        async with await psycopg.AsyncConnection.connect(cluster.conninfo(dbname=settings.database), autocommit=True) as conn:
+    async with emulator(directory, SETUP_SQL) as emu:
+        await pgbench_init(emu)
+        async with await superuser(emu) as conn:
             await conn.execute("grant select on pgbench_accounts to authenticated")
-        variants = _variants(settings, directory)
         rows = await _micro()
-        rows += await _tcp_rows(variants, binaries, cluster, directory)
-        rows += await _sql_rows(variants, cluster, directory)
+        async with AsyncExitStack() as exits:
+            stacks = {name: await exits.enter_async_context(services(emu, settings, directory / f"variant-{i}"))
+                      for i, (name, settings) in enumerate(_variants(emu.settings, directory).items())}
+            rows += await _tcp_rows(stacks, emu.settings.database)
+            rows += await _sql_rows(stacks, emu)
     rows.append(_share(rows, "rate limiter: endpoint + sub + role", "POST /sql, limits off"))
     rows.append(_share(rows, "allow-list check, text seen before (cache hit)", "POST /sql, limits off"))
     rows.append(_share(rows, "fingerprint of a new text (pglast)", f"TCP pgbench -S -M simple c={PGBENCH_CLIENTS}, limits off"))
@@ -149,13 +135,8 @@ async def _bench(directory: Path) -> list[dict]:
 
 
 def run() -> list[dict]:
-    import uvloop
-
-    with tempfile.TemporaryDirectory(prefix="bench-limits-") as directory:
-        os.chmod(directory, 0o755)
-        return uvloop.run(_bench(Path(directory)))
+    return run_async("bench-limits-", _bench)
 
 
 if __name__ == "__main__":
-    for row in run():
-        print(row)
+    show(run())
