@@ -55,7 +55,7 @@ def check(conn: psycopg.Connection, *, roles: Iterable[str], users: Mapping[str,
     return sorted(findings, key=lambda f: _ORDER[f.level])
 
 
-def assert_no_lints(conn: psycopg.Connection, *, roles: Iterable[str], users: Mapping[str, Mapping[str, Any]],
+def assert_no_lints(conn: psycopg.Connection[Any], *, roles: Iterable[str], users: Mapping[str, Mapping[str, Any]],
                     ignore: Iterable[str] = ()) -> None:
     """For tests (the pytest plugin's `neon_db.assert_no_lints()`): fail listing every finding, fix SQL included,
     except the lints named in `ignore`."""

@@ -16,7 +16,7 @@ import json
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import psycopg
 from psycopg import sql
@@ -38,7 +38,7 @@ class Acting(Protocol):
     explainer: Any
 
     def user(self, user: str | User | None = None) -> User: ...
-    def superuser(self) -> psycopg.Connection: ...
+    def superuser(self) -> psycopg.Connection[Any]: ...
     def session_url(self, via: str, role: str, token: str) -> str: ...
     def identity_for(self, who: User, token: str | None, options: dict, path: str) -> tuple: ...
 
@@ -150,7 +150,7 @@ class Probe:
         return lines
 
     @contextmanager
-    def _session(self, subject: Subject) -> Iterator[psycopg.Connection]:
+    def _session(self, subject: Subject) -> Iterator[psycopg.Connection[Any]]:
         if self.via == "sql":
             with authenticate_as(self.db.superuser(), subject.claims, subject.user.role) as conn:
                 yield conn
@@ -163,12 +163,12 @@ class Probe:
         finally:
             conn.close()
 
-    def _run(self, conn: psycopg.Connection, cursor: psycopg.Cursor, command: str, subject: Subject) -> Outcome:
+    def _run(self, conn: psycopg.Connection[Any], cursor: psycopg.Cursor[Any], command: str, subject: Subject) -> Outcome:
         statement, params = self._statement(command, subject)
         try:
             with conn.transaction(force_rollback=True):
                 cursor.execute(statement, params)
-                rows = cursor.fetchone()[0] if command == "select" else cursor.rowcount
+                rows = cast(tuple, cursor.fetchone())[0] if command == "select" else cursor.rowcount
             return Outcome(rows=rows)
         except psycopg.Error as exc:
             message = exc.diag.message_primary or str(exc)
@@ -176,7 +176,7 @@ class Probe:
                 return Outcome(refused=message)
             return Outcome(error=f"{exc.sqlstate}: {message}")
 
-    def _statement(self, command: str, subject: Subject) -> tuple[sql.Composable, Sequence[Any]]:
+    def _statement(self, command: str, subject: Subject) -> tuple[sql.Composed, Sequence[Any]]:
         if command == "select":
             return sql.SQL("SELECT count(*) FROM {}").format(self.ident), ()
         if command == "delete":
@@ -198,7 +198,7 @@ class Probe:
                              "the row each user tries to insert")
         return dict(row)
 
-    def _updatable_column(self, conn: psycopg.Connection) -> str | None:
+    def _updatable_column(self, conn: psycopg.Connection[Any]) -> str | None:
         found = conn.cursor(row_factory=tuple_row).execute(
             "select attname from pg_attribute where attrelid = %s::regclass and attnum > 0 and not attisdropped"
             " and attidentity <> 'a' and attgenerated = '' order by attnum limit 1",
@@ -221,7 +221,7 @@ class Probe:
                 cursor.execute(sql.SQL("WITH {} AS ({} RETURNING *) SELECT {} FROM {}").format(
                     alias, statement, sql.SQL(", ").join(checks), alias), params)
                 return [Verdict("passes" if ok else "fails", int(ok), f"{'passes' if ok else 'fails'} WITH CHECK for "
-                                f"this new row") for ok in cursor.fetchone()]
+                                f"this new row") for ok in cast(tuple, cursor.fetchone())]
             admitting = [_admits(p, command) for p in policies]
             passes = [sql.SQL("coalesce(({}), false)").format(sql.SQL(p[3] or "true")) for p in policies]
             any_admits = sql.SQL(" OR ").join(q for q, a in zip(passes, admitting) if a) if any(admitting) else sql.SQL("false")
@@ -230,7 +230,7 @@ class Probe:
                       for q, a in zip(passes, admitting)]
             cursor.execute(sql.SQL("SELECT {}, count(*) FILTER (WHERE {}), count(*) FROM {} AS {}").format(
                 sql.SQL(", ").join(counts), any_admits, self.ident, alias))
-            *numbers, admitted, total = cursor.fetchone()
+            *numbers, admitted, total = cast(tuple, cursor.fetchone())
         return [Verdict("admits", n, f"admits {n} of {total} row(s) for {subject.label}") if a else
                 Verdict("holds back", n, f"holds back {n} of the {admitted} row(s) the {command.upper()} policies admit "
                                          f"for {subject.label}")

@@ -10,14 +10,14 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Self
 
 import httpx
 import psycopg
 from psycopg import sql
 from psycopg.adapt import Transformer
 from psycopg.pq import Format, TransactionStatus
-from psycopg.rows import dict_row
+from psycopg.rows import DictRow, dict_row
 
 from neon_local.testing.explain import Explainer, Identity, is_refusal
 
@@ -68,7 +68,7 @@ class HttpClient:
             response = await http.post(self.url, **self._request(query, params))
         return self._rows(response, query)
 
-    def _request(self, query: str, params: tuple) -> dict[str, Any]:
+    def _request(self, query: str, params: tuple[Any, ...]) -> dict[str, Any]:
         headers = {"Neon-Connection-String": self.connection_string, "Authorization": f"Bearer {self.token}",
                    "Neon-Raw-Text-Output": "true", "Neon-Array-Mode": "true", "Content-Type": "application/json"}
         # Dates, UUIDs and decimals go as their text, as the JS driver sends Date objects as ISO strings.
@@ -160,15 +160,15 @@ def _note(exc: psycopg.Error, connection: Any, query: Any) -> None:
         exc.add_note(explainer.explain(exc.diag.message_primary or str(exc), identity, text, exc.sqlstate or ""))
 
 
-class ExplainingCursor(psycopg.Cursor):
-    def execute(self, query, params=None, **kwargs):
+class ExplainingCursor(psycopg.Cursor[DictRow]):
+    def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Self:
         try:
             return super().execute(query, params, **kwargs)
         except psycopg.Error as exc:
             _note(exc, self.connection, query)
             raise
 
-    def executemany(self, query, params_seq, **kwargs):
+    def executemany(self, query: Any, params_seq: Any, **kwargs: Any) -> None:
         try:
             return super().executemany(query, params_seq, **kwargs)
         except psycopg.Error as exc:
@@ -176,15 +176,15 @@ class ExplainingCursor(psycopg.Cursor):
             raise
 
 
-class AsyncExplainingCursor(psycopg.AsyncCursor):
-    async def execute(self, query, params=None, **kwargs):
+class AsyncExplainingCursor(psycopg.AsyncCursor[DictRow]):
+    async def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Self:
         try:
             return await super().execute(query, params, **kwargs)
         except psycopg.Error as exc:
             _note(exc, self.connection, query)
             raise
 
-    async def executemany(self, query, params_seq, **kwargs):
+    async def executemany(self, query: Any, params_seq: Any, **kwargs: Any) -> None:
         try:
             return await super().executemany(query, params_seq, **kwargs)
         except psycopg.Error as exc:
@@ -192,14 +192,14 @@ class AsyncExplainingCursor(psycopg.AsyncCursor):
             raise
 
 
-class NeonConnection(psycopg.Connection):
+class NeonConnection(psycopg.Connection[DictRow]):
     """A psycopg connection that knows whom it acts as (`identity`), so refused queries explain themselves."""
 
     identity: Identity | None = None
     explainer: Explainer | None = None
 
 
-class AsyncNeonConnection(psycopg.AsyncConnection):
+class AsyncNeonConnection(psycopg.AsyncConnection[DictRow]):
     identity: Identity | None = None
     explainer: Explainer | None = None
 
@@ -235,7 +235,7 @@ class SharedSession(NeonConnection):
 
 
 class SharedSessionCursor(ExplainingCursor):
-    def execute(self, query, params=None, **kwargs):
+    def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Self:
         control = _TRANSACTION_CONTROL.match(query) if isinstance(query, str) and params is None else None
         if control is None:
             return super().execute(query, params, **kwargs)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -74,7 +75,7 @@ def _resolve(raw: str, base: Path) -> str:
 
 
 def get_config(pytestconfig: pytest.Config, environ: Mapping[str, str]) -> PluginConfig:
-    values: dict[str, object] = {"rootdir": pytestconfig.rootpath}
+    values: dict[str, Any] = {"rootdir": pytestconfig.rootpath}
     for option in OPTIONS:
         raw, base = _raw(pytestconfig, option, environ)
         if raw is None:

@@ -202,7 +202,7 @@ class RollbackDatabase(Database):
 
     def __init__(self, name: str, server: NeonLocal, session: SharedSession) -> None:
         super().__init__(name, server)
-        self._superuser = session
+        self._superuser: SharedSession = session
         session.begin_test(server.settings.owner)
 
     def owner(self) -> NeonConnection:

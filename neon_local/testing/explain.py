@@ -6,7 +6,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 from psycopg import sql
@@ -54,7 +54,7 @@ class Identity:
 
 def is_refusal(sqlstate: str | None) -> bool:
     """Missing privileges (42501) or failed authentication (class 28)."""
-    return bool(sqlstate) and (sqlstate == "42501" or sqlstate.startswith("28"))
+    return sqlstate is not None and (sqlstate == "42501" or sqlstate.startswith("28"))
 
 
 def statement_command(query: str) -> str | None:
@@ -85,12 +85,12 @@ class Explainer:
                     if command and command != "SELECT" and returns_rows(query):
                         commands.append("SELECT")
                     lines += _policies(conn, rls["table"], identity, commands, rls["policy"])
-                else:
+                elif denied:
                     lines += _grants(conn, denied["kind"], denied["name"], identity.role, command)
         return "\n".join(lines)
 
 
-def policies_for(conn: psycopg.Connection, schema: str, table: str, role: str, commands: list[str]) -> list[tuple]:
+def policies_for(conn: psycopg.Connection[Any], schema: str, table: str, role: str, commands: list[str]) -> list[tuple]:
     """(name, permissive, cmd, using, with_check) of the policies on schema.table that apply to role for any of
     `commands` (all commands when empty)."""
     return conn.cursor(row_factory=tuple_row).execute(
@@ -100,7 +100,7 @@ def policies_for(conn: psycopg.Connection, schema: str, table: str, role: str, c
         " order by cmd = 'SELECT', policyname", (schema, table, role, commands, commands)).fetchall()
 
 
-def find_table(conn: psycopg.Connection, table: str) -> tuple[str, str] | None:
+def find_table(conn: psycopg.Connection[Any], table: str) -> tuple[str, str] | None:
     """(schema, name) of a table as the search path finds it, or None."""
     return conn.cursor(row_factory=tuple_row).execute(
         "select n.nspname, c.relname from pg_class c join pg_namespace n on n.oid = c.relnamespace"
@@ -112,7 +112,7 @@ def describe_policy(name: str, permissive: str, cmd: str, using: str | None, che
             + (f" WITH CHECK {check}" if check else ""))
 
 
-def _policies(conn: psycopg.Connection, table: str, identity: Identity, commands: list[str], named: str | None) -> list[str]:
+def _policies(conn: psycopg.Connection[Any], table: str, identity: Identity, commands: list[str], named: str | None) -> list[str]:
     found = find_table(conn, sql.Identifier(table).as_string(conn))
     if found is None:
         return []
@@ -162,12 +162,12 @@ def _shown(value: Any, text: bool) -> str:
     return json.dumps(value)
 
 
-def _grants(conn: psycopg.Connection, kind: str, name: str, role: str, command: str | None) -> list[str]:
+def _grants(conn: psycopg.Connection[Any], kind: str, name: str, role: str, command: str | None) -> list[str]:
     if kind in _GRANT_FIX:
         privilege, fix = _GRANT_FIX[kind]
         return [f"  {role} lacks {privilege} on {kind} {name}. If it should have it: {fix.format(name, role)};"]
-    held = [p for p in _COMMANDS if conn.execute(
-        "select has_table_privilege(%s, to_regclass(quote_ident(%s)), %s)", (role, name, p)).fetchone()[0]]
+    held = [p for p in _COMMANDS if cast(tuple, conn.execute(
+        "select has_table_privilege(%s, to_regclass(quote_ident(%s)), %s)", (role, name, p)).fetchone())[0]]
     missing = [p for p in _COMMANDS if p not in held]
     needed = command if command in missing else "<privilege>"
     return [f"  {role} holds {', '.join(held) or 'no privilege'} on {kind} {name} and lacks {', '.join(missing)}.",

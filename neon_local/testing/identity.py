@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
@@ -15,10 +15,11 @@ from psycopg.rows import dict_row, tuple_row
 from neon_local.testing.clients import NeonConnection
 from neon_local.testing.explain import Identity, describe_policy, find_table
 
+_Conn = TypeVar("_Conn", bound=psycopg.Connection[Any])
+
 
 @contextmanager
-def authenticate_as(conn: psycopg.Connection, claims: Mapping[str, Any],
-                    role: str = "authenticated") -> Iterator[psycopg.Connection]:
+def authenticate_as(conn: _Conn, claims: Mapping[str, Any], role: str = "authenticated") -> Iterator[_Conn]:
     """Inside a transaction on `conn`, run as `role` with these JWT claims; committed and undone on exit.
 
     pg_session_jwt reads `request.jwt.claims` when no JWT came through the proxy, so `auth.user_id()` works.
@@ -30,6 +31,7 @@ def authenticate_as(conn: psycopg.Connection, claims: Mapping[str, Any],
     previous = conn.identity if isinstance(conn, NeonConnection) else None
     with conn.transaction():
         outer = conn.execute("select current_user, current_setting('request.jwt.claims', true)").fetchone()
+        assert outer is not None  # a select without FROM returns its one row
         outer_role, outer_claims = outer.values() if isinstance(outer, dict) else outer
         _act_as(conn, role, json.dumps(dict(claims)))
         if isinstance(conn, NeonConnection):
@@ -45,12 +47,12 @@ def authenticate_as(conn: psycopg.Connection, claims: Mapping[str, Any],
                 conn.identity = previous
 
 
-def _act_as(conn: psycopg.Connection, role: str, claims: str) -> None:
+def _act_as(conn: psycopg.Connection[Any], role: str, claims: str) -> None:
     conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(role)))
     conn.execute("select set_config('request.jwt.claims', %s, true)", (claims,))
 
 
-def tables_without_rls(conn: psycopg.Connection, schema: str = "public") -> list[str]:
+def tables_without_rls(conn: psycopg.Connection[Any], schema: str = "public") -> list[str]:
     """Tables (and partitioned tables) in `schema` with row-level security off."""
     rows = conn.execute(
         "select c.relname from pg_class c join pg_namespace n on n.oid = c.relnamespace"
@@ -58,7 +60,7 @@ def tables_without_rls(conn: psycopg.Connection, schema: str = "public") -> list
     return [row["relname"] if isinstance(row, dict) else row[0] for row in rows]
 
 
-def definer_rights_objects(conn: psycopg.Connection, schema: str, roles: Sequence[str]) -> list[tuple[str, str]]:
+def definer_rights_objects(conn: psycopg.Connection[Any], schema: str, roles: Sequence[str]) -> list[tuple[str, str]]:
     """(kind, name) of what in `schema` runs with its owner's rights yet `roles` may use: views without
     security_invoker, materialized views, and SECURITY DEFINER functions. Each bypasses row-level security."""
     return conn.cursor(row_factory=tuple_row).execute(
@@ -78,7 +80,7 @@ def definer_rights_objects(conn: psycopg.Connection, schema: str, roles: Sequenc
         " order by 1, 2", {"schema": schema, "roles": list(roles)}).fetchall()
 
 
-def assert_rls_enabled(conn: psycopg.Connection, schema: str = "public",
+def assert_rls_enabled(conn: psycopg.Connection[Any], schema: str = "public",
                        jwt_roles: Sequence[str] = ("authenticated", "anonymous"), allow: Sequence[str] = ()) -> None:
     """Fail, naming each object and the fix, when a table in `schema` has row-level security off, or a view,
     materialized view or SECURITY DEFINER function there that a JWT role may use runs with its owner's rights.
@@ -92,20 +94,20 @@ def assert_rls_enabled(conn: psycopg.Connection, schema: str = "public",
         problems.append(f"row-level security is off on {len(missing)} table(s) in schema {schema}: "
                         f"{', '.join(missing)}. Any role with a grant reads every row. Enable it:\n{fixes}")
     roles = ", ".join(jwt_roles)
-    fixes = {"view": "ALTER VIEW {} SET (security_invoker = true);",
+    remedies = {"view": "ALTER VIEW {} SET (security_invoker = true);",
              "materialized view": "REVOKE SELECT ON {} FROM PUBLIC, " + roles + ";",
              "function": "ALTER FUNCTION {} SECURITY INVOKER;  -- or REVOKE EXECUTE ON FUNCTION {} FROM PUBLIC, " + roles + ";"}
     for kind, name in definer_rights_objects(conn, schema, jwt_roles):
         if name in allow or f"{schema}.{name}" in allow:
             continue
         problems.append(f"{kind} {name} runs with its owner's rights, so row-level security does not apply to "
-                        f"{roles} through it:\n  {fixes[kind].format(name, name)}\n  (or pass allow=[{name!r}] "
+                        f"{roles} through it:\n  {remedies[kind].format(name, name)}\n  (or pass allow=[{name!r}] "
                         f"if it is meant to)")
     if problems:
         raise AssertionError("\n".join(problems))
 
 
-def _policy_rows(conn: psycopg.Connection, table: str) -> tuple[str, dict[str, dict[str, Any]]]:
+def _policy_rows(conn: psycopg.Connection[Any], table: str) -> tuple[str, dict[str, dict[str, Any]]]:
     found = find_table(conn, table)
     if found is None:
         raise AssertionError(f"no table {table} (as the search path finds it)")
@@ -115,7 +117,7 @@ def _policy_rows(conn: psycopg.Connection, table: str) -> tuple[str, dict[str, d
     return f"{found[0]}.{found[1]}", {row["policyname"]: row for row in rows}
 
 
-def assert_policies(conn: psycopg.Connection, table: str, names: Sequence[str]) -> None:
+def assert_policies(conn: psycopg.Connection[Any], table: str, names: Sequence[str]) -> None:
     """The table's policies are exactly `names` (pgTAP's policies_are)."""
     __tracebackhide__ = True
     where, policies = _policy_rows(conn, table)
@@ -125,7 +127,7 @@ def assert_policies(conn: psycopg.Connection, table: str, names: Sequence[str]) 
                              f"it has {sorted(policies)}")
 
 
-def assert_policy(conn: psycopg.Connection, table: str, name: str, *, cmd: str | None = None,
+def assert_policy(conn: psycopg.Connection[Any], table: str, name: str, *, cmd: str | None = None,
                   roles: Sequence[str] | None = None, permissive: bool | None = None) -> None:
     """One policy's shape (pgTAP's policy_cmd_is, policy_roles_are): its command, roles, permissive or restrictive."""
     __tracebackhide__ = True

@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import cast
 
 import psycopg
 from psycopg import sql
@@ -90,8 +91,8 @@ class Janitor:
             self._create(self._shared_name, self.template)
         if self._shared is None or self._shared.closed or self._shared.broken:
             conninfo = self.server.superuser_conninfo(self._shared_name)
-            self._shared = connect(conninfo, Identity(SUPERUSER, None, "directly"), Explainer(conninfo),
-                                   cls=SharedSession, autocommit=False)
+            self._shared = cast(SharedSession, connect(conninfo, Identity(SUPERUSER, None, "directly"), Explainer(conninfo),
+                                                       cls=SharedSession, autocommit=False))
         return self._shared_name, self._shared
 
     def drop(self, name: str) -> None:

@@ -6,13 +6,14 @@ import importlib
 import os
 import re
 import subprocess
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import psycopg
 
-Spec = str | os.PathLike | Callable[[str], None]
+Spec = str | os.PathLike[str] | Callable[[str], None]
 _CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 OUTPUT_TAIL = 30  # lines of a failed command's output worth showing
 _DOLLAR_TAG = re.compile(r"\$(?:[A-Za-z_\x80-\uffff][\w\x80-\uffff]*)?\$")
@@ -48,6 +49,7 @@ class SqlFile:
                 error = exc
             else:
                 return
+        line: int | None
         if error.diag.statement_position:
             line = text[: int(error.diag.statement_position) - 1].count("\n") + 1
         else:
@@ -180,7 +182,7 @@ class ShellCommand:
 Step = SqlFile | PythonCallable | ShellCommand
 
 
-def steps_from(spec: Spec | Iterable[Spec] | None) -> list[Step]:
+def steps_from(spec: Spec | list[Spec] | tuple[Spec, ...] | None) -> list[Step]:
     """A folder gives its *.sql files in name order; `module:function` a callable; other text a command."""
     if spec is None:
         return []
@@ -206,7 +208,7 @@ def steps_from(spec: Spec | Iterable[Spec] | None) -> list[Step]:
 def _import(spec: str) -> Callable[[str], None]:
     module_name, _, name = spec.partition(":")
     try:
-        return getattr(importlib.import_module(module_name), name)
+        return cast(Callable[[str], None], getattr(importlib.import_module(module_name), name))
     except (ImportError, AttributeError) as exc:
         raise MigrationError(f"cannot load the migration function {spec}: {exc}. "
                              f"Check the module is importable (pytest's `pythonpath` setting adds the rootdir).") from None

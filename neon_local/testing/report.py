@@ -77,7 +77,7 @@ def worker_finished(config: pytest.Config, worker_id: str, output: dict) -> None
         of(config).workers[worker_id] = output[WORKER_OUTPUT_KEY]
 
 
-def summary(config: pytest.Config, terminal) -> None:
+def summary(config: pytest.Config, terminal: pytest.TerminalReporter) -> None:
     report = of(config)
     lines = [report.line()] + [f"[{worker}] {out['line']}" for worker, out in sorted(report.workers.items())]
     if report.workers:

@@ -64,7 +64,8 @@ class TokenFactory:
         """The claims of a token this factory minted; None for any other (its payload is unverified)."""
         return self._minted.get(token)
 
-    def _without_sub(self, claims, lifetime, expired, audience, not_before, alg) -> str:
+    def _without_sub(self, claims: dict[str, Any], lifetime: int, expired: bool, audience: str | None, not_before: int | None,
+                     alg: str) -> str:
         if self._sign is None:
             raise ValueError("a token without a sub needs the plugin's own emulator (not --neon-local-reuse): "
                              "give a sub=, or name a user")

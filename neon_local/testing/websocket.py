@@ -47,10 +47,12 @@ class WebSocketBridge:
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def _close(self) -> None:
+        assert self._server is not None and self._session is not None  # _listen ran
         self._server.close()
         await self._session.close()
 
     async def _carry(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        assert self._session is not None  # _listen ran
         try:
             async with self._session.ws_connect(self.ws_url, max_msg_size=0, autoping=True) as ws:
                 upstream = asyncio.create_task(self._upstream(reader, ws))
