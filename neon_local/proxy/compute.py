@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
 
 from neon_local.errors import PostgresErrorResponse, PostgresUnavailable
 from neon_local.proxy.cancellation import CancelKey
@@ -32,10 +33,20 @@ class BackendUnavailable(PostgresUnavailable):
     """The Unix socket could not be reached or closed early: Postgres is down or restarting."""
 
 
+class BackendChannel(Protocol):
+    """A connection to the compute as the proxy drives it before the relay (`server.Conduit`; a scripted one in tests)."""
+
+    async def read(self) -> bytes: ...  # b"" once the compute has closed
+
+    def write(self, data: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class ComputeConnection:
     """One Postgres connection driven by the proxy until it is handed to the relay."""
 
-    def __init__(self, conduit) -> None:
+    def __init__(self, conduit: BackendChannel) -> None:
         self.conduit = conduit
         self.parameters: dict[str, str] = {}
         self.key: CancelKey | None = None
@@ -99,7 +110,7 @@ class ComputeConnection:
         self.conduit.close()
 
 
-Opener = Callable[[], Awaitable[object]]
+Opener = Callable[[], Awaitable[BackendChannel]]  # opens a new connection to the compute
 
 
 async def open_compute(opener: Opener, params: dict[str, str]) -> ComputeConnection:

@@ -2,6 +2,9 @@
 
 TCP and WebSocket clients are both a `ClientChannel` that hands over bytes in whatever pieces
 they came; this module cuts them into packets with the sans-io codec and never touches a socket.
+Everything else a session talks to comes in through `ProxyContext` as an interface too: the compute
+(a `BackendChannel` from the `Opener` it is given) and the `SessionControlPlane`, so a whole
+conversation can be scripted without a socket (tests/test_session_playbook.py).
 JWT roles send a token as a cleartext password and get a backend initialised with
 pg_session_jwt exactly as the HTTP path does; password roles authenticate with SCRAM (TCP) or
 a cleartext password checked against the SCRAM verifier (WebSocket, as on Neon).
@@ -13,13 +16,13 @@ import asyncio
 import logging
 import ssl
 import time
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 from neon_local.auth import scram
 from neon_local.auth.verifier import JwtError, Verifier
 from neon_local.console.request_log import RequestLog
-from neon_local.control_plane import ControlPlane
 from neon_local.errors import NeonLocalError, PostgresErrorResponse, PostgresUnavailable
 from neon_local.limits import ClientLimits, RateLimited
 from neon_local.limits.relay import StatementFilter
@@ -60,6 +63,19 @@ class ClientChannel(Protocol):
     def close(self) -> None: ...
 
 
+class SessionControlPlane(Protocol):
+    """What a session asks the control plane (`control_plane.ControlPlane`): role secrets, and JWT sessions set up."""
+
+    async def role_secret(self, role: str) -> str | None: ...
+
+    async def check_password(self, role: str, password: bytes) -> bool: ...
+
+    async def tenant_database(self, claims: Mapping[str, Any] | None, requested_db: str) -> str: ...
+
+    async def start_jwt_session(self, dbname: str, role: str, open_backend: Callable[[str], Awaitable[ComputeConnection]]
+                                ) -> tuple[ComputeConnection, session_jwt.SessionSigner]: ...
+
+
 @dataclass
 class ProxyContext:
     """Everything a session needs, passed down from the server: config, Postgres, keys, JWT verifier."""
@@ -67,7 +83,7 @@ class ProxyContext:
     jwt_roles: tuple[str, ...]
     verifier: Verifier
     open_backend_socket: Opener
-    control_plane: ControlPlane
+    control_plane: SessionControlPlane
     cancellations: CancelMap = field(default_factory=CancelMap)
     tls_context: ssl.SSLContext | None = None
     channel_binding: bytes | None = None
