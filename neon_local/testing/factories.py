@@ -15,27 +15,33 @@ from __future__ import annotations
 import os
 import secrets
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from neon_local.testing import report
 from neon_local.testing.config import get_config
 
+if TYPE_CHECKING:
+    from neon_local.testing.database import Database
+    from neon_local.testing.janitor import Janitor
+    from neon_local.testing.server import NeonLocal
+
 __all__ = ["neon_db", "neon_local", "neon_template"]
 
 
 def _worker_id(config: pytest.Config) -> str:
     # Not PYTEST_XDIST_WORKER: a pytester run inside a worker inherits that variable but is not a worker.
-    return getattr(config, "workerinput", {}).get("workerid", "main")
+    return str(getattr(config, "workerinput", {}).get("workerid", "main"))
 
 
-def neon_local(*, config_file: str | Path | None = None, reuse: bool | None = None):
+def neon_local(*, config_file: str | Path | None = None, reuse: bool | None = None) -> Any:  # pytest's fixture type is private
     """A session-scoped emulator: a private one on free ports, or with `reuse` the project's `neon-local up`."""
 
     @pytest.fixture(scope="session")
-    def neon_local_fixture(pytestconfig: pytest.Config):
+    def neon_local_fixture(pytestconfig: pytest.Config) -> Iterator[NeonLocal]:
         from neon_local.testing.server import NeonLocal, NotRunning
 
         settings = get_config(pytestconfig, os.environ)
@@ -54,11 +60,11 @@ def neon_local(*, config_file: str | Path | None = None, reuse: bool | None = No
     return neon_local_fixture
 
 
-def neon_template(server: str = "neon_local", *, migrations: Any = None, seed: Any = None):
+def neon_template(server: str = "neon_local", *, migrations: Any = None, seed: Any = None) -> Any:
     """A session-scoped template database: Neon's grants, then the migrations and seed, applied once."""
 
     @pytest.fixture(scope="session")
-    def neon_template_fixture(request: pytest.FixtureRequest, pytestconfig: pytest.Config):
+    def neon_template_fixture(request: pytest.FixtureRequest, pytestconfig: pytest.Config) -> Iterator[Janitor]:
         from neon_local.testing.janitor import Janitor, run_all
         from neon_local.testing.migrations import MigrationError, steps_from
 
@@ -83,13 +89,13 @@ def neon_template(server: str = "neon_local", *, migrations: Any = None, seed: A
     return neon_template_fixture
 
 
-def neon_db(template: str = "neon_template", *, isolation: str | None = None):
+def neon_db(template: str = "neon_template", *, isolation: str | None = None) -> Any:
     """A database per test: a fresh clone of the template dropped afterwards (`clone`), or the session's shared
     clone inside a transaction rolled back afterwards (`rollback`). Precedence: the test's marker
     (`@pytest.mark.neon_clone` / `@pytest.mark.neon_rollback`), then `isolation`, then the setting."""
 
     @pytest.fixture
-    def neon_db_fixture(request: pytest.FixtureRequest):
+    def neon_db_fixture(request: pytest.FixtureRequest) -> Iterator[Database]:
         from neon_local.testing.database import Database, RollbackDatabase
         from neon_local.testing.janitor import run_all
 
@@ -97,7 +103,7 @@ def neon_db(template: str = "neon_template", *, isolation: str | None = None):
         if _isolation(request, isolation) == "rollback":
             began = time.perf_counter()
             name, session = janitor.shared()
-            database = RollbackDatabase(name, janitor.server, session)
+            database: Database = RollbackDatabase(name, janitor.server, session)
             begin_cost = time.perf_counter() - began
             yield database
             began = time.perf_counter()
