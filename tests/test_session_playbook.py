@@ -263,7 +263,7 @@ def world(keys) -> World:
         jwt_roles=settings.jwt_roles,
         verifier=Verifier(settings, keyring, ProviderCache(settings, root / "jwks-cache")),
         open_backend_socket=world.open_compute,
-        control_plane=world.control_plane,  # type: ignore[arg-type]  # the control plane's double
+        control_plane=world.control_plane,
         tls_context=tls.server_context(tls_files),
         channel_binding=tls.channel_binding_data(tls_files),
         mock_secret=b"m" * 32,
