@@ -1,5 +1,6 @@
 """The console in a real browser (Debian's chromium driven by Playwright) against `neon-local up -d` running
-the todos sample app. Each scenario saves a screenshot of its page to docs/ (shown in the README)."""
+the todos sample app. Each scenario saves a screenshot of its page: to a temporary directory, or with
+NEON_LOCAL_SCREENSHOTS=docs to docs/ (shown in the README), so a test run leaves the checkout as it was."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
 from functools import partial
@@ -22,7 +24,7 @@ from playwright.sync_api import expect, sync_playwright
 from test_cli import neon_local
 
 TODOS = Path(__file__).parent.parent / "fixtures" / "todos"
-DOCS = Path(__file__).parent.parent / "docs"
+DOCS = Path(__file__).parent.parent / "docs" if os.environ.get("NEON_LOCAL_SCREENSHOTS") == "docs" else Path(tempfile.mkdtemp())
 NODE_DIR = Path(__file__).parent / "node"
 
 
