@@ -8,6 +8,7 @@ CREATE EXTENSION pgcrypto then says how to get it. OpenSSL's and zlib's headers 
 
 import importlib.util
 import re
+import struct
 from pathlib import Path
 
 from setuptools import Extension, setup
@@ -45,6 +46,42 @@ class BuildPostgresModule(build_ext):
         super().run()
 
 
+def glibc_needed(module: Path) -> tuple[int, int]:
+    """The newest GLIBC_x.y symbol version an ELF64 little-endian shared object requires (its .gnu.version_r
+    section, what `objdump -p` lists under "Version References"); (0, 0) when it requires none."""
+    data = module.read_bytes()
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum = struct.unpack_from("<HH", data, 0x3A)
+    sections = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
+    newest = (0, 0)
+    for _, kind, _, _, offset, _, link, count, _, _ in sections:
+        if kind != 0x6FFFFFFE:  # SHT_GNU_verneed: count entries, names in section `link`'s string table
+            continue
+        strings = sections[link][4]
+        entry = offset
+        for _ in range(count):
+            _, aux_count, _, aux, following = struct.unpack_from("<HHIII", data, entry)
+            at = entry + aux
+            for _ in range(aux_count):
+                _, _, _, name, aux_next = struct.unpack_from("<IHHII", data, at)
+                version = data[strings + name:data.index(b"\0", strings + name)].decode()
+                if match := re.fullmatch(r"GLIBC_(\d+)\.(\d+)(?:\.\d+)?", version):
+                    newest = max(newest, (int(match.group(1)), int(match.group(2))))
+                at += aux_next
+            entry += following
+    return newest
+
+
+def manylinux(platform: str, modules: list[Path]) -> str:
+    """linux_<arch> as the manylinux tag (PEP 600) of the glibc the modules need: pip installs the wheel on any
+    glibc Linux at least that new. Other platforms, and a wheel without a module, keep their tag."""
+    if not platform.startswith("linux_") or not modules:
+        return platform
+    major, minor = max(glibc_needed(m) for m in modules)
+    major, minor = max((major, minor), (2, 17))  # manylinux2014's floor: pip's oldest tag that still matters
+    return f"manylinux_{major}_{minor}_{platform.removeprefix('linux_')}"
+
+
 try:
     from setuptools.command.bdist_wheel import bdist_wheel
 except ImportError:  # setuptools before 70.1: the wheel keeps Python's tags
@@ -53,11 +90,15 @@ except ImportError:  # setuptools before 70.1: the wheel keeps Python's tags
 
 if bdist_wheel is not None:
     class PlatformWheel(bdist_wheel):
-        """The module is PostgreSQL's, not Python's: one wheel per platform serves every Python version."""
+        """The module is PostgreSQL's, not Python's: one wheel per platform serves every Python version, tagged
+        with the glibc the module needs, so that pip and PyPI take it as manylinux. Its other libraries
+        (libcrypt.so.1, zlib, OpenSSL 3's libcrypto.so.3) come from the system, see README."""
 
         def get_tag(self) -> tuple[str, str, str]:
             _, _, platform = super().get_tag()
-            return "py3", "none", platform
+            build = self.get_finalized_command("build_ext")
+            modules = [Path(build.get_ext_fullpath(m.name)) for m in build.extensions]
+            return "py3", "none", manylinux(platform, [m for m in modules if m.is_file()])
 
 
 def _modules() -> list[Extension]:

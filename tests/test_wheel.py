@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import httpx
 import pytest
+from packaging.tags import sys_tags
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "neon_local"
@@ -67,6 +70,23 @@ def test_build_makes_a_wheel_and_an_sdist_that_carries_the_module_source(dist):
     listing = subprocess.run(["tar", "tzf", sdist], capture_output=True, text=True, check=True).stdout.split()
     assert any(name.endswith("neon_local/postgres/contrib/src/neon_local_contrib.c") for name in listing)
     assert any(name.endswith("/setup.py") for name in listing)
+
+
+def test_the_wheel_is_tagged_manylinux_for_the_newest_glibc_its_module_needs(dist, tmp_path):
+    wheel, = dist.glob("neon_local-*.whl")
+    tag = wheel.name.removesuffix(".whl").split("-", 2)[2]
+    with zipfile.ZipFile(wheel) as archive:
+        metadata, = (name for name in archive.namelist() if name.endswith(".dist-info/WHEEL"))
+        assert f"Tag: {tag}" in archive.read(metadata).decode().splitlines()
+        modules = [Path(archive.extract(name, tmp_path)) for name in archive.namelist() if name.endswith(".so")]
+    assert modules, "the wheel carries no compiled module: was it built without a C compiler?"
+    # binutils' reading of the symbol versions, independent of setup.py's own
+    references = subprocess.run(["objdump", "-p", *modules], capture_output=True, text=True, check=True).stdout
+    needed = max((int(major), int(minor)) for major, minor in re.findall(r"\bGLIBC_(\d+)\.(\d+)", references))
+    platform = re.fullmatch(r"py3-none-manylinux_(\d+)_(\d+)_x86_64", tag)
+    assert platform, tag
+    assert (int(platform[1]), int(platform[2])) == max(needed, (2, 17)), (tag, needed)
+    assert tag in {str(t) for t in sys_tags()}  # pip on this machine installs it
 
 
 def test_the_installed_package_is_the_wheel_and_carries_every_data_file(venv, project, user_env):
