@@ -16,7 +16,7 @@ from aiohttp import WSMsgType, web
 
 from neon_local.origins import OriginPolicy
 from neon_local.proxy.limits import at_message_boundary, idle_close_message, tune_keepalive
-from neon_local.proxy.server import is_loopback
+from neon_local.proxy.server import Conduit, PgProxyServer, is_loopback
 from neon_local.proxy.session import Session
 from neon_local.wire.codec import ProtocolViolation
 
@@ -41,7 +41,7 @@ class WebSocketChannel:
         self.is_loopback = is_loopback(transport.get_extra_info("peername") if transport else None)
         self._outgoing: collections.deque[bytes] = collections.deque()
         self._queued = 0
-        self._backend = None
+        self._backend: Conduit | None = None
         self._readable = asyncio.Event()
         self._readable.set()
         self._sender: asyncio.Task | None = None
@@ -53,7 +53,8 @@ class WebSocketChannel:
         message = await self._ws.receive()
         self.last_active = asyncio.get_running_loop().time()
         if message.type == WSMsgType.BINARY:
-            return message.data
+            data: bytes = message.data
+            return data
         if message.type == WSMsgType.TEXT:
             raise ProtocolViolation(TEXT_FRAME)
         return b""  # close, error: the client is gone
@@ -94,7 +95,7 @@ class WebSocketChannel:
     async def start_tls(self, context: ssl.SSLContext) -> None:
         raise ProtocolViolation("TLS is not available inside the WebSocket tunnel")
 
-    async def relay(self, backend, pending: bytes, backend_pending: bytes) -> None:
+    async def relay(self, backend: Conduit, pending: bytes, backend_pending: bytes) -> None:
         self._backend = backend
         backend.join(self, backend_pending)
         if pending:
@@ -105,10 +106,10 @@ class WebSocketChannel:
         finally:
             pump.cancel()
             backend.close()
-        if pump.done() and not pump.cancelled() and pump.exception() is not None:
-            raise pump.exception()
+        if pump.done() and not pump.cancelled() and (error := pump.exception()) is not None:
+            raise error
 
-    async def _pump(self, backend) -> None:
+    async def _pump(self, backend: Conduit) -> None:
         while data := await self.read():
             backend.write(data)
             await self._readable.wait()
@@ -136,7 +137,7 @@ class WebSocketChannel:
 class WebSocketAdapter:
     """Serves WebSocket upgrades (on any path) for a `PgProxyServer`: route them to `handle`."""
 
-    def __init__(self, proxy) -> None:
+    def __init__(self, proxy: PgProxyServer) -> None:
         self.proxy = proxy
         self._origins = OriginPolicy(proxy.settings.allowed_origins)
 
@@ -144,7 +145,7 @@ class WebSocketAdapter:
         ws = web.WebSocketResponse(max_msg_size=MAX_FRAME, compress=False)
         await ws.prepare(request)
         origin = request.headers.get("Origin")
-        refusal = None if self._origins.allows(origin) else OriginPolicy.refusal(origin, "WebSocket password sessions")
+        refusal = None if origin is None or self._origins.allows(origin) else OriginPolicy.refusal(origin, "WebSocket password sessions")
         channel = WebSocketChannel(ws, request, refusal)
         if request.transport is not None:  # a tunnel to a backend: notice a client that vanished, as over TCP
             tune_keepalive(request.transport.get_extra_info("socket"))
