@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -14,16 +13,11 @@ from pathlib import Path
 
 import psycopg
 
+from bench.common import free_port
 from neon_local.postgres.binaries import find_binaries
 from neon_local.postgres.cluster import SUPERUSER, RunAs
 
 ROUNDS = 5
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _timed(argv: list, **kwargs) -> tuple[float, subprocess.CompletedProcess]:
@@ -83,7 +77,7 @@ def run() -> list[dict]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEON_LOCAL_")}
     env.update(NEON_LOCAL_CACHE_DIR=str(cache), NEON_LOCAL_LOG_LEVEL="warning")
     cli = [sys.executable, "-m", "neon_local"]
-    ports = ["--http-port", str(_free_port()), "--pg-port", str(_free_port())]
+    ports = ["--http-port", str(free_port()), "--pg-port", str(free_port())]
     options = {"cwd": project, "env": env}
 
     python = [_timed([sys.executable, "-c", "pass"])[0] for _ in range(ROUNDS)]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -14,16 +13,11 @@ from pathlib import Path
 
 import psycopg
 
+from bench.common import free_port
 from neon_local.postgres.binaries import find_binaries
 from neon_local.postgres.cluster import SUPERUSER, RunAs
 
 ROUNDS = 5
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_ready(pgdata: Path, proc: subprocess.Popen) -> None:
@@ -84,7 +78,7 @@ def _descendants(pid: int) -> list[int]:
 
 def up_to_first_query(cache: Path, data_dir: Path | None) -> tuple[float, int, int]:
     """Seconds from spawning `neon-local up` to a query answered through the TCP proxy; RSS of it and of Postgres."""
-    http_port, pg_port = _free_port(), _free_port()
+    http_port, pg_port = free_port(), free_port()
     env = dict(os.environ, NEON_LOCAL_CACHE_DIR=str(cache), NEON_LOCAL_LOG_LEVEL="warning")
     where = ["--data-dir", str(data_dir)] if data_dir else ["--ephemeral"]
     url = f"postgresql://neondb_owner:npg_neonlocal@127.0.0.1:{pg_port}/neondb?sslmode=require"

@@ -17,12 +17,11 @@ of several rounds: the machine is shared, and a busy neighbour would otherwise c
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
+
+from bench.common import emulator, run_async, show
 
 ROUNDS = 5
 CALLS = 200_000  # per-call loops
@@ -161,41 +160,22 @@ async def _bench(directory: Path) -> list[dict]:
     import psycopg
 
     from neon_local.postgres import session_jwt
-    from neon_local.postgres.binaries import find_binaries
-    from neon_local.postgres.bootstrap import bootstrap
-    from neon_local.postgres.cluster import PostgresCluster
-    from neon_local.postgres.template import neon_template
-    from neon_local.settings import Settings
 
-    settings = Settings(project_dir=directory, data_dir=directory / "data", http_port=0, pg_port=0)
-    binaries = find_binaries()
-    cluster = PostgresCluster(binaries, directory / "data" / "pgdata", directory / "postgres.log")
-    cluster.prepare(await neon_template(binaries, settings))
-    await cluster.start()
-    try:
-        await bootstrap(cluster, settings)
-        with psycopg.connect(cluster.conninfo(dbname=settings.database), autocommit=True) as admin:
-            admin.execute(SETUP_SQL)
-            admin.execute("alter extension pg_session_jwt update to '0.5.0'")
+    async with emulator(directory, SETUP_SQL + "alter extension pg_session_jwt update to '0.5.0';") as emu:
+        cluster, dbname = emu.cluster, emu.settings.database
         options = session_jwt.startup_options()
-        with psycopg.connect(cluster.conninfo(user="authenticated", dbname=settings.database, options=options),
-                             autocommit=True) as session:
+        with psycopg.connect(cluster.conninfo(user="authenticated", dbname=dbname, options=options), autocommit=True) as session:
             pid, backend_start = session.execute(session_jwt.BIND_QUERY).fetchone()
             signer = session_jwt.SessionSigner(cluster.session_secret, pid, backend_start)
             rows = _session_init(session, signer)
             session.execute("select auth.jwt_session_init(%s)", [signer.token_for(json.dumps(CLAIMS).encode())])
             rows = _per_call(session) + _crud_policy(session) + rows
-        return rows + await _reset(cluster, settings.database)
-    finally:
-        await cluster.stop()
+        return rows + await _reset(cluster, dbname)
 
 
 def run() -> list[dict]:
-    with tempfile.TemporaryDirectory(prefix="bench-stub-") as directory:
-        os.chmod(directory, 0o755)
-        return asyncio.run(_bench(Path(directory)))
+    return run_async("bench-stub-", _bench)
 
 
 if __name__ == "__main__":
-    for row in run():
-        print(row)
+    show(run())
