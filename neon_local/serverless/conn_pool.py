@@ -9,6 +9,7 @@ import asyncio
 import time
 import weakref
 from collections.abc import Awaitable, Callable
+from typing import cast
 
 from neon_local.control_plane import TEMPLATE_DATABASES, ControlPlane
 from neon_local.serverless.pg_conn import ConnectionLost, PgConnection, connect
@@ -97,7 +98,7 @@ class ConnPool:
         pool = self._pools.get(key)
         if pool is None:
             # An idle connection to a template database would make CREATE DATABASE fail: none are kept.
-            pool = self._pools[key] = Pool(lambda: self._open(pool, dbname, role, jwt), self._max_per_pool,
+            pool = self._pools[key] = Pool(lambda: self._open(cast(Pool, pool), dbname, role, jwt), self._max_per_pool,
                                            keep_idle=dbname not in TEMPLATE_DATABASES)
         return await pool.acquire()
 

@@ -52,6 +52,7 @@ class SqlOverHttpError(NeonLocalError):
         self.status = status
         self.message = message
         self.pg_fields = pg_fields
+        self.headers: Mapping[str, str] | None = None  # extra response headers (Retry-After)
 
     @classmethod
     def postgres(cls, fields: Mapping[str, str], status: int = 400) -> SqlOverHttpError:

@@ -216,7 +216,7 @@ def parse_body(body: bytes) -> Payload:
     if batch is not None and isinstance(batch.get("queries"), list):
         queries = [_query(item) for item in batch["queries"]]
         if all(q is not None for q in queries):
-            return Payload(queries, batch=True)
+            return Payload(cast("list[Query]", queries), batch=True)
     raise _bad_request("could not parse the HTTP request body: " + UNTAGGED)
 
 

@@ -16,7 +16,7 @@ import os
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final, Literal, Protocol
+from typing import Final, Literal, Protocol, cast
 
 import psycopg
 from psycopg import pq
@@ -120,7 +120,7 @@ def _error_fields(result: PGresult) -> dict[str, str]:
 
 
 def _columns(result: PGresult) -> list[Column]:
-    return [Column(result.fname(i).decode(), result.ftype(i), result.ftable(i), result.ftablecol(i),
+    return [Column(cast(bytes, result.fname(i)).decode(), result.ftype(i), result.ftable(i), result.ftablecol(i),
                    result.fsize(i), result.fmod(i)) for i in range(result.nfields)]
 
 

@@ -13,14 +13,15 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from typing import Any, cast
 
 import psycopg
 from aiohttp import web
 from multidict import CIMultiDict
 
-from neon_local.auth.verifier import JwtError, VerifiedToken
+from neon_local.auth.verifier import JwtError, VerifiedToken, Verifier
 from neon_local.console.request_log import RequestLog
 from neon_local.control_plane import ControlPlane
 from neon_local.errors import PostgresErrorResponse
@@ -48,6 +49,7 @@ from neon_local.serverless.http_request import (
 )
 from neon_local.serverless.json import Column, PgTextError, ResponseTooLarge, ResponseWriter, row_encoder
 from neon_local.serverless.pg_conn import ConnectionLost, PgConnection, PgError, Statement
+from neon_local.settings import Settings
 
 __all__ = ["SqlOverHttp"]
 
@@ -118,22 +120,29 @@ def _json_response(status: int, body: bytes, request: web.Request, extra: dict[s
 
 
 async def _read_body(request: web.Request, timeout: float) -> bytes:
+    length = request.content_length
+    buffered = b""
+    if length is not None and length <= MAX_REQUEST_BYTES:
+        buffered = request.content.read_nowait(length)  # most bodies arrive with their headers: no timer, no wait
+        if len(buffered) == length:
+            return buffered
     try:
         async with asyncio.timeout(timeout or None):  # a body trickled in slowly must not hold a task forever
-            return await _read_limited(request)
+            return buffered + await _read_limited(request, len(buffered))
     except (asyncio.IncompleteReadError, ConnectionError) as exc:  # the client went away mid-body
         raise SqlOverHttpError(400, f"could not read the HTTP request body: {exc}") from None
     except TimeoutError:
         raise SqlOverHttpError(408, f"the request body did not arrive within {timeout} s (http_idle_timeout)") from None
 
 
-async def _read_limited(request: web.Request) -> bytes:
+async def _read_limited(request: web.Request, read: int) -> bytes:
+    """The rest of the body, `read` bytes of it already taken."""
     too_large = SqlOverHttpError(413, f"request is too large (max is {MAX_REQUEST_BYTES} bytes)")
     length = request.content_length
     if length is not None:
         if length > MAX_REQUEST_BYTES:
             raise too_large
-        return await request.content.readexactly(length)
+        return await request.content.readexactly(length - read)
     chunks, size = [], 0  # chunked transfer encoding: count as it comes
     async for chunk in request.content.iter_any():
         size += len(chunk)
@@ -149,7 +158,7 @@ class _DisconnectWatch:
     def __init__(self, request: web.Request) -> None:
         self.fired = False
         self._request = request
-        self._task = asyncio.current_task()
+        self._task = cast("asyncio.Task[Any]", asyncio.current_task())  # made inside the request's task
         self._handle: asyncio.TimerHandle | None = None
 
     def __enter__(self) -> _DisconnectWatch:
@@ -164,8 +173,9 @@ class _DisconnectWatch:
         else:
             self._handle = asyncio.get_running_loop().call_later(DISCONNECT_POLL, self._check)
 
-    def __exit__(self, *exc_info) -> None:
-        self._handle.cancel()
+    def __exit__(self, *exc_info: object) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
 
 
 class _QuerySink:
@@ -177,15 +187,17 @@ class _QuerySink:
         self._dbname = dbname
         self._raw = raw
         self._array_mode = array_mode
-        self._encode = None
+        self._encode: Callable[[Sequence[tuple[Any, ...]]], str] | None = None
 
     async def columns(self, columns: list[Column]) -> None:
         elements = {} if self._raw else await self._owner.control_plane.array_elements(self._dbname, [c.type_oid for c in columns])
         self._writer.begin_result(columns)
         self._encode = row_encoder(columns, self._raw, self._array_mode, elements)
 
-    def rows(self, rows: list[tuple]) -> None:
-        self._writer.add_rows(self._encode(rows), len(rows), lambda: self._encode(rows[-1:]))
+    def rows(self, rows: list[tuple[Any, ...]]) -> None:
+        encode = self._encode
+        assert encode is not None  # columns() came first
+        self._writer.add_rows(encode(rows), len(rows), lambda: encode(rows[-1:]))
 
     def end(self, tag: str) -> None:
         self._writer.end_result(tag, self._array_mode)
@@ -194,8 +206,8 @@ class _QuerySink:
 class SqlOverHttp:
     """The /sql handlers; `close()` closes every pooled connection."""
 
-    def __init__(self, settings, control_plane: ControlPlane, verifier, *, max_connections_per_pool: int = MAX_PER_POOL,
-                 request_log: RequestLog | None = None) -> None:
+    def __init__(self, settings: Settings, control_plane: ControlPlane, verifier: Verifier, *,
+                 max_connections_per_pool: int = MAX_PER_POOL, request_log: RequestLog | None = None) -> None:
         self.settings = settings
         self.request_log = request_log or RequestLog()
         self.control_plane = control_plane
@@ -244,7 +256,7 @@ class SqlOverHttp:
     async def _serve(self, request: web.Request) -> tuple[bytes, dict[str, str]]:
         info = parse_conn_info(request.headers, self._jwt_roles)
         origin = request.headers.get("Origin")
-        if info.jwt is None and not self._origins.allows(origin):
+        if info.jwt is None and origin is not None and not self._origins.allows(origin):
             raise SqlOverHttpError(400, OriginPolicy.refusal(origin, f"password requests (as {info.user})"))
         headers = parse_headers(request.headers)
         payload = parse_body(await _read_body(request, self._body_timeout))
@@ -258,7 +270,7 @@ class SqlOverHttp:
             except asyncio.CancelledError:
                 if not watch.fired:
                     raise
-                asyncio.current_task().uncancel()
+                cast("asyncio.Task[Any]", asyncio.current_task()).uncancel()
                 raise _ClientGone() from None
             self.request_log.record_sql(info.user, info.jwt, [q.text for q in payload.queries], began, body=body)
             return body, headers.echo() if payload.batch else {}
@@ -287,7 +299,7 @@ class SqlOverHttp:
     def _admit(self, info: ConnInfo, verified: VerifiedToken | None, payload: Payload) -> None:
         """Rate limits and the allow-list, before a connection is taken: Neon's status and body for each."""
         try:
-            self.limits.admit("http", info.user, verified and verified.claims.get("sub"), verified is not None)
+            self.limits.admit("http", info.user, verified.claims.get("sub") if verified is not None else None, verified is not None)
             self.limits.check_statements(info.user, verified is not None, [q.text for q in payload.queries], "http")
         except RateLimited as exc:  # Neon: a RateLimit connect error, not the user's, so 500; ours per identity: 429
             if exc.endpoint:
@@ -301,7 +313,7 @@ class SqlOverHttp:
     async def _authenticate(self, info: ConnInfo) -> VerifiedToken | None:
         if info.jwt is None:
             try:
-                matched = await self.control_plane.check_password(info.user, info.password)
+                matched = await self.control_plane.check_password(info.user, cast(bytes, info.password))  # no JWT: a password
             except (PgError, ConnectionLost, psycopg.Error, OSError) as exc:
                 raise postgres_unavailable(exc) from None
             if not matched:
@@ -365,7 +377,9 @@ class SqlOverHttp:
     @staticmethod
     def _init(backend: PgConnection, verified: VerifiedToken) -> Statement:
         """local_proxy's per-request step: the verified claims, re-signed with the next jti."""
-        return Statement(session_jwt.INIT_QUERY, [backend.signer.token_for(verified.payload)])
+        signer = backend.signer
+        assert signer is not None  # ConnPool gives a JWT role's connection its signer
+        return Statement(session_jwt.INIT_QUERY, [signer.token_for(verified.payload)])
 
     async def _statements(self, backend: PgConnection, verified: VerifiedToken | None, dbname: str, headers: Headers,
                           payload: Payload, apart: bool) -> bytes:
