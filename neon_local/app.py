@@ -23,6 +23,7 @@ from neon_local.postgres.bootstrap import bootstrap
 from neon_local.postgres.cluster import PostgresCluster, PostgresError
 from neon_local.postgres.stub_upgrade import upgrade_stub
 from neon_local.postgres.template import neon_template
+from neon_local.postgres.upstream import Upstream
 from neon_local.services import Services, start_services
 from neon_local.settings import Settings, url_host
 from neon_local.state import STATE_FILENAME, read_state
@@ -154,16 +155,13 @@ class Emulator:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         http_sock = bind(settings.host, settings.http_port, "http_port")
         pg_sock = bind(settings.host, settings.pg_port, "pg_port")
-        self.binaries = find_binaries(settings.pg_bin)
         # First start makes RSA/EC/Ed25519 keys (~60 ms of CPU): on a thread, alongside Postgres' copy and start.
         keyring = asyncio.get_running_loop().run_in_executor(None, KeyRing.load_or_create, self.data_dir / "keys")
-        self.cluster = PostgresCluster(self.binaries, self.data_dir / "pgdata", self.data_dir / "postgres.log",
-                                       settings.max_connections)
-        self.cluster.prepare(await neon_template(self.binaries, settings))
-        await self.cluster.start()
-        self._stack.append(self.cluster.stop)
-        await upgrade_stub(self.cluster)  # a data dir from an older neon-local
-        await bootstrap(self.cluster, settings)
+        if settings.upstream_url is not None:
+            self.cluster = Upstream(settings.upstream_url, self.data_dir)
+            await self.cluster.start(settings)
+        else:
+            await self._start_postgres()
         self._endpoints = Endpoints(url_host(settings.host), http_sock.getsockname()[1], pg_sock.getsockname()[1],
                                    settings.database, settings.owner, settings.owner_password)
         self.services = await start_services(settings, self.cluster, self.data_dir, self.endpoints.issuer_url,
@@ -174,10 +172,37 @@ class Emulator:
             self.reloader = ConfigReloader(self)
             self.reloader.start()
             self._stack.append(self.reloader.stop)
-        self._supervisor = asyncio.create_task(self._supervise_postgres())
+        if isinstance(self.cluster, PostgresCluster):
+            self._supervisor = asyncio.create_task(self._supervise_postgres())
         self.started_in = time.perf_counter() - began
         if self.write_state:
             self._write_state()
+
+    async def _start_postgres(self) -> None:
+        """The embedded Postgres: a copy of the cached template, started and shaped like a Neon branch."""
+        settings = self.settings
+        self.binaries = find_binaries(settings.pg_bin)
+        self.cluster = PostgresCluster(self.binaries, self.data_dir / "pgdata", self.data_dir / "postgres.log",
+                                       settings.max_connections)
+        self.cluster.prepare(await neon_template(self.binaries, settings))
+        await self.cluster.start()
+        self._stack.append(self.cluster.stop)
+        await upgrade_stub(self.cluster)  # a data dir from an older neon-local
+        await bootstrap(self.cluster, settings)
+
+    async def bootstrap(self, settings: Settings) -> None:
+        """Shape the Postgres for `settings` again (live reload with new roles)."""
+        if isinstance(self.cluster, Upstream):
+            await self.cluster.start(settings)
+        else:
+            await bootstrap(self.cluster, settings)
+
+    def _postgres_state(self) -> dict:
+        if isinstance(self.cluster, Upstream):
+            return {"version": self.cluster.version, "source": f"upstream {self.cluster.url.display}",
+                    "upstream": self.cluster.url.display, "pid": None, "socket_dir": None}
+        return {"version": self.binaries.version, "source": self.binaries.source,
+                "pid": self.cluster.pid, "socket_dir": str(self.cluster.socket_dir)}
 
     def state(self) -> dict:
         """What `status --json` prints: URLs, ports, pids, data dir, Postgres version."""
@@ -187,8 +212,7 @@ class Emulator:
             "data_dir": str(self.data_dir), "ephemeral": self.settings.ephemeral,
             "config_file": str(self.settings.config_file) if self.settings.config_file else None,
             "database": e.database, "owner": e.owner,
-            "postgres": {"version": self.binaries.version, "source": self.binaries.source,
-                         "pid": self.cluster.pid, "socket_dir": str(self.cluster.socket_dir)},
+            "postgres": self._postgres_state(),
             "host": e.host, "http_port": e.http_port, "pg_port": e.pg_port,
             "urls": {"owner": e.owner_url, "authenticated": e.authenticated_url, "sql": e.sql_url,
                      "websocket": e.ws_url, "issuer": e.issuer_url, "console": self.services.console.url,

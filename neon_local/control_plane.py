@@ -27,7 +27,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
-from neon_local.auth.scram import ScramVerifier
+from neon_local.auth.scram import ClientCredential, ScramVerifier
 from neon_local.errors import PostgresErrorResponse
 from neon_local.postgres import session_jwt
 from neon_local.postgres.bootstrap import jwt_role_statements
@@ -117,8 +117,11 @@ class ControlPlane:
     """`ControlPlane(cluster, tenancy)`: `cluster` is the running Postgres (`conninfo()`, `session_secret`);
     `tenancy` the [tenancy] settings with the template resolved, or None."""
 
-    def __init__(self, cluster, tenancy=None, session_jwt_version: str = session_jwt.DEFAULT_VERSION) -> None:
+    def __init__(self, cluster, tenancy=None, session_jwt_version: str = session_jwt.DEFAULT_VERSION,
+                 stub_installer: Callable[[str], Awaitable[None]] | None = None) -> None:
         self.cluster = cluster
+        # An upstream Postgres has no pg_session_jwt to CREATE: this installs the stub's plain SQL in a database.
+        self.stub_installer = stub_installer
         self.session_jwt_version = session_jwt_version  # what a database without the extension gets
         self.tenancy = tenancy
         self.pools: list = []  # the paths' ConnPools: asked to let go of the template before it is copied
@@ -181,13 +184,20 @@ class ControlPlane:
         key = hashlib.sha256(secret.encode() + b"\0" + password).digest()
         if key in self._good_passwords:
             self._good_passwords.move_to_end(key)
+            self.remember_login(role, ClientCredential(password=password))
             return True
         if not await asyncio.to_thread(verifier.check_password, password):
             return False
+        self.remember_login(role, ClientCredential(password=password))
         self._good_passwords[key] = None
         if len(self._good_passwords) > PASSWORD_CACHE_SIZE:
             self._good_passwords.popitem(last=False)
         return True
+
+    def remember_login(self, role: str, credential: ClientCredential) -> None:
+        """A client proved it may log in as `role`: an upstream Postgres (`--upstream`) then lets the proxy in with
+        the same credential; our own Postgres trusts the proxy and needs none."""
+        self.cluster.remember(role, credential)
 
     # --- JWT sessions ----------------------------------------------------------------------------
 
@@ -253,10 +263,13 @@ class ControlPlane:
     async def _prepare(self, dbname: str, role: str) -> None:
         # One at a time: two roles' GRANTs on schema auth at once fail with "tuple concurrently updated".
         async with self._prepare_lock:
+            if self.stub_installer is not None:
+                await self.stub_installer(dbname)
             admin = await connect(self.conninfo(ADMIN_USER, dbname))
             try:
                 (owner,) = await admin.first_row(_DATABASE_OWNER_SQL)
-                await admin.run([Statement(sql) for sql in jwt_role_statements(role, owner, self.session_jwt_version)])
+                statements = jwt_role_statements(role, owner, self.session_jwt_version, extension=self.stub_installer is None)
+                await admin.run([Statement(sql) for sql in statements])
             finally:
                 await admin.close()
 

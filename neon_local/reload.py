@@ -23,7 +23,6 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from neon_local.limits import ClientLimits
-from neon_local.postgres.bootstrap import bootstrap
 from neon_local.settings import ConfigError, Settings, load_settings
 
 __all__ = ["RELOADED", "ConfigReloader"]
@@ -143,7 +142,7 @@ async def apply_settings(emulator, settings: Settings) -> None:
     services = emulator.services
     limits = ClientLimits.of(settings)
     if (settings.jwt_roles, settings.role_specs) != (emulator.settings.jwt_roles, emulator.settings.role_specs):
-        await bootstrap(emulator.cluster, settings)  # new roles, their grants and memberships, as at start
+        await emulator.bootstrap(settings)  # new roles, their grants and memberships, as at start
     for provider in emulator.settings.providers:
         if provider not in settings.providers:  # removed or changed (another URL or file): drop its keys
             services.providers.forget(provider)

@@ -17,6 +17,7 @@ from neon_local.console.request_log import RequestLog
 from neon_local.control_plane import ControlPlane
 from neon_local.data_api.handler import DataApi
 from neon_local.postgres.cluster import PostgresCluster
+from neon_local.postgres.upstream import Upstream
 from neon_local.proxy.server import PgProxyServer
 from neon_local.serverless.sql_over_http import SqlOverHttp
 from neon_local.serverless.websocket import WebSocketAdapter
@@ -44,13 +45,14 @@ class Services:
     data_api: DataApi | None = None
 
 
-async def start_services(settings: Settings, cluster: PostgresCluster, data_dir: Path, issuer_url: str,
+async def start_services(settings: Settings, cluster: PostgresCluster | Upstream, data_dir: Path, issuer_url: str,
                          keyring: KeyRing, http_sock, pg_sock, add_closer: Callable) -> Services:
     """Build the services, listen on the two bound sockets; `add_closer` receives what must be closed, in order."""
     providers = ProviderCache(settings, data_dir / "jwks-cache")
     verifier = Verifier(settings, keyring, providers)
     tenancy = settings.tenancy and replace(settings.tenancy, template=settings.tenancy.template or settings.database)
-    control_plane = ControlPlane(cluster, tenancy, settings.session_jwt_version)
+    control_plane = ControlPlane(cluster, tenancy, settings.session_jwt_version,
+                                 stub_installer=cluster.install_stub if isinstance(cluster, Upstream) else None)
     add_closer(control_plane.close)
     request_log = RequestLog()  # every path's requests and sessions, for the console's live log
     sql = SqlOverHttp(settings, control_plane, verifier, request_log=request_log)

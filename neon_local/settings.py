@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from types import NoneType, UnionType
 from typing import Any, get_args, get_origin, get_type_hints
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from neon_local.errors import NeonLocalError
 
@@ -115,6 +116,44 @@ class Provider:
 
 
 @dataclass(frozen=True)
+class UpstreamUrl:
+    """The `upstream` setting taken apart: where the Postgres neon-local fronts listens, and who logs in there."""
+
+    host: str
+    port: int
+    user: str
+    password: str
+    dbname: str
+
+    @classmethod
+    def parse(cls, url: str, origin: str = "the upstream setting (--upstream)") -> UpstreamUrl:
+        parts = urlsplit(url)
+        problem = None
+        if parts.scheme not in ("postgresql", "postgres"):
+            problem = "must start with postgresql://"
+        elif not parts.hostname or not parts.username:
+            problem = "must name a user and a host"
+        elif parts.query and any(k == "sslmode" and v not in ("disable", "allow", "prefer")
+                                 for k, v in parse_qsl(parts.query)):
+            problem = "asks for TLS, which neon-local cannot speak to an upstream yet (use sslmode=disable, or reach it over an SSH tunnel)"
+        try:
+            port = parts.port or 5432
+        except ValueError:
+            problem = "has a port that is not a number"
+        if problem:
+            raise ConfigError(f"{origin} {problem}: postgresql://USER:PASSWORD@HOST:PORT/DB, e.g. "
+                              "postgresql://postgres:secret@127.0.0.1:5432/app.")
+        return cls(unquote(parts.hostname), port, unquote(parts.username), unquote(parts.password or ""),
+                   unquote(parts.path.lstrip("/")))
+
+    @property
+    def display(self) -> str:
+        """The URL without its password, for logs and `status`."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"postgresql://{quote(self.user, safe='')}@{host}:{self.port}/{quote(self.dbname, safe='')}"
+
+
+@dataclass(frozen=True)
 class Settings:
     """Every setting in effect. A field with `_scalar` metadata is a scalar setting (a row of `SCALARS`):
     its default here is the one the CLI, the environment and the docs show; the rest live in the file only."""
@@ -174,6 +213,9 @@ class Settings:
         "Folder of annotated .sql files `neon-local codegen` reads (default: queries/ beside neon_local.toml)."))
     codegen_out: Path | None = field(default=None, metadata=_scalar(
         "The TypeScript module `neon-local codegen` writes (default: src/db/queries.ts beside neon_local.toml)."))
+    upstream: str = field(default="", metadata=_scalar(
+        "Front a Postgres you already run instead of starting the embedded one: postgresql://USER:PASSWORD@HOST:PORT/DB, USER a superuser there "
+        "(neon-local creates the JWT roles and installs the pg_session_jwt stub in DB; the URL's DB and USER become the database and owner)."))
     live_reload: bool = field(default=True, metadata=_scalar(
         "Apply edits to neon_local.toml (users, roles, providers, tenancy, rate limits, allow-list mode) while running; a file that does not load "
         "is refused and the last good one stays in force."))
@@ -190,6 +232,17 @@ class Settings:
         for provider in self.providers:
             names += provider.role_names
         return tuple(dict.fromkeys(names))
+
+    def __post_init__(self) -> None:
+        upstream = self.upstream_url  # parsed here, so a malformed URL is refused wherever settings are made
+        if upstream is not None:  # the upstream's database and login are the ones clients see
+            object.__setattr__(self, "owner", upstream.user)
+            object.__setattr__(self, "owner_password", upstream.password)
+            object.__setattr__(self, "database", upstream.dbname or self.database)
+
+    @property
+    def upstream_url(self) -> UpstreamUrl | None:
+        return UpstreamUrl.parse(self.upstream) if self.upstream else None
 
     @property
     def resolved_data_dir(self) -> Path:

@@ -8,6 +8,7 @@ SCRAM-SHA-256-PLUS with tls-server-end-point channel binding, as Postgres and Ne
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import secrets
@@ -77,6 +78,7 @@ class ScramExchange:
         self._client_first_bare = b""
         self._server_first = b""
         self._nonce = b""
+        self.client_key = b""  # once the proof checked out: what the proxy needs to log in upstream as the client
 
     @property
     def mechanisms(self) -> list[str]:
@@ -109,6 +111,7 @@ class ScramExchange:
         client_key = bytes(a ^ b for a, b in zip(_b64d(proof_part), _hmac(self._verifier.stored_key, auth_message)))
         if not self._real or not hmac.compare_digest(hashlib.sha256(client_key).digest(), self._verifier.stored_key):
             raise AuthenticationFailed()
+        self.client_key = client_key
         return b"v=" + base64.b64encode(_hmac(self._verifier.server_key, auth_message))
 
     def _check_binding_flag(self, mechanism: str, gs2_header: bytes) -> None:
@@ -123,6 +126,60 @@ class ScramExchange:
             raise ScramError("SCRAM channel binding negotiation error")
         elif flag not in (b"n", b"y"):
             raise ScramError("malformed SCRAM message")
+
+
+@dataclass(frozen=True)
+class ClientCredential:
+    """What the proxy logs in to an upstream Postgres with: a password, or a SCRAM ClientKey recovered from the
+    client's own exchange with the proxy (as Neon's proxy passes SCRAM through to its computes)."""
+
+    password: bytes | None = None
+    client_key: bytes | None = None
+
+    def __repr__(self) -> str:
+        return "ClientCredential([secure])"
+
+
+class ScramClient:
+    """The client side of SCRAM-SHA-256 without channel binding: `first()`, `final(server_first)`,
+    `check(server_final)`; no I/O. With a password the salted keys are derived once per (password, salt, iterations)."""
+
+    def __init__(self, credential: ClientCredential) -> None:
+        self._credential = credential
+        self._bare = b"n=,r=" + base64.b64encode(secrets.token_bytes(18))
+        self._server_signature: bytes | None = None
+
+    def first(self) -> bytes:
+        return b"n,," + self._bare
+
+    def final(self, server_first: bytes) -> bytes:
+        attrs = _attributes(server_first)
+        if not attrs.get("r", b"").startswith(self._bare[5:]) or "s" not in attrs or not attrs.get("i", b"").isdigit():
+            raise ScramError("the server sent a malformed SCRAM message")
+        without_proof = b"c=biws,r=" + attrs["r"]
+        auth_message = b",".join((self._bare, server_first, without_proof))
+        if self._credential.password is not None:
+            client_key, server_key = _salted_keys(self._credential.password, _b64d(attrs["s"]), int(attrs["i"]))
+            self._server_signature = _hmac(server_key, auth_message)
+        elif self._credential.client_key is not None:
+            client_key = self._credential.client_key
+        else:
+            raise ScramError("the proxy holds no password or key for this role")
+        signature = _hmac(hashlib.sha256(client_key).digest(), auth_message)
+        return without_proof + b",p=" + base64.b64encode(bytes(a ^ b for a, b in zip(client_key, signature)))
+
+    def check(self, server_final: bytes) -> None:
+        """The server proved it knows the verifier (checked when we hold the password; a ClientKey alone cannot)."""
+        verifier = _attributes(server_final).get("v")
+        if verifier is None or (self._server_signature is not None and _b64d(verifier) != self._server_signature):
+            raise ScramError("the server's SCRAM signature does not match")
+
+
+@functools.lru_cache(maxsize=64)
+def _salted_keys(password: bytes, salt: bytes, iterations: int) -> tuple[bytes, bytes]:
+    """ClientKey and ServerKey: PBKDF2 costs milliseconds, and the proxy logs in with the same few passwords."""
+    salted = hashlib.pbkdf2_hmac("sha256", password, salt, iterations)
+    return _hmac(salted, b"Client Key"), _hmac(salted, b"Server Key")
 
 
 def _split_gs2(message: bytes) -> tuple[bytes, bytes]:

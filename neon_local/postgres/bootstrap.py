@@ -75,10 +75,12 @@ async def grant_role(conn: psycopg.AsyncConnection, role: str, owner: str) -> No
     await conn.execute(statements)
 
 
-def jwt_role_statements(role: str, owner: str, version: str) -> list[str]:
+def jwt_role_statements(role: str, owner: str, version: str, extension: bool = True) -> list[str]:
     """What Neon's local_proxy has done the first time it sees a (database, role): the extension (created by the
-    database's `owner` at `version`), then USAGE on auth. One transaction; run the statements in order."""
-    return ["BEGIN", *session_jwt.install_statements(version, owner),
+    database's `owner` at `version`; not when `extension` is False, on an upstream Postgres that got the stub as
+    plain SQL), then USAGE on auth. One transaction; run the statements in order."""
+    install = session_jwt.install_statements(version, owner) if extension else []
+    return ["BEGIN", *install,
             "GRANT USAGE ON SCHEMA auth TO " + sql.Identifier(role).as_string(), "COMMIT"]
 
 

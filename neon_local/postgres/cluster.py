@@ -191,6 +191,18 @@ class PostgresCluster:
     def conninfo(self, user: str = SUPERUSER, dbname: str = "neondb", **params: str) -> str:
         return make_conninfo(host=str(self.socket_dir), port=self.port, user=user, dbname=dbname, **params)
 
+    async def open_connection(self, protocol_factory):
+        """An asyncio connection to the private socket: (transport, protocol), as loop.create_unix_connection."""
+        path = str(self.socket_dir / f".s.PGSQL.{self.port}")
+        return await asyncio.get_running_loop().create_unix_connection(protocol_factory, path)
+
+    def credential(self, role: str) -> None:
+        """Nothing: the private socket trusts the proxy, which has authenticated the client itself."""
+        return None
+
+    def remember(self, role: str, credential) -> None:
+        """Nothing to keep (see `credential`); an upstream Postgres keeps it to log the proxy in."""
+
     def prepare(self, template: Path) -> None:
         """Create the data directory as a copy of `template` (see postgres.template) when it does not exist yet."""
         if not (self.data_dir / "PG_VERSION").is_file():

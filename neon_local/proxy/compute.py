@@ -1,9 +1,10 @@
 """The proxy's connections to the compute (Postgres over its private Unix socket): startup, a few queries, cancel.
 
 Postgres trusts every connection on that socket, so the proxy authenticates clients first and
-then opens a backend as the client's role. The conversation runs over a `Conduit` from the
-server module (the only place that opens sockets); once ReadyForQuery arrives the conduit is
-handed to the relay untouched.
+then opens a backend as the client's role. An upstream Postgres (`--upstream`) is reached over TCP
+and asks for a password: the proxy answers with the role's credential (SCRAM or cleartext). The
+conversation runs over a `Conduit` from the server module (the only place that opens sockets);
+once ReadyForQuery arrives the conduit is handed to the relay untouched.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
+from neon_local.auth import scram
+from neon_local.auth.scram import ClientCredential, ScramClient
 from neon_local.errors import PostgresErrorResponse, PostgresUnavailable
 from neon_local.proxy.cancellation import CancelKey
 from neon_local.wire import messages as m
@@ -52,18 +55,43 @@ class ComputeConnection:
         self.key: CancelKey | None = None
         self._decoder = FrameDecoder()
 
-    async def startup(self, params: dict[str, str]) -> None:
-        """Send the StartupMessage and read up to ReadyForQuery, keeping ParameterStatus and the key."""
+    async def startup(self, params: dict[str, str], credential: ClientCredential | None = None) -> None:
+        """Send the StartupMessage and read up to ReadyForQuery, keeping ParameterStatus and the key.
+        `credential` answers a password request: an upstream Postgres asks for one, our private socket never does."""
         self.conduit.write(m.startup_message(params))
+        scram_client = None
         while True:
             message = await self.read_message()
-            if message.type == b"R" and m.int32(message.body) != m.AUTH_OK:
-                raise BackendUnavailable("it asked the proxy for a password, but its private socket must use trust auth")
+            code = m.int32(message.body) if message.type == b"R" else None
+            if code not in (None, m.AUTH_OK):
+                scram_client = self._authenticate(code, message.body[4:], credential, scram_client)
+                continue
             if message.type == b"K":
                 self.key = CancelKey(m.int32(message.body), m.int32(message.body, 4))
             elif message.type == b"Z":
                 return
             self._note(message)
+
+    def _authenticate(self, code: int, data: bytes, credential: ClientCredential | None,
+                      client: ScramClient | None) -> ScramClient | None:
+        """Answer one authentication request; the SCRAM exchange in progress, if any."""
+        if credential is None:
+            raise BackendUnavailable("it asked the proxy for a password, but its private socket must use trust auth")
+        if code == m.AUTH_CLEARTEXT and credential.password is not None:
+            self.conduit.write(m.password_message(credential.password))
+            return None
+        if code == m.AUTH_SASL and scram.MECHANISM in m.cstrings(data):
+            client = ScramClient(credential)
+            self.conduit.write(m.sasl_initial_response(scram.MECHANISM, client.first()))
+            return client
+        if code == m.AUTH_SASL_CONTINUE and client is not None:
+            self.conduit.write(m.sasl_response(client.final(data)))
+            return client
+        if code == m.AUTH_SASL_FINAL and client is not None:
+            client.check(data)
+            return None
+        raise BackendUnavailable(f"it asked for an authentication method the proxy cannot answer (code {code}); "
+                                 "allow scram-sha-256 or password for the proxy's host in its pg_hba.conf")
 
     async def first_row(self, sql: str, params: Sequence[str | None] = ()) -> tuple[str | None, ...] | None:
         """Run one statement with the extended protocol (params bound, never spliced); its first row, as text."""
@@ -113,15 +141,19 @@ class ComputeConnection:
 Opener = Callable[[], Awaitable[BackendChannel]]  # opens a new connection to the compute
 
 
-async def open_compute(opener: Opener, params: dict[str, str]) -> ComputeConnection:
-    """Open a socket with `opener` and run the startup; errors close the socket."""
+async def open_compute(opener: Opener, params: dict[str, str],
+                       credential: ClientCredential | None = None) -> ComputeConnection:
+    """Open a socket with `opener` and run the startup (logging in with `credential` if asked); errors close the socket."""
     try:
         conduit = await opener()
     except OSError as exc:
         raise BackendUnavailable(f"its socket refused the connection ({exc.strerror or exc})") from None
     backend = ComputeConnection(conduit)
     try:
-        await backend.startup(params)
+        await backend.startup(params, credential)
+    except scram.ScramError as exc:
+        conduit.close()
+        raise BackendUnavailable(str(exc)) from None
     except BaseException:
         conduit.close()
         raise

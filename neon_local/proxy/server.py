@@ -261,6 +261,7 @@ class PgProxyServer:
             jwt_roles=settings.jwt_roles,
             verifier=verifier,
             open_backend_socket=self.open_backend_socket,
+            backend_credential=self.cluster.credential,
             control_plane=control_plane,
             tls_context=tls.server_context(self.tls_files),
             channel_binding=tls.channel_binding_data(self.tls_files),
@@ -274,12 +275,9 @@ class PgProxyServer:
         self.clients: set = set()  # TCP and WebSocket client channels, for the idle limit
         self._idle_sweeper: asyncio.Task | None = None
 
-    @property
-    def socket_path(self) -> str:
-        return str(Path(self.cluster.socket_dir) / f".s.PGSQL.{self.cluster.port}")
-
     async def open_backend_socket(self) -> Conduit:
-        _, conduit = await asyncio.get_running_loop().create_unix_connection(Conduit, self.socket_path)
+        """The private Unix socket of our Postgres, or TCP to an upstream one (`--upstream`)."""
+        _, conduit = await self.cluster.open_connection(Conduit)
         return conduit
 
     async def start(self, host: str | socket.socket, port: int = 0) -> int:

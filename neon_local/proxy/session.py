@@ -70,6 +70,8 @@ class SessionControlPlane(Protocol):
 
     async def check_password(self, role: str, password: bytes) -> bool: ...
 
+    def remember_login(self, role: str, credential: scram.ClientCredential) -> None: ...
+
     async def tenant_database(self, claims: Mapping[str, Any] | None, requested_db: str) -> str: ...
 
     async def start_jwt_session(self, dbname: str, role: str, open_backend: Callable[[str], Awaitable[ComputeConnection]]
@@ -84,6 +86,7 @@ class ProxyContext:
     verifier: Verifier
     open_backend_socket: Opener
     control_plane: SessionControlPlane
+    backend_credential: Callable[[str], scram.ClientCredential | None] = lambda role: None  # an upstream's login
     cancellations: CancelMap = field(default_factory=CancelMap)
     tls_context: ssl.SSLContext | None = None
     channel_binding: bytes | None = None
@@ -407,7 +410,8 @@ class Session:
         # The same steps as the HTTP path: a prepared database, a bound backend, a re-signed token.
         backend, signer = await self.ctx.control_plane.start_jwt_session(
             vetted.database, vetted.user,
-            lambda options: open_compute(self.ctx.open_backend_socket, vetted.backend_params(options)))
+            lambda options: open_compute(self.ctx.open_backend_socket, vetted.backend_params(options),
+                                         self.ctx.backend_credential(vetted.user)))
         try:
             await backend.first_row(session_jwt.INIT_QUERY, [signer.token_for(verified.payload)])
         except BaseException:
@@ -420,7 +424,8 @@ class Session:
             if self.client.can_tls:  # TCP: SCRAM end to end, as Postgres and Neon do
                 verifier = scram.ScramVerifier.parse(await self.ctx.control_plane.role_secret(vetted.user))
                 real = verifier is not None
-                final = await self._scram(verifier or scram.ScramVerifier.mock(vetted.user, self.ctx.mock_secret), real)
+                final = await self._scram(verifier or scram.ScramVerifier.mock(vetted.user, self.ctx.mock_secret), real,
+                                          vetted.user)
             else:  # WebSocket: cleartext inside the tunnel, as Neon does, so pipelined connects work
                 final = b""
                 if not await self.ctx.control_plane.check_password(vetted.user, await self._cleartext_password()):
@@ -429,15 +434,19 @@ class Session:
             raise ClientError(f"password authentication failed for user '{vetted.user}'", "28P01", "ERROR") from None
         except scram.ScramError as exc:
             raise ProtocolViolation(str(exc), "28000") from None
-        return await open_compute(self.ctx.open_backend_socket, vetted.backend_params()), final
+        return await open_compute(self.ctx.open_backend_socket, vetted.backend_params(),
+                                  self.ctx.backend_credential(vetted.user)), final
 
-    async def _scram(self, verifier: scram.ScramVerifier, real: bool) -> bytes:
+    async def _scram(self, verifier: scram.ScramVerifier, real: bool, role: str) -> bytes:
         binding = self.ctx.channel_binding if self.client.is_tls else None
         exchange = scram.ScramExchange(verifier, binding, real)
         self.client.write(m.authentication_sasl(exchange.mechanisms))
         mechanism, client_first = _sasl_initial(await self._read_password())
         self.client.write(m.authentication(m.AUTH_SASL_CONTINUE, exchange.server_first(mechanism, client_first)))
-        return exchange.server_final(await self._read_password())
+        final = exchange.server_final(await self._read_password())
+        # An upstream Postgres asks the proxy to log in as this role: the key the client just proved is the way in.
+        self.ctx.control_plane.remember_login(role, scram.ClientCredential(client_key=exchange.client_key))
+        return final
 
     def _greet(self, backend: ComputeConnection, sasl_final: bytes) -> None:
         self.cancel_key = self.ctx.cancellations.register(backend.key)
