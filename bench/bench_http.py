@@ -16,6 +16,7 @@ Each figure is the median of ROUNDS rounds (range beside it); a round runs every
 from __future__ import annotations
 
 import json
+import resource
 from pathlib import Path
 
 from bench.common import ROUNDS, direct_args, emulator, http_load, load_errors, pgbench, post_sql, ratio, run_async, show, spread
@@ -69,6 +70,12 @@ grant execute on function bench.session_token(jsonb) to authenticated;
 """
 
 
+def _cpu_seconds() -> float:
+    """CPU this process (the emulator: its event loop and any threads) has used; the load runs elsewhere."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def jwt_connection_string(emu) -> str:
     return f"postgresql://authenticated@localhost/{emu.settings.database}"
 
@@ -93,8 +100,11 @@ async def _throughput(emu, directory: Path) -> list[dict]:
     proxy_sql = f"{reset};\nselect auth.jwt_session_init(bench.session_token('{json.dumps({'sub': 'user_7'})}'));\n{QUERY};\n"
     await http_load(port, [request], CLIENTS, WARMUP_SECONDS)
     https, plains, proxies = [], [], []
+    cpu_per_request = []
     for _ in range(ROUNDS):
+        cpu = _cpu_seconds()
         https.append(await http_load(port, [request], CLIENTS, SECONDS))
+        cpu_per_request.append((_cpu_seconds() - cpu) / https[-1]["requests"])
         plains.append(await _pgbench_script(emu, directory, "plain.sql", PLAIN_QUERY + ";\n", emu.settings.owner, CLIENTS))
         proxies.append(await _pgbench_script(emu, directory, "proxy.sql", proxy_sql, "authenticated", CLIENTS))
     rps = [run["per_second"] for run in https]
@@ -110,6 +120,9 @@ async def _throughput(emu, directory: Path) -> list[dict]:
          "p50 (ms)": spread([r["p50_ms"] for r in https], 2), "p99 (ms)": spread([r["p99_ms"] for r in https], 2),
          "vs floor": ratio(rps, plain_tps),
          "notes": f"{ratio(rps, proxy_tps)} of the proxy's SQL by pgbench (issue 12 target); {load_errors(https)}"},
+        {"what": "neon-local's own CPU per /sql request (user + system, all threads)",
+         "CPU per request (µs)": spread(cpu_per_request, 0, 1e6),
+         "notes": "this process's CPU during the load above / requests; target <= 200 µs"},
     ]
 
 
@@ -160,7 +173,7 @@ async def _bench(directory: Path) -> dict:
     async with emulator(directory, SETUP_SQL + BIG_SQL + SIGNER_SQL) as emu:
         return {
             f"/sql JWT one-row RLS select, {CLIENTS} clients": await _throughput(emu, directory),
-            "Verified-token cache: a working set of 20k users": await _token_cache(emu),
+            f"Verified-token cache: a working set of {WORKING_SET:,} users": await _token_cache(emu),
             "Large results": await _large_results(emu, directory),
         }
 
