@@ -11,14 +11,14 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from neon_local import __version__
 from neon_local.auth.keys import KeyRing
 from neon_local.errors import NeonLocalError
 from neon_local.ports import bind
-from neon_local.postgres.binaries import find_binaries
+from neon_local.postgres.binaries import PgBinaries, find_binaries
 from neon_local.postgres.bootstrap import bootstrap
 from neon_local.postgres.cluster import PostgresCluster, PostgresError
 from neon_local.postgres.stub_upgrade import upgrade_stub
@@ -27,6 +27,9 @@ from neon_local.postgres.upstream import Upstream
 from neon_local.services import Services, start_services
 from neon_local.settings import Settings, url_host
 from neon_local.state import STATE_FILENAME, read_state
+
+if TYPE_CHECKING:
+    from neon_local.reload import ConfigReloader
 
 __all__ = ["AlreadyRunning", "Emulator", "Endpoints"]
 
@@ -101,7 +104,9 @@ class Emulator:
         self._supervisor: asyncio.Task | None = None
         self._state_written = False
         self.started_at: float | None = None
-        self.reloader = None  # a ConfigReloader while neon_local.toml is watched
+        self.reloader: ConfigReloader | None = None  # while neon_local.toml is watched
+        self.cluster: PostgresCluster | Upstream  # once started
+        self.binaries: PgBinaries  # once started, with the embedded Postgres
 
     @property
     def data_dir(self) -> Path:
@@ -182,13 +187,13 @@ class Emulator:
         """The embedded Postgres: a copy of the cached template, started and shaped like a Neon branch."""
         settings = self.settings
         self.binaries = find_binaries(settings.pg_bin)
-        self.cluster = PostgresCluster(self.binaries, self.data_dir / "pgdata", self.data_dir / "postgres.log",
-                                       settings.max_connections)
-        self.cluster.prepare(await neon_template(self.binaries, settings))
-        await self.cluster.start()
-        self._stack.append(self.cluster.stop)
-        await upgrade_stub(self.cluster)  # a data dir from an older neon-local
-        await bootstrap(self.cluster, settings)
+        self.cluster = cluster = PostgresCluster(self.binaries, self.data_dir / "pgdata", self.data_dir / "postgres.log",
+                                                 settings.max_connections)
+        cluster.prepare(await neon_template(self.binaries, settings))
+        await cluster.start()
+        self._stack.append(cluster.stop)
+        await upgrade_stub(cluster)  # a data dir from an older neon-local
+        await bootstrap(cluster, settings)
 
     async def bootstrap(self, settings: Settings) -> None:
         """Shape the Postgres for `settings` again (live reload with new roles)."""
@@ -206,7 +211,8 @@ class Emulator:
 
     def state(self) -> dict:
         """What `status --json` prints: URLs, ports, pids, data dir, Postgres version."""
-        e = self.endpoints
+        e, services = self.endpoints, self.services
+        assert services is not None and services.console is not None  # started, as endpoints says
         return {
             "pid": os.getpid(), "version": __version__, "started_at": self.started_at,
             "data_dir": str(self.data_dir), "ephemeral": self.settings.ephemeral,
@@ -215,9 +221,9 @@ class Emulator:
             "postgres": self._postgres_state(),
             "host": e.host, "http_port": e.http_port, "pg_port": e.pg_port,
             "urls": {"owner": e.owner_url, "authenticated": e.authenticated_url, "sql": e.sql_url,
-                     "websocket": e.ws_url, "issuer": e.issuer_url, "console": self.services.console.url,
+                     "websocket": e.ws_url, "issuer": e.issuer_url, "console": services.console.url,
                      "data_api": e.data_api_url if self.settings.data_api else None},
-            "tls_ca": str(self.services.pg_proxy.tls_files.ca_cert),
+            "tls_ca": str(services.pg_proxy.tls_files.ca_cert),
             "started_in": round(self.started_in or 0, 3),
             "config_error": self.reloader.error if self.reloader else None,
         }
@@ -240,17 +246,19 @@ class Emulator:
 
     async def _supervise_postgres(self) -> None:
         """Restart Postgres if it dies under us; clients get errors meanwhile, nobody has to restart neon-local."""
+        cluster = self.cluster
+        assert isinstance(cluster, PostgresCluster)  # an upstream Postgres is not ours to restart
         delay = 0.2
         while True:
-            code = await self.cluster.wait_exit()
-            if self.cluster.stopping:
+            code = await cluster.wait_exit()
+            if cluster.stopping:
                 return
-            log.error("Postgres exited unexpectedly (code %s); restarting it. Last log lines:\n%s", code, self.cluster.log_tail(5))
+            log.error("Postgres exited unexpectedly (code %s); restarting it. Last log lines:\n%s", code, cluster.log_tail(5))
             while True:
                 await asyncio.sleep(delay)
                 try:
-                    await self.cluster.start()
-                    log.warning("Postgres is back (pid %s)", self.cluster.pid)
+                    await cluster.start()
+                    log.warning("Postgres is back (pid %s)", cluster.pid)
                     if self.write_state:
                         self._write_state()  # status shows the new pid
                     delay = 0.2

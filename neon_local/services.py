@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -46,7 +48,8 @@ class Services:
 
 
 async def start_services(settings: Settings, cluster: PostgresCluster | Upstream, data_dir: Path, issuer_url: str,
-                         keyring: KeyRing, http_sock, pg_sock, add_closer: Callable) -> Services:
+                         keyring: KeyRing, http_sock: socket.socket, pg_sock: socket.socket,
+                         add_closer: Callable[[Callable[[], Any]], None]) -> Services:
     """Build the services, listen on the two bound sockets; `add_closer` receives what must be closed, in order."""
     providers = ProviderCache(settings, data_dir / "jwks-cache")
     verifier = Verifier(settings, keyring, providers)
