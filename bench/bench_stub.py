@@ -11,8 +11,9 @@ Everything runs in one fresh Postgres, each figure beside a floor measured in th
 - the reset between pooled requests: Neon's batch as one simple-protocol message against the same
   statements sent one extended-protocol round each (how neon-local sent them before), each after a
   `select 1`, against the `select 1` alone.
-Times are the Postgres backend's CPU time (Linux's /proc/<pid>/schedstat; wall time elsewhere), best
-of several rounds: the machine is shared, and a busy neighbour would otherwise count as our cost.
+Times are the Postgres backend's CPU time (Linux's /proc/<pid>/schedstat; wall time elsewhere), so a busy
+neighbour on the shared cores does not count as our cost; medians of ROUNDS rounds with the range, each
+round less the same round's floor.
 """
 
 from __future__ import annotations
@@ -21,9 +22,8 @@ import json
 import time
 from pathlib import Path
 
-from bench.common import emulator, run_async, show
+from bench.common import ROUNDS, emulator, ratio, run_async, show, spread
 
-ROUNDS = 5
 CALLS = 200_000  # per-call loops
 ROWS = 10_000  # the crudPolicy table
 TOKENS = 2_000  # jwt_session_init calls per round
@@ -50,8 +50,13 @@ analyze crud_form, subselect_form, compiled_form;
 """
 
 
-def _best(measure) -> float:
-    return min(measure() for _ in range(ROUNDS))
+def _rounds(measure) -> list[float]:
+    return [measure() for _ in range(ROUNDS)]
+
+
+def _minus(samples: list[float], floor: list[float], per: int = 1) -> list[float]:
+    """Each round's figure less the same round's floor, per call."""
+    return [(sample - base) / per for sample, base in zip(samples, floor)]
 
 
 def _clock(pid: int) -> float:
@@ -75,29 +80,29 @@ def _per_call(session) -> list[dict]:
     planner cannot hoist it), minus the empty loop."""
     session.execute("set neon_local.bench = 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'")
     loop = f"select count(*) from generate_series(1, {CALLS}) g where ({{}}) = g::text"
-    empty = _best(lambda: _timed(session, loop.format("'x'")))
-    floor = (_best(lambda: _timed(session, loop.format("current_setting('neon_local.bench')"))) - empty) / CALLS
-    rows = [{"what": "current_setting() of a plain setting (floor)", "per call (µs)": f"{floor * 1e6:.2f}", "vs floor": "1.00x",
-             "notes": f"{CALLS} calls, best of {ROUNDS}"}]
+    empty = _rounds(lambda: _timed(session, loop.format("'x'")))
+    floor = _minus(_rounds(lambda: _timed(session, loop.format("current_setting('neon_local.bench')"))), empty, CALLS)
+    rows = [{"what": "current_setting() of a plain setting (floor)", "per call (µs)": spread(floor, 2, 1e6), "vs floor": "1.00x",
+             "notes": f"{CALLS} calls a round"}]
     for expression, target in (("auth.user_id()", "<= 2 µs"), ("auth.uid()::text", "<= 2 µs"), ("auth.session()::text", "<= 2 µs")):
-        cost = (_best(lambda: _timed(session, loop.format(expression))) - empty) / CALLS  # noqa: B023 (called in this iteration)
-        rows.append({"what": expression, "per call (µs)": f"{cost * 1e6:.2f}", "vs floor": f"{cost / floor:.1f}x",
+        cost = _minus(_rounds(lambda: _timed(session, loop.format(expression))), empty, CALLS)  # noqa: B023 (called at once)
+        rows.append({"what": expression, "per call (µs)": spread(cost, 2, 1e6), "vs floor": ratio(cost, floor),
                      "notes": f"target {target}"})
     return rows
 
 
 def _crud_policy(session) -> list[dict]:
-    subselect = _best(lambda: _timed(session, "select count(*) from subselect_form"))
-    crud = _best(lambda: _timed(session, "select count(*) from crud_form"))
+    subselect = _rounds(lambda: _timed(session, "select count(*) from subselect_form"))
+    crud = _rounds(lambda: _timed(session, "select count(*) from crud_form"))
     # What the crudPolicy form costs with a reader as cheap as a compiled extension's: the sub-plan alone.
-    compiled = _best(lambda: _timed(session, "select count(*) from compiled_form where (select current_setting('neon_local.bench') = user_id)"))
+    compiled = _rounds(lambda: _timed(session, "select count(*) from compiled_form where (select current_setting('neon_local.bench') = user_id)"))
     return [
-        {"what": f"RLS `(select auth.user_id()) = user_id`, {ROWS} rows (floor)", "per call (µs)": f"{subselect * 1e3:.2f} ms",
+        {"what": f"RLS `(select auth.user_id()) = user_id`, {ROWS} rows (floor)", "per call (µs)": f"{spread(subselect, 2, 1e3)} ms",
          "vs floor": "1.00x", "notes": "the policy's sub-select runs once per query"},
-        {"what": f"RLS `(select auth.user_id() = user_id)` (Drizzle crudPolicy), {ROWS} rows", "per call (µs)": f"{crud * 1e3:.2f} ms",
-         "vs floor": f"{crud / subselect:.1f}x", "notes": "a sub-plan per row; target within 3x"},
-        {"what": "the same form with current_setting() for auth.user_id() (no RLS)", "per call (µs)": f"{compiled * 1e3:.2f} ms",
-         "vs floor": f"{compiled / subselect:.1f}x", "notes": "the sub-plan's own cost, whatever the reader"},
+        {"what": f"RLS `(select auth.user_id() = user_id)` (Drizzle crudPolicy), {ROWS} rows", "per call (µs)": f"{spread(crud, 2, 1e3)} ms",
+         "vs floor": ratio(crud, subselect), "notes": "a sub-plan per row; target within 3x"},
+        {"what": "the same form with current_setting() for auth.user_id() (no RLS)", "per call (µs)": f"{spread(compiled, 2, 1e3)} ms",
+         "vs floor": ratio(compiled, subselect), "notes": "the sub-plan's own cost, whatever the reader"},
     ]
 
 
@@ -113,10 +118,10 @@ def _session_init(session, signer) -> list[dict]:
                 session.execute(query, [token])
         return (_clock(session.info.backend_pid) - started) / TOKENS
 
-    floor = _best(lambda: pipelined("select set_config('neon_local.bench', %s, false)"))
-    init = _best(lambda: pipelined("select auth.jwt_session_init(%s)")) - floor
-    return [{"what": "auth.jwt_session_init after RESET ALL (beyond set_config of the token)", "per call (µs)": f"{init * 1e6:.1f}",
-             "vs floor": "", "notes": f"{TOKENS} tokens pipelined, best of {ROUNDS}; target <= 30 µs"}]
+    floor = _rounds(lambda: pipelined("select set_config('neon_local.bench', %s, false)"))
+    init = _minus(_rounds(lambda: pipelined("select auth.jwt_session_init(%s)")), floor)
+    return [{"what": "auth.jwt_session_init after RESET ALL (beyond set_config of the token)", "per call (µs)": spread(init, 1, 1e6),
+             "vs floor": "", "notes": f"{TOKENS} tokens pipelined a round; target <= 30 µs"}]
 
 
 async def _reset(cluster, dbname: str) -> list[dict]:
@@ -143,15 +148,15 @@ async def _reset(cluster, dbname: str) -> list[dict]:
         await backend.run([Statement(statement.decode()) for statement in RESET_STATEMENTS])
 
     try:
-        floor = min([await rounds(nothing) for _ in range(ROUNDS)])
-        single = min([await rounds(one_message) for _ in range(ROUNDS)]) - floor
-        per_statement = min([await rounds(extended) for _ in range(ROUNDS)]) - floor
+        floor = [await rounds(nothing) for _ in range(ROUNDS)]
+        single = _minus([await rounds(one_message) for _ in range(ROUNDS)], floor)
+        per_statement = _minus([await rounds(extended) for _ in range(ROUNDS)], floor)
     finally:
         await backend.close()
     return [
-        {"what": f"reset, {len(RESET_STATEMENTS)} statements as one simple-protocol message", "per call (µs)": f"{single * 1e6:.0f}",
-         "vs floor": f"{single / per_statement:.2f}x", "notes": "vs the same statements sent as extended-protocol rounds (below)"},
-        {"what": f"reset, {len(RESET_STATEMENTS)} extended-protocol statements in one pipeline", "per call (µs)": f"{per_statement * 1e6:.0f}",
+        {"what": f"reset, {len(RESET_STATEMENTS)} statements as one simple-protocol message", "per call (µs)": spread(single, 0, 1e6),
+         "vs floor": ratio(single, per_statement), "notes": "vs the same statements sent as extended-protocol rounds (below)"},
+        {"what": f"reset, {len(RESET_STATEMENTS)} extended-protocol statements in one pipeline", "per call (µs)": spread(per_statement, 0, 1e6),
          "vs floor": "1.00x", "notes": "how neon-local sent it before (plus a ROLLBACK)"},
     ]
 
