@@ -68,6 +68,10 @@ class StatementFilter:
         return getattr(self._backend, name)
 
     def write(self, data: bytes) -> None:
+        if (data[:1] == b"Q" and len(data) > _HEADER and not self._buffer and not self._dropping
+                and len(data) == 1 + int.from_bytes(data[1:_HEADER], "big")):  # one whole Query: no buffering
+            self._backend.write(self._inspect(data[0], data, 0, len(data)))
+            return
         buffer = self._buffer
         buffer += data
         out, position, size = [], 0, len(buffer)
@@ -85,20 +89,20 @@ class StatementFilter:
         if out:
             self._backend.write(b"".join(out))
 
-    def _inspect(self, kind: int, buffer: bytearray, start: int, end: int) -> bytes:
+    def _inspect(self, kind: int, buffer: bytes | bytearray, start: int, end: int) -> bytes:
         if self._dropping:
             if kind != ord("S"):
                 return b""
             self._dropping = self._in_batch = False
             return b"" if self._sync_answered else bytes(buffer[start:end])
         if kind == ord("Q"):
-            text = bytes(buffer[start + _HEADER:end - 1])
+            text = buffer[start + _HEADER:end - 1]
         elif kind == ord("P"):
             name_end = buffer.find(0, start + _HEADER, end)
             text_end = buffer.find(0, name_end + 1, end) if name_end >= 0 else -1
             if text_end < 0:  # malformed: Postgres refuses it itself
                 return bytes(buffer[start:end])
-            text = bytes(buffer[name_end + 1:text_end])
+            text = buffer[name_end + 1:text_end]
         elif kind == ord("F"):
             text = None
         else:
