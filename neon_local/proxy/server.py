@@ -14,14 +14,18 @@ import logging
 import secrets
 import socket
 import ssl
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any, Protocol, cast
 
+from neon_local.auth.verifier import Verifier
 from neon_local.console.request_log import RequestLog
 from neon_local.control_plane import ControlPlane
 from neon_local.limits import ClientLimits
 from neon_local.proxy import tls
 from neon_local.proxy.limits import RoleSlots, at_message_boundary, idle_close_message, tune_keepalive
 from neon_local.proxy.session import MITM_DETAIL, UNENCRYPTED_DATA, ProxyContext, Session
+from neon_local.settings import Settings
 from neon_local.wire.codec import ProtocolViolation
 
 log = logging.getLogger(__name__)
@@ -29,19 +33,40 @@ log = logging.getLogger(__name__)
 LISTEN_BACKLOG = 4096  # asyncio's default (100) resets bursts of new clients
 
 
+class Peer(Protocol):
+    """The other side of a relay: a Conduit, or a WebSocket client channel."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+
+class IdleClient(Protocol):
+    """A client channel the idle limit watches (TCP or WebSocket)."""
+
+    last_active: float
+
+    def close_idle(self, limit: int) -> None: ...
+
+
 class Conduit(asyncio.Protocol):
     """One socket of a proxied session: read in the handshake, joined to a peer for the relay."""
 
     def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.closed = asyncio.get_running_loop().create_future()
+        # None only until connection_made, which asyncio calls before any other method.
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._buffer = bytearray()
-        self._waiter: asyncio.Future | None = None
+        self._waiter: asyncio.Future[None] | None = None
         self._eof = False
-        self._peer = None
+        self._peer: Peer | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # a stream transport: this is a stream protocol
 
     def data_received(self, data: bytes) -> None:
         if self._peer is not None:
@@ -96,7 +121,7 @@ class Conduit(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    def join(self, peer, pending: bytes = b"") -> None:
+    def join(self, peer: Peer, pending: bytes = b"") -> None:
         """From now on relay to `peer`: first `pending` (already parsed past), then anything buffered."""
         if pending:
             peer.write(pending)
@@ -158,7 +183,7 @@ class ClientConduit(Conduit):
     """A TCP client: it starts its own session and can switch to TLS in place (or start with it)."""
 
     can_tls = True
-    password_refusal = None  # no web origin over TCP
+    password_refusal: str | None = None  # no web origin over TCP
 
     def __init__(self, server: PgProxyServer) -> None:
         super().__init__()
@@ -219,7 +244,7 @@ class ClientConduit(Conduit):
             raise ProtocolViolation(UNENCRYPTED_DATA, detail=MITM_DETAIL)
         loop = asyncio.get_running_loop()
         try:
-            self.transport = await loop.start_tls(self.transport, self, context, server_side=True)
+            self.transport = cast(asyncio.Transport, await loop.start_tls(self.transport, self, context, server_side=True))
         except (OSError, ssl.SSLError, ConnectionError) as exc:
             log.info("TLS handshake with a client failed: %s", exc)
             raise ProtocolViolation(None) from None
@@ -234,7 +259,7 @@ class ClientConduit(Conduit):
             backend.close()
 
 
-def is_loopback(peer) -> bool:
+def is_loopback(peer: Any) -> bool:
     """Whether a peer address is this machine: where a JWT may travel as a cleartext password."""
     try:
         return ipaddress.ip_address(peer[0]).is_loopback
@@ -252,7 +277,7 @@ class PgProxyServer:
     Then `port = await server.start(host, port)` (or `start(bound_socket)`) and `await server.close()`.
     """
 
-    def __init__(self, settings, control_plane: ControlPlane, verifier, tls_files: tls.TlsFiles | Path,
+    def __init__(self, settings: Settings, control_plane: ControlPlane, verifier: Verifier, tls_files: tls.TlsFiles | Path,
                  request_log: RequestLog | None = None) -> None:
         self.settings = settings
         self.cluster = control_plane.cluster
@@ -271,14 +296,14 @@ class PgProxyServer:
             limits=ClientLimits.of(settings),
         )
         self._servers: list[asyncio.AbstractServer] = []
-        self._tasks: set[asyncio.Task] = set()
-        self.clients: set = set()  # TCP and WebSocket client channels, for the idle limit
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.clients: set[IdleClient] = set()  # TCP and WebSocket client channels, for the idle limit
         self._idle_sweeper: asyncio.Task | None = None
 
     async def open_backend_socket(self) -> Conduit:
         """The private Unix socket of our Postgres, or TCP to an upstream one (`--upstream`)."""
         _, conduit = await self.cluster.open_connection(Conduit)
-        return conduit
+        return cast(Conduit, conduit)
 
     async def start(self, host: str | socket.socket, port: int = 0) -> int:
         """Listen on host:port (port 0 picks one) or on an already bound socket; returns the port."""
@@ -291,13 +316,14 @@ class PgProxyServer:
         self._servers.append(server)
         if self.settings.client_idle_timeout and self._idle_sweeper is None:
             self._idle_sweeper = loop.create_task(self._close_idle_clients(self.settings.client_idle_timeout))
-        return server.sockets[0].getsockname()[1]
+        bound: int = server.sockets[0].getsockname()[1]
+        return bound
 
-    def track(self, channel) -> None:
+    def track(self, channel: IdleClient) -> None:
         """Count a client channel (it has `last_active` and `close_idle(limit)`) for the idle limit."""
         self.clients.add(channel)
 
-    def untrack(self, channel) -> None:
+    def untrack(self, channel: IdleClient) -> None:
         self.clients.discard(channel)
 
     async def _close_idle_clients(self, limit: int) -> None:
@@ -310,7 +336,7 @@ class PgProxyServer:
                 self.clients.discard(channel)
                 channel.close_idle(limit)
 
-    def spawn(self, coroutine) -> asyncio.Task:
+    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run a session as its own task, so one client's failure never reaches another."""
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
