@@ -167,7 +167,8 @@ class DataApi:
         request_id = str(uuid.uuid4())
         began = time.perf_counter()
         cors = self._cors(request)
-        error, who = None, {}
+        error: str | None = None
+        who: dict[str, str | None] = {}
         try:
             response = await self._serve(request, who)
         except ApiError as exc:
