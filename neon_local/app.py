@@ -15,21 +15,20 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from neon_local import __version__
-from neon_local.auth.keys import KeyRing
 from neon_local.errors import NeonLocalError
 from neon_local.ports import bind
 from neon_local.postgres.binaries import PgBinaries, find_binaries
-from neon_local.postgres.bootstrap import bootstrap
 from neon_local.postgres.cluster import PostgresCluster, PostgresError
-from neon_local.postgres.stub_upgrade import upgrade_stub
 from neon_local.postgres.template import neon_template
-from neon_local.postgres.upstream import Upstream
-from neon_local.services import Services, start_services
 from neon_local.settings import Settings, url_host
 from neon_local.state import STATE_FILENAME, read_state
 
+# The server's libraries (aiohttp, psycopg, joserfc, pglast: ~0.4 s) are imported in start(), once Postgres is
+# starting: on a second core, its start-up then costs no wall time.
 if TYPE_CHECKING:
+    from neon_local.postgres.upstream import Upstream
     from neon_local.reload import ConfigReloader
+    from neon_local.services import Services
 
 __all__ = ["AlreadyRunning", "Emulator", "Endpoints"]
 
@@ -160,13 +159,20 @@ class Emulator:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         http_sock = bind(settings.host, settings.http_port, "http_port")
         pg_sock = bind(settings.host, settings.pg_port, "pg_port")
-        # First start makes RSA/EC/Ed25519 keys (~60 ms of CPU): on a thread, alongside Postgres' copy and start.
+        if settings.upstream_url is None:
+            await self._launch_postgres()
+        from neon_local.auth.keys import KeyRing
+        from neon_local.services import start_services
+
+        # First start makes RSA/EC/Ed25519 keys (~60 ms of CPU): on a thread, alongside Postgres' start.
         keyring = asyncio.get_running_loop().run_in_executor(None, KeyRing.load_or_create, self.data_dir / "keys")
         if settings.upstream_url is not None:
+            from neon_local.postgres.upstream import Upstream
+
             self.cluster = Upstream(settings.upstream_url, self.data_dir)
             await self.cluster.start(settings)
         else:
-            await self._start_postgres()
+            await self._shape_postgres()
         self._endpoints = Endpoints(url_host(settings.host), http_sock.getsockname()[1], pg_sock.getsockname()[1],
                                    settings.database, settings.owner, settings.owner_password)
         self.services = await start_services(settings, self.cluster, self.data_dir, self.endpoints.issuer_url,
@@ -183,27 +189,37 @@ class Emulator:
         if self.write_state:
             self._write_state()
 
-    async def _start_postgres(self) -> None:
-        """The embedded Postgres: a copy of the cached template, started and shaped like a Neon branch."""
+    async def _launch_postgres(self) -> None:
+        """The embedded Postgres: a copy of the cached template, its postmaster started (not yet ready)."""
         settings = self.settings
         self.binaries = find_binaries(settings.pg_bin)
         self.cluster = cluster = PostgresCluster(self.binaries, self.data_dir / "pgdata", self.data_dir / "postgres.log",
                                                  settings.max_connections)
         cluster.prepare(await neon_template(self.binaries, settings))
-        await cluster.start()
+        await cluster.launch()
         self._stack.append(cluster.stop)
-        await upgrade_stub(cluster)  # a data dir from an older neon-local
-        await bootstrap(cluster, settings)
+
+    async def _shape_postgres(self) -> None:
+        """Once the launched Postgres is ready: its stub brought up to date, shaped like a Neon branch."""
+        from neon_local.postgres.bootstrap import bootstrap
+        from neon_local.postgres.stub_upgrade import upgrade_stub
+
+        assert isinstance(self.cluster, PostgresCluster)
+        await self.cluster.wait_ready()
+        await upgrade_stub(self.cluster)  # a data dir from an older neon-local
+        await bootstrap(self.cluster, self.settings)
 
     async def bootstrap(self, settings: Settings) -> None:
         """Shape the Postgres for `settings` again (live reload with new roles)."""
-        if isinstance(self.cluster, Upstream):
-            await self.cluster.start(settings)
-        else:
+        from neon_local.postgres.bootstrap import bootstrap
+
+        if isinstance(self.cluster, PostgresCluster):
             await bootstrap(self.cluster, settings)
+        else:
+            await self.cluster.start(settings)
 
     def _postgres_state(self) -> dict:
-        if isinstance(self.cluster, Upstream):
+        if not isinstance(self.cluster, PostgresCluster):
             return {"version": self.cluster.version, "source": f"upstream {self.cluster.url.display}",
                     "upstream": self.cluster.url.display, "pid": None, "socket_dir": None}
         return {"version": self.binaries.version, "source": self.binaries.source,

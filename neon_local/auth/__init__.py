@@ -1,8 +1,5 @@
-"""The JWT side of neon-local: signing keys, the built-in OIDC issuer, external JWKS providers, and the verifier."""
+"""The JWT side of neon-local: signing keys, the built-in OIDC issuer, external JWKS providers, and the verifier.
 
-from neon_local.auth.issuer import Issuer, IssuerError
-from neon_local.auth.keys import KeyRing, KeyRingError
-from neon_local.auth.providers import ProviderCache
-from neon_local.auth.verifier import JwtError, VerifiedToken, Verifier
-
-__all__ = ["Issuer", "IssuerError", "JwtError", "KeyRing", "KeyRingError", "ProviderCache", "VerifiedToken", "Verifier"]
+Import the modules themselves (`neon_local.auth.keys`, ...): this package re-exports nothing, so that a
+command needing the keys does not import the issuer's web stack too.
+"""

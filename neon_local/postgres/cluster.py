@@ -13,8 +13,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from psycopg.conninfo import make_conninfo
-
 from neon_local.errors import NeonLocalError
 from neon_local.postgres import session_jwt
 from neon_local.postgres.binaries import PgBinaries
@@ -189,6 +187,8 @@ class PostgresCluster:
         self._log_trimmer: asyncio.Task | None = None
 
     def conninfo(self, user: str = SUPERUSER, dbname: str = "neondb", **params: str) -> str:
+        from psycopg.conninfo import make_conninfo  # psycopg (~0.1 s) is not needed to start Postgres
+
         return make_conninfo(host=str(self.socket_dir), port=self.port, user=user, dbname=dbname, **params)
 
     async def open_connection(self, protocol_factory):
@@ -245,6 +245,11 @@ class PostgresCluster:
         raise PostgresError(f"Postgres pid {pid} on {self.data_dir} did not stop; stop it by hand (kill {pid}) and retry.")
 
     async def start(self, timeout: float = 30.0) -> None:
+        await self.launch()
+        await self.wait_ready(timeout)
+
+    async def launch(self) -> None:
+        """Start the postmaster without waiting for it to accept connections (see wait_ready)."""
         self.stop_orphan()
         self.socket_dir.mkdir(mode=0o700, exist_ok=True)
         self.run_as.give(self.socket_dir)
@@ -262,6 +267,9 @@ class PostgresCluster:
         finally:
             log_fd.close()
         self._stopping = False
+
+    async def wait_ready(self, timeout: float = 30.0) -> None:
+        """Wait until the launched postmaster accepts connections."""
         await self._wait_ready(timeout)
         if self._log_trimmer is None:
             self._log_trimmer = asyncio.create_task(self._trim_log_while_running())

@@ -11,10 +11,6 @@ import os
 import secrets
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from psycopg import sql
-
 __all__ = [
     "BIND_QUERY",
     "EXTENSION_VERSIONS",
@@ -61,6 +57,8 @@ def install_statements(version: str, owner: str) -> list[str]:
     """
     if version not in EXTENSION_VERSIONS:
         raise ValueError(f"pg_session_jwt {version} is not packaged; choose one of {', '.join(EXTENSION_VERSIONS)}")
+    from psycopg import sql  # imported on use: starting Postgres needs this module, not psycopg
+
     return [sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(owner)).as_string(),
             sql.SQL("CREATE EXTENSION IF NOT EXISTS pg_session_jwt VERSION {}").format(sql.Literal(version)).as_string(),
             "RESET ROLE"]
@@ -97,6 +95,9 @@ def startup_options() -> str:
 
     The stub only checks its shape, but a real key keeps the value acceptable to the real extension.
     """
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
     public = Ed25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
     jwk = json.dumps({"kty": "OKP", "crv": "Ed25519", "x": _b64url(public)}, separators=(",", ":"))
     # libpq splits `options` on spaces; a backslash escapes the next character.

@@ -25,12 +25,13 @@ import hashlib
 import logging
 import re
 from pathlib import Path
-
-import psycopg
-from psycopg import sql
+from typing import TYPE_CHECKING
 
 from neon_local.postgres.cluster import PostgresCluster
 from neon_local.postgres.extension_path import STUB_FILES_DIR
+
+if TYPE_CHECKING:  # psycopg (~0.1 s) only when there is something to upgrade: not on every start
+    import psycopg
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +167,8 @@ class StubUpgradeRefused(Exception):
 
 
 async def _refresh_database(conn: psycopg.AsyncConnection, dbname: str) -> str | None:
+    from psycopg import sql
+
     """Refresh the stub in the connected database; what was done, or None when it has no stub."""
     cur = await conn.execute("SELECT oid, extversion, extowner::regrole::text FROM pg_catalog.pg_extension WHERE extname = %s",
                              (EXTENSION,))
@@ -202,6 +205,8 @@ async def upgrade_stub(cluster: PostgresCluster) -> list[str]:
     logs) what was done. Costs one file read when the cluster is current."""
     if is_current(cluster.data_dir):
         return []
+    import psycopg
+
     async with await psycopg.AsyncConnection.connect(cluster.conninfo(dbname="postgres"), autocommit=True) as conn:
         cur = await conn.execute("SELECT datname FROM pg_catalog.pg_database WHERE datallowconn ORDER BY datname")
         databases = [r[0] for r in await cur.fetchall()]

@@ -16,7 +16,6 @@ from pathlib import Path
 
 from neon_local.postgres import session_jwt
 from neon_local.postgres.binaries import PgBinaries
-from neon_local.postgres.bootstrap import bootstrap
 from neon_local.postgres.cache import cache_dir
 from neon_local.postgres.cluster import PostgresCluster, RunAs, initdb
 from neon_local.postgres.stub_upgrade import stamp, stub_digest
@@ -40,6 +39,8 @@ async def neon_template(binaries: PgBinaries, settings: Settings) -> Path:
     target = cache_dir() / "templates" / f"pg{binaries.version}-{_key(binaries, settings)}"
     if (target / "PG_VERSION").is_file():
         return target
+    from neon_local.postgres.bootstrap import bootstrap  # psycopg (~0.1 s): only to build a template
+
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".build-", dir=target.parent))
     try:
