@@ -105,6 +105,13 @@ def test_the_image_declares_its_ports_volume_user_and_healthcheck():
     assert config["Healthcheck"]["Test"][0] == "CMD"
 
 
+def test_python_runs_the_image_bytecode_without_compiling(container):
+    imported = container.run("python3", "-v", "-c", "import neon_local.cli.foreground")
+    assert imported.returncode == 0, imported.stderr
+    assert "bytecode is stale" not in imported.stderr
+    assert imported.stderr.count("code object from '/opt/neon-local/") > 100
+
+
 def test_a_jwt_from_the_container_queries_over_sql(container):
     token = container.run("neon-local", "token", "alice").stdout.strip()
     answer = httpx.post(f"http://127.0.0.1:{container.http_port}/sql",

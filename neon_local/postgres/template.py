@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from neon_local.postgres.cluster import PostgresCluster, RunAs, initdb
 from neon_local.postgres.stub_upgrade import stamp, stub_digest
 from neon_local.settings import Settings
 
-FORMAT = 7  # bump when what a template holds changes without its inputs changing
+FORMAT = 8  # bump when what a template holds changes without its inputs changing
 
 
 def _key(binaries: PgBinaries, settings: Settings) -> str:
@@ -56,6 +58,7 @@ async def neon_template(binaries: PgBinaries, settings: Settings) -> Path:
             await builder.stop()
         for leftover in ("postmaster.opts", session_jwt.SECRET_FILENAME):
             (pgdata / leftover).unlink(missing_ok=True)
+        _drop_spare_wal(binaries, pgdata)
         stamp(pgdata)  # copies hold the current stub: no upgrade at their first start
         try:
             os.rename(pgdata, target)
@@ -64,3 +67,18 @@ async def neon_template(binaries: PgBinaries, settings: Settings) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _drop_spare_wal(binaries: PgBinaries, pgdata: Path) -> None:
+    """Keep only the WAL segment of the last checkpoint's redo point. A cleanly stopped cluster needs no other:
+    the rest are segments recycled for later writes, which Postgres makes again when it needs them. Every
+    copy of the template (each new data dir, each test database's cluster) then copies 6 of 37 MB less."""
+    control = subprocess.run([str(binaries.tool("pg_controldata")), "-D", str(pgdata)], capture_output=True, text=True,
+                             check=True, env={**os.environ, "LC_ALL": "C"}).stdout
+    fields = {key.strip(): value.strip() for key, _, value in (line.partition(":") for line in control.splitlines())}
+    if fields.get("Database cluster state") != "shut down":
+        return
+    keep = fields["Latest checkpoint's REDO WAL file"]
+    for segment in (pgdata / "pg_wal").iterdir():
+        if re.fullmatch(r"[0-9A-F]{24}", segment.name) and segment.name != keep:
+            segment.unlink()
