@@ -263,10 +263,10 @@ class ControlPlane:
     async def _prepare(self, dbname: str, role: str) -> None:
         # One at a time: two roles' GRANTs on schema auth at once fail with "tuple concurrently updated".
         async with self._prepare_lock:
-            if self.stub_installer is not None:
-                await self.stub_installer(dbname)
-            admin = await connect(self.conninfo(ADMIN_USER, dbname))
+            admin = await connect(self.conninfo(ADMIN_USER, dbname))  # first: a missing database is Postgres's 3D000
             try:
+                if self.stub_installer is not None:
+                    await self.stub_installer(dbname)
                 (owner,) = await admin.first_row(_DATABASE_OWNER_SQL)
                 statements = jwt_role_statements(role, owner, self.session_jwt_version, extension=self.stub_installer is None)
                 await admin.run([Statement(sql) for sql in statements])

@@ -262,3 +262,19 @@ def test_a_wrong_password_and_a_missing_database_say_what_to_do(upstream, tmp_pa
     assert "password authentication failed" in result.stderr and "Check the user and password in the URL." in result.stderr
     result = up(f"postgresql://postgres:{PASSWORD.replace(' ', '%20')}@127.0.0.1:{upstream['port']}/nosuchdb", tmp_path)
     assert 'database "nosuchdb" does not exist' in result.stderr and "Create the database first" in result.stderr
+
+
+
+async def test_a_missing_database_is_postgres_own_error_on_every_path(emulator):
+    e = emulator.endpoints
+    alice = emulator.services.issuer.mint("alice")
+    async with httpx.AsyncClient() as client:
+        for connection_string, headers in ((f"postgresql://authenticated@{e.host}/nosuch", {"Authorization": f"Bearer {alice}"}),
+                                           (e.owner_url.replace(f"/{e.database}?", "/nosuch?"), {})):
+            response = await client.post(e.sql_url, json={"query": "select 1", "params": []},
+                                         headers={"Neon-Connection-String": connection_string, **headers})
+            assert (response.status_code, response.json()["code"]) == (400, "3D000"), response.text
+    for user, password in (("authenticated", alice), (e.owner, e.owner_password)):
+        with pytest.raises(psycopg.OperationalError, match='database "nosuch" does not exist'):
+            await psycopg.AsyncConnection.connect(host=e.host, port=e.pg_port, user=user, password=password,
+                                                  dbname="nosuch", sslmode="require")

@@ -1,8 +1,10 @@
 """Server-side SCRAM-SHA-256 (RFC 5802, 7677), checked against the verifier Postgres keeps in pg_authid.
 
 The proxy plays Postgres's part of the exchange itself, so a password role's credentials never
-reach Postgres (which trusts the proxy on its private socket). With TLS it also offers
-SCRAM-SHA-256-PLUS with tls-server-end-point channel binding, as Postgres and Neon do.
+reach Postgres (which trusts the proxy on its private socket). An upstream Postgres (`--upstream`)
+does not trust the proxy: `ScramClient` logs in there with a password, or with the ClientKey the
+client proved in its own exchange with the proxy. With TLS the proxy also offers SCRAM-SHA-256-PLUS
+with tls-server-end-point channel binding, as Postgres and Neon do.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import secrets
 from dataclasses import dataclass
 
 from neon_local.errors import NeonLocalError
+from neon_local.wire import messages
 
 MECHANISM = "SCRAM-SHA-256"
 MECHANISM_PLUS = "SCRAM-SHA-256-PLUS"
@@ -173,6 +176,26 @@ class ScramClient:
         verifier = _attributes(server_final).get("v")
         if verifier is None or (self._server_signature is not None and _b64d(verifier) != self._server_signature):
             raise ScramError("the server's SCRAM signature does not match")
+
+
+def answer_authentication(code: int, data: bytes, credential: ClientCredential | None,
+                          client: ScramClient | None) -> tuple[bytes, ScramClient | None]:
+    """The reply to one AuthenticationRequest (`code`, `data` after it) as the frontend, and the SCRAM exchange in
+    progress; `credential` is the role's (None on our private socket, which never asks)."""
+    if credential is None:
+        raise ScramError("it asked the proxy for a password, but its private socket must use trust auth")
+    if code == messages.AUTH_CLEARTEXT and credential.password is not None:
+        return messages.password_message(credential.password), None
+    if code == messages.AUTH_SASL and MECHANISM in messages.cstrings(data):
+        client = ScramClient(credential)
+        return messages.sasl_initial_response(MECHANISM, client.first()), client
+    if code == messages.AUTH_SASL_CONTINUE and client is not None:
+        return messages.sasl_response(client.final(data)), client
+    if code == messages.AUTH_SASL_FINAL and client is not None:
+        client.check(data)
+        return b"", None
+    raise ScramError(f"it asked for an authentication method the proxy cannot answer (code {code}); "
+                     "allow scram-sha-256 or password for the proxy's host in its pg_hba.conf")
 
 
 @functools.lru_cache(maxsize=64)

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 from neon_local.auth import scram
-from neon_local.auth.scram import ClientCredential, ScramClient
+from neon_local.auth.scram import ClientCredential
 from neon_local.errors import PostgresErrorResponse, PostgresUnavailable
 from neon_local.proxy.cancellation import CancelKey
 from neon_local.wire import messages as m
@@ -59,39 +59,19 @@ class ComputeConnection:
         """Send the StartupMessage and read up to ReadyForQuery, keeping ParameterStatus and the key.
         `credential` answers a password request: an upstream Postgres asks for one, our private socket never does."""
         self.conduit.write(m.startup_message(params))
-        scram_client = None
+        scram_client: scram.ScramClient | None = None
         while True:
             message = await self.read_message()
             code = m.int32(message.body) if message.type == b"R" else None
             if code not in (None, m.AUTH_OK):
-                scram_client = self._authenticate(code, message.body[4:], credential, scram_client)
+                reply, scram_client = scram.answer_authentication(code, message.body[4:], credential, scram_client)
+                self.conduit.write(reply)
                 continue
             if message.type == b"K":
                 self.key = CancelKey(m.int32(message.body), m.int32(message.body, 4))
             elif message.type == b"Z":
                 return
             self._note(message)
-
-    def _authenticate(self, code: int, data: bytes, credential: ClientCredential | None,
-                      client: ScramClient | None) -> ScramClient | None:
-        """Answer one authentication request; the SCRAM exchange in progress, if any."""
-        if credential is None:
-            raise BackendUnavailable("it asked the proxy for a password, but its private socket must use trust auth")
-        if code == m.AUTH_CLEARTEXT and credential.password is not None:
-            self.conduit.write(m.password_message(credential.password))
-            return None
-        if code == m.AUTH_SASL and scram.MECHANISM in m.cstrings(data):
-            client = ScramClient(credential)
-            self.conduit.write(m.sasl_initial_response(scram.MECHANISM, client.first()))
-            return client
-        if code == m.AUTH_SASL_CONTINUE and client is not None:
-            self.conduit.write(m.sasl_response(client.final(data)))
-            return client
-        if code == m.AUTH_SASL_FINAL and client is not None:
-            client.check(data)
-            return None
-        raise BackendUnavailable(f"it asked for an authentication method the proxy cannot answer (code {code}); "
-                                 "allow scram-sha-256 or password for the proxy's host in its pg_hba.conf")
 
     async def first_row(self, sql: str, params: Sequence[str | None] = ()) -> tuple[str | None, ...] | None:
         """Run one statement with the extended protocol (params bound, never spliced); its first row, as text."""

@@ -25,6 +25,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq.abc import PGresult
 from psycopg.types.string import TextLoader
 
+from neon_local.auth.scram import ClientCredential, ScramError, answer_authentication
 from neon_local.errors import PostgresErrorResponse, PostgresUnavailable
 from neon_local.postgres import session_jwt
 from neon_local.serverless.json import Column
@@ -346,29 +347,41 @@ async def connect(conninfo: str) -> PgConnection:
 async def _startup_error(conninfo: str) -> dict[str, str] | None:
     """Replay the startup by hand to read the ErrorResponse's fields, which libpq only gives as text."""
     params = conninfo_to_dict(conninfo)
-    path = os.path.join(str(params["host"]), f".s.PGSQL.{params.get('port', 5432)}")
+    host, port = str(params["host"]), int(params.get("port", 5432))
     startup = {"user": params.get("user"), "database": params.get("dbname"), "options": params.get("options")}
     body = struct.pack("!i", 196608) + b"".join(
         k.encode() + b"\0" + str(v).encode() + b"\0" for k, v in startup.items() if v) + b"\0"
+    # An upstream Postgres (`--upstream`) is on TCP and asks for the password; our own is on a trusting Unix socket.
+    password = params.get("password")
+    credential = ClientCredential(password=str(password).encode()) if password is not None else None
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(path), 5)
+        if host.startswith("/"):
+            connecting = asyncio.open_unix_connection(os.path.join(host, f".s.PGSQL.{port}"))
+        else:
+            connecting = asyncio.open_connection(host, port)
+        reader, writer = await asyncio.wait_for(connecting, 5)
         try:
             writer.write(struct.pack("!i", len(body) + 4) + body)
-            return await asyncio.wait_for(_read_startup_error(reader), 5)
+            return await asyncio.wait_for(_read_startup_error(reader, writer, credential), 5)
         finally:
             writer.close()
-    except (TimeoutError, OSError, asyncio.IncompleteReadError, struct.error):
+    except (TimeoutError, OSError, asyncio.IncompleteReadError, struct.error, PostgresUnavailable, ScramError):
         return None
 
 
-async def _read_startup_error(reader: asyncio.StreamReader) -> dict[str, str] | None:
-    """Skip AuthenticationOk and ParameterStatus; the ErrorResponse's fields, or None at ReadyForQuery."""
+async def _read_startup_error(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                              credential: ClientCredential | None) -> dict[str, str] | None:
+    """Log in if asked (with `credential`), skip ParameterStatus; the ErrorResponse's fields, or None at ReadyForQuery."""
+    scram_client = None
     while True:
         kind, length = struct.unpack("!ci", await reader.readexactly(5))
         data = await reader.readexactly(length - 4)
         if kind == b"E":
             return {chr(item[0]): item[1:].decode(errors="replace") for item in data.split(b"\0") if item}
-        if kind == b"Z" or (kind == b"R" and data[:4] != b"\0\0\0\0"):  # ready, or asked for a password
+        if kind == b"Z":
             return None
+        if kind == b"R" and data[:4] != b"\0\0\0\0":
+            reply, scram_client = answer_authentication(struct.unpack("!i", data[:4])[0], data[4:], credential, scram_client)
+            writer.write(reply)
 
 
