@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from types import NoneType, UnionType
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, cast, get_args, get_origin, get_type_hints
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from neon_local.errors import NeonLocalError
@@ -143,7 +143,8 @@ class UpstreamUrl:
         if problem:
             raise ConfigError(f"{origin} {problem}: postgresql://USER:PASSWORD@HOST:PORT/DB, e.g. "
                               "postgresql://postgres:secret@127.0.0.1:5432/app.")
-        return cls(unquote(parts.hostname), port, unquote(parts.username), unquote(parts.password or ""),
+        host, user = cast(str, parts.hostname), cast(str, parts.username)  # both checked above
+        return cls(unquote(host), port, unquote(user), unquote(parts.password or ""),
                    unquote(parts.path.lstrip("/")))
 
     @property

@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -20,7 +20,7 @@ from urllib.parse import quote
 import httpx
 
 from neon_local.app import Emulator, Endpoints
-from neon_local.postgres.cluster import SOCKET_PORT, SUPERUSER
+from neon_local.postgres.cluster import SOCKET_PORT, SUPERUSER, PostgresCluster
 from neon_local.settings import Settings, load_settings
 from neon_local.state import read_state
 from neon_local.testing.tokens import TokenFactory
@@ -63,7 +63,7 @@ class EmulatorThread:
             self._thread.join()
             self.loop.close()
 
-    def _call(self, coro, timeout: float) -> Any:
+    def _call(self, coro: Coroutine[Any, Any, Any], timeout: float) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
 
@@ -92,9 +92,11 @@ class NeonLocal:
     def start(cls, settings: Settings) -> NeonLocal:
         thread = EmulatorThread(settings)
         emulator = thread.start()
-        return cls(settings, emulator.endpoints, emulator.cluster.socket_dir, emulator.services.pg_proxy.tls_files.ca_cert,
-                   emulator.services.issuer.mint, emulator.started_in, thread,
-                   sign=lambda claims, alg: emulator.services.issuer.sign(claims, alg=alg))
+        cluster, services = emulator.cluster, emulator.services
+        assert isinstance(cluster, PostgresCluster) and services is not None  # started, with its own Postgres
+        issuer = services.issuer
+        return cls(settings, emulator.endpoints, cluster.socket_dir, services.pg_proxy.tls_files.ca_cert,
+                   issuer.mint, emulator.started_in, thread, sign=lambda claims, alg: issuer.sign(claims, alg=alg))
 
     @classmethod
     def attach(cls, settings: Settings) -> NeonLocal:
@@ -184,6 +186,7 @@ def _http_minter(http_url: str) -> Callable[..., str]:
         answer = response.json()
         if response.status_code != 200:
             raise ValueError(f"minting a token failed: {answer.get('error_description') or answer}")
-        return answer["token"]
+        token: str = answer["token"]
+        return token
 
     return mint
