@@ -13,11 +13,9 @@ from pathlib import Path
 
 import psycopg
 
-from bench.common import free_port
+from bench.common import ROUNDS, free_port, ratio, show, spread
 from neon_local.postgres.binaries import find_binaries
 from neon_local.postgres.cluster import SUPERUSER, RunAs
-
-ROUNDS = 5
 
 
 def _wait_ready(pgdata: Path, proc: subprocess.Popen) -> None:
@@ -106,12 +104,10 @@ def up_to_first_query(cache: Path, data_dir: Path | None) -> tuple[float, int, i
 
 
 def run() -> list[dict]:
-    floors = [floor_by_hand() for _ in range(ROUNDS)]
-    floor = min(i + s for i, s in floors)
-    rows = [{"what": "floor: initdb + postgres start by hand", "best of 5 (s)": f"{floor:.3f}",
-             "vs floor": "1.00x", "notes": f"initdb {min(i for i, _ in floors):.3f} s, start {min(s for _, s in floors):.3f} s"}]
-    colds, warms, restarts = [], [], []
+    """Each round: the floor, then cold, warm and restart starts, so each sits beside the floor of its round."""
+    floors, colds, warms, restarts = [], [], [], []
     for _ in range(ROUNDS):
+        floors.append(floor_by_hand())
         cache = Path(tempfile.mkdtemp())
         colds.append(up_to_first_query(cache, None))
         warms.append(up_to_first_query(cache, None))
@@ -120,15 +116,21 @@ def run() -> list[dict]:
         restarts.append(up_to_first_query(cache, data_dir))
         shutil.rmtree(cache, ignore_errors=True)
         shutil.rmtree(data_dir.parent, ignore_errors=True)
+    floor = [initdb + start for initdb, start in floors]
+    rows = [{"what": "floor: initdb + postgres start by hand", "median (range) s": spread(floor, 3), "vs floor": "1.00x",
+             "notes": f"initdb {spread([i for i, _ in floors], 3)} s, start {spread([s for _, s in floors], 3)} s"}]
     for label, runs, note in [
         ("cold: `up --ephemeral`, empty template cache", colds, "runs initdb"),
         ("warm: `up --ephemeral`, cached template", warms, "copies the cached cluster"),
         ("restart: `up` on an existing data dir", restarts, "no copy"),
     ]:
-        best = min(r[0] for r in runs)
-        rows.append({"what": label, "best of 5 (s)": f"{best:.3f}", "vs floor": f"{best / floor:.2f}x",
-                     "notes": f"{note}; median {sorted(r[0] for r in runs)[len(runs) // 2]:.3f} s"})
+        seconds = [r[0] for r in runs]
+        rows.append({"what": label, "median (range) s": spread(seconds, 3), "vs floor": ratio(seconds, floor), "notes": note})
     rss_self, rss_pg = warms[-1][1], warms[-1][2]
-    rows.append({"what": "memory after start (RSS)", "best of 5 (s)": "", "vs floor": "",
+    rows.append({"what": "memory after start (RSS)", "median (range) s": "", "vs floor": "",
                  "notes": f"neon-local {rss_self / 1024:.0f} MiB, Postgres processes {rss_pg / 1024:.0f} MiB (shared memory counted per process)"})
     return rows
+
+
+if __name__ == "__main__":
+    show(run())
