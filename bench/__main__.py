@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench.common import ROUNDS
+
 MODULES = ["bench.bench_engine", "bench.bench_cli", "bench.bench_auth", "bench.bench_stub", "bench.bench_http", "bench.bench_data_api",
            "bench.bench_wire", "bench.bench_pytest", "bench.bench_limits", "bench.bench_codegen", "bench.bench_tenancy"]
 
@@ -37,7 +39,9 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     only = sys.argv[1:]
     started = time.perf_counter()
-    sections = [f"# neon-local benchmarks\n\nMachine: {machine()}  \nRun: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n"]
+    sections = [f"# neon-local benchmarks\n\nMachine: {machine()}  \nRun: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n\n"
+                f"Figures read `median (min-max)` over {ROUNDS} rounds unless a table says otherwise; a ratio is the median "
+                "of the per-round ratios (each round measures the baseline beside the figure), with their range.\n"]
     for name in MODULES:
         if only and not any(o in name for o in only):
             continue
@@ -53,7 +57,9 @@ def main() -> None:
         tables = result.items() if isinstance(result, dict) else [("", result)]
         title = (module.__doc__ or name).strip().splitlines()[0]
         body = "\n\n".join((f"### {subtitle}\n\n" if subtitle else "") + table(rows) for subtitle, rows in tables)
-        sections.append(f"## {title}\n\n{body}\n\n_{time.perf_counter() - began:.0f} s_\n")
+        elapsed = time.perf_counter() - began
+        print(f"  {name}: {elapsed:.0f} s", file=sys.stderr, flush=True)
+        sections.append(f"## {title}\n\n{body}\n\n_{elapsed:.0f} s_\n")
     sections.append(f"_Whole run: {(time.perf_counter() - started) / 60:.1f} min_\n")
     out = Path(__file__).parent / "results.md"
     out.write_text("\n".join(sections))
