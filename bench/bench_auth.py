@@ -13,18 +13,17 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.common import ROUNDS, show, spread
 from neon_local.auth.issuer import Issuer
 from neon_local.auth.keys import ALGORITHMS, KeyRing
 from neon_local.auth.providers import ProviderCache
 from neon_local.auth.verifier import Verifier, parse_token
 from neon_local.settings import Settings
 
-REPEATS = 3
 
-
-def _best(measure, n: int) -> float:
-    """Seconds per operation, best of REPEATS runs of `measure(n)`."""
-    return min(measure(n) for _ in range(REPEATS)) / n
+def _rounds(measure, n: int) -> list[float]:
+    """Seconds per operation in each of ROUNDS runs of `measure(n)`."""
+    return [measure(n) / n for _ in range(ROUNDS)]
 
 
 def _raw(ring: KeyRing, alg: str, token: str):
@@ -66,8 +65,8 @@ def _cached(verifier: Verifier, token: str):
     return measure
 
 
-def _row(alg: str, mode: str, seconds: float) -> dict:
-    return {"algorithm": alg, "mode": mode, "ops_per_sec": round(1 / seconds), "us_per_op": round(seconds * 1e6, 2)}
+def _row(alg: str, mode: str, seconds: list[float]) -> dict:
+    return {"algorithm": alg, "mode": mode, "ops per second": spread([1 / s for s in seconds]), "µs per op": spread(seconds, 2, 1e6)}
 
 
 def _measure(tmp: Path, cold_ops: int, cached_ops: int) -> list[dict]:
@@ -78,9 +77,9 @@ def _measure(tmp: Path, cold_ops: int, cached_ops: int) -> list[dict]:
     rows = []
     for alg in ALGORITHMS:
         tokens = [issuer.mint("alice", alg=alg, claims={"jti": str(i)}) for i in range(cold_ops)]
-        rows.append(_row(alg, "raw cryptography", _best(_raw(ring, alg, tokens[0]), cold_ops)))
-        rows.append(_row(alg, "cold verify", _best(_cold(verifier, tokens), cold_ops)))
-        rows.append(_row(alg, "cached", _best(_cached(verifier, tokens[0]), cached_ops)))
+        rows.append(_row(alg, "raw cryptography", _rounds(_raw(ring, alg, tokens[0]), cold_ops)))
+        rows.append(_row(alg, "cold verify", _rounds(_cold(verifier, tokens), cold_ops)))
+        rows.append(_row(alg, "cached", _rounds(_cached(verifier, tokens[0]), cached_ops)))
     return rows
 
 
@@ -97,5 +96,4 @@ def run(cold_ops: int = 1000, cached_ops: int = 200_000) -> list[dict]:
 
 
 if __name__ == "__main__":
-    for row in run():
-        print(f"{row['algorithm']:6} {row['mode']:17} {row['ops_per_sec']:>10,}/s {row['us_per_op']:>9} µs")
+    show(run())
