@@ -25,13 +25,14 @@ import logging
 import re
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 from neon_local.auth.scram import ClientCredential, ScramVerifier
 from neon_local.errors import PostgresErrorResponse
 from neon_local.postgres import session_jwt
 from neon_local.postgres.bootstrap import jwt_role_statements
 from neon_local.serverless.pg_conn import PgConnection, Statement, connect
+from neon_local.settings import Tenancy
 
 __all__ = ["TEMPLATE_DATABASES", "ControlPlane", "JwtSessionBackend", "claim_at", "tenant_dbname"]
 
@@ -71,6 +72,23 @@ class JwtSessionBackend(Protocol):
 
     async def first_row(self, sql: str, params: Sequence[str | None] = ()) -> tuple | None: ...
 
+    def close(self) -> object: ...  # sync or async
+
+
+class Postgres(Protocol):
+    """The Postgres the emulator fronts, as the control plane and the proxy use it: its own (PostgresCluster)
+    or an upstream one (Upstream)."""
+
+    session_secret: bytes
+
+    def conninfo(self, user: str = ..., dbname: str = ..., **params: str) -> str: ...
+
+    def credential(self, role: str) -> ClientCredential | None: ...
+
+    def remember(self, role: str, credential: ClientCredential) -> None: ...
+
+    async def open_connection(self, protocol_factory: Callable[[], asyncio.BaseProtocol]) -> Any: ...
+
 
 B = TypeVar("B", bound=JwtSessionBackend)
 
@@ -101,7 +119,7 @@ def claim_at(claims: Mapping[str, Any], path: str) -> Any:
     return value
 
 
-def tenant_dbname(tenancy, tenant: Any) -> str:
+def tenant_dbname(tenancy: Tenancy, tenant: Any) -> str:
     """The database of `tenant` (a claim's value); a refusal (28000) when it cannot name one."""
     if isinstance(tenant, int) and not isinstance(tenant, bool):
         tenant = str(tenant)
@@ -117,7 +135,7 @@ class ControlPlane:
     """`ControlPlane(cluster, tenancy)`: `cluster` is the running Postgres (`conninfo()`, `session_secret`);
     `tenancy` the [tenancy] settings with the template resolved, or None."""
 
-    def __init__(self, cluster, tenancy=None, session_jwt_version: str = session_jwt.DEFAULT_VERSION,
+    def __init__(self, cluster: Postgres, tenancy: Tenancy | None = None, session_jwt_version: str = session_jwt.DEFAULT_VERSION,
                  stub_installer: Callable[[str], Awaitable[None]] | None = None) -> None:
         self.cluster = cluster
         # An upstream Postgres has no pg_session_jwt to CREATE: this installs the stub's plain SQL in a database.
@@ -181,7 +199,7 @@ class ControlPlane:
         if verifier is None:
             return False
         # PBKDF2 costs milliseconds: remember the (verifier, password) pairs that matched.
-        key = hashlib.sha256(secret.encode() + b"\0" + password).digest()
+        key = hashlib.sha256(cast(str, secret).encode() + b"\0" + password).digest()  # parsed: not None
         if key in self._good_passwords:
             self._good_passwords.move_to_end(key)
             self.remember_login(role, ClientCredential(password=password))
@@ -230,12 +248,12 @@ class ControlPlane:
 
     async def _bind(self, dbname: str, role: str, backend: JwtSessionBackend) -> session_jwt.SessionSigner:
         try:
-            pid, backend_start = await backend.first_row(session_jwt.BIND_QUERY)
+            pid, backend_start = cast(tuple, await backend.first_row(session_jwt.BIND_QUERY))
         except PostgresErrorResponse as exc:
             if not self.unprepared(exc):
                 raise
             await self.repair_jwt_role(dbname, role)
-            pid, backend_start = await backend.first_row(session_jwt.BIND_QUERY)
+            pid, backend_start = cast(tuple, await backend.first_row(session_jwt.BIND_QUERY))
         return session_jwt.SessionSigner(self.cluster.session_secret, int(pid), _text(backend_start))
 
     @staticmethod
@@ -267,7 +285,7 @@ class ControlPlane:
             try:
                 if self.stub_installer is not None:
                     await self.stub_installer(dbname)
-                (owner,) = await admin.first_row(_DATABASE_OWNER_SQL)
+                (owner,) = cast(tuple, await admin.first_row(_DATABASE_OWNER_SQL))
                 statements = jwt_role_statements(role, owner, self.session_jwt_version, extension=self.stub_installer is None)
                 await admin.run([Statement(sql) for sql in statements])
             finally:
@@ -277,7 +295,7 @@ class ControlPlane:
         """Reset a JWT role's own defaults when they stop it from connecting; False if it has none."""
         admin = await connect(self.conninfo(ADMIN_USER, "postgres"))
         try:
-            (found,) = await admin.first_row(_ROLE_DEFAULTS_SQL, [role])
+            (found,) = cast(tuple, await admin.first_row(_ROLE_DEFAULTS_SQL, [role]))
             if not found:
                 return False
             entries = [entry.split("\x01") for entry in found.split("\x03")]
@@ -316,6 +334,7 @@ class ControlPlane:
         await asyncio.shield(created)
 
     async def _create_tenant(self, dbname: str) -> None:
+        assert self.tenancy is not None  # only a tenancy names tenant databases
         template = self.tenancy.template
         admin = await connect(self.conninfo(ADMIN_USER, "postgres"))
         try:
@@ -356,13 +375,13 @@ class ControlPlane:
         admin = await connect(self.conninfo(ADMIN_USER, dbname))
         try:
             if self._builtin_arrays is None:  # built-in types are the same in every database
-                (pairs,) = await admin.first_row(_ARRAYS_SQL.format("t.oid < 16384"))
+                (pairs,) = cast(tuple, await admin.first_row(_ARRAYS_SQL.format("t.oid < 16384")))
                 self._builtin_arrays = _pairs(pairs)
             if known is None:
                 known = self._arrays[dbname] = dict(self._builtin_arrays)
             if missing:
-                (pairs,) = await admin.first_row(_ARRAYS_SQL.format("t.oid = any($1::oid[])"),
-                                                 ["{" + ",".join(map(str, missing)) + "}"])
+                (pairs,) = cast(tuple, await admin.first_row(_ARRAYS_SQL.format("t.oid = any($1::oid[])"),
+                                                             ["{" + ",".join(map(str, missing)) + "}"]))
                 known.update(dict.fromkeys(missing, 0))
                 known.update(_pairs(pairs))
         finally:
@@ -392,7 +411,7 @@ class ControlPlane:
             await asyncio.gather(*self._closing, return_exceptions=True)
 
 
-async def _close(backend) -> None:
+async def _close(backend: JwtSessionBackend) -> None:
     result = backend.close()
     if inspect.isawaitable(result):
         await result
