@@ -33,13 +33,21 @@ class Pool:
         await self._slots.acquire()
         try:
             while self._idle:
-                backend = self._idle.pop()
+                backend = self._idle.pop(self._settled())
                 if await self._usable(backend):
                     return backend
             return await self._opener()
         except BaseException:
             self._slots.release()
             raise
+
+    def _settled(self) -> int:
+        """The most recently used idle connection whose reset has come back, else the most recent: one
+        still resetting would cost the request a round trip."""
+        for index in range(len(self._idle) - 1, -1, -1):
+            if self._idle[index].reset_settled:
+                return index
+        return -1
 
     async def _usable(self, backend: PgConnection) -> bool:
         usable = not backend.broken and time.monotonic() - backend.idle_since < IDLE_TIMEOUT

@@ -299,6 +299,11 @@ class PgConnection:
         except psycopg.OperationalError:
             self._mark_broken()
 
+    @property
+    def reset_settled(self) -> bool:
+        """Whether finish_reset() would not wait: no reset pending, or its results are in."""
+        return not self.reset_pending or self.broken or not self.pg.is_busy()
+
     async def finish_reset(self) -> bool:
         """Read the pending reset's results: True if it ran cleanly and the session is idle (and the
         connection back in pipeline mode, ready for a request)."""
