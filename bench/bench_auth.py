@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -66,7 +67,9 @@ def _cached(verifier: Verifier, token: str):
 
 
 def _row(alg: str, mode: str, seconds: list[float]) -> dict:
-    return {"algorithm": alg, "mode": mode, "ops per second": spread([1 / s for s in seconds]), "µs per op": spread(seconds, 2, 1e6)}
+    median = statistics.median(seconds)
+    return {"algorithm": alg, "mode": mode, "ops_per_sec": round(1 / median), "us_per_op": round(median * 1e6, 2),
+            "us_per_op (median, range)": spread(seconds, 2, 1e6)}
 
 
 def _measure(tmp: Path, cold_ops: int, cached_ops: int) -> list[dict]:
