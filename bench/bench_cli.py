@@ -16,9 +16,8 @@ from pathlib import Path
 
 import psycopg
 
-from bench.common import free_port, ratio, show, spread
-from neon_local.postgres.binaries import find_binaries
-from neon_local.postgres.cluster import SUPERUSER, RunAs
+from bench.common import bare_postgres, free_port, initdb, ratio, show, spread
+from neon_local.postgres.cluster import SUPERUSER
 
 ROUNDS = 5
 
@@ -41,17 +40,13 @@ def _first_query(url: str) -> float:
 
 def _floors() -> tuple[float, float]:
     """pg_ctl start -w + first query on an existing cluster, and initdb + that, as a script would do it."""
-    binaries, run_as = find_binaries(), RunAs()
-    binaries = run_as.reachable(binaries)
-    root = Path(tempfile.mkdtemp())
-    run_as.give(root)
+    binaries, run_as, root = bare_postgres()
     pgdata = root / "pgdata"
     url = f"host={root} user={SUPERUSER} dbname=postgres"
     pg_ctl = [*run_as.prefix(), binaries.tool("pg_ctl"), "-D", pgdata, "-l", root / "log", "-o",
               f"-c listen_addresses= -c unix_socket_directories={root}"]
     began = time.perf_counter()
-    subprocess.run([*run_as.prefix(), binaries.tool("initdb"), "-D", pgdata, "-U", SUPERUSER, "--auth=trust",
-                    "--no-sync", "--locale=C", "-E", "UTF8"], check=True, capture_output=True)
+    initdb(binaries, run_as, pgdata)
     subprocess.run([*pg_ctl, "start", "-w"], check=True, capture_output=True)
     _first_query(url)
     fresh = time.perf_counter() - began

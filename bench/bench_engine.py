@@ -13,9 +13,7 @@ from pathlib import Path
 
 import psycopg
 
-from bench.common import ROUNDS, free_port, ratio, show, spread
-from neon_local.postgres.binaries import find_binaries
-from neon_local.postgres.cluster import SUPERUSER, RunAs
+from bench.common import ROUNDS, bare_postgres, free_port, initdb, ratio, show, spread
 
 
 def _wait_ready(pgdata: Path, proc: subprocess.Popen) -> None:
@@ -32,14 +30,11 @@ def _wait_ready(pgdata: Path, proc: subprocess.Popen) -> None:
 
 def floor_by_hand() -> tuple[float, float]:
     """initdb, then postgres started and polled for readiness as tightly as a script could."""
-    binaries, run_as = find_binaries(), RunAs()
-    root = Path(tempfile.mkdtemp())
-    run_as.give(root)
+    binaries, run_as, root = bare_postgres()
     pgdata = root / "pgdata"
     began = time.perf_counter()
-    subprocess.run([*run_as.prefix(), binaries.tool("initdb"), "-D", pgdata, "-U", SUPERUSER, "--auth=trust",
-                    "--no-sync", "--locale=C", "-E", "UTF8"], check=True, capture_output=True)
-    initdb = time.perf_counter() - began
+    initdb(binaries, run_as, pgdata)
+    made = time.perf_counter() - began
     began = time.perf_counter()
     proc = subprocess.Popen([*run_as.prefix(), binaries.tool("postgres"), "-D", pgdata, "-c", "listen_addresses=",
                              "-c", f"unix_socket_directories={root}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -48,7 +43,7 @@ def floor_by_hand() -> tuple[float, float]:
     proc.send_signal(signal.SIGINT)
     proc.wait()
     shutil.rmtree(root, ignore_errors=True)
-    return initdb, start
+    return made, start
 
 
 def _rss_kib(pid: int) -> int:

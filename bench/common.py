@@ -125,6 +125,30 @@ async def services(emu, settings, directory: Path):
                 await result
 
 
+# --- Postgres by hand: the floors a script could reach -------------------------------------------------
+
+
+def bare_postgres():
+    """Postgres' binaries (where Postgres' user can run them), that user, and a fresh directory it owns."""
+    from neon_local.postgres.binaries import find_binaries
+    from neon_local.postgres.cluster import RunAs
+
+    run_as = RunAs()
+    root = Path(tempfile.mkdtemp())
+    run_as.give(root)
+    return run_as.reachable(find_binaries()), run_as, root
+
+
+def initdb(binaries, run_as, pgdata: Path) -> None:
+    """initdb as a script that only needs a throw-away cluster would run it: trust, no fsync, C locale."""
+    import subprocess
+
+    from neon_local.postgres.cluster import SUPERUSER
+
+    subprocess.run([*run_as.prefix(), binaries.tool("initdb"), "-D", pgdata, "-U", SUPERUSER, "--auth=trust",
+                    "--no-sync", "--locale=C", "-E", "UTF8"], check=True, capture_output=True)
+
+
 # --- pgbench ------------------------------------------------------------------------------------------
 
 
