@@ -10,7 +10,8 @@ process speaking raw HTTP/1.1 keep-alive, as Neon's driver does (`Neon-Raw-Text-
   the rounds, as a working set that has been seen), beside one token.
 - Large results: one client, the owner's /sql request for 10k and 100k rows of a 100k-row table,
   beside pgbench fetching the same rows (latency average, one client).
-Each figure is the median of ROUNDS rounds (range beside it); a round runs every side once.
+Each figure is the median of ROUNDS rounds (range beside it); a round runs every side once. The
+throughput ratios are the /sql figures issue 9 asks to hold across the control-plane change.
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ Unix socket (it has no TCP listener), for scale. Workloads: `-S` (select only) a
 simple-update write transaction: update, select, insert), at 1/4/16/64 clients. Cells are the median
 TPS of ROUNDS rounds with the range; ratios are the median of per-round ratios.
 The connect table times a fresh psycopg connection plus `select 1`, as an app would see it; PgBouncer
-hands out a pooled server connection, the proxy starts a new backend each time.
+hands out a pooled server connection, the proxy starts a new backend each time. These are the TCP
+figures issue 9 asks to hold across the control-plane change.
 """
 
 from __future__ import annotations
