@@ -9,8 +9,11 @@ behaviour as in front of its embedded Postgres.
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -82,7 +85,8 @@ def upstream(tmp_path_factory):
 @pytest.fixture(scope="module")
 async def emulator(upstream, tmp_path_factory):
     root = tmp_path_factory.mktemp("fronting")
-    settings = Settings(project_dir=root, data_dir=root / "data", http_port=0, pg_port=0, upstream=upstream["url"])
+    settings = Settings(project_dir=root, data_dir=root / "data", http_port=0, pg_port=0, upstream=upstream["url"],
+                        upstream_yes=True)
     emu = Emulator(settings, write_state=False)
     await emu.start()
     async with await psycopg.AsyncConnection.connect(emu.endpoints.owner_url, autocommit=True) as owner:
@@ -241,6 +245,35 @@ async def test_a_restart_changes_nothing_on_the_upstream(emulator, upstream, tmp
 
 def up(url: str, cwd: Path) -> subprocess.CompletedProcess:
     return neon_local("up", "--upstream", url, "--http-port", "0", "--pg-port", "0", cwd=cwd)
+
+
+def test_changes_to_the_upstream_wait_for_consent(upstream, tmp_path):
+    with psycopg.connect(dbname="postgres", **upstream["admin"]) as conn:
+        conn.execute("create database fresh")
+    url = upstream["url"].replace("/app", "/fresh")
+    stub_schemas = "select count(*) from pg_namespace where nspname in ('auth', '_pg_session_jwt')"
+    refused = up(url, tmp_path)  # no terminal to ask in: the list, and the flag that allows it
+    assert refused.returncode != 0
+    assert "needs these changes before neon-local can front it:" in refused.stderr
+    assert "  - database fresh: install neon-local's pg_session_jwt 0.4.0 stand-in as plain SQL" in refused.stderr
+    assert "Nothing was changed. Run again with --upstream-yes" in refused.stderr
+    assert upstream_query(upstream, stub_schemas, dbname="fresh") == [(0,)]
+    # In a terminal `up` asks; "n" changes nothing either (script(1) gives it one).
+    command = " ".join([sys.executable, "-m", "neon_local", "up", "--upstream", shlex.quote(url), "--http-port", "0", "--pg-port", "0"])
+    asked = subprocess.run(["script", "-qec", command, "/dev/null"], cwd=tmp_path, input="n\n", capture_output=True,
+                           text=True, timeout=120, env={k: v for k, v in os.environ.items() if not k.startswith("NEON_LOCAL_")})
+    assert asked.returncode != 0
+    assert "Make these changes? [y/N]" in asked.stdout and "  - database fresh: install" in asked.stdout
+    assert upstream_query(upstream, stub_schemas, dbname="fresh") == [(0,)]
+    started = neon_local("up", "-d", "--upstream", url, "--upstream-yes", "--http-port", "0", "--pg-port", "0", cwd=tmp_path)
+    try:
+        assert started.returncode == 0, started.stderr
+        assert "(PostgreSQL 15." in started.stdout and "from upstream postgresql://postgres@127.0.0.1:" in started.stdout
+        log = (tmp_path / ".neon-local" / "neon-local.log").read_text()
+        assert "made this change: database fresh: install neon-local's pg_session_jwt" in log
+    finally:
+        neon_local("down", cwd=tmp_path)
+    assert upstream_query(upstream, stub_schemas, dbname="fresh") == [(2,)]
 
 
 def test_an_unreachable_upstream_is_a_clear_error(tmp_path):

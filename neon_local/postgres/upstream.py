@@ -35,7 +35,7 @@ from neon_local.postgres.cluster import SUPERUSER
 from neon_local.postgres.extension_path import STUB_FILES_DIR
 from neon_local.settings import Settings, UpstreamUrl
 
-__all__ = ["MIN_VERSION", "Upstream", "UpstreamError", "stub_sql"]
+__all__ = ["MIN_VERSION", "Upstream", "UpstreamChangesNeeded", "UpstreamError", "stub_sql"]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,37 @@ REVOKE ALL ON _pg_session_jwt.instance_secret FROM PUBLIC;
 
 class UpstreamError(NeonLocalError):
     """The upstream Postgres cannot be fronted as it is; the message says why and what to do."""
+
+
+class UpstreamChangesNeeded(UpstreamError):
+    """The upstream needs changes and `upstream_yes` is off: nothing was changed; `changes` says what would be."""
+
+    def __init__(self, display: str, changes: list[str]) -> None:
+        self.changes = changes
+        self.listing = (f"the upstream {display} needs these changes before neon-local can front it:\n"
+                        + "".join(f"  - {change}\n" for change in changes))
+        super().__init__(self.listing + "Nothing was changed. Run again with --upstream-yes (NEON_LOCAL_UPSTREAM_YES=true, or "
+                           "upstream_yes = true in neon_local.toml) to make them, or make them yourself.")
+
+
+class _Plan:
+    """The changes a start makes, listed in the same words whether they are only planned or made:
+    `if plan("create role x"): <make it>` makes it only when applying."""
+
+    def __init__(self, apply: bool) -> None:
+        self.apply = apply
+        self.changes: list[str] = []
+
+    def __call__(self, change: str) -> bool:
+        self.changes.append(change)
+        return self.apply
+
+
+async def _row(conn: psycopg.AsyncConnection, query: str, params: tuple = ()) -> tuple:
+    """The one row a query about the catalog returns."""
+    row = await (await conn.execute(query, params)).fetchone()
+    assert row is not None, query
+    return row
 
 
 def stub_sql(version: str) -> str:
@@ -126,22 +157,31 @@ class Upstream:
     # --- start -----------------------------------------------------------------------------------
 
     async def start(self, settings: Settings) -> None:
-        """Check the upstream and shape it for `settings`; raises UpstreamError before changing anything it cannot."""
+        """Check the upstream and shape it for `settings`. Raises UpstreamError before changing anything when it
+        cannot be fronted, and UpstreamChangesNeeded when it needs changes that `upstream_yes` does not allow."""
         self._stub_version = settings.session_jwt_version
         self._managed = frozenset((*settings.jwt_roles, *([data_api_setup.AUTHENTICATOR] if settings.data_api else [])))
         async with await self._connect(settings.database) as conn:
             await self._check(conn, settings)
-            changes = await self._create_roles(conn, settings)
-            changes += await self._install_stub(conn, settings.database)
+            planned = await self._shape(conn, settings, _Plan(apply=False))
+            if planned and not settings.upstream_yes:
+                raise UpstreamChangesNeeded(self.url.display, planned)
+            made = await self._shape(conn, settings, _Plan(apply=True))
+        for change in made:
+            log.warning("upstream %s: made this change: %s", self.url.display, change)
+        if not made:
+            log.info("upstream %s is ready for neon-local (nothing to change)", self.url.display)
+
+    async def _shape(self, conn: psycopg.AsyncConnection, settings: Settings, plan: _Plan) -> list[str]:
+        await self._create_roles(conn, settings, plan)
+        await self._install_stub(conn, settings.database, plan)
+        if settings.data_api:
+            await self._data_api(conn, settings, plan)
+        await self._set_passwords(conn, plan)
+        if plan.apply:
             for role in settings.jwt_roles:
                 await conn.execute(sql.SQL("GRANT USAGE ON SCHEMA auth TO {}").format(sql.Identifier(role)))
-            if settings.data_api:
-                changes += await self._data_api(conn, settings)
-            changes += await self._set_passwords(conn)
-        for change in changes:
-            log.warning("upstream %s: %s", self.url.display, change)
-        if not changes:
-            log.info("upstream %s is ready for neon-local (nothing to change)", self.url.display)
+        return plan.changes
 
     async def _connect(self, dbname: str) -> psycopg.AsyncConnection:
         try:
@@ -163,9 +203,9 @@ class Upstream:
         return f"cannot connect to {where}: {reason}\n{step}"
 
     async def _check(self, conn: psycopg.AsyncConnection, settings: Settings) -> None:
-        cur = await conn.execute("select current_setting('server_version_num')::int, current_setting('server_version'),"
-                                 " rolsuper from pg_catalog.pg_roles where rolname = current_user")
-        number, self.version, superuser = await cur.fetchone()
+        number, self.version, superuser = await _row(
+            conn, "select current_setting('server_version_num')::int, current_setting('server_version'),"
+                  " rolsuper from pg_catalog.pg_roles where rolname = current_user")
         if number < MIN_VERSION:
             raise UpstreamError(f"the upstream {self.url.display} runs PostgreSQL {self.version}; neon-local fronts "
                                 "PostgreSQL 14 or later. Upgrade it, or run neon-local without --upstream (embedded Postgres).")
@@ -191,98 +231,103 @@ class Upstream:
                 f"apply to its JWT sessions. Run ALTER ROLE {sql.Identifier(unsafe[0]).as_string(conn)} NOSUPERUSER NOBYPASSRLS; "
                 "or front another server.")
 
-    async def _create_roles(self, conn: psycopg.AsyncConnection, settings: Settings) -> list[str]:
-        """The JWT roles as Neon creates them, with Neon's documented grants in the database; the changes made."""
-        changes = []
-        cur = await conn.execute("select pg_catalog.pg_get_userbyid(datdba) from pg_catalog.pg_database"
-                                 " where datname = current_database()")
-        (owner,) = await cur.fetchone()
+    async def _create_roles(self, conn: psycopg.AsyncConnection, settings: Settings, plan: _Plan) -> None:
+        """The JWT roles as Neon creates them, with Neon's documented grants in the database."""
+        (owner,) = await _row(conn, "select pg_catalog.pg_get_userbyid(datdba) from pg_catalog.pg_database"
+                                    " where datname = current_database()")
         for role in settings.jwt_roles:
             cur = await conn.execute("select 1 from pg_catalog.pg_roles where rolname = %s", (role,))
             if await cur.fetchone() is not None:
                 continue
-            await conn.execute(sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS").format(sql.Identifier(role)))
-            changes.append(f"created role {role} (LOGIN, no superuser, createdb, createrole or bypassrls, as Neon's JWT roles)")
+            if plan(f"create role {role} (LOGIN, no superuser, createdb, createrole or bypassrls, as Neon's JWT roles)"):
+                await conn.execute(sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS")
+                                   .format(sql.Identifier(role)))
             spec = settings.role_specs.get(role)
-            if spec is None or spec.grants != "none":
+            if (spec is None or spec.grants != "none") and plan(
+                    f"database {settings.database}: grant {role} Neon's documented privileges on schema public "
+                    f"(and default privileges on the tables and sequences {owner} creates)"):
                 await grant_role(conn, role, owner)
-                changes.append(f"database {settings.database}: granted {role} Neon's documented privileges on schema public "
-                               f"(and default privileges for tables and sequences {owner} creates)")
             for parent in spec.inherits if spec else ():
-                await conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(parent), sql.Identifier(role)))
-                changes.append(f"granted {parent} to {role} ([roles.{role}] inherits)")
-        return changes
+                if plan(f"grant {parent} to {role} ([roles.{role}] inherits)"):
+                    await conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(parent), sql.Identifier(role)))
 
-    async def _data_api(self, conn: psycopg.AsyncConnection, settings: Settings) -> list[str]:
-        """The Data API's roles and configuration, as at an embedded start; the changes made."""
-        cur = await conn.execute("select exists (select from pg_catalog.pg_roles where rolname = %s),"
-                                 " exists (select from pg_catalog.pg_namespace where nspname = 'pgrst')",
-                                 (data_api_setup.AUTHENTICATOR,))
-        has_role, has_schema = await cur.fetchone()
-        await data_api_setup.apply(conn, settings)
-        changes = [] if has_role else [f"created role {data_api_setup.AUTHENTICATOR} (LOGIN NOINHERIT, a member of the JWT "
-                                       "roles: the Data API's connections switch to the token's role)"]
+    async def _data_api(self, conn: psycopg.AsyncConnection, settings: Settings, plan: _Plan) -> None:
+        """The Data API's role and configuration, as at an embedded start (its own objects are refreshed every start)."""
+        has_role, has_schema = await _row(conn, "select exists (select from pg_catalog.pg_roles where rolname = %s),"
+                                                " exists (select from pg_catalog.pg_namespace where nspname = 'pgrst')",
+                                          (data_api_setup.AUTHENTICATOR,))
+        if not has_role:
+            plan(f"create role {data_api_setup.AUTHENTICATOR} (LOGIN NOINHERIT, a member of the JWT roles: the Data API's "
+                 "connections switch to the token's role)")
         if not has_schema:
-            changes.append(f"database {settings.database}: schema pgrst and event triggers neon_local_pgrst_* (the Data "
-                           "API's configuration, and its schema cache refreshed after DDL)")
-        return changes
+            plan(f"database {settings.database}: create schema pgrst and event triggers neon_local_pgrst_* (the Data API's "
+                 "configuration, and its schema cache refreshed after DDL)")
+        if plan.apply:
+            await data_api_setup.apply(conn, settings)
 
     async def install_stub(self, dbname: str) -> None:
         """Make sure `dbname` has the stub holding this upstream's secret (a JWT session's first use of a database)."""
         async with await self._connect(dbname) as conn:
-            for change in await self._install_stub(conn, dbname):
-                log.warning("upstream %s: %s", self.url.display, change)
+            for change in await self._install_stub(conn, dbname, _Plan(apply=True)):
+                log.warning("upstream %s: made this change: %s", self.url.display, change)
 
-    async def _install_stub(self, conn: psycopg.AsyncConnection, dbname: str) -> list[str]:
-        changes = []
-        cur = await conn.execute("select pg_catalog.to_regclass('_pg_session_jwt.instance_secret') is not null,"
-                                 " exists (select from pg_catalog.pg_namespace where nspname = '_pg_session_jwt')")
-        installed, schema_exists = await cur.fetchone()
+    async def _install_stub(self, conn: psycopg.AsyncConnection, dbname: str, plan: _Plan) -> list[str]:
+        installed, schema_exists = await _row(
+            conn, "select pg_catalog.to_regclass('_pg_session_jwt.instance_secret') is not null,"
+                  " exists (select from pg_catalog.pg_namespace where nspname = '_pg_session_jwt')")
         if schema_exists and not installed:
             raise UpstreamError(f"database {dbname} on the upstream has a schema _pg_session_jwt that neon-local did not make "
                                 "(no instance_secret table). Drop it (DROP SCHEMA _pg_session_jwt CASCADE) if it is a "
                                 "leftover, then start again.")
-        if not installed:
+        if not installed and plan(f"database {dbname}: install neon-local's pg_session_jwt {self._stub_version} stand-in as "
+                                  f"plain SQL (schemas auth and _pg_session_jwt, owned by {self.url.user}; its secret in "
+                                  "table _pg_session_jwt.instance_secret)"):
             async with conn.transaction():
                 await conn.execute(stub_sql(self._stub_version))
                 await conn.execute(sql.SQL("COMMENT ON SCHEMA _pg_session_jwt IS {}").format(sql.Literal(
                     f"neon-local's pg_session_jwt {self._stub_version} stand-in, installed as plain SQL")))
-            changes.append(f"database {dbname}: installed neon-local's pg_session_jwt {self._stub_version} stand-in as "
-                           "plain SQL (schemas auth and _pg_session_jwt, owned by "
-                           f"{self.url.user}; its secret in table _pg_session_jwt.instance_secret)")
-        cur = await conn.execute("select hex from _pg_session_jwt.instance_secret")
-        row = await cur.fetchone()
-        if not self.session_secret:  # the first database decides; restarts find the same secret
-            self.session_secret = bytes.fromhex(row[0]) if row else session_jwt.new_secret()
-        if row is None or row[0] != self.session_secret.hex():
-            await conn.execute("insert into _pg_session_jwt.instance_secret (hex) values (%s)"
-                               " on conflict (one) do update set hex = excluded.hex", (self.session_secret.hex(),))
-            if row is not None:
-                changes.append(f"database {dbname}: replaced the stub's secret with the one this upstream's first database holds")
-        return changes
+            await self._write_secret(conn)
+        elif installed:
+            row = await (await conn.execute("select hex from _pg_session_jwt.instance_secret")).fetchone()
+            if not self.session_secret:  # the first database decides; restarts find the same secret
+                self.session_secret = bytes.fromhex(row[0]) if row else session_jwt.new_secret()
+            if row is None:
+                change = "write the stub's secret (its table is empty)"
+            elif row[0] != self.session_secret.hex():
+                change = "replace the stub's secret with the one the app's database holds"
+            else:
+                change = ""
+            if change and plan(f"database {dbname}: {change}"):
+                await self._write_secret(conn)
+        return plan.changes
 
-    async def _set_passwords(self, conn: psycopg.AsyncConnection) -> list[str]:
-        """A password for each role neon-local logs in as, kept in the data directory; set again when it no longer matches."""
+    async def _write_secret(self, conn: psycopg.AsyncConnection) -> None:
+        if not self.session_secret:  # a fresh install in the app's database
+            self.session_secret = session_jwt.new_secret()
+        await conn.execute("insert into _pg_session_jwt.instance_secret (hex) values (%s)"
+                           " on conflict (one) do update set hex = excluded.hex", (self.session_secret.hex(),))
+
+    async def _set_passwords(self, conn: psycopg.AsyncConnection, plan: _Plan) -> None:
+        """A password for each role neon-local logs in as, kept in the data directory; set again when it no longer
+        matches (or the role is yet to be created)."""
         path = self.data_dir / LOGINS_FILENAME
         saved = _read_logins(path).get(self.url.display, {})
-        changes = []
+        changed = False
         for role in sorted(self._managed):
-            cur = await conn.execute("select rolpassword from pg_catalog.pg_authid where rolname = %s", (role,))
-            row = await cur.fetchone()
-            if row is None:
-                continue
-            password = saved.get(role)
-            verifier = ScramVerifier.parse(row[0])
-            if not (password and verifier and await asyncio.to_thread(verifier.check_password, password.encode())):
+            row = await (await conn.execute("select rolpassword from pg_catalog.pg_authid where rolname = %s", (role,))).fetchone()
+            password: str | None = saved.get(role)
+            verifier = ScramVerifier.parse(row[0]) if row else None
+            if password is None or verifier is None or not await asyncio.to_thread(verifier.check_password, password.encode()):
+                if not plan(f"set a password on role {role}: the proxy logs in as {role} with it (kept in {path}, "
+                            "readable by you only)"):
+                    continue
                 password = saved[role] = secrets.token_urlsafe(24)
                 await conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(role), sql.Literal(password)))
-                changes.append(f"set a password on role {role}: the proxy logs in as {role} with it (it is in {path}, "
-                               "readable by you only)")
+                changed = True
             self._logins[role] = ClientCredential(password=password.encode())
             self._passwords[role] = password.encode()
-        if changes:
+        if changed:
             _write_logins(path, _read_logins(path) | {self.url.display: saved})
-        return changes
 
 
 def _read_logins(path: Path) -> dict[str, dict[str, str]]:
