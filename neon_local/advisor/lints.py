@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 ERROR, WARN, INFO = "ERROR", "WARN", "INFO"
 
@@ -85,7 +86,7 @@ def _quoted(name: str) -> str:
 
 
 def unwrapped_calls(expression: str | None, table: str) -> list[str]:
-    return [expression[a:b] for a, b in per_row_calls(expression, table)]
+    return [cast(str, expression)[a:b] for a, b in per_row_calls(expression, table)]  # no calls in None
 
 
 def wrap_calls(expression: str, table: str) -> str:

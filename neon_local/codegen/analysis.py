@@ -4,6 +4,7 @@ the nullable side of an outer join (their columns may come back null even where 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 from pglast import ast, parse_sql
 from pglast.enums import JoinType
@@ -28,7 +29,7 @@ def analyse(statement: NamedStatement) -> Tables:
     except ParseError as exc:
         raise CodegenError(statement.path, statement.line_of(exc.args[1] + 1), f"{statement.name}: {exc.args[0]}") from None
     if len(parsed) != 1:
-        line = statement.line_of(parsed[1].stmt_location + 1) if len(parsed) > 1 else statement.line
+        line = statement.line_of(cast(int, parsed[1].stmt_location) + 1) if len(parsed) > 1 else statement.line
         raise CodegenError(statement.path, line, f"{statement.name} holds {len(parsed)} statements; give each its own "
                                                  "`-- name:` comment.")
     walk = _Walk()
@@ -42,7 +43,7 @@ def _quote(name: str) -> str:
 
 def _name(range_var: ast.RangeVar) -> str:
     """The relation as to_regclass() reads it: each part quoted, as the parser already folded case."""
-    relation = _quote(range_var.relname)
+    relation = _quote(cast(str, range_var.relname))  # the parser always names the relation
     return f"{_quote(range_var.schemaname)}.{relation}" if range_var.schemaname else relation
 
 
@@ -67,11 +68,12 @@ class _Walk:
             self.read |= inner.read
             self.written |= inner.written
             self.nullable |= inner.nullable
-            self._cte_tables[_quote(node.ctename)] = inner.read | inner.written
-            self.ctes.add(_quote(node.ctename))
+            name = _quote(cast(str, node.ctename))  # a CTE always has a name
+            self._cte_tables[name] = inner.read | inner.written
+            self.ctes.add(name)
             return
         if isinstance(node, _WRITES):
-            self.written.add(_name(node.relation))
+            self.written.add(_name(cast(ast.RangeVar, node.relation)))  # INSERT/UPDATE/DELETE name their target
         if isinstance(node, ast.RangeVar):
             name = _name(node)
             self.read.add(name)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from neon_local.codegen.errors import CodegenError
 
@@ -78,7 +79,7 @@ def _has_sql(text: str) -> bool:
 
 
 def _statement(path: Path, lines: list[str], line: int) -> NamedStatement:
-    name, kind = _NAME.match(lines[0].strip()).groups()
+    name, kind = cast(re.Match[str], _NAME.match(lines[0].strip())).groups()  # the caller split on this line
     if not _PASCAL.match(name):
         raise CodegenError(path, line, f"name {name!r} must be PascalCase letters and digits, like ListTodos.")
     if kind not in KINDS:

@@ -7,6 +7,7 @@ only prepared (unnamed), never run.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 from psycopg import Connection
 from psycopg.pq import DiagnosticField, ExecStatus
@@ -72,7 +73,7 @@ def _describe(conn: Connection, statement: NamedStatement) -> _Raw:
     if result.nparams != len(statement.params):
         raise CodegenError(statement.path, statement.line, f"{statement.name} has {result.nparams} parameters "
                                                            f"but names {len(statement.params)}.")
-    fields = tuple((result.fname(i).decode(), result.ftype(i), result.ftable(i), result.ftablecol(i))
+    fields = tuple((cast(bytes, result.fname(i)).decode(), result.ftype(i), result.ftable(i), result.ftablecol(i))
                    for i in range(result.nfields))
     return _Raw(statement, tables, tuple(result.param_type(i) for i in range(result.nparams)), fields)
 

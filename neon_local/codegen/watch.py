@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 from psycopg import Connection
 
@@ -53,7 +54,7 @@ def _files(folder: Path) -> tuple:
 
 def snapshot(conn: Connection, queries: Path) -> tuple[tuple, str]:
     """What watch() compares against: taken before the first generation, so no change slips between the two."""
-    return _files(queries), conn.execute(_SCHEMA_SQL).fetchone()[0]
+    return _files(queries), cast(tuple, conn.execute(_SCHEMA_SQL).fetchone())[0]
 
 
 def watch(conn: Connection, queries: Path, out: Path, seen: tuple[tuple, str], described: list[Described],
@@ -66,7 +67,7 @@ def watch(conn: Connection, queries: Path, out: Path, seen: tuple[tuple, str], d
         time.sleep(interval)
         tick += 1
         now_files = _files(queries)
-        now_schema = conn.execute(_SCHEMA_SQL).fetchone()[0] if tick % schema_every == 0 else schema
+        now_schema = cast(tuple, conn.execute(_SCHEMA_SQL).fetchone())[0] if tick % schema_every == 0 else schema
         if (now_files, now_schema) == (files, schema):
             continue
         why = "the SQL files" if now_files != files else "the schema"

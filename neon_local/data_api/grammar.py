@@ -80,6 +80,7 @@ class SelectColumn:
             return self.alias
         if self.aggregate:
             return self.aggregate
+        assert self.field is not None  # `*` alone has no key
         return self.field.key
 
 
