@@ -23,6 +23,7 @@ import re
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any, cast
 from urllib.parse import parse_qsl, unquote_plus
 
 import psycopg
@@ -114,7 +115,7 @@ class _Row:
     """Keeps the main query's one row."""
 
     def __init__(self) -> None:
-        self.row: tuple | None = None
+        self.row: Any = None  # the row, read once the statement has run
 
     async def columns(self, columns) -> None:
         pass
@@ -507,7 +508,7 @@ class DataApi:
             raise
         async with conn:
             exists = await (await conn.execute("select to_regproc('pgrst.assert_schema_version_is') is not null")).fetchone()
-            if not exists[0]:
+            if not cast(tuple, exists)[0]:
                 await setup.apply(conn, self.settings)
 
     async def _schema(self, dbname: str) -> _Cached:
@@ -676,7 +677,7 @@ def _rebuild(builder: Builder, schema: Schema) -> Builder:
 
 def _pg_error(fields: dict, detail_key: str) -> ApiError:
     error = ApiError.postgres(fields)
-    if detail_key == "detail" and error.code.startswith("PT"):
+    if detail_key == "detail" and error.code is not None and error.code.startswith("PT"):
         error.message, error.code = "Postgres error", None
     return error
 

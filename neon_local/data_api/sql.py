@@ -88,7 +88,7 @@ _TAIL = (", nullif(pg_catalog.current_setting('response.headers', true), '') as 
          ", nullif(pg_catalog.current_setting('response.status', true), '') as response_status")
 
 
-def env_query(settings: dict[str, str]) -> tuple[str, list[str]]:
+def env_query(settings: dict[str, str]) -> tuple[str, list[str | None]]:
     """`select set_config($1,$2,true), ...`: every name and value a parameter, as Neon's rest broker sends it."""
     params = Params()
     calls = [f"pg_catalog.set_config({params.add(k)}, {params.add(v)}, true)" for k, v in settings.items()]
@@ -292,7 +292,7 @@ class Builder:
             cols = ", ".join(ident(c) for c in columns)
             if columns and missing_default:  # a key a row lacks takes the column's DEFAULT, not null
                 values = []
-                for row in rows:
+                for row in cast(list, rows):  # not empty: see above
                     record = f"pg_catalog.json_populate_record(null::{target}, {self.params.add(_json_text(row))}::json)"
                     values.append("(" + ", ".join(f"({record}).{ident(c)}" if c in row else "default" for c in columns) + ")")
                 stmt = f"insert into {target} as {alias} ({cols}) values " + ", ".join(values)
@@ -316,7 +316,7 @@ class Builder:
             if not columns:
                 stmt = None
             else:
-                payload = self.params.add(_json_text(rows[0]))
+                payload = self.params.add(_json_text(cast(list, rows)[0]))
                 where = [self.condition(alias, table, f, {}) for f in self.query.root.filters]
                 stmt = (f"update {target} as {alias} set "
                         + ", ".join(f"{ident(c)} = pgrst_body.{ident(c)}" for c in columns)
