@@ -119,7 +119,7 @@ class KeyRing:
             if alg not in ALGORITHMS:
                 raise KeyRingError(f"cannot make a {alg!r} key; choose from {', '.join(ALGORITHMS)}.")
             key = _generate(alg)
-            new.append(SigningKey(key.kid, alg, int(time.time()), key))
+            new.append(SigningKey(cast(str, key.kid), alg, int(time.time()), key))  # _generate sets it
         self._keys.extend(new)
         self._active.update({k.alg: k.kid for k in new})
         self._save()

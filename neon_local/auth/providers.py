@@ -168,6 +168,7 @@ class ProviderCache:
         path = provider.jwks_file
         if path is not None and not path.is_absolute():
             path = self._settings.project_dir / path
+        assert path is not None  # _fetch reads a file only for a jwks_file provider
         try:
             raw = path.read_bytes()
         except OSError as exc:

@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
+from typing import cast
 
 from neon_local.errors import NeonLocalError
 from neon_local.wire import messages
@@ -48,6 +49,8 @@ class ScramVerifier:
     @classmethod
     def parse(cls, text: str | None) -> ScramVerifier | None:
         """None for roles without a SCRAM secret (no password, or an old md5 one)."""
+        if text is None:
+            return None
         try:
             scheme, params, keys = text.split("$")
             iterations, salt = params.split(":")
@@ -106,7 +109,7 @@ class ScramExchange:
         attrs = _attributes(without_proof)
         if not proof_part or "c" not in attrs or "r" not in attrs:
             raise ScramError("malformed SCRAM message")
-        if _b64d(attrs["c"]) != self._gs2_header + (self._binding_data if self._gs2_header.startswith(b"p=") else b""):
+        if _b64d(attrs["c"]) != self._gs2_header + (cast(bytes, self._binding_data) if self._gs2_header.startswith(b"p=") else b""):
             raise ScramError("SCRAM channel binding check failed")
         if attrs["r"] != self._nonce:
             raise ScramError("invalid SCRAM response (nonce does not match)")

@@ -17,7 +17,7 @@ import re
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from neon_local.auth.keys import KeyRing, PublicKeySet, VerifyKey
 from neon_local.auth.providers import ProviderCache
@@ -341,7 +341,7 @@ class Verifier:
                 return provider, _check_signature(token, key, self._extended)
             except JwtError as exc:
                 first_error = first_error or exc
-        raise first_error
+        raise cast(JwtError, first_error)  # candidates is not empty
 
     def _not_found(self, token: _Token, role: str) -> JwtError:
         """Neon's "jwk not found", which it also answers for a role the token's provider does not allow;

@@ -11,7 +11,7 @@ import asyncio
 import json
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 from psycopg import sql
@@ -174,7 +174,7 @@ def _statement(command: str, ident: sql.Composable, column: str | None, new_row:
     if command == "delete":
         return sql.SQL("DELETE FROM {}").format(ident), []
     if command == "update":
-        col = sql.Identifier(column)
+        col = sql.Identifier(cast(str, column))  # the caller found one
         return sql.SQL("UPDATE {} SET {} = {}").format(ident, col, col), []
     if not new_row:
         return sql.SQL("INSERT INTO {} DEFAULT VALUES").format(ident), []
@@ -205,7 +205,7 @@ async def _measure_one(conninfo: str, ident: sql.Composable, column: str | None,
             try:
                 async with conn.transaction(force_rollback=True):
                     await cur.execute(statement, params)
-                    rows = (await cur.fetchone())[0] if command == "select" else cur.rowcount
+                    rows = cast(tuple, await cur.fetchone())[0] if command == "select" else cur.rowcount
                     sample = await _sample(cur, ident) if command == "select" and rows else []
                 cells[command] = {"state": "allowed", "rows": rows, "statement": text, "sample": sample}
             except psycopg.Error as exc:
@@ -223,7 +223,7 @@ async def measure_matrix(owner: psycopg.AsyncConnection, table: str, sessions: l
     """`sessions`: (console Identity, conninfo through the proxy) per row of the matrix."""
     schema, relname, column = await _target(owner, table)
     ident = sql.Identifier(schema, relname)
-    total = (await (await owner.execute(sql.SQL("SELECT count(*) FROM {}").format(ident))).fetchone())[0]
+    total = cast(tuple, await (await owner.execute(sql.SQL("SELECT count(*) FROM {}").format(ident))).fetchone())[0]
     rows = []
     for identity, conninfo in sessions:
         explained = ExplainedIdentity(identity.role, identity.claims, "over the TCP proxy")

@@ -45,7 +45,7 @@ def _row_count(body: bytes | None) -> int | None:
     at = body.rfind(_ROW_COUNT)
     if at < 0:
         return None
-    digits = bytes(itertools.takewhile(lambda b: 48 <= b <= 57, body[at + len(_ROW_COUNT):at + len(_ROW_COUNT) + 20]))
+    digits = bytes(itertools.takewhile(lambda b: 48 <= b <= 57, body[at + len(_ROW_COUNT):at + len(_ROW_COUNT) + 20]))  # type: ignore[operator]  # b: int
     return int(digits) if digits else None
 
 

@@ -283,9 +283,11 @@ class PostgresCluster:
         # postmaster.pid's 8th line turns to "ready" once connections are accepted: cheaper than polling with connects.
         pid_file = self.data_dir / "postmaster.pid"
         deadline = asyncio.get_running_loop().time() + timeout
+        process = self._process
+        assert process is not None  # start() made it
         while asyncio.get_running_loop().time() < deadline:
-            if self._process.returncode is not None:
-                raise PostgresError(f"Postgres exited during start-up (code {self._process.returncode}):\n{self.log_tail()}")
+            if process.returncode is not None:
+                raise PostgresError(f"Postgres exited during start-up (code {process.returncode}):\n{self.log_tail()}")
             try:
                 lines = pid_file.read_text().split("\n")
                 if len(lines) > 7 and lines[7].strip() == "ready":
@@ -307,6 +309,7 @@ class PostgresCluster:
 
     async def wait_exit(self) -> int:
         """Wait until the postmaster exits; the supervisor uses this to notice a crash."""
+        assert self._process is not None  # started
         return await self._process.wait()
 
     @property

@@ -18,7 +18,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from neon_local.auth import scram
 from neon_local.auth.verifier import JwtError, Verifier
@@ -449,7 +449,7 @@ class Session:
         return final
 
     def _greet(self, backend: ComputeConnection, sasl_final: bytes) -> None:
-        self.cancel_key = self.ctx.cancellations.register(backend.key)
+        self.cancel_key = self.ctx.cancellations.register(cast(CancelKey, backend.key))  # Postgres sends BackendKeyData
         out = [m.authentication(m.AUTH_SASL_FINAL, sasl_final)] if sasl_final else []
         out.append(m.authentication(m.AUTH_OK))
         out += [m.parameter_status(k, v) for k, v in backend.parameters.items()]

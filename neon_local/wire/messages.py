@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 PROTOCOL_3_0 = 3 << 16
@@ -116,7 +117,7 @@ def parse(sql: str, name: str = "") -> bytes:
     return frame(b"P", cstr(name) + cstr(sql) + struct.pack("!h", 0))
 
 
-def bind(params: list[str | None], portal: str = "", statement: str = "") -> bytes:
+def bind(params: Sequence[str | None], portal: str = "", statement: str = "") -> bytes:
     values = b"".join(_I32.pack(-1) if p is None else _I32.pack(len(p.encode())) + p.encode() for p in params)
     body = cstr(portal) + cstr(statement) + struct.pack("!hh", 0, len(params)) + values + struct.pack("!h", 0)
     return frame(b"B", body)
