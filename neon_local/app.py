@@ -169,7 +169,7 @@ class Emulator:
         if settings.upstream_url is not None:
             from neon_local.postgres.upstream import Upstream
 
-            self.cluster = Upstream(settings.upstream_url, self.data_dir)
+            self.cluster = Upstream(settings.upstream_url)
             await self.cluster.start(settings)
         else:
             await self._shape_postgres()

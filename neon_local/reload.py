@@ -23,6 +23,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from neon_local.limits import ClientLimits
+from neon_local.postgres.upstream import UpstreamError
 from neon_local.settings import ConfigError, Settings, load_settings
 
 __all__ = ["RELOADED", "ConfigReloader"]
@@ -106,7 +107,7 @@ class ConfigReloader:
             candidate = replace(emulator.settings, **applied)
             if applied:
                 await apply_settings(emulator, candidate)
-        except ConfigError as exc:
+        except (ConfigError, UpstreamError) as exc:  # UpstreamError: --upstream cannot, or may not, make the new roles
             await self._refuse(str(exc))
             return
         except psycopg.Error as exc:

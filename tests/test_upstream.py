@@ -25,9 +25,10 @@ from psycopg import errors, sql
 from neon_local.app import Emulator
 from neon_local.postgres import session_jwt
 from neon_local.postgres.cluster import RunAs
-from neon_local.settings import Settings
+from neon_local.settings import Settings, load_settings
 from neon_local.testing.websocket import WebSocketBridge
 from test_cli import neon_local
+from test_reload import edit
 
 PG15 = Path("/usr/lib/postgresql/15/bin")  # .ci/run installs postgresql-15
 PASSWORD = "upstream secret"  # a space, to check the URL's quoting
@@ -241,6 +242,27 @@ async def test_a_restart_changes_nothing_on_the_upstream(emulator, upstream, tmp
         assert response.json()["rows"] == [{"uid": "user_bob"}]
     finally:
         await second.stop()
+
+
+async def test_a_custom_role_added_while_running_is_made_upstream(upstream, emulator, tmp_path):
+    """Live reload: [roles.editor] appears in neon_local.toml; the role is created upstream, with a password for the proxy."""
+    config = tmp_path / "neon_local.toml"
+    base = f'http_port = 0\npg_port = 0\nupstream = "{upstream["url"]}"\nupstream_yes = true\n'
+    config.write_text(base)
+    running = Emulator(load_settings(config_file=config, env={}), write_state=False)
+    await running.start()
+    try:
+        await edit(running, base + '\n[roles.editor]\ninherits = ["authenticated"]\n')
+        assert running.reloader.error is None
+        e = running.endpoints
+        async with httpx.AsyncClient() as client:
+            response = await client.post(e.sql_url, json={"query": "select current_user, user_id from todos", "params": []},
+                                         headers={"Neon-Connection-String": e.database_url("editor"),
+                                                  "Authorization": f"Bearer {running.services.issuer.mint('bob')}"})
+        assert response.status_code == 200, response.text
+        assert response.json()["rows"] == [{"current_user": "editor", "user_id": "user_bob"}]  # authenticated's policy
+    finally:
+        await running.stop()
 
 
 def up(url: str, cwd: Path) -> subprocess.CompletedProcess:

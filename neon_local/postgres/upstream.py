@@ -15,12 +15,11 @@ differences that follow from not owning the server:
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
 import itertools
-import json
 import logging
-import os
-import secrets
-from pathlib import Path
 
 import psycopg
 from psycopg import sql
@@ -41,7 +40,6 @@ log = logging.getLogger(__name__)
 
 MIN_VERSION = 140000  # the stub's floor
 CONNECT_TIMEOUT = 10
-LOGINS_FILENAME = "upstream-logins.json"  # the passwords neon-local set on the roles it logs in as
 
 # The stub reads its instance secret from the data directory; on an upstream it reads this table.
 _SECRET_FILE_READ = "pg_catalog.pg_read_file('neon_local_session.key', 0, 1024, true)"
@@ -117,9 +115,8 @@ def stub_sql(version: str) -> str:
 class Upstream:
     """A running Postgres reached over TCP; `await upstream.start(settings)` checks and prepares it."""
 
-    def __init__(self, url: UpstreamUrl, data_dir: Path) -> None:
+    def __init__(self, url: UpstreamUrl) -> None:
         self.url = url
-        self.data_dir = data_dir
         self.session_secret = b""
         self.version = ""
         self.pid = None  # not ours: nothing to supervise
@@ -308,37 +305,21 @@ class Upstream:
                            " on conflict (one) do update set hex = excluded.hex", (self.session_secret.hex(),))
 
     async def _set_passwords(self, conn: psycopg.AsyncConnection, plan: _Plan) -> None:
-        """A password for each role neon-local logs in as, kept in the data directory; set again when it no longer
-        matches (or the role is yet to be created)."""
-        path = self.data_dir / LOGINS_FILENAME
-        saved = _read_logins(path).get(self.url.display, {})
-        changed = False
+        """The password of each role neon-local logs in as: derived from the stub's secret, so every neon-local
+        fronting this database uses the same ones and none is stored on our side; set when it does not match."""
         for role in sorted(self._managed):
+            password = self._password_of(role) if self.session_secret else None  # None: the stub is yet to come
             row = await (await conn.execute("select rolpassword from pg_catalog.pg_authid where rolname = %s", (role,))).fetchone()
-            password: str | None = saved.get(role)
             verifier = ScramVerifier.parse(row[0]) if row else None
             if password is None or verifier is None or not await asyncio.to_thread(verifier.check_password, password.encode()):
-                if not plan(f"set a password on role {role}: the proxy logs in as {role} with it (kept in {path}, "
-                            "readable by you only)"):
+                if not plan(f"set a password on role {role}: the proxy logs in as {role} with it (derived from the stub's "
+                            "secret; Neon's JWT roles have none, its compute trusts its proxy)"):
                     continue
-                password = saved[role] = secrets.token_urlsafe(24)
+                password = password or self._password_of(role)
                 await conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(role), sql.Literal(password)))
-                changed = True
             self._logins[role] = ClientCredential(password=password.encode())
             self._passwords[role] = password.encode()
-        if changed:
-            _write_logins(path, _read_logins(path) | {self.url.display: saved})
 
-
-def _read_logins(path: Path) -> dict[str, dict[str, str]]:
-    """The passwords neon-local set, per upstream (a data dir may have fronted several)."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _write_logins(path: Path, logins: dict[str, dict[str, str]]) -> None:
-    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as handle:
-        handle.write(json.dumps(logins, indent=2) + "\n")
-    path.chmod(0o600)  # a file left with another mode keeps it on open
+    def _password_of(self, role: str) -> str:
+        digest = hmac.new(self.session_secret, b"neon-local upstream login:" + role.encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest).decode().rstrip("=")
