@@ -167,9 +167,9 @@ class StubUpgradeRefused(Exception):
 
 
 async def _refresh_database(conn: psycopg.AsyncConnection, dbname: str) -> str | None:
+    """Refresh the stub in the connected database; what was done, or None when it has no stub."""
     from psycopg import sql
 
-    """Refresh the stub in the connected database; what was done, or None when it has no stub."""
     cur = await conn.execute("SELECT oid, extversion, extowner::regrole::text FROM pg_catalog.pg_extension WHERE extname = %s",
                              (EXTENSION,))
     row = await cur.fetchone()
