@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote
 
 from neon_local.auth.issuer import Issuer, IssuerError
@@ -62,7 +62,7 @@ def resolve(spec: Any, settings: Settings, tokens: TokenFactory) -> ConsoleIdent
             if name not in settings.users:
                 raise IdentityError(f"no test user {name!r} in neon_local.toml (known: {', '.join(settings.users) or 'none'})")
             token = tokens(name)
-            return ConsoleIdentity(name, "authenticated", token, claims_of(token))
+            return ConsoleIdentity(cast(str, name), "authenticated", token, claims_of(token))  # a user's name, as checked
         if kind == "anonymous":
             token = tokens()
             return ConsoleIdentity("anonymous", "anonymous", token, claims_of(token))
