@@ -26,6 +26,7 @@ from neon_local.app import Emulator
 from neon_local.postgres import session_jwt
 from neon_local.postgres.cluster import RunAs
 from neon_local.settings import Settings, load_settings
+from neon_local.testing.server import NeonLocal
 from neon_local.testing.websocket import WebSocketBridge
 from test_cli import neon_local
 from test_reload import edit
@@ -263,6 +264,17 @@ async def test_a_custom_role_added_while_running_is_made_upstream(upstream, emul
         assert response.json()["rows"] == [{"current_user": "editor", "user_id": "user_bob"}]  # authenticated's policy
     finally:
         await running.stop()
+
+
+def test_the_pytest_plugin_runs_its_own_postgres_even_when_the_project_fronts_one(upstream, tmp_path):
+    (tmp_path / "neon_local.toml").write_text(f'upstream = "{upstream["url"]}"\n')
+    server = NeonLocal.open(tmp_path, None, reuse=False)  # what the plugin does for a session
+    try:
+        assert (server.endpoints.database, server.settings.upstream) == ("neondb", "")
+        with psycopg.connect(server.superuser_conninfo()) as conn:
+            assert conn.execute("select current_user").fetchone() == ("cloud_admin",)
+    finally:
+        server.stop()
 
 
 def up(url: str, cwd: Path) -> subprocess.CompletedProcess:

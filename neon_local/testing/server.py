@@ -107,6 +107,9 @@ class NeonLocal:
                 f"no neon-local is running for {data_dir}. Start one with `neon-local up` in {settings.project_dir}, "
                 f"or drop --neon-local-reuse / NEON_LOCAL_REUSE to let the plugin start its own."
             )
+        if state["postgres"].get("upstream"):
+            raise NotRunning(f"the neon-local running for {data_dir} fronts {state['postgres']['upstream']}; the plugin "
+                             "needs one with its own Postgres. Drop --neon-local-reuse / NEON_LOCAL_REUSE.")
         endpoints = Endpoints(state["host"], state["http_port"], state["pg_port"],
                               settings.database, settings.owner, settings.owner_password)
         return cls(settings, endpoints, Path(state["postgres"]["socket_dir"]), Path(state["tls_ca"]),
@@ -118,7 +121,8 @@ class NeonLocal:
         if reuse:
             return cls.attach(load_settings(cwd=rootdir, config_file=config_file))
         scratch = scratch_dir()
-        overrides = {"data_dir": str(scratch), "ephemeral": False, "http_port": 0, "pg_port": 0}
+        # Its own Postgres even when the project fronts an upstream one: tests create and drop databases.
+        overrides = {"data_dir": str(scratch), "ephemeral": False, "http_port": 0, "pg_port": 0, "upstream": ""}
         try:
             server = cls.start(load_settings(overrides, cwd=rootdir, config_file=config_file))
         except BaseException:
