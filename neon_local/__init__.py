@@ -17,13 +17,16 @@ from Python" says how to use it); everything else is internal and may change. Th
 on first use (PEP 562), so `import neon_local` and `neon-local --version` do not load the server.
 """
 
+from neon_local import _version
+
+__version__ = _version.__version__
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~10 ms) on every start of the CLI
 if TYPE_CHECKING:
     from neon_local.app import AlreadyRunning, Emulator, Endpoints
     from neon_local.errors import NeonLocalError
     from neon_local.settings import ConfigError, Settings, load_settings
 
-__version__ = "0.1.0"
 
 _EXPORTS = {
     "AlreadyRunning": "app", "Emulator": "app", "Endpoints": "app",

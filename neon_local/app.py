@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from neon_local import __version__
+from neon_local._version import __version__
 from neon_local.errors import NeonLocalError
 from neon_local.ports import bind
 from neon_local.postgres.binaries import PgBinaries, find_binaries

@@ -79,7 +79,7 @@ def test_the_top_level_names_are_the_modules_own() -> None:
 def test_import_neon_local_loads_nothing_else_until_a_name_is_used() -> None:
     probe = "import sys, neon_local; print(sorted(m for m in sys.modules if m.startswith('neon_local') or m == 'typing'))"
     result = subprocess.run([sys.executable, "-c", probe], env=clean_env(), capture_output=True, text=True, timeout=120)
-    assert result.stdout.strip() == "['neon_local']", result.stderr
+    assert result.stdout.strip() == "['neon_local', 'neon_local._version']", result.stderr
 
 
 def test_the_readme_documents_exactly_the_public_api() -> None:
