@@ -391,17 +391,14 @@ def test_any_changed_character_is_refused(world, signed, alg, position, char):
         asyncio.run(Verifier(world["settings"], world["ring"], world["cache"]).verify(changed, "authenticated"))
 
 
-async def test_cached_verification_takes_under_two_microseconds(world):
+async def test_a_verified_token_is_answered_from_the_cache_without_verifying_again(world):
+    # How fast a cached answer is belongs to `make bench` (bench_auth's "cached" rows), not to a timed assertion.
     v = verifier(world)
     token = world["issuer"].mint("alice")
-    await v.verify(token, "authenticated")
-    runs = []
-    for _ in range(5):
-        started = time.perf_counter()
-        for _ in range(20_000):
-            v.verify_cached(token, "authenticated")
-        runs.append((time.perf_counter() - started) / 20_000)
-    assert min(runs) < 2e-6
+    assert v.verify_cached(token, "authenticated") is None
+    verified = await v.verify(token, "authenticated")
+    assert v.verify_cached(token, "authenticated") is verified
+    assert await v.verify(token, "authenticated") is verified
 
 
 def test_bench_reports_every_algorithm_and_mode(monkeypatch):
