@@ -21,6 +21,7 @@ from pathlib import Path
 import psycopg
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
 
 from neon_local.limits import ClientLimits
 from neon_local.postgres.upstream import UpstreamError
@@ -37,7 +38,7 @@ SETTLE_SECONDS = 0.1  # an editor's save is several events (truncate, write, ren
 class _FileEvents(FileSystemEventHandler):
     """Calls `notify` (from watchdog's thread) when an event touches `path`."""
 
-    def __init__(self, path: Path, notify: Callable[[], None]) -> None:
+    def __init__(self, path: Path, notify: Callable[[], object]) -> None:
         self._path, self._notify = str(path), notify
 
     def on_any_event(self, event: FileSystemEvent) -> None:
@@ -57,16 +58,16 @@ class ConfigReloader:
         self._changed = asyncio.Event()
         self._reading: tuple[int, int] | None = None
         self._from_file = self._load()  # without CLI flags: what the file said, to see what an edit changes
-        self._observer = None
+        self._observer: BaseObserver | None = None
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._observer = Observer()
-        self._observer.schedule(_FileEvents(self.path, lambda: loop.call_soon_threadsafe(self._changed.set)),
-                                str(self.path.parent), recursive=False)
-        self._observer.daemon = True
-        self._observer.start()
+        self._observer = observer = Observer()
+        observer.schedule(_FileEvents(self.path, lambda: loop.call_soon_threadsafe(self._changed.set)),
+                          str(self.path.parent), recursive=False)
+        observer.daemon = True
+        observer.start()
         self._task = loop.create_task(self._run())
 
     async def stop(self) -> None:
