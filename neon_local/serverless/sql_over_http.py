@@ -379,7 +379,11 @@ class SqlOverHttp:
         except _RefusedInPipeline as exc:  # the refused statement's transaction is gone: reset, then again
             if not backend.reset_pending:
                 backend.queue_reset()
-            if not await backend.finish_reset():
+            try:
+                settled = await backend.finish_reset()
+            except ConnectionLost:
+                settled = False
+            if not settled:
                 raise exc.error from None
         return await self._statements(backend, verified, dbname, headers, payload, apart=True)
 
