@@ -294,6 +294,7 @@ def test_limits_counts_in_the_console_and_status(page, emulator):
         assert re.search(r"Since start +path +rate-limited +refused +warned +learned +allowed", text)
         assert re.search(r"\n +Data API +0 +1 +0 +0 +0\n", text)
         assert re.search(rf"\n +/sql +0 +{after['paths']['http']['refused']} +0 +0 +0\n", text)
+        assert re.search(r"\n  Latest refusals +\d\d:\d\d:\d\d Data API anonymous [0-9a-f]{16}  Data API: GET todos\?select=id,task\n", text)
 
         page.goto(page.url + "#limits")
         expect(page.locator("#lim-summary")).to_contain_text("allow-list enforce for JWT roles")

@@ -148,6 +148,9 @@ def status(settings: Settings, as_json: bool) -> None:
         sys.exit(3)
 
 
+RECENT_REFUSALS = 3  # of the allow-list's, newest first; the console and --json show more
+
+
 def _live_limits(state: dict) -> dict | None:
     """The running emulator's client-limit counters, from its console API (the key in state.json opens it)."""
     base, _, key = state["urls"]["console"].partition("/console?key=")
@@ -176,6 +179,11 @@ def _limits_text(limits: dict | None) -> str:
     for counts in limits["paths"].values():
         lines.append(f"{pad}{counts['label']:10} {counts['rate_limited']:>12} {counts['refused']:>8} {counts['warned']:>7} "
                      f"{counts['learned']:>8} {counts['allowed']:>8}")
+    labels = {path: counts["label"] for path, counts in limits["paths"].items()}
+    for n, refusal in enumerate(reversed(allowlist["recent_refusals"][-RECENT_REFUSALS:])):
+        sql = " ".join(refusal["sql"].split())
+        lines.append(f"{'  Latest refusals' if n == 0 else '':21}{refusal['at'][11:19]} {labels.get(refusal['path'], refusal['path'])}"
+                     f" {refusal['role']} {refusal['fingerprint']}  {sql[:80]}{'…' if len(sql) > 80 else ''}")
     return "\n".join(lines)
 
 
