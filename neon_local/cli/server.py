@@ -92,7 +92,7 @@ def _run_detached(settings: Settings, log_path, ready_write: int, began: float) 
 def _read_until_closed(fd: int, timeout: float) -> bytes | None:
     """Everything written to pipe `fd` until its writer closes it (b"" if it wrote nothing); None on timeout."""
     deadline = time.monotonic() + timeout
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
