@@ -44,8 +44,10 @@ image: install
 image-test: image
 	IMAGE=$(IMAGE) $(BIN)/pytest -q -s images/test_image.py
 
+# ruff's rules and mypy's strictness are chosen in pyproject.toml; mypy keeps its cache in .mypy_cache.
 lint: install
-	$(BIN)/python -m pyflakes neon_local bench
+	$(BIN)/ruff check neon_local bench tests
+	$(BIN)/mypy neon_local
 
 clean:
 	rm -rf $(VENV) tests/node/node_modules .neon-local
