@@ -159,6 +159,9 @@ class Emulator:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         http_sock = bind(settings.host, settings.http_port, "http_port")
         pg_sock = bind(settings.host, settings.pg_port, "pg_port")
+        # Closed again by stop() if the start fails (the services' servers close them otherwise): `up` may retry
+        # at once on the same ports (an --upstream the user agreed to change).
+        self._stack += [http_sock.close, pg_sock.close]
         if settings.upstream_url is None:
             await self._launch_postgres()
         from neon_local.auth.keys import KeyRing

@@ -310,6 +310,40 @@ def test_changes_to_the_upstream_wait_for_consent(upstream, tmp_path):
     assert upstream_query(upstream, stub_schemas, dbname="fresh") == [(2,)]
 
 
+def test_yes_in_the_terminal_makes_the_changes_and_serves_on_the_ports_asked_for(upstream, tmp_path):
+    with psycopg.connect(dbname="postgres", **upstream["admin"]) as conn:
+        conn.execute("create database asked")
+    http_port, pg_port = free_port(), free_port()
+    command = " ".join([sys.executable, "-m", "neon_local", "up", "--upstream", shlex.quote(upstream["url"].replace("/app", "/asked")),
+                        "--http-port", str(http_port), "--pg-port", str(pg_port)])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEON_LOCAL_")}
+    with subprocess.Popen(["script", "-qec", command, "/dev/null"], cwd=tmp_path, env=env, stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as up_process:
+        out = b""
+        while b"Make these changes? [y/N]" not in out:
+            out += up_process.stdout.read1(4096)
+        up_process.stdin.write(b"y\n")
+        up_process.stdin.flush()
+        while b"Press Ctrl-C to stop." not in out and b"error:" not in out:
+            chunk = up_process.stdout.read1(4096)
+            assert chunk, out.decode(errors="replace")
+            out += chunk
+        assert b"Press Ctrl-C to stop." in out, out.decode(errors="replace")
+        response = httpx.post(f"http://127.0.0.1:{http_port}/sql", json={"query": "select auth.user_id() as uid", "params": []},
+                              headers={"Neon-Connection-String": "postgresql://authenticated@127.0.0.1/asked",
+                                       "Authorization": f"Bearer {token_from_the_cli(tmp_path)}"})
+        assert response.json()["rows"] == [{"uid": "user_alice"}]
+        up_process.stdin.write(b"\x03")
+        up_process.stdin.flush()
+        assert up_process.wait(60) == 0
+
+
+def token_from_the_cli(project: Path) -> str:
+    result = neon_local("token", "alice", cwd=project)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
 def test_an_unreachable_upstream_is_a_clear_error(tmp_path):
     result = up(f"postgresql://postgres:x@127.0.0.1:{free_port()}/app", tmp_path)
     assert result.returncode != 0

@@ -8,8 +8,9 @@ differences that follow from not owning the server:
 - pg_session_jwt cannot be put in the server's share directory, so the stub goes in as plain SQL
   run by USER (a superuser), and its instance secret lives in a table only superusers can read
   instead of a file in the data directory;
-- the server is checked before anything changes (reachable, PostgreSQL 14+, USER a superuser), and
-  each change made to it is logged.
+- the server is checked first (reachable, PostgreSQL 14+, USER a superuser), what it needs is listed,
+  and nothing changes without the user's consent (`upstream_yes`, or `up` asking); each change made
+  is logged.
 """
 
 from __future__ import annotations
@@ -118,8 +119,7 @@ class Upstream:
     def __init__(self, url: UpstreamUrl) -> None:
         self.url = url
         self.session_secret = b""
-        self.version = ""
-        self.pid = None  # not ours: nothing to supervise
+        self.version = ""  # the server's, once started
         # The proxy's way in per role (a password, or the SCRAM key a TCP client proved), and the last password
         # seen per role: libpq, which opens the pooled connections, can only log in with a password.
         self._logins: dict[str, ClientCredential] = {url.user: ClientCredential(password=url.password.encode())}
