@@ -352,7 +352,7 @@ async def connect(conninfo: str) -> PgConnection:
 async def _startup_error(conninfo: str) -> dict[str, str] | None:
     """Replay the startup by hand to read the ErrorResponse's fields, which libpq only gives as text."""
     params = conninfo_to_dict(conninfo)
-    host, port = str(params["host"]), int(params.get("port", 5432))
+    host, port = str(params["host"]), int(params.get("port") or 5432)
     startup = {"user": params.get("user"), "database": params.get("dbname"), "options": params.get("options")}
     body = struct.pack("!i", 196608) + b"".join(
         k.encode() + b"\0" + str(v).encode() + b"\0" for k, v in startup.items() if v) + b"\0"
