@@ -12,8 +12,8 @@ from pathlib import Path
 from bench.common import ROUNDS
 
 MODULES = ["bench.bench_engine", "bench.bench_cli", "bench.bench_auth", "bench.bench_stub", "bench.bench_http", "bench.bench_data_api",
-           "bench.bench_wire", "bench.bench_pytest", "bench.bench_limits", "bench.bench_codegen", "bench.bench_tenancy",
-           "bench.bench_image"]
+           "bench.bench_wire", "bench.bench_websocket", "bench.bench_capacity", "bench.bench_pytest", "bench.bench_limits",
+           "bench.bench_codegen", "bench.bench_tenancy", "bench.bench_image"]
 
 
 def machine() -> str:
