@@ -149,17 +149,13 @@ async def apply_settings(emulator, settings: Settings) -> None:
         if provider not in settings.providers:  # removed or changed (another URL or file): drop its keys
             services.providers.forget(provider)
     services.verifier.use_settings(settings)
-    # The services read these at construction; they are swapped here rather than rebuilt, so that pools,
-    # sessions and requests in flight carry on.
-    services.issuer._settings = settings
-    services.sql._jwt_roles = frozenset(settings.jwt_roles)
-    services.sql.limits = limits
-    services.pg_proxy.settings = settings
-    services.pg_proxy.context.jwt_roles = settings.jwt_roles
-    services.pg_proxy.context.limits = limits
+    # Swapped in rather than rebuilt, so that pools, sessions and requests in flight carry on.
+    services.issuer.use_settings(settings)
+    services.sql.use_settings(settings, limits)
+    services.pg_proxy.use_settings(settings, limits)
     services.control_plane.tenancy = settings.tenancy and replace(
         settings.tenancy, template=settings.tenancy.template or settings.database)
     if services.data_api is not None:
-        services.data_api.settings = settings
+        services.data_api.use_settings(settings, limits)
     if services.console is not None:
         services.console.settings = settings

@@ -115,6 +115,8 @@ async def test_edits_apply_while_requests_are_in_flight_and_bad_edits_are_kept_o
         assert emulator.reloader.error is None and emulator.state()["config_error"] is None
         answers = [await sql(emulator, "select 1 as one", carol) for _ in range(4)]  # 0.05/s for a minute: 3
         assert [a.status_code for a in answers] == [200, 200, 200, 429], answers[3].text
+        services = emulator.services  # one set of limits for every path, the reloaded one
+        assert services.data_api.limits is services.sql.limits is services.pg_proxy.context.limits
 
         # A provider whose key source changes: tokens signed with the old keys stop working, the new ones work.
         other_keys = KeyRing.load_or_create(tmp_path / "other-keys")

@@ -85,6 +85,10 @@ class Issuer:
         self._prefix = urlsplit(self.issuer_url).path
         self._codes: dict[str, _Grant] = {}
 
+    def use_settings(self, settings: Settings) -> None:
+        """Mint for the test users of `settings` from now on (live reload)."""
+        self._settings = settings
+
     def url(self, path: str) -> str:
         return self.issuer_url + path
 

@@ -144,6 +144,11 @@ class DataApi:
         self._loading: dict[str, asyncio.Future] = {}
         self._set_up: dict[str, asyncio.Future] = {}
 
+    def use_settings(self, settings, limits: ClientLimits) -> None:
+        """Serve with the tenancy, users and limits of `settings` from now on (live reload)."""
+        self.settings = settings
+        self.limits = limits
+
     @property
     def _verify_role(self) -> str:
         # Neon takes tokens for the Data API from the providers whose role_names list authenticator;

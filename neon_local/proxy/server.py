@@ -300,6 +300,12 @@ class PgProxyServer:
         self.clients: set[IdleClient] = set()  # TCP and WebSocket client channels, for the idle limit
         self._idle_sweeper: asyncio.Task | None = None
 
+    def use_settings(self, settings: Settings, limits: ClientLimits) -> None:
+        """New sessions use the JWT roles and limits of `settings` (live reload); open ones carry on."""
+        self.settings = settings
+        self.context.jwt_roles = settings.jwt_roles
+        self.context.limits = limits
+
     async def open_backend_socket(self) -> Conduit:
         """The private Unix socket of our Postgres, or TCP to an upstream one (`--upstream`)."""
         _, conduit = await self.cluster.open_connection(Conduit)

@@ -227,6 +227,13 @@ class SqlOverHttp:
         self._body_timeout = settings.http_idle_timeout
         self.limits = ClientLimits.of(settings)
 
+    def use_settings(self, settings: Settings, limits: ClientLimits) -> None:
+        """Serve requests with the JWT roles and limits of `settings` from now on (live reload); pooled
+        connections and requests in flight carry on."""
+        self.settings = settings
+        self._jwt_roles = frozenset(settings.jwt_roles)
+        self.limits = limits
+
     async def handle_options(self, request: web.Request) -> web.Response:
         headers = {**OPTIONS_HEADERS, "neon-request-id": _request_id(request)}
         # Private Network Access: a public page may reach this machine only from an allowed origin.
