@@ -115,6 +115,9 @@ class Provider:
         return self.id == BUILTIN_PROVIDER_ID
 
 
+UPSTREAM_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
 @dataclass(frozen=True)
 class UpstreamUrl:
     """The `upstream` setting taken apart: where the Postgres neon-local fronts listens, and who logs in there."""
@@ -124,18 +127,24 @@ class UpstreamUrl:
     user: str
     password: str
     dbname: str
+    sslmode: str = "prefer"  # libpq's meaning, for neon-local's own connections and the proxy's alike
+    sslrootcert: str = ""  # the CA that verify-ca and verify-full check the server's certificate against
 
     @classmethod
     def parse(cls, url: str, origin: str = "the upstream setting (--upstream)") -> UpstreamUrl:
         parts = urlsplit(url)
+        query = dict(parse_qsl(parts.query))
         problem = None
         if parts.scheme not in ("postgresql", "postgres"):
             problem = "must start with postgresql://"
         elif not parts.hostname or not parts.username:
             problem = "must name a user and a host"
-        elif parts.query and any(k == "sslmode" and v not in ("disable", "allow", "prefer")
-                                 for k, v in parse_qsl(parts.query)):
-            problem = "asks for TLS, which neon-local cannot speak to an upstream yet (use sslmode=disable, or reach it over an SSH tunnel)"
+        elif set(query) - {"sslmode", "sslrootcert"}:
+            problem = f"has parameters neon-local does not take ({', '.join(sorted(set(query) - {'sslmode', 'sslrootcert'}))})"
+        elif query.get("sslmode", "prefer") not in UPSTREAM_SSLMODES:
+            problem = f"has sslmode={query['sslmode']}; libpq's are {', '.join(UPSTREAM_SSLMODES)}"
+        elif query.get("sslmode", "").startswith("verify") and not query.get("sslrootcert"):
+            problem = f"has sslmode={query['sslmode']} without sslrootcert=PATH (the CA that signed the server's certificate)"
         try:
             port = parts.port or 5432
         except ValueError:
@@ -144,8 +153,8 @@ class UpstreamUrl:
             raise ConfigError(f"{origin} {problem}: postgresql://USER:PASSWORD@HOST:PORT/DB, e.g. "
                               "postgresql://postgres:secret@127.0.0.1:5432/app.")
         host, user = cast(str, parts.hostname), cast(str, parts.username)  # both checked above
-        return cls(unquote(host), port, unquote(user), unquote(parts.password or ""),
-                   unquote(parts.path.lstrip("/")))
+        return cls(unquote(host), port, unquote(user), unquote(parts.password or ""), unquote(parts.path.lstrip("/")),
+                   query.get("sslmode", "prefer"), os.path.expanduser(query.get("sslrootcert", "")))
 
     @property
     def display(self) -> str:

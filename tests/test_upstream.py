@@ -25,6 +25,7 @@ from psycopg import errors, sql
 from neon_local.app import Emulator
 from neon_local.postgres import session_jwt
 from neon_local.postgres.cluster import RunAs
+from neon_local.proxy import tls
 from neon_local.settings import Settings, load_settings
 from neon_local.testing.server import NeonLocal
 from neon_local.testing.websocket import WebSocketBridge
@@ -62,10 +63,16 @@ def upstream(tmp_path_factory):
                     "--auth=scram-sha-256", f"--pwfile={pwfile}", "--encoding=UTF8", "--locale=C", "--no-sync"],
                    check=True, capture_output=True)
     port = free_port()
+    tls_files = tls.ensure_tls(root / "tls")  # a CA and a certificate for 127.0.0.1, as a team server would have
+    for pem in (tls_files.server_cert, tls_files.server_key):
+        pem.chmod(0o600)
+        run_as.give(pem)
+    run_as.give(tls_files.directory)
     with open(root / "postgres.log", "ab") as log:
         server = subprocess.Popen([*run_as.prefix(), str(PG15 / "postgres"), "-D", str(root / "pgdata"),
                                    "-c", "listen_addresses=127.0.0.1", "-c", f"port={port}",
-                                   "-c", f"unix_socket_directories={root}", "-c", "fsync=off"],
+                                   "-c", f"unix_socket_directories={root}", "-c", "fsync=off", "-c", "ssl=on",
+                                   "-c", f"ssl_cert_file={tls_files.server_cert}", "-c", f"ssl_key_file={tls_files.server_key}"],
                                   stdout=log, stderr=log, start_new_session=True)
     admin = {"host": "127.0.0.1", "port": port, "user": "postgres", "password": PASSWORD, "autocommit": True}
     deadline = time.monotonic() + 60
@@ -79,7 +86,9 @@ def upstream(tmp_path_factory):
             if server.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError((root / "postgres.log").read_text()) from None
             time.sleep(0.1)
-    yield {"port": port, "admin": admin, "url": f"postgresql://postgres:{PASSWORD.replace(' ', '%20')}@127.0.0.1:{port}/app"}
+    url = f"postgresql://postgres:{PASSWORD.replace(' ', '%20')}@127.0.0.1:{port}/app"
+    yield {"port": port, "admin": admin, "url": url, "ca": tls_files.ca_cert,
+           "verified_url": f"{url}?sslmode=verify-full&sslrootcert={tls_files.ca_cert}"}
     server.terminate()
     server.wait(30)
 
@@ -87,7 +96,7 @@ def upstream(tmp_path_factory):
 @pytest.fixture(scope="module")
 async def emulator(upstream, tmp_path_factory):
     root = tmp_path_factory.mktemp("fronting")
-    settings = Settings(project_dir=root, data_dir=root / "data", http_port=0, pg_port=0, upstream=upstream["url"],
+    settings = Settings(project_dir=root, data_dir=root / "data", http_port=0, pg_port=0, upstream=upstream["verified_url"],
                         upstream_yes=True)
     emu = Emulator(settings, write_state=False)
     await emu.start()
@@ -130,6 +139,18 @@ async def test_the_upstream_got_the_roles_and_the_stub_as_plain_sql(emulator, up
     assert [f for (f,) in functions] == ["init", "jwt", "jwt_session_init", "session", "uid", "user_id"]
     assert emulator.state()["postgres"]["version"].startswith("15.")
     assert emulator.state()["postgres"]["upstream"] == upstream["url"].replace(f":{PASSWORD.replace(' ', '%20')}", "")
+
+
+async def test_every_connection_to_the_upstream_is_encrypted_and_verified(emulator):
+    """sslmode=verify-full: libpq's connections (pools, neon-local's own) and the proxy's raw ones alike."""
+    query = "select ssl from pg_stat_ssl where pid = pg_backend_pid()"
+    over_http = await post_sql(emulator, query, user="alice")
+    assert over_http.json()["rows"] == [{"ssl": True}], over_http.text
+    async with await tcp_as(emulator, "bob") as bob:
+        assert (await (await bob.execute(query)).fetchone()) == (True,)
+    e = emulator.endpoints
+    async with await psycopg.AsyncConnection.connect(e.owner_url) as owner:
+        assert (await (await owner.execute(query)).fetchone()) == (True,)
 
 
 async def test_sql_over_http_as_owner_and_as_alice(emulator):
@@ -356,6 +377,13 @@ def test_a_user_without_rights_is_refused_before_anything_changes(upstream, tmp_
     assert result.returncode != 0
     assert "plain_user is not a superuser on the upstream" in result.stderr
     assert 'ALTER ROLE "plain_user" SUPERUSER;' in result.stderr
+
+
+def test_a_certificate_from_another_ca_is_refused(upstream, tmp_path):
+    other_ca = tls.ensure_tls(tmp_path / "other-ca").ca_cert
+    result = up(upstream["verified_url"].replace(str(upstream["ca"]), str(other_ca)), tmp_path)
+    assert result.returncode != 0
+    assert "certificate verify failed" in result.stderr and "Check sslmode and sslrootcert in the URL" in result.stderr
 
 
 def test_a_wrong_password_and_a_missing_database_say_what_to_do(upstream, tmp_path):

@@ -21,6 +21,7 @@ import hashlib
 import hmac
 import itertools
 import logging
+import ssl
 
 import psycopg
 from psycopg import sql
@@ -34,6 +35,7 @@ from neon_local.postgres.bootstrap import grant_role
 from neon_local.postgres.cluster import SUPERUSER
 from neon_local.postgres.extension_path import STUB_FILES_DIR
 from neon_local.settings import Settings, UpstreamUrl
+from neon_local.wire import messages
 
 __all__ = ["MIN_VERSION", "Upstream", "UpstreamChangesNeeded", "UpstreamError", "stub_sql"]
 
@@ -88,6 +90,18 @@ class _Plan:
         return self.apply
 
 
+def _tls_context(url: UpstreamUrl) -> ssl.SSLContext | None:
+    """What libpq's sslmode means for the proxy's own connections ("allow" tries plaintext, as libpq does first)."""
+    if url.sslmode in ("disable", "allow"):
+        return None
+    context = ssl.create_default_context(cafile=url.sslrootcert or None)
+    if url.sslmode != "verify-full":
+        context.check_hostname = False
+    if not url.sslmode.startswith("verify"):
+        context.verify_mode = ssl.CERT_NONE  # require, prefer: encrypted, the server not checked (as libpq)
+    return context
+
+
 async def _row(conn: psycopg.AsyncConnection, query: str, params: tuple = ()) -> tuple:
     """The one row a query about the catalog returns."""
     row = await (await conn.execute(query, params)).fetchone()
@@ -118,6 +132,7 @@ class Upstream:
 
     def __init__(self, url: UpstreamUrl) -> None:
         self.url = url
+        self._tls = _tls_context(url)  # for the proxy's connections; libpq reads sslmode itself
         self.session_secret = b""
         self.version = ""  # the server's, once started
         # The proxy's way in per role (a password, or the SCRAM key a TCP client proved), and the last password
@@ -133,11 +148,28 @@ class Upstream:
         """libpq parameters for `user` (neon-local's superuser name means the URL's user) on `dbname`."""
         login = self.url.user if user == SUPERUSER else user
         password = self._passwords[login].decode() if login in self._passwords else None
+        tls = {"sslmode": self.url.sslmode, **({"sslrootcert": self.url.sslrootcert} if self.url.sslrootcert else {})}
         return make_conninfo(host=self.url.host, port=self.url.port, user=login, dbname=dbname, password=password,
-                             connect_timeout=str(CONNECT_TIMEOUT), **params)
+                             connect_timeout=str(CONNECT_TIMEOUT), **tls, **params)
 
     async def open_connection(self, protocol_factory):
-        return await asyncio.get_running_loop().create_connection(protocol_factory, self.url.host, self.url.port)
+        """A connection for the proxy (a `Conduit` from `protocol_factory`), in TLS when sslmode asks, as libpq does:
+        SSLRequest, then the handshake if the server answers S; "prefer" goes on in plaintext if it answers N."""
+        loop = asyncio.get_running_loop()
+        transport, conduit = await loop.create_connection(protocol_factory, self.url.host, self.url.port)
+        if self._tls is None:
+            return transport, conduit
+        try:
+            conduit.write(messages.ssl_request())
+            answer = await conduit.read()
+            if answer == b"S":
+                conduit.transport = await loop.start_tls(transport, conduit, self._tls, server_hostname=self.url.host)
+            elif answer != b"N" or self.url.sslmode != "prefer":
+                raise ConnectionRefusedError(f"the upstream does not offer TLS, which sslmode={self.url.sslmode} requires")
+        except BaseException:
+            transport.close()
+            raise
+        return conduit.transport, conduit
 
     def credential(self, role: str) -> ClientCredential | None:
         return self._logins.get(role)
@@ -193,6 +225,9 @@ class Upstream:
         elif "does not exist" in reason and "database" in reason:
             step = (f"Create the database first (createdb -h {self.url.host} -p {self.url.port} -U {self.url.user} {dbname}), "
                     "or name an existing one in the URL.")
+        elif "certificate" in reason or "SSL" in reason:
+            step = ("Check sslmode and sslrootcert in the URL: verify-ca and verify-full need the CA that signed the server's "
+                    "certificate, require needs a server with ssl = on.")
         elif "pg_hba.conf" in reason:
             step = f"Allow {self.url.user} to connect from this machine in the server's pg_hba.conf (host ... scram-sha-256), then reload it."
         else:
