@@ -63,7 +63,9 @@ def upstream(tmp_path_factory):
                     "--auth=scram-sha-256", f"--pwfile={pwfile}", "--encoding=UTF8", "--locale=C", "--no-sync"],
                    check=True, capture_output=True)
     port = free_port()
-    tls_files = tls.ensure_tls(root / "tls")  # a CA and a certificate for 127.0.0.1, as a team server would have
+    # TLS only over TCP, as a team server would have it: a CA and a certificate for 127.0.0.1.
+    (root / "pgdata" / "pg_hba.conf").write_text("local all all scram-sha-256\nhostssl all all 127.0.0.1/32 scram-sha-256\n")
+    tls_files = tls.ensure_tls(root / "tls")
     for pem in (tls_files.server_cert, tls_files.server_key):
         pem.chmod(0o600)
         run_as.give(pem)

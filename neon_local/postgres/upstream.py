@@ -21,7 +21,6 @@ import hashlib
 import hmac
 import itertools
 import logging
-import ssl
 
 import psycopg
 from psycopg import sql
@@ -32,6 +31,7 @@ from neon_local.data_api import setup as data_api_setup
 from neon_local.errors import NeonLocalError
 from neon_local.postgres import session_jwt
 from neon_local.postgres.bootstrap import grant_role
+from neon_local.postgres.client_tls import context_for
 from neon_local.postgres.cluster import SUPERUSER
 from neon_local.postgres.extension_path import STUB_FILES_DIR
 from neon_local.settings import Settings, UpstreamUrl
@@ -90,18 +90,6 @@ class _Plan:
         return self.apply
 
 
-def _tls_context(url: UpstreamUrl) -> ssl.SSLContext | None:
-    """What libpq's sslmode means for the proxy's own connections ("allow" tries plaintext, as libpq does first)."""
-    if url.sslmode in ("disable", "allow"):
-        return None
-    context = ssl.create_default_context(cafile=url.sslrootcert or None)
-    if url.sslmode != "verify-full":
-        context.check_hostname = False
-    if not url.sslmode.startswith("verify"):
-        context.verify_mode = ssl.CERT_NONE  # require, prefer: encrypted, the server not checked (as libpq)
-    return context
-
-
 async def _row(conn: psycopg.AsyncConnection, query: str, params: tuple = ()) -> tuple:
     """The one row a query about the catalog returns."""
     row = await (await conn.execute(query, params)).fetchone()
@@ -132,7 +120,7 @@ class Upstream:
 
     def __init__(self, url: UpstreamUrl) -> None:
         self.url = url
-        self._tls = _tls_context(url)  # for the proxy's connections; libpq reads sslmode itself
+        self._tls = context_for(url.sslmode, url.sslrootcert)  # the proxy's connections; libpq reads sslmode itself
         self.session_secret = b""
         self.version = ""  # the server's, once started
         # The proxy's way in per role (a password, or the SCRAM key a TCP client proved), and the last password

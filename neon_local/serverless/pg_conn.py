@@ -28,7 +28,9 @@ from psycopg.types.string import TextLoader
 from neon_local.auth.scram import ClientCredential, ScramError, answer_authentication
 from neon_local.errors import PostgresErrorResponse, PostgresUnavailable
 from neon_local.postgres import session_jwt
+from neon_local.postgres.client_tls import context_for
 from neon_local.serverless.json import Column
+from neon_local.wire.messages import ssl_request
 
 __all__ = ["RESET_STATEMENTS", "ConnectionLost", "PgConnection", "PgError", "ResultSink", "Statement", "connect"]
 
@@ -366,12 +368,27 @@ async def _startup_error(conninfo: str) -> dict[str, str] | None:
             connecting = asyncio.open_connection(host, port)
         reader, writer = await asyncio.wait_for(connecting, 5)
         try:
+            if not host.startswith("/") and not await _start_tls(reader, writer, host, params):
+                return None
             writer.write(struct.pack("!i", len(body) + 4) + body)
             return await asyncio.wait_for(_read_startup_error(reader, writer, credential), 5)
         finally:
             writer.close()
     except (TimeoutError, OSError, asyncio.IncompleteReadError, struct.error, PostgresUnavailable, ScramError):
         return None
+
+
+async def _start_tls(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str, params: dict) -> bool:
+    """TLS as libpq started it for the same conninfo (an upstream's sslmode); False if the server will not have it."""
+    context = context_for(str(params.get("sslmode") or "prefer"), str(params.get("sslrootcert") or ""))
+    if context is None:
+        return True
+    writer.write(ssl_request())
+    answer = await asyncio.wait_for(reader.readexactly(1), 5)
+    if answer == b"S":
+        await asyncio.wait_for(writer.start_tls(context, server_hostname=host), 5)
+        return True
+    return params.get("sslmode") in (None, "prefer")
 
 
 async def _read_startup_error(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
