@@ -39,8 +39,10 @@ CREATE UNLOGGED TABLE _pg_session_jwt.backend (
     opad bytea NOT NULL,
     jwk_loaded boolean NOT NULL DEFAULT false,  -- the extension parses the JWK once per backend
     last_jti bigint NOT NULL DEFAULT 0,
-    cached_jwt text,                            -- the last validated token and its payload
-    cached_payload jsonb
+    -- The last validated token, as its SHA-256: the payload is read again from the token itself on the
+    -- rare cache hit. Every token accepted rewrites the row, and a narrow row keeps that write (and the
+    -- row versions it leaves until pruning) cheap: the token and its payload made it ~5x wider.
+    cached_digest bytea
 );
 
 -- Pure helpers. No search_path of their own: they only run inside the entry points below, which pin it.
@@ -60,6 +62,13 @@ AS $$
     SELECT CASE WHEN s ~ '^[A-Za-z0-9_-]*$' AND pg_catalog.length(s) % 4 <> 1 THEN
         pg_catalog.decode(pg_catalog.translate(s, '-_', '+/') || pg_catalog.repeat('=', (4 - pg_catalog.length(s) % 4) % 4), 'base64')
     END
+$$;
+
+-- The payload of a token this backend has validated (so it is unpadded base64url of a JSON object).
+CREATE FUNCTION _pg_session_jwt.payload_of(jwt text) RETURNS jsonb
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+AS $$
+    SELECT pg_catalog.convert_from(_pg_session_jwt.b64url_decode(pg_catalog.split_part(jwt, '.', 2)), 'UTF8')::jsonb
 $$;
 
 -- An HMAC-SHA256 key block (RFC 2104): the key zero-filled to 64 bytes, each byte XORed with fill
@@ -184,7 +193,7 @@ BEGIN
     VALUES (me_pid, me_start, me_jwk, _pg_session_jwt.hmac_pad(conn_key, 54), _pg_session_jwt.hmac_pad(conn_key, 92), true)
     ON CONFLICT (pid) DO UPDATE
         SET backend_start = excluded.backend_start, jwk = excluded.jwk, ipad = excluded.ipad, opad = excluded.opad,
-            jwk_loaded = true, last_jti = 0, cached_jwt = NULL, cached_payload = NULL
+            jwk_loaded = true, last_jti = 0, cached_digest = NULL
     RETURNING * INTO state;
     RETURN state;
 END
@@ -316,10 +325,14 @@ LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
     state _pg_session_jwt.backend;
-    first_dot integer := pg_catalog.strpos(jwt, '.');
     -- The signed part ends at the last dot and the payload starts after the first; the header is never read.
-    last_dot integer := pg_catalog.length(jwt) + 1 - pg_catalog.strpos(pg_catalog.reverse(jwt), '.');
-    signature text := pg_catalog.substr(jwt, last_dot + 1);
+    -- Positions are bytes, cut from the token as bytea: character positions in a UTF-8 text cost a
+    -- walk over the whole token for each strpos(), substr() or reverse().
+    token bytea := pg_catalog.convert_to(jwt, 'UTF8');
+    first_dot integer := pg_catalog.position(token, '\x2e'::bytea);  -- POSITION('.' IN token)
+    signature text := pg_catalog.split_part(jwt, '.', -1);
+    last_dot integer := pg_catalog.octet_length(jwt) - pg_catalog.octet_length(signature);  -- 0 without a dot
+    digest bytea := pg_catalog.sha256(token);
     payload jsonb;
     jti bigint;
     nbf bigint;
@@ -331,9 +344,10 @@ BEGIN
     IF NOT FOUND THEN
         state := _pg_session_jwt.loaded_state();
     END IF;
-    IF state.cached_jwt = jwt THEN
-        PERFORM _pg_session_jwt.publish(jwt, state.cached_payload);
-        RETURN state.cached_payload;
+    IF state.cached_digest = digest THEN
+        payload := _pg_session_jwt.payload_of(jwt);
+        PERFORM _pg_session_jwt.publish(jwt, payload);
+        RETURN payload;
     END IF;
 
     IF first_dot = 0 OR last_dot <= first_dot THEN
@@ -346,14 +360,14 @@ BEGIN
     -- Comparing digests keeps the comparison's timing independent of how much of the MAC was guessed.
     IF pg_catalog.sha256(pg_catalog.convert_to(signature, 'UTF8')) <> pg_catalog.sha256(pg_catalog.convert_to(
            _pg_session_jwt.b64url_encode(_pg_session_jwt.hmac(state.ipad, state.opad,
-               pg_catalog.convert_to(pg_catalog.substr(jwt, 1, last_dot - 1), 'UTF8'))), 'UTF8')) THEN
+               pg_catalog.substr(token, 1, last_dot - 1))), 'UTF8')) THEN
         RAISE EXCEPTION 'invalid JWT signature' USING ERRCODE = '23514';
     END IF;
 
     BEGIN
         -- NULL when the payload is not unpadded base64url
         payload := pg_catalog.convert_from(_pg_session_jwt.b64url_decode(
-                       pg_catalog.substr(jwt, first_dot + 1, last_dot - first_dot - 1)), 'UTF8')::jsonb;
+                       pg_catalog.convert_from(pg_catalog.substr(token, first_dot + 1, last_dot - first_dot - 1), 'UTF8')), 'UTF8')::jsonb;
     EXCEPTION WHEN data_exception THEN  -- not UTF-8, or not JSON
         RAISE EXCEPTION 'could not parse JWT component' USING ERRCODE = '42804', DETAIL = SQLERRM;
     END;
@@ -396,7 +410,7 @@ BEGIN
         END IF;
     END IF;
 
-    UPDATE _pg_session_jwt.backend AS b SET last_jti = jti, cached_jwt = jwt, cached_payload = payload
+    UPDATE _pg_session_jwt.backend AS b SET last_jti = jti, cached_digest = digest
     WHERE b.pid = state.pid;
     PERFORM _pg_session_jwt.publish(jwt, payload);
     RETURN payload;
@@ -416,7 +430,6 @@ DECLARE
     jwt text := pg_catalog.current_setting('pg_session_jwt.jwt', true);
     me_pid integer;
     me_start text;
-    payload jsonb;
 BEGIN
     IF pg_catalog.current_setting('pg_session_jwt.jwk', true) IS NULL THEN
         RETURN _pg_session_jwt.parse_json(pg_catalog.current_setting('request.jwt.claims', true));
@@ -425,18 +438,16 @@ BEGIN
     IF jwt IS NULL OR jwt = '' THEN
         RETURN NULL;
     END IF;
-    SELECT s.cached_payload INTO payload FROM _pg_session_jwt.current_state() AS s WHERE s.cached_jwt = jwt;
-    IF FOUND THEN
-        RETURN payload;
+    IF (_pg_session_jwt.current_state()).cached_digest = pg_catalog.sha256(pg_catalog.convert_to(jwt, 'UTF8')) THEN
+        RETURN _pg_session_jwt.payload_of(jwt);
     END IF;
     -- A parallel worker reads its leader's row, found through the statistics.
     SELECT c.pid, c.backend_start INTO me_pid, me_start FROM _pg_session_jwt.current_backend() AS c;
     IF me_pid <> pg_catalog.pg_backend_pid() THEN
-        SELECT b.cached_payload INTO payload
-        FROM _pg_session_jwt.backend AS b
-        WHERE b.pid = me_pid AND b.backend_start = me_start AND b.cached_jwt = jwt;
+        PERFORM FROM _pg_session_jwt.backend AS b
+        WHERE b.pid = me_pid AND b.backend_start = me_start AND b.cached_digest = pg_catalog.sha256(pg_catalog.convert_to(jwt, 'UTF8'));
         IF FOUND THEN
-            RETURN payload;
+            RETURN _pg_session_jwt.payload_of(jwt);
         END IF;
     END IF;
     RETURN _pg_session_jwt.verify(jwt);
