@@ -53,6 +53,7 @@ def owner_db(cluster):
         admin.execute("DROP DATABASE IF EXISTS engine_app WITH (FORCE)")
         admin.execute("CREATE DATABASE engine_app TEMPLATE neondb OWNER neondb_owner")
     with psycopg.connect(cluster.conninfo(user="neondb_owner", dbname="engine_app"), autocommit=True) as owner:
+        owner.execute("DROP TABLE IF EXISTS todos")  # the template, the shared neondb, may hold another module's
         owner.execute(DRIZZLE_MIGRATION)
     yield "engine_app"
 
