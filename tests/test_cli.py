@@ -45,6 +45,12 @@ def test_up_detach_status_psql_down_reset(project):
         assert again.returncode == 1 and "already running" in again.stderr
         human = neon_local("status", cwd=project)
         assert f"Postgres {state['pg_port']}" in human.stdout
+        owner = neon_local("psql", "-XAtc", "select current_user", cwd=project)  # the system's psql, over TLS
+        assert owner.returncode == 0 and owner.stdout.strip() == "neondb_owner", owner.stderr
+        no_psql_on_path = {"PATH": str(project)}  # the embedded psql, which has no TLS
+        alice = neon_local("psql", "--as", "alice", "-XAtc", "select auth.user_id()", cwd=project, env=no_psql_on_path)
+        assert alice.returncode == 0 and alice.stdout.strip() == "user_alice", alice.stderr
+        assert "using the embedded one" in alice.stderr
         refused = neon_local("reset", "--yes", cwd=project)
         assert refused.returncode == 1 and "neon-local down" in refused.stderr
     finally:

