@@ -4,6 +4,11 @@ This is only an adapter: frames become bytes for the same `Session` the TCP list
 are concatenated regardless of message boundaries, a text frame is fatal, closing is EOF, and
 each write the session or relay makes goes out as one binary frame. There is no TLS inside the
 tunnel (the HTTP server's own TLS, if any, counts as the connection's security).
+
+A frame goes straight onto the HTTP connection's transport when nothing is queued before it (a
+whole frame per write, so aiohttp's own close frame never interleaves with one); only a full
+transport buffer queues frames for a task that waits on aiohttp's drain. A query's answer thus
+costs no task of its own.
 """
 
 from __future__ import annotations
@@ -26,6 +31,15 @@ LOW_WATER = 256 * 1024
 TEXT_FRAME = "unexpected text message in the websocket"
 
 
+def binary_frame_header(length: int) -> bytes:
+    """RFC 6455's header of one unmasked, final binary frame (a server's) carrying `length` bytes."""
+    if length < 126:
+        return bytes((0x82, length))
+    if length < 1 << 16:
+        return bytes((0x82, 126)) + length.to_bytes(2, "big")
+    return bytes((0x82, 127)) + length.to_bytes(8, "big")
+
+
 class WebSocketChannel:
     """A `ClientChannel` over an aiohttp WebSocket."""
 
@@ -34,9 +48,10 @@ class WebSocketChannel:
     def __init__(self, ws: web.WebSocketResponse, request: web.Request, password_refusal: str | None = None) -> None:
         self._ws = ws
         self.password_refusal = password_refusal
-        self.last_active = asyncio.get_running_loop().time()
+        self._loop = asyncio.get_running_loop()
+        self.last_active = self._loop.time()
         self._last_sent = b""
-        transport = request.transport
+        transport = self._transport = request.transport
         self.is_tls = transport is not None and transport.get_extra_info("sslcontext") is not None
         self.is_loopback = is_loopback(transport.get_extra_info("peername") if transport else None)
         self._outgoing: collections.deque[bytes] = collections.deque()
@@ -47,11 +62,11 @@ class WebSocketChannel:
         self._sender: asyncio.Task | None = None
         self._finisher: asyncio.Task | None = None
         self._closing = False
-        self.done = asyncio.get_running_loop().create_future()
+        self.done = self._loop.create_future()
 
     async def read(self) -> bytes:
         message = await self._ws.receive()
-        self.last_active = asyncio.get_running_loop().time()
+        self.last_active = self._loop.time()
         if message.type == WSMsgType.BINARY:
             data: bytes = message.data
             return data
@@ -62,14 +77,19 @@ class WebSocketChannel:
     def write(self, data: bytes) -> None:
         if self._closing or self._ws.closed:
             return
-        self.last_active = asyncio.get_running_loop().time()
+        self.last_active = self._loop.time()
         self._last_sent = data[-6:]
+        transport = self._transport
+        if not self._outgoing and transport is not None and transport.get_write_buffer_size() < HIGH_WATER:
+            if not transport.is_closing():
+                transport.write(binary_frame_header(len(data)) + data)
+            return
         self._outgoing.append(data)
         self._queued += len(data)
         if self._queued > HIGH_WATER and self._backend is not None:
             self._backend.pause_reading()
         if self._sender is None:
-            self._sender = asyncio.get_running_loop().create_task(self._send_all())
+            self._sender = self._loop.create_task(self._send_all())
 
     async def _send_all(self) -> None:
         try:
