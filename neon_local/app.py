@@ -26,6 +26,7 @@ from neon_local.state import STATE_FILENAME, read_state
 # The server's libraries (aiohttp, psycopg, joserfc, pglast: ~0.4 s) are imported in start(), once Postgres is
 # starting: on a second core, its start-up then costs no wall time.
 if TYPE_CHECKING:
+    from neon_local.migrations import MigrationWatcher
     from neon_local.postgres.upstream import Upstream
     from neon_local.reload import ConfigReloader
     from neon_local.services import Services
@@ -104,6 +105,7 @@ class Emulator:
         self._state_written = False
         self.started_at: float | None = None
         self.reloader: ConfigReloader | None = None  # while neon_local.toml is watched
+        self.migrator: MigrationWatcher | None = None  # with --migrations
         self.cluster: PostgresCluster | Upstream  # once started
         self.binaries: PgBinaries  # once started, with the embedded Postgres
 
@@ -186,6 +188,12 @@ class Emulator:
             self.reloader = ConfigReloader(self)
             self.reloader.start()
             self._stack.append(self.reloader.stop)
+        if settings.migrations is not None:
+            from neon_local.migrations import MigrationWatcher
+
+            self.migrator = MigrationWatcher(self, settings.migrations, settings.migrations_watch)
+            self._stack.append(self.migrator.stop)
+            await self.migrator.start()
         if isinstance(self.cluster, PostgresCluster):
             self._supervisor = asyncio.create_task(self._supervise_postgres())
         self.started_in = time.perf_counter() - began
@@ -245,6 +253,7 @@ class Emulator:
             "tls_ca": str(services.pg_proxy.tls_files.ca_cert),
             "started_in": round(self.started_in or 0, 3),
             "config_error": self.reloader.error if self.reloader else None,
+            "migration_error": self.migrator.error if self.migrator else None,
         }
 
     def config_changed(self) -> None:

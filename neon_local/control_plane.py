@@ -340,11 +340,15 @@ class ControlPlane:
         try:
             if await admin.first_row("select 1 from pg_catalog.pg_database where datname = $1", [dbname]):
                 return
+            # Owned as the template is (the owner's), so the owner's migrations reach the copy too.
+            owner = await admin.first_row("select pg_catalog.pg_get_userbyid(datdba) from pg_catalog.pg_database"
+                                          " where datname = $1", [template])
+            owned_by = f" OWNER {_quote_ident(owner[0])}" if owner else ""
             for attempt in range(TEMPLATE_BUSY_RETRIES + 1):
                 # Sessions on the template block the copy: our own idle pooled ones go first.
                 await asyncio.gather(*(pool.close_idle(template) for pool in self.pools))
                 try:
-                    await admin.run([Statement(f"CREATE DATABASE {_quote_ident(dbname)} TEMPLATE {_quote_ident(template)}")])
+                    await admin.run([Statement(f"CREATE DATABASE {_quote_ident(dbname)} TEMPLATE {_quote_ident(template)}{owned_by}")])
                     log.info("tenant database %s created from %s", dbname, template)
                     return
                 except PostgresErrorResponse as exc:

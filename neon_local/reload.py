@@ -27,7 +27,7 @@ from neon_local.limits import ClientLimits
 from neon_local.postgres.upstream import UpstreamError
 from neon_local.settings import ConfigError, Settings, load_settings
 
-__all__ = ["RELOADED", "ConfigReloader"]
+__all__ = ["RELOADED", "ConfigReloader", "observe"]
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +36,25 @@ SETTLE_SECONDS = 0.1  # an editor's save is several events (truncate, write, ren
 
 
 class _FileEvents(FileSystemEventHandler):
-    """Calls `notify` (from watchdog's thread) when an event touches `path`."""
+    """Calls `notify` (from watchdog's thread) when an event touches a path that `wanted` accepts."""
 
-    def __init__(self, path: Path, notify: Callable[[], object]) -> None:
-        self._path, self._notify = str(path), notify
+    def __init__(self, wanted: Callable[[str], bool], notify: Callable[[], object]) -> None:
+        self._wanted, self._notify = wanted, notify
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        if self._path in (event.src_path, getattr(event, "dest_path", None)):
+        paths = (event.src_path, getattr(event, "dest_path", None))
+        if any(isinstance(path, str) and path and self._wanted(path) for path in paths):
             self._notify()
+
+
+def observe(directory: Path, wanted: Callable[[str], bool], notify: Callable[[], object]) -> BaseObserver:
+    """A started watchdog observer of `directory` (not its subfolders) calling `notify`, from its own thread, when
+    a file there that `wanted` accepts (by path) is written, created, moved or removed."""
+    observer = Observer()
+    observer.schedule(_FileEvents(wanted, notify), str(directory), recursive=False)
+    observer.daemon = True
+    observer.start()
+    return observer
 
 
 class ConfigReloader:
@@ -63,11 +74,8 @@ class ConfigReloader:
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._observer = observer = Observer()
-        observer.schedule(_FileEvents(self.path, lambda: loop.call_soon_threadsafe(self._changed.set)),
-                          str(self.path.parent), recursive=False)
-        observer.daemon = True
-        observer.start()
+        self._observer = observe(self.path.parent, lambda path: path == str(self.path),
+                                 lambda: loop.call_soon_threadsafe(self._changed.set))
         self._task = loop.create_task(self._run())
 
     async def stop(self) -> None:

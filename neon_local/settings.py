@@ -232,6 +232,12 @@ class Settings:
     live_reload: bool = field(default=True, metadata=_scalar(
         "Apply edits to neon_local.toml (users, roles, providers, tenancy, rate limits, allow-list mode) while running; a file that does not load "
         "is refused and the last good one stays in force."))
+    migrations: Path | None = field(default=None, metadata=_scalar(
+        "Folder of SQL migration files (drizzle-kit's 0000_name.sql, ...) `up` applies as the owner, in file-name order, each once "
+        "(recorded in neon_local.migrations); with [tenancy] also to the template and every tenant database."))
+    migrations_watch: bool = field(default=False, metadata=_scalar(
+        "Apply new migration files as they appear in the migrations folder while running; a failing file is reported and retried "
+        "when it changes."))
     roles: tuple[str, ...] = ()
     role_specs: Mapping[str, RoleSpec] = field(default_factory=dict)  # [roles.NAME] tables; absent: RoleSpec()
     users: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: dict(DEFAULT_USERS))
@@ -465,8 +471,9 @@ def read_config_file(path: Path, text: str | None = None) -> dict[str, Any]:
         else:
             choices = sorted([*known, "users", "jwks", "roles", "tenancy"])
             raise ConfigError(f"{origin}: unknown setting {key!r}. Known settings: {', '.join(choices)}.")
-    if values.get("data_dir") is not None and not values["data_dir"].is_absolute():
-        values["data_dir"] = path.parent / values["data_dir"]
+    for key in ("data_dir", "migrations"):  # relative to the file, wherever the command runs
+        if values.get(key) is not None and not values[key].is_absolute():
+            values[key] = path.parent / values[key]
     return values
 
 
@@ -496,6 +503,7 @@ def load_settings(
         if value is not None:
             scalar = next(s for s in SCALARS if s.name == key)
             values[key] = _coerce(scalar, value, scalar.flag)
-    if values.get("data_dir") is not None and not values["data_dir"].is_absolute():
-        values["data_dir"] = cwd / values["data_dir"]
+    for key in ("data_dir", "migrations"):  # from a flag or env var: relative to where the command runs
+        if values.get(key) is not None and not values[key].is_absolute():
+            values[key] = cwd / values[key]
     return Settings(**values)._with_builtin_roles()

@@ -10,7 +10,7 @@ import pytest
 
 # Imported before pytester's in-process runs snapshot sys.modules (see test_pytest_plugin.py).
 import neon_local.services  # noqa: F401
-from neon_local.testing.migrations import split_statements
+from neon_local.migrations import split_statements
 
 pytest_plugins = ["pytester"]
 
@@ -157,7 +157,7 @@ def test_statements_split_outside_quotes_comments_and_dollar_quotes():
     script = ("-- a; comment\nCREATE TABLE a (x text DEFAULT 'a;b');  /* x; /* nested; */ */\n"
               "CREATE FUNCTION f() RETURNS int AS $body$ SELECT 1; $body$ LANGUAGE sql;\n"
               "SELECT E'it\\'s;', \"we;ird\", $1\n;\nINSERT INTO t VALUES (1)")
-    assert split_statements(script) == [
+    assert [(script.count("\n", 0, offset) + 1, text) for offset, text in split_statements(script)] == [
         (2, "CREATE TABLE a (x text DEFAULT 'a;b')"),
         (3, "CREATE FUNCTION f() RETURNS int AS $body$ SELECT 1; $body$ LANGUAGE sql"),
         (4, "SELECT E'it\\'s;', \"we;ird\", $1\n"),

@@ -88,6 +88,13 @@ def admin_connect(settings: Settings, dbname: str | None):
     """A superuser connection to the running emulator's Postgres over its Unix socket."""
     import psycopg
 
+    return psycopg.connect(socket_conninfo(settings, dbname), autocommit=True)
+
+
+def socket_conninfo(settings: Settings, dbname: str | None, user: str = "cloud_admin") -> str:
+    """libpq parameters for `user` on the running emulator's Postgres, over its Unix socket (which trusts)."""
+    from psycopg.conninfo import make_conninfo
+
     state = read_state(settings.resolved_data_dir)
     if not state:
         fail("neon-local is not running; start it with `neon-local up -d` first.")
@@ -96,8 +103,7 @@ def admin_connect(settings: Settings, dbname: str | None):
     if not sockets:
         fail(f"no Postgres socket in {socket_dir}; is neon-local still starting?")
     port = sockets[0].rsplit(".", 1)[1]
-    return psycopg.connect(host=socket_dir, port=port, user="cloud_admin", dbname=dbname or state["database"],
-                           autocommit=True)
+    return make_conninfo(host=socket_dir, port=port, user=user, dbname=dbname or state["database"])
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

@@ -25,9 +25,14 @@ from neon_local.state import is_live_neon_local, read_state
 
 @click.command()
 @click.option("--detach", "-d", is_flag=True, help="Run in the background; stop it with `neon-local down`.")
+@click.option("--watch", is_flag=True, help="Short for --migrations-watch: apply new files in --migrations DIR as they appear.")
 @settings_options
-def up(settings: Settings, detach: bool) -> None:
+def up(settings: Settings, detach: bool, watch: bool) -> None:
     """Start Postgres, the JWT issuer and the proxy (SQL over HTTP, WebSocket, TCP)."""
+    if watch:
+        if settings.migrations is None:
+            fail("--watch watches the migrations folder: give it with --migrations DIR (or migrations = \"DIR\" in neon_local.toml).")
+        settings = settings.with_overrides(migrations_watch=True)
     if detach:
         _detach(settings)
     else:
@@ -142,6 +147,9 @@ def status(settings: Settings, as_json: bool) -> None:
         if state.get("config_error"):
             click.secho(f"\n  Config error       {state['config_error']}\n"
                         "                     (the last good configuration stays in force until the file loads)", fg="red")
+        if state.get("migration_error"):
+            click.secho(f"\n  Migration error    {state['migration_error']}\n"
+                        "                     (the files after it wait; it is tried again when it changes)", fg="red")
     else:
         click.echo(f"neon-local is not running for {settings.resolved_data_dir}. Start it with `neon-local up`.")
     if not state:

@@ -2,7 +2,7 @@
 
 A tenant's database is `prefix + tenant id`, a copy of the template; the emulator makes one on a tenant's
 first request, `create` makes it ahead of time. `migrate` applies SQL files to the template and to every
-tenant database, each file once per database (recorded in neon_local.tenant_migrations), so new
+tenant database, each file once per database (neon_local/migrations.py, as `up --migrations`), so new
 tenants start migrated and existing ones catch up.
 """
 
@@ -14,13 +14,8 @@ from typing import Any
 
 import click
 
-from neon_local.cli.common import admin_connect, fail, project_options
+from neon_local.cli.common import admin_connect, fail, project_options, socket_conninfo
 from neon_local.settings import Settings, Tenancy
-
-MIGRATIONS_TABLE = """
-create schema if not exists neon_local;
-create table if not exists neon_local.tenant_migrations (name text primary key, applied_at timestamptz not null default now())
-"""
 
 
 def _tenancy(settings: Settings) -> Tenancy:
@@ -85,7 +80,9 @@ def tenants_create(settings: Settings, tenant: str) -> None:
     dbname, template = _dbname(settings, tenant), _template(settings)
     with admin_connect(settings, "postgres") as conn:
         try:
-            conn.execute(f"CREATE DATABASE {_quote(dbname)} TEMPLATE {_quote(template)}")
+            # Owned as the template is (the owner's), as the emulator makes a tenant's database.
+            owner = conn.execute("select pg_get_userbyid(datdba) from pg_database where datname = %s", [template]).fetchone()
+            conn.execute(f"CREATE DATABASE {_quote(dbname)} TEMPLATE {_quote(template)}" + (f" OWNER {_quote(owner[0])}" if owner else ""))
         except psycopg.errors.DuplicateDatabase:
             fail(f'tenant {tenant} already has its database "{dbname}".')
         except psycopg.errors.ObjectInUse:
@@ -114,28 +111,20 @@ def tenants_drop(settings: Settings, tenant: str, yes: bool) -> None:
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @project_options
 def tenants_migrate(settings: Settings, files: tuple[Path, ...]) -> None:
-    """Apply FILES (SQL, in the order given) to the template and every tenant database, each once per database.
+    """Apply FILES (SQL, in the order given) as the owner to the app's database, the template and every tenant
+    database, each once per database (recorded in neon_local.migrations, as `up --migrations` does).
 
-    Each database takes its new files in one transaction; the first failure stops there, naming the
-    database and the file, and leaves that database as it was."""
-    import psycopg
+    Each file runs in a transaction of its own; the first failure stops there, naming the database, the file
+    and its line, and leaves that file out of that database."""
+    from neon_local.migrations import Migration, MigrationFailed, apply_migrations, target_databases
 
-    scripts = [(path.name, path.read_text()) for path in files]
-    with admin_connect(settings, "postgres") as conn:
-        databases = [_template(settings), *(name for name, _ in _tenant_databases(conn, _tenancy(settings).prefix))]
-    for dbname in databases:
-        with admin_connect(settings, dbname) as conn:
-            applied, current = [], "setting up neon_local.tenant_migrations"
-            try:
-                with conn.transaction():
-                    conn.execute(MIGRATIONS_TABLE)
-                    done = {r[0] for r in conn.execute("select name from neon_local.tenant_migrations").fetchall()}
-                    for name, sql in scripts:
-                        if name not in done:
-                            current = name
-                            conn.execute(sql)
-                            conn.execute("insert into neon_local.tenant_migrations (name) values (%s)", [name])
-                            applied.append(name)
-            except psycopg.Error as exc:
-                fail(f'{dbname}: {current} failed, nothing of it applied there: {exc.diag.message_primary or exc}')
-        click.echo(f"{dbname}: " + (", ".join(applied) if applied else "up to date"))
+    _tenancy(settings)
+    migrations = [Migration.read(path) for path in files]
+    for dbname in target_databases(socket_conninfo(settings, "postgres"), settings):
+        try:
+            outcome = apply_migrations(socket_conninfo(settings, dbname, settings.owner), migrations, dbname)
+        except MigrationFailed as exc:
+            fail(str(exc))
+        for name in outcome.changed:
+            click.secho(f"warning: {dbname}: {name} changed since it was applied; it is not run again.", fg="yellow", err=True)
+        click.echo(f"{dbname}: " + (", ".join(outcome.applied) if outcome.applied else "up to date"))
