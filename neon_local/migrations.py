@@ -243,6 +243,7 @@ class MigrationWatcher:
         self.runs = 0
         self._warned: set[tuple[str, str]] = set()  # (database, file) whose changed content was warned about
         self._changed = asyncio.Event()
+        self._pass = asyncio.Lock()  # one pass at a time: a change during the first one waits for it
         self._observer: BaseObserver | None = None
         self._task: asyncio.Task | None = None
 
@@ -279,6 +280,10 @@ class MigrationWatcher:
 
     async def apply(self) -> None:
         """One pass: every database takes the files it has not recorded; a failure is logged and kept in `error`."""
+        async with self._pass:
+            await self._apply()
+
+    async def _apply(self) -> None:
         try:
             outcomes = await asyncio.to_thread(self._apply_everywhere)
         except (MigrationFailed, ConfigError) as exc:
