@@ -241,7 +241,7 @@ class MigrationWatcher:
         self.watch = watch
         self.error: str | None = None
         self.runs = 0
-        self._warned: set[tuple[str, str]] = set()  # (database, file) whose changed content was warned about
+        self._warned: set[tuple[str, str, str]] = set()  # (database, file, hash): each changed content warned once
         self._changed = asyncio.Event()
         self._pass = asyncio.Lock()  # one pass at a time: a change during the first one waits for it
         self._observer: BaseObserver | None = None
@@ -285,7 +285,7 @@ class MigrationWatcher:
 
     async def _apply(self) -> None:
         try:
-            outcomes = await asyncio.to_thread(self._apply_everywhere)
+            migrations, outcomes = await asyncio.to_thread(self._apply_everywhere)
         except (MigrationFailed, ConfigError) as exc:
             self._report(str(exc))
             return
@@ -296,8 +296,8 @@ class MigrationWatcher:
             if outcome.applied:
                 log.info("migrations applied to %s: %s", dbname, ", ".join(outcome.applied))
             for name in outcome.changed:
-                if (dbname, name) not in self._warned:
-                    self._warned.add((dbname, name))
+                if (dbname, name, migrations[name].hash) not in self._warned:
+                    self._warned.add((dbname, name, migrations[name].hash))
                     log.warning("%s changed after it was applied to %s; it is not run again: write a new migration "
                                 "for the change (or `neon-local reset` to start over)", self.folder / name, dbname)
         if self.error is not None:
@@ -313,8 +313,9 @@ class MigrationWatcher:
             self._emulator.config_changed()
         self.runs += 1
 
-    def _apply_everywhere(self) -> dict[str, Applied]:
+    def _apply_everywhere(self) -> tuple[dict[str, Migration], dict[str, Applied]]:
         settings, cluster = self._emulator.settings, self._emulator.cluster  # the live ones: [tenancy] reloads
         migrations = read_folder(self.folder)
-        return {dbname: apply_migrations(cluster.conninfo(user=settings.owner, dbname=dbname), migrations, dbname)
-                for dbname in target_databases(cluster.conninfo(dbname="postgres"), settings)}
+        return {m.name: m for m in migrations}, {
+            dbname: apply_migrations(cluster.conninfo(user=settings.owner, dbname=dbname), migrations, dbname)
+            for dbname in target_databases(cluster.conninfo(dbname="postgres"), settings)}
