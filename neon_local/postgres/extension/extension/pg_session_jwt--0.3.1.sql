@@ -47,20 +47,24 @@ CREATE UNLOGGED TABLE _pg_session_jwt.backend (
 
 -- Pure helpers. No search_path of their own: they only run inside the entry points below, which pin it.
 
--- base64url without padding (RFC 7515 §2), the encoding of every JWT segment.
+-- base64url without padding (RFC 7515 §2), the encoding of every JWT segment. replace(), not
+-- translate(): translate() looks each character up in its lists, ~10 us for a token's payload.
 CREATE FUNCTION _pg_session_jwt.b64url_encode(data bytea) RETURNS text
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
 AS $$
-    SELECT pg_catalog.rtrim(pg_catalog.translate(pg_catalog.encode(data, 'base64'), '+/' || pg_catalog.chr(10), '-_'), '=')
+    SELECT pg_catalog.rtrim(pg_catalog.replace(pg_catalog.replace(pg_catalog.replace(
+        pg_catalog.encode(data, 'base64'), '+', '-'), '/', '_'), pg_catalog.chr(10), ''), '=')
 $$;
 
 -- NULL unless s is unpadded base64url, as base64ct's Base64UrlUnpadded demands. (Helpers with a CASE
--- are not STRICT, so that the planner inlines them into their callers.)
+-- are not STRICT, so that the planner inlines them into their callers.) Past the pattern s is ASCII, so
+-- its length is its octet_length, which needs no walk over the characters.
 CREATE FUNCTION _pg_session_jwt.b64url_decode(s text) RETURNS bytea
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $$
-    SELECT CASE WHEN s ~ '^[A-Za-z0-9_-]*$' AND pg_catalog.length(s) % 4 <> 1 THEN
-        pg_catalog.decode(pg_catalog.translate(s, '-_', '+/') || pg_catalog.repeat('=', (4 - pg_catalog.length(s) % 4) % 4), 'base64')
+    SELECT CASE WHEN s ~ '^[A-Za-z0-9_-]*$' AND pg_catalog.octet_length(s) % 4 <> 1 THEN
+        pg_catalog.decode(pg_catalog.replace(pg_catalog.replace(s, '-', '+'), '_', '/')
+                          || pg_catalog.repeat('=', (4 - pg_catalog.octet_length(s) % 4) % 4), 'base64')
     END
 $$;
 
