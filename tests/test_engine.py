@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -47,13 +48,13 @@ def as_user(cluster, sub: str, dbname: str = "neondb") -> psycopg.Connection:
 
 
 @pytest.fixture(scope="module")
-def owner_db(cluster):
-    """A database of this module's own, owned by neondb_owner and migrated like an app's."""
+async def owner_db(cluster, settings):
+    """A database of this module's own, made as neon-local makes the app's (not a copy of the shared neondb, which
+    other modules' tests use) and migrated like an app's."""
     with psycopg.connect(cluster.conninfo(dbname="postgres"), autocommit=True) as admin:
         admin.execute("DROP DATABASE IF EXISTS engine_app WITH (FORCE)")
-        admin.execute("CREATE DATABASE engine_app TEMPLATE neondb OWNER neondb_owner")
+    await bootstrap(cluster, replace(settings, database="engine_app"))
     with psycopg.connect(cluster.conninfo(user="neondb_owner", dbname="engine_app"), autocommit=True) as owner:
-        owner.execute("DROP TABLE IF EXISTS todos")  # the template, the shared neondb, may hold another module's
         owner.execute(DRIZZLE_MIGRATION)
     yield "engine_app"
 
