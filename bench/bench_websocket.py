@@ -5,6 +5,9 @@ sides run bench/ws_load.mjs in Node with the packages of tests/node: 16 workers,
 pgbench's select-only statement with a random key, as the owner, every connection opened before the
 clock starts. node-postgres connects to Postgres' Unix socket (the floor); the serverless driver goes
 through neon-local's WebSocket and proxy (SCRAM with its password pipelined, the driver's default).
+A third row runs the driver with `coalesceWrites = false`: by default it holds every write for a
+`setTimeout(0)` (at least 1 ms in Node) to merge it with others, which caps a worker's queries per
+second whatever the server does; the row shows what the WebSocket path costs without that wait.
 Medians of ROUNDS rounds with the range; the ratio is the median of per-round ratios.
 """
 
@@ -49,15 +52,18 @@ async def _bench(directory: Path) -> list[dict]:
                                                          "user": settings.owner, "database": settings.database})}
         over_ws = {"MODE": "ws", "WS_PROXY": f"127.0.0.1:{emu.endpoints.http_port}/v2",
                    "URL": f"postgresql://{settings.owner}:{settings.owner_password}@localhost/{settings.database}"}
-        floors, sockets = [], []
+        floors, sockets, uncoalesced = [], [], []
         for _ in range(ROUNDS):
             floors.append(await _node(direct))
             sockets.append(await _node(over_ws))
+            uncoalesced.append(await _node({**over_ws, "COALESCE_WRITES": "false"}))
     return [
         {"what": "node-postgres Pool, straight to Postgres (Unix socket)", "queries per second": spread(floors),
          "vs node-pg direct": "1.00x", "notes": f"{CLIENTS} clients, {SECONDS} s a round"},
         {"what": "@neondatabase/serverless Pool over neon-local's WebSocket", "queries per second": spread(sockets),
          "vs node-pg direct": ratio(sockets, floors), "notes": "target >= 0.7x"},
+        {"what": "the same with neonConfig.coalesceWrites = false", "queries per second": spread(uncoalesced),
+         "vs node-pg direct": ratio(uncoalesced, floors), "notes": "no 0 ms timer per write in the driver"},
     ]
 
 
