@@ -140,6 +140,17 @@ def test_nulls_and_duplicate_names():
     assert row_encoder(columns, False, False, {})([(None, "x")]) == '{"a":null,"a":"x"}'
 
 
+@pytest.mark.parametrize("raw", [False, True])
+def test_chunk_of_rows_with_a_late_null_and_percent_names(raw):
+    # rows are encoded a chunk at a time: a NULL after string rows, '%' in names and values, 0 columns
+    columns = [Column("100%", TEXT, 0, 0, -1, -1), Column("%s", TEXT, 0, 0, -1, -1)]
+    rows = [("a%s", 'q"\n'), ("b", None), (None, "%")]
+    assert row_encoder(columns, raw, False, {})(rows) == (
+        '{"100%":"a%s","%s":"q\\"\\n"},{"100%":"b","%s":null},{"100%":null,"%s":"%"}')
+    assert row_encoder(columns, raw, False, {})(rows[:1]) == '{"100%":"a%s","%s":"q\\"\\n"}'
+    assert row_encoder([], raw, False, {})([(), ()]) == "{},{}"
+
+
 def _result(writer, rows, tag="SELECT 1"):
     encode = row_encoder(COLUMNS[:1], True, True, {})
     writer.begin_result(COLUMNS[:1])

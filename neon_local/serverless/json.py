@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
+from itertools import chain
 from json.encoder import encode_basestring  # escapes like serde_json: '"', '\\', controls; not non-ASCII
 from typing import NamedTuple
 
@@ -224,15 +225,30 @@ def row_encoder(columns: Sequence[Column], raw: bool, array_mode: bool,
     if raw and array_mode:  # what the driver asks for: one C-level dumps per chunk
         return lambda rows: _raw_rows(rows)[1:-1]
     encoders = [encode_basestring if raw else value_encoder(c.type_oid, array_elements) for c in columns]
-    if array_mode:
-        def encode(row: tuple) -> str:
-            return "[" + ",".join(["null" if v is None else f(v) for f, v in zip(encoders, row)]) + "]"
-    else:
-        keys = [encode_basestring(c.name) + ":" for c in columns]  # duplicate names stay duplicated, as on Neon
+    # Per chunk, not per row (the per-row Python was most of a large result's time): each column's values
+    # encoded by one map(), then one %-format fills a row template repeated once per row.
+    slots = ["%s"] * len(columns)
+    if not array_mode:  # duplicate names stay duplicated, as on Neon
+        slots = [encode_basestring(c.name).replace("%", "%%") + ":%s" for c in columns]
+    template = ("[" + ",".join(slots) + "]") if array_mode else ("{" + ",".join(slots) + "}")
+    strings_only = all(f is encode_basestring for f in encoders)
 
-        def encode(row: tuple) -> str:
-            return "{" + ",".join([k + ("null" if v is None else f(v)) for k, f, v in zip(keys, encoders, row)]) + "}"
-    return lambda rows: ",".join(map(encode, rows))
+    def encode(rows: Sequence[tuple]) -> str:
+        templates = ",".join([template] * len(rows))
+        if strings_only:  # every value a JSON string: one map() over the whole chunk, unless a NULL stops it
+            try:
+                return templates % tuple(map(encode_basestring, chain.from_iterable(rows)))
+            except TypeError:
+                pass
+        values = [_encode_column(f, column) for f, column in zip(encoders, zip(*rows))]
+        return templates % tuple(chain.from_iterable(zip(*values)))
+    return encode
+
+
+def _encode_column(encoder: Encoder, column: tuple) -> list[str]:
+    if None in column:
+        return ["null" if v is None else encoder(v) for v in column]
+    return list(map(encoder, column))
 
 
 class ResponseWriter:
