@@ -148,6 +148,7 @@ def test_chunk_of_rows_with_a_late_null_and_percent_names(raw):
     assert row_encoder(columns, raw, False, {})(rows) == (
         '{"100%":"a%s","%s":"q\\"\\n"},{"100%":"b","%s":null},{"100%":null,"%s":"%"}')
     assert row_encoder(columns, raw, False, {})(rows[:1]) == '{"100%":"a%s","%s":"q\\"\\n"}'
+    assert row_encoder(columns, raw, False, {})([("a%s", "\x7f\u2028é")]) == '{"100%":"a%s","%s":"\x7f\u2028é"}'
     assert row_encoder([], raw, False, {})([(), ()]) == "{},{}"
 
 

@@ -24,6 +24,9 @@ _WHITESPACE = " \t\n\r\v\f"
 _compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode
 _raw_rows = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False).encode
 _I64_MIN, _U64_MAX = -(2**63), 2**64 - 1
+# What JSON strings must escape ('"', '\\', controls below 0x20), all mapped to '"': one search over a
+# chunk's UTF-8 tells whether plain quotes make every value valid JSON (multi-byte UTF-8 never hits these).
+_ESCAPES_AS_QUOTE = bytes(34 if byte < 32 or byte == 92 else byte for byte in range(256))
 
 Encoder = Callable[[str], str]
 
@@ -227,22 +230,30 @@ def row_encoder(columns: Sequence[Column], raw: bool, array_mode: bool,
     encoders = [encode_basestring if raw else value_encoder(c.type_oid, array_elements) for c in columns]
     # Per chunk, not per row (the per-row Python was most of a large result's time): each column's values
     # encoded by one map(), then one %-format fills a row template repeated once per row.
-    slots = ["%s"] * len(columns)
-    if not array_mode:  # duplicate names stay duplicated, as on Neon
-        slots = [encode_basestring(c.name).replace("%", "%%") + ":%s" for c in columns]
-    template = ("[" + ",".join(slots) + "]") if array_mode else ("{" + ",".join(slots) + "}")
+    template, quoted = _row_template(columns, array_mode, "%s"), _row_template(columns, array_mode, '"%s"')
     strings_only = all(f is encode_basestring for f in encoders)
 
     def encode(rows: Sequence[tuple]) -> str:
-        templates = ",".join([template] * len(rows))
-        if strings_only:  # every value a JSON string: one map() over the whole chunk, unless a NULL stops it
+        if strings_only:  # every value a JSON string: the chunk's values as one sequence, unless a NULL stops it
+            values = tuple(chain.from_iterable(rows))
             try:
-                return templates % tuple(map(encode_basestring, chain.from_iterable(rows)))
+                text = "".join(values)
             except TypeError:
                 pass
-        values = [_encode_column(f, column) for f, column in zip(encoders, zip(*rows))]
-        return templates % tuple(chain.from_iterable(zip(*values)))
+            else:
+                if b'"' not in text.encode().translate(_ESCAPES_AS_QUOTE):  # the usual case: quotes suffice
+                    return ",".join([quoted] * len(rows)) % values
+                return ",".join([template] * len(rows)) % tuple(map(encode_basestring, values))
+        encoded = [_encode_column(f, column) for f, column in zip(encoders, zip(*rows))]
+        return ",".join([template] * len(rows)) % tuple(chain.from_iterable(zip(*encoded)))
     return encode
+
+
+def _row_template(columns: Sequence[Column], array_mode: bool, slot: str) -> str:
+    if array_mode:
+        return "[" + ",".join([slot] * len(columns)) + "]"
+    # duplicate names stay duplicated, as on Neon
+    return "{" + ",".join(encode_basestring(c.name).replace("%", "%%") + ":" + slot for c in columns) + "}"
 
 
 def _encode_column(encoder: Encoder, column: tuple) -> list[str]:
