@@ -27,7 +27,7 @@ from neon_local.errors import NeonLocalError
 from neon_local.settings import ConfigError, Settings
 
 if TYPE_CHECKING:
-    from watchdog.observers.api import BaseObserver
+    from neon_local.watch import FolderWatch
 
 __all__ = ["Migration", "MigrationFailed", "MigrationWatcher", "apply_migrations", "read_folder", "split_statements",
            "target_databases"]
@@ -242,41 +242,22 @@ class MigrationWatcher:
         self.error: str | None = None
         self.runs = 0
         self._warned: set[tuple[str, str, str]] = set()  # (database, file, hash): each changed content warned once
-        self._changed = asyncio.Event()
         self._pass = asyncio.Lock()  # one pass at a time: a change during the first one waits for it
-        self._observer: BaseObserver | None = None
-        self._task: asyncio.Task | None = None
+        self._watch: FolderWatch | None = None
 
     async def start(self) -> None:
         read_folder(self.folder)  # a missing folder stops `up` with the message, before anything runs
         if self.watch:
-            from neon_local.reload import observe  # watchdog's thread only when asked to watch
+            from neon_local.watch import FolderWatch  # watchdog's thread only when asked to watch
 
-            loop = asyncio.get_running_loop()
-            self._observer = observe(self.folder, lambda path: path.endswith(".sql"),
-                                     lambda: loop.call_soon_threadsafe(self._changed.set))
-            self._task = loop.create_task(self._run())
+            self._watch = FolderWatch(self.folder, lambda path: path.endswith(".sql"), self.apply,
+                                      f"applying the migrations in {self.folder} failed")
+            self._watch.start()
         await self.apply()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-        if self._observer is not None:
-            self._observer.stop()
-            await asyncio.to_thread(self._observer.join)
-
-    async def _run(self) -> None:
-        from neon_local.reload import SETTLE_SECONDS
-
-        while True:
-            await self._changed.wait()
-            while self._changed.is_set():
-                self._changed.clear()
-                await asyncio.sleep(SETTLE_SECONDS)
-            try:
-                await self.apply()
-            except Exception:  # a bad pass must never end the watcher, nor the emulator
-                log.exception("applying the migrations in %s failed", self.folder)
+        if self._watch is not None:
+            await self._watch.stop()
 
     async def apply(self) -> None:
         """One pass: every database takes the files it has not recorded; a failure is logged and kept in `error`."""

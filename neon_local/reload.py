@@ -14,47 +14,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from dataclasses import fields, replace
 from pathlib import Path
 
 import psycopg
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
-from watchdog.observers import Observer
-from watchdog.observers.api import BaseObserver
 
 from neon_local.limits import ClientLimits
 from neon_local.postgres.upstream import UpstreamError
 from neon_local.settings import ConfigError, Settings, load_settings
+from neon_local.watch import FolderWatch
 
-__all__ = ["RELOADED", "ConfigReloader", "observe"]
+__all__ = ["RELOADED", "ConfigReloader"]
 
 log = logging.getLogger(__name__)
 
 RELOADED = ("users", "roles", "role_specs", "providers", "tenancy", "rate_limit", "rate_limit_identity", "allowlist")
-SETTLE_SECONDS = 0.1  # an editor's save is several events (truncate, write, rename): read once they stop
-
-
-class _FileEvents(FileSystemEventHandler):
-    """Calls `notify` (from watchdog's thread) when an event touches a path that `wanted` accepts."""
-
-    def __init__(self, wanted: Callable[[str], bool], notify: Callable[[], object]) -> None:
-        self._wanted, self._notify = wanted, notify
-
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        paths = (event.src_path, getattr(event, "dest_path", None))
-        if any(isinstance(path, str) and path and self._wanted(path) for path in paths):
-            self._notify()
-
-
-def observe(directory: Path, wanted: Callable[[str], bool], notify: Callable[[], object]) -> BaseObserver:
-    """A started watchdog observer of `directory` (not its subfolders) calling `notify`, from its own thread, when
-    a file there that `wanted` accepts (by path) is written, created, moved or removed."""
-    observer = Observer()
-    observer.schedule(_FileEvents(wanted, notify), str(directory), recursive=False)
-    observer.daemon = True
-    observer.start()
-    return observer
 
 
 class ConfigReloader:
@@ -66,24 +40,16 @@ class ConfigReloader:
         self.error: str | None = None
         self.seen: tuple[int, int] | None = None  # (inode, mtime) of the file as last read, applied or refused
         self._read = asyncio.Condition()
-        self._changed = asyncio.Event()
         self._reading: tuple[int, int] | None = None
         self._from_file = self._load()  # without CLI flags: what the file said, to see what an edit changes
-        self._observer: BaseObserver | None = None
-        self._task: asyncio.Task | None = None
+        self._watch = FolderWatch(self.path.parent, lambda path: path == str(self.path), self.reload,
+                                  f"reloading {self.path} failed; the last good configuration stays in force")
 
     def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._observer = observe(self.path.parent, lambda path: path == str(self.path),
-                                 lambda: loop.call_soon_threadsafe(self._changed.set))
-        self._task = loop.create_task(self._run())
+        self._watch.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-        if self._observer is not None:
-            self._observer.stop()
-            await asyncio.to_thread(self._observer.join)
+        await self._watch.stop()
 
     async def wait_for(self, seen: tuple[int, int]) -> None:
         """Until the file as it is at `seen` (inode, mtime) has been read, and applied or refused."""
@@ -94,17 +60,6 @@ class ConfigReloader:
         stat = self.path.stat()
         self._reading = (stat.st_ino, stat.st_mtime_ns)
         return load_settings(config_file=self.path)
-
-    async def _run(self) -> None:
-        while True:
-            await self._changed.wait()
-            while self._changed.is_set():
-                self._changed.clear()
-                await asyncio.sleep(SETTLE_SECONDS)
-            try:
-                await self.reload()
-            except Exception:  # a reload must never end the watcher, nor the emulator
-                log.exception("reloading %s failed; the last good configuration stays in force", self.path)
 
     async def reload(self) -> None:
         """Read the file and apply what changed; a file that does not load changes nothing."""
