@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import random
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -112,15 +111,7 @@ def _request_id(request: web.Request) -> str:
             return str(uuid.UUID(given))
         except ValueError:
             pass
-    return _new_request_id()
-
-
-def _new_request_id() -> str:
-    """A random version-4 UUID, as uuid.uuid4() makes, in a quarter of its time (a syscall and UUID's Python
-    code, ~8 µs). An id names a request in logs and answers; it is no secret, so Python's PRNG does."""
-    value = random.getrandbits(128) & ~(0xC000 << 48) & ~(0xF000 << 64) | 0x8000 << 48 | 4 << 76
-    text = f"{value:032x}"
-    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+    return str(uuid.uuid4())
 
 
 def _json_response(status: int, body: bytes, request: web.Request, extra: dict[str, str] | None = None) -> web.Response:
