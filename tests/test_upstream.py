@@ -316,7 +316,7 @@ def test_changes_to_the_upstream_wait_for_consent(upstream, tmp_path):
     assert "Nothing was changed. Run again with --upstream-yes" in refused.stderr
     assert upstream_query(upstream, stub_schemas, dbname="fresh") == [(0,)]
     # In a terminal `up` asks; "n" changes nothing either (script(1) gives it one).
-    command = " ".join([sys.executable, "-m", "neon_local", "up", "--upstream", shlex.quote(url), "--http-port", "0", "--pg-port", "0"])
+    command = " ".join(["exec", sys.executable, "-m", "neon_local", "up", "--upstream", shlex.quote(url), "--http-port", "0", "--pg-port", "0"])
     asked = subprocess.run(["script", "-qec", command, "/dev/null"], cwd=tmp_path, input="n\n", capture_output=True,
                            text=True, timeout=120, env={k: v for k, v in os.environ.items() if not k.startswith("NEON_LOCAL_")})
     assert asked.returncode != 0
@@ -337,7 +337,8 @@ def test_yes_in_the_terminal_makes_the_changes_and_serves_on_the_ports_asked_for
     with psycopg.connect(dbname="postgres", **upstream["admin"]) as conn:
         conn.execute("create database asked")
     http_port, pg_port = free_port(), free_port()
-    command = " ".join([sys.executable, "-m", "neon_local", "up", "--upstream", shlex.quote(upstream["url"].replace("/app", "/asked")),
+    # exec: without it /bin/sh (what `script` runs when SHELL is unset, as in CI) dies of the Ctrl-C itself
+    command = " ".join(["exec", sys.executable, "-m", "neon_local", "up", "--upstream", shlex.quote(upstream["url"].replace("/app", "/asked")),
                         "--http-port", str(http_port), "--pg-port", str(pg_port)])
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEON_LOCAL_")}
     with subprocess.Popen(["script", "-qec", command, "/dev/null"], cwd=tmp_path, env=env, stdin=subprocess.PIPE,
