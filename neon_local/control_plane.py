@@ -10,7 +10,10 @@ for JWT roles; here SQL over HTTP, the Data API, TCP and WebSocket all call this
   database again, once; no request pays for a check otherwise;
 - catalog lookups (which types are arrays, for the JSON encoding);
 - tenancy (neon-local only): with [tenancy], a JWT session's database is the one its tenant claim
-  names, whatever the connection string says, created from the template on first use.
+  names, whatever the connection string says: in mode "database" a database of our Postgres, created
+  from the template on first use; in mode "upstream" the database of the Postgres URL the tenant is
+  mapped to, prepared at start as --upstream prepares one. Such a session's database name is then a
+  route ("acme:app@db2.internal:5432") that this module alone turns into a server and a database.
 
 Its superuser connections never linger: the one for pg_authid closes when idle, the others close
 after their query, so none of them blocks the owner's DROP DATABASE or CREATE DATABASE.
@@ -22,19 +25,21 @@ import asyncio
 import hashlib
 import inspect
 import logging
-import re
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, Protocol, TypeVar, cast
 
 from neon_local.auth.scram import ClientCredential, ScramVerifier
+from neon_local.data_api.setup import AUTHENTICATOR
 from neon_local.errors import PostgresErrorResponse
 from neon_local.postgres import session_jwt
 from neon_local.postgres.bootstrap import jwt_role_statements
+from neon_local.postgres.upstream import Upstream, UpstreamChangesNeeded, UpstreamError
 from neon_local.serverless.pg_conn import PgConnection, Statement, connect
-from neon_local.settings import Tenancy
+from neon_local.settings import TENANT_KEY, Settings, Tenancy, UpstreamUrl
 
-__all__ = ["TEMPLATE_DATABASES", "ControlPlane", "JwtSessionBackend", "claim_at", "tenant_dbname"]
+__all__ = ["TEMPLATE_DATABASES", "ControlPlane", "JwtSessionBackend", "TenantUpstream", "claim_at", "tenant_dbname"]
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +47,6 @@ ADMIN_USER = "cloud_admin"
 ADMIN_IDLE_SECONDS = 2.0  # the pg_authid connection closes this long after its last use
 PASSWORD_CACHE_SIZE = 1024
 TEMPLATE_DATABASES = frozenset(("template0", "template1"))
-TENANT_KEY = re.compile(r"[A-Za-z0-9_-]+")  # tenant ids as auth providers make them (org_2abc, acme-inc, 42)
 # CREATE DATABASE waits 5 s for other sessions on the template to end, then fails: one more try after
 # a pooled connection that was busy (being reset) when the first began has gone idle and been closed.
 TEMPLATE_BUSY_RETRIES = 1
@@ -119,11 +123,17 @@ def claim_at(claims: Mapping[str, Any], path: str) -> Any:
     return value
 
 
-def tenant_dbname(tenancy: Tenancy, tenant: Any) -> str:
-    """The database of `tenant` (a claim's value); a refusal (28000) when it cannot name one."""
+def tenant_id(tenant: Any) -> str | None:
+    """A claim's value as a tenant id (a number counts as its digits), or None when it cannot be one."""
     if isinstance(tenant, int) and not isinstance(tenant, bool):
         tenant = str(tenant)
-    dbname = tenancy.prefix + tenant if isinstance(tenant, str) and TENANT_KEY.fullmatch(tenant) else None
+    return tenant if isinstance(tenant, str) and TENANT_KEY.fullmatch(tenant) else None
+
+
+def tenant_dbname(tenancy: Tenancy, tenant: Any) -> str:
+    """The database of `tenant` (a claim's value) in mode "database"; a refusal (28000) when it cannot name one."""
+    key = tenant_id(tenant)
+    dbname = tenancy.prefix + key if key is not None else None
     if dbname is None or len(dbname.encode()) > 63:
         raise tenancy_refusal(f'the "{tenancy.claim}" claim {tenant!r} cannot name a tenant database',
                               "A tenant id is a string or number of letters, digits, _ and -, "
@@ -131,36 +141,61 @@ def tenant_dbname(tenancy: Tenancy, tenant: Any) -> str:
     return dbname
 
 
-class ControlPlane:
-    """`ControlPlane(cluster, tenancy)`: `cluster` is the running Postgres (`conninfo()`, `session_secret`);
-    `tenancy` the [tenancy] settings with the template resolved, or None."""
+class TenantUpstream:
+    """A tenant's database on its upstream Postgres ([tenancy] mode "upstream"), and the route that names it."""
 
-    def __init__(self, cluster: Postgres, tenancy: Tenancy | None = None, session_jwt_version: str = session_jwt.DEFAULT_VERSION,
+    def __init__(self, tenant: str, url: str, upstream: Upstream) -> None:
+        self.url = url  # as [tenancy.upstreams] writes it
+        self.upstream = upstream  # shared by the tenants on one server and login: one stub secret, one set of passwords
+        self.dbname = upstream.url.dbname
+        where = upstream.url
+        self.route = f"{tenant}:{self.dbname}@{where.host}:{where.port}"  # no "/": it also stands in a Data API path
+
+
+class ControlPlane:
+    """`ControlPlane(cluster)`: `cluster` is the running Postgres (`conninfo()`, `session_secret`);
+    `await use_tenancy(settings)` routes JWT sessions by [tenancy] from then on."""
+
+    def __init__(self, cluster: Postgres, session_jwt_version: str = session_jwt.DEFAULT_VERSION,
                  stub_installer: Callable[[str], Awaitable[None]] | None = None) -> None:
         self.cluster = cluster
         # An upstream Postgres has no pg_session_jwt to CREATE: this installs the stub's plain SQL in a database.
         self.stub_installer = stub_installer
         self.session_jwt_version = session_jwt_version  # what a database without the extension gets
-        self.tenancy = tenancy
+        self.tenancy: Tenancy | None = None  # with the template resolved
         self.pools: list = []  # the paths' ConnPools: asked to let go of the template before it is copied
         self._tenants: dict[str, asyncio.Future] = {}
-        if tenancy is not None:
-            log.warning('[tenancy] (neon-local only; Neon uses the connection string\'s database): a JWT session uses '
-                        'database %s<its "%s" claim>, copied from %s on first use', tenancy.prefix, tenancy.claim,
-                        tenancy.template)
+        self.tenant_upstreams: dict[str, TenantUpstream] = {}  # mode "upstream": tenant id → its database
+        self._routes: dict[str, TenantUpstream] = {}  # route → the same, for every path's later calls
+        self._routed_roles: frozenset[str] = frozenset()  # the roles that may reach a route: JWT roles, the Data API's
+        self._shaped_for: tuple = ()  # the settings the tenants' upstreams were last prepared for
         self._prepared: dict[tuple[str, str], asyncio.Future] = {}
         self._prepare_lock = asyncio.Lock()
         self._authid: PgConnection | None = None
         self._authid_lock = asyncio.Lock()
         self._authid_closer: asyncio.TimerHandle | None = None
         self._good_passwords: OrderedDict[bytes, None] = OrderedDict()
-        self._builtin_arrays: dict[int, int] | None = None
+        self._builtin_arrays: dict[object, dict[int, int]] = {}  # per server (our Postgres, each upstream)
         self._arrays: dict[str, dict[int, int]] = {}
         self._closing: set[asyncio.Future] = set()
 
     def conninfo(self, user: str, dbname: str, options: str = "") -> str:
-        # An explicit empty `options` keeps PGOPTIONS from the environment out of the session.
-        return self.cluster.conninfo(user=user, dbname=dbname, options=options, client_encoding="UTF8")
+        """libpq parameters for `user` on `dbname`: a route's server and database, else our Postgres's."""
+        routed = self._routes.get(dbname)
+        if routed is None:
+            # An explicit empty `options` keeps PGOPTIONS from the environment out of the session.
+            return self.cluster.conninfo(user=user, dbname=dbname, options=options, client_encoding="UTF8")
+        if user != ADMIN_USER and user not in self._routed_roles:  # a password role naming a route: not a tenant's
+            raise PostgresErrorResponse({
+                "S": "FATAL", "V": "FATAL", "C": "42501",
+                "M": f'permission denied for database "{dbname}": a tenant\'s upstream, which only that tenant\'s JWT sessions reach',
+                "H": "Password roles (the owner) connect to neon-local's own Postgres: name one of its databases."})
+        return routed.upstream.conninfo(user=user, dbname=routed.dbname, options=options, client_encoding="UTF8")
+
+    def compute_of(self, dbname: str) -> tuple[Postgres, str]:
+        """The Postgres that serves `dbname` and the database's name there: a tenant's upstream for a route."""
+        routed = self._routes.get(dbname)
+        return (routed.upstream, routed.dbname) if routed is not None else (self.cluster, dbname)
 
     # --- credentials ---------------------------------------------------------------------------
 
@@ -237,7 +272,7 @@ class ControlPlane:
                 self.forget_database(dbname)
                 await self._tenant_created(dbname)
                 return await self.start_jwt_session(dbname, role, open_backend)
-            if exc.sqlstate in _NOT_FROM_ROLE_DEFAULTS or not await self._clear_role_defaults(role, exc):
+            if exc.sqlstate in _NOT_FROM_ROLE_DEFAULTS or not await self._clear_role_defaults(dbname, role, exc):
                 raise
             backend = await open_backend(session_jwt.startup_options())
         try:
@@ -254,7 +289,7 @@ class ControlPlane:
                 raise
             await self.repair_jwt_role(dbname, role)
             pid, backend_start = cast(tuple, await backend.first_row(session_jwt.BIND_QUERY))
-        return session_jwt.SessionSigner(self.cluster.session_secret, int(pid), _text(backend_start))
+        return session_jwt.SessionSigner(self.compute_of(dbname)[0].session_secret, int(pid), _text(backend_start))
 
     @staticmethod
     def unprepared(exc: BaseException) -> bool:
@@ -283,17 +318,19 @@ class ControlPlane:
         async with self._prepare_lock:
             admin = await connect(self.conninfo(ADMIN_USER, dbname))  # first: a missing database is Postgres's 3D000
             try:
-                if self.stub_installer is not None:
-                    await self.stub_installer(dbname)
+                routed = self._routes.get(dbname)
+                installer = routed.upstream.install_stub if routed is not None else self.stub_installer
+                if installer is not None:
+                    await installer(routed.dbname if routed is not None else dbname)
                 (owner,) = cast(tuple, await admin.first_row(_DATABASE_OWNER_SQL))
-                statements = jwt_role_statements(role, owner, self.session_jwt_version, extension=self.stub_installer is None)
+                statements = jwt_role_statements(role, owner, self.session_jwt_version, extension=installer is None)
                 await admin.run([Statement(sql) for sql in statements])
             finally:
                 await admin.close()
 
-    async def _clear_role_defaults(self, role: str, refusal: PostgresErrorResponse) -> bool:
-        """Reset a JWT role's own defaults when they stop it from connecting; False if it has none."""
-        admin = await connect(self.conninfo(ADMIN_USER, "postgres"))
+    async def _clear_role_defaults(self, dbname: str, role: str, refusal: PostgresErrorResponse) -> bool:
+        """Reset a JWT role's own defaults (on the server of `dbname`) when they stop it from connecting; False if it has none."""
+        admin = await connect(self.conninfo(ADMIN_USER, dbname if dbname in self._routes else "postgres"))
         try:
             (found,) = cast(tuple, await admin.first_row(_ROLE_DEFAULTS_SQL, [role]))
             if not found:
@@ -312,17 +349,73 @@ class ControlPlane:
 
     # --- tenancy ---------------------------------------------------------------------------------
 
+    async def use_tenancy(self, settings: Settings) -> None:
+        """Route JWT sessions by `settings.tenancy` from now on (start, live reload). Mode "upstream" first checks and
+        prepares each tenant's upstream as --upstream prepares one; what cannot be prepared, or may not be changed
+        without `upstream_yes`, raises UpstreamError before anything is switched."""
+        tenancy = settings.tenancy
+        if tenancy is not None and tenancy.mode == "database":
+            tenancy = replace(tenancy, template=tenancy.template or settings.database)
+        upstreams = await self._prepare_upstreams(settings) if tenancy is not None and tenancy.mode == "upstream" else {}
+        if tenancy != self.tenancy and tenancy is not None:
+            where = (f"database {tenancy.prefix}<its \"{tenancy.claim}\" claim>, copied from {tenancy.template} on first use"
+                     if tenancy.mode == "database" else
+                     f'the Postgres its "{tenancy.claim}" claim maps to in [tenancy.upstreams] ({len(upstreams)} tenants)')
+            log.warning("[tenancy] (neon-local only; Neon uses the connection string's database): a JWT session uses %s", where)
+        self.tenancy, self.tenant_upstreams = tenancy, upstreams
+        self._routes = {tenant.route: tenant for tenant in upstreams.values()}
+        self._routed_roles = frozenset((*settings.jwt_roles, AUTHENTICATOR))
+
+    async def _prepare_upstreams(self, settings: Settings) -> dict[str, TenantUpstream]:
+        """Every mapped tenant's upstream, checked and shaped (roles, stub, passwords, Data API) as --upstream does;
+        the changes every tenant needs are listed together, so one answer (or upstream_yes) covers them all."""
+        assert settings.tenancy is not None
+        shape = (settings.jwt_roles, dict(settings.role_specs), settings.data_api, settings.data_api_schemas,
+                 settings.data_api_anon_role, settings.session_jwt_version)
+        servers = {replace(tenant.upstream.url, dbname=""): tenant.upstream for tenant in self.tenant_upstreams.values()}
+        if isinstance(self.cluster, Upstream):  # --upstream: a tenant on that server and login shares it too
+            servers.setdefault(replace(self.cluster.url, dbname=""), self.cluster)
+        prepared, needed = {}, []
+        for tenant, url in sorted(settings.tenancy.upstreams.items()):
+            known = self.tenant_upstreams.get(tenant)
+            if known is not None and known.url == url and shape == self._shaped_for:
+                prepared[tenant] = known  # unchanged: not checked again on every edit of the file
+                continue
+            parsed = UpstreamUrl.parse(url, f"[tenancy.upstreams] {tenant}")
+            login = replace(parsed, dbname="")  # the tenants of one server and login share its stub secret and passwords
+            upstream = servers.setdefault(login, Upstream(parsed))
+            try:
+                await upstream.start(replace(settings, upstream=url))
+            except UpstreamChangesNeeded as exc:
+                needed += [f"tenant {tenant} ({parsed.display}): {change}" for change in exc.changes]
+                continue
+            except UpstreamError as exc:
+                raise UpstreamError(f"[tenancy.upstreams] {tenant}: {exc}") from None
+            prepared[tenant] = TenantUpstream(tenant, url, upstream)
+        if needed:
+            raise UpstreamChangesNeeded("of each tenant in [tenancy.upstreams]", needed)
+        self._shaped_for = shape
+        return prepared
+
     async def tenant_database(self, claims: Mapping[str, Any] | None, requested_db: str) -> str:
-        """The database a JWT session with `claims` uses: `requested_db` without tenancy, else its tenant's,
-        created from the template on first use (once, even when raced), whatever `requested_db` says."""
+        """The database a JWT session with `claims` uses: `requested_db` without tenancy, else its tenant's whatever
+        `requested_db` says: in mode "database" created from the template on first use (once, even when raced),
+        in mode "upstream" the route to the database its upstream URL names."""
         if self.tenancy is None:
             return requested_db
-        tenant = claim_at(claims or {}, self.tenancy.claim)
+        claim = self.tenancy.claim
+        tenant = claim_at(claims or {}, claim)
         if tenant is None or tenant == "":
-            claim = self.tenancy.claim
             raise tenancy_refusal(f'this token has no "{claim}" claim, and tenancy routes every JWT session by it',
                                   f'Give your tokens a "{claim}" claim (e.g. [users.alice] {claim} = "acme" in '
                                   "neon_local.toml), or remove [tenancy].")
+        if self.tenancy.mode == "upstream":
+            routed = self.tenant_upstreams.get(tenant_id(tenant) or "")
+            if routed is None:
+                raise tenancy_refusal(f'tenant {tenant!r} (the "{claim}" claim) has no upstream in [tenancy.upstreams]',
+                                      f'Map it in neon_local.toml ([tenancy.upstreams] {tenant} = "postgresql://..."), or use '
+                                      "a token of a mapped tenant; `neon-local tenants list` shows them.")
+            return routed.route
         dbname = tenant_dbname(self.tenancy, tenant)
         await self._tenant_created(dbname)
         return dbname
@@ -378,11 +471,12 @@ class ControlPlane:
             return known
         admin = await connect(self.conninfo(ADMIN_USER, dbname))
         try:
-            if self._builtin_arrays is None:  # built-in types are the same in every database
+            server = self.compute_of(dbname)[0]
+            if server not in self._builtin_arrays:  # built-in types are the same in every database of a server
                 (pairs,) = cast(tuple, await admin.first_row(_ARRAYS_SQL.format("t.oid < 16384")))
-                self._builtin_arrays = _pairs(pairs)
+                self._builtin_arrays[server] = _pairs(pairs)
             if known is None:
-                known = self._arrays[dbname] = dict(self._builtin_arrays)
+                known = self._arrays[dbname] = dict(self._builtin_arrays[server])
             if missing:
                 (pairs,) = cast(tuple, await admin.first_row(_ARRAYS_SQL.format("t.oid = any($1::oid[])"),
                                                              ["{" + ",".join(map(str, missing)) + "}"]))

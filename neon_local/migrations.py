@@ -113,9 +113,10 @@ def apply_migrations(conninfo: str, migrations: Sequence[Migration], dbname: str
 
 
 def target_databases(admin_conninfo: str, settings: Settings) -> list[str]:
-    """The app's database, and with [tenancy] the template and every tenant database: the ones migrations go to."""
+    """The app's database, and with [tenancy] mode "database" the template and every tenant database: the ones
+    migrations go to (mode "upstream" tenants live on their own servers: `neon-local tenants migrate` reaches them)."""
     names = [settings.database]
-    if settings.tenancy is not None:
+    if settings.tenancy is not None and settings.tenancy.mode == "database":
         names.append(settings.tenancy.template or settings.database)
         with psycopg.connect(admin_conninfo, autocommit=True) as conn:
             names += [name for (name,) in conn.execute(

@@ -28,7 +28,8 @@ __all__ = ["RELOADED", "ConfigReloader"]
 
 log = logging.getLogger(__name__)
 
-RELOADED = ("users", "roles", "role_specs", "providers", "tenancy", "rate_limit", "rate_limit_identity", "allowlist")
+RELOADED = ("users", "roles", "role_specs", "providers", "tenancy", "upstream_yes", "rate_limit", "rate_limit_identity",
+            "allowlist")
 
 
 class ConfigReloader:
@@ -108,6 +109,8 @@ async def apply_settings(emulator, settings: Settings) -> None:
     limits = ClientLimits.of(settings)
     if (settings.jwt_roles, settings.role_specs) != (emulator.settings.jwt_roles, emulator.settings.role_specs):
         await emulator.bootstrap(settings)  # new roles, their grants and memberships, as at start
+    # [tenancy]; mode "upstream": new or changed tenants' upstreams (all of them for new roles) prepared as at start
+    await services.control_plane.use_tenancy(settings)
     for provider in emulator.settings.providers:
         if provider not in settings.providers:  # removed or changed (another URL or file): drop its keys
             services.providers.forget(provider)
@@ -116,8 +119,6 @@ async def apply_settings(emulator, settings: Settings) -> None:
     services.issuer.use_settings(settings)
     services.sql.use_settings(settings, limits)
     services.pg_proxy.use_settings(settings, limits)
-    services.control_plane.tenancy = settings.tenancy and replace(
-        settings.tenancy, template=settings.tenancy.template or settings.database)
     if services.data_api is not None:
         services.data_api.use_settings(settings, limits)
     if services.console is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,10 +53,10 @@ async def start_services(settings: Settings, cluster: PostgresCluster | Upstream
     """Build the services, listen on the two bound sockets; `add_closer` receives what must be closed, in order."""
     providers = ProviderCache(settings, data_dir / "jwks-cache")
     verifier = Verifier(settings, keyring, providers)
-    tenancy = settings.tenancy and replace(settings.tenancy, template=settings.tenancy.template or settings.database)
-    control_plane = ControlPlane(cluster, tenancy, settings.session_jwt_version,
+    control_plane = ControlPlane(cluster, settings.session_jwt_version,
                                  stub_installer=cluster.install_stub if isinstance(cluster, Upstream) else None)
     add_closer(control_plane.close)
+    await control_plane.use_tenancy(settings)  # mode "upstream": every tenant's Postgres checked and prepared first
     request_log = RequestLog()  # every path's requests and sessions, for the console's live log
     sql = SqlOverHttp(settings, control_plane, verifier, request_log=request_log)
     add_closer(sql.close)

@@ -10,6 +10,7 @@ command edits them there).
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -84,18 +85,21 @@ class RoleSpec:
     grants: str = "default"
 
 
-TENANCY_MODES = ("database",)
+TENANCY_MODES = ("database", "upstream")
+TENANT_KEY = re.compile(r"[A-Za-z0-9_-]+")  # tenant ids as auth providers make them (org_2abc, acme-inc, 42)
 
 
 @dataclass(frozen=True)
 class Tenancy:
     """[tenancy]: the claim (a JSON path) that names a JWT session's tenant, and where tenants' data lives:
-    mode "database" gives each tenant `prefix + claim` as its own database, copied from `template` on first use."""
+    mode "database" gives each tenant `prefix + claim` as its own database, copied from `template` on first use;
+    mode "upstream" sends each tenant to the Postgres URL `upstreams` maps it to ([tenancy.upstreams])."""
 
     claim: str
     mode: str = "database"
     template: str = ""  # empty: the app's database (`database`, neondb)
     prefix: str = "tenant_"
+    upstreams: Mapping[str, str] = field(default_factory=dict)  # tenant id → postgresql://USER:PASSWORD@HOST:PORT/DB
 
 
 @dataclass(frozen=True)
@@ -420,18 +424,44 @@ def _roles_from(raw: Any, origin: str) -> tuple[tuple[str, ...], dict[str, RoleS
 def _tenancy_from(raw: Any, origin: str) -> Tenancy:
     shape = f'{origin}: [tenancy] needs claim = "org_id" (a JSON path into the token\'s claims, e.g. "org.id")'
     if not isinstance(raw, dict) or not isinstance(raw.get("claim"), str) or not raw["claim"].strip("$."):
-        raise ConfigError(shape + ", and may set mode, template and prefix.")
+        raise ConfigError(shape + ", and may set mode, template and prefix (mode \"database\") or upstreams (mode \"upstream\").")
     unknown = set(raw) - {f.name for f in fields(Tenancy)}
     if unknown:
-        raise ConfigError(f"{origin}: [tenancy] has unknown keys {sorted(unknown)}; known keys: claim, mode, prefix, template.")
-    if raw.get("mode", "database") not in TENANCY_MODES:
-        raise ConfigError(f"{origin}: [tenancy] mode must be one of {', '.join(map(repr, TENANCY_MODES))}, got {raw['mode']!r}.")
+        raise ConfigError(f"{origin}: [tenancy] has unknown keys {sorted(unknown)}; known keys: claim, mode, prefix, template, upstreams.")
+    mode = raw.get("mode", "database")
+    if mode not in TENANCY_MODES:
+        raise ConfigError(f"{origin}: [tenancy] mode must be one of {', '.join(map(repr, TENANCY_MODES))}, got {mode!r}.")
+    if mode == "upstream":
+        return replace(Tenancy(raw["claim"], mode), upstreams=_tenant_upstreams_from(raw, origin))
+    if "upstreams" in raw:
+        raise ConfigError(f'{origin}: [tenancy.upstreams] needs mode = "upstream" in [tenancy] (mode "database" keeps every '
+                          "tenant in neon-local's own Postgres).")
     for key in ("template", "prefix"):
         if not isinstance(raw.get(key, ""), str):
             raise ConfigError(f"{origin}: [tenancy] {key} must be a string (a database name or its start).")
     if not raw.get("prefix", "tenant_"):
         raise ConfigError(f"{origin}: [tenancy] prefix must not be empty: it keeps tenants' databases apart from yours.")
     return Tenancy(**raw)
+
+
+def _tenant_upstreams_from(raw: dict[str, Any], origin: str) -> dict[str, str]:
+    """[tenancy.upstreams] of mode "upstream": tenant id → a Postgres URL, each URL checked as --upstream's is."""
+    misplaced = sorted({"template", "prefix"} & set(raw))
+    if misplaced:
+        raise ConfigError(f'{origin}: [tenancy] {" and ".join(misplaced)} apply to mode "database" only; mode "upstream" '
+                          "uses the database each URL in [tenancy.upstreams] names.")
+    upstreams = raw.get("upstreams")
+    example = 'e.g. [tenancy.upstreams] acme = "postgresql://postgres:secret@127.0.0.1:5433/acme"'
+    if not isinstance(upstreams, dict) or not upstreams:
+        raise ConfigError(f'{origin}: [tenancy] mode "upstream" needs [tenancy.upstreams], a table of tenant id = Postgres URL, {example}.')
+    for tenant, url in upstreams.items():
+        if not TENANT_KEY.fullmatch(tenant):
+            raise ConfigError(f"{origin}: [tenancy.upstreams] {tenant!r}: a tenant id is letters, digits, _ and - (the value of the "
+                              "tenant claim), e.g. acme or org_2abc.")
+        if not isinstance(url, str):
+            raise ConfigError(f"{origin}: [tenancy.upstreams] {tenant} must be a Postgres URL string, {example}.")
+        UpstreamUrl.parse(url, f"{origin}: [tenancy.upstreams] {tenant}")
+    return dict(upstreams)
 
 
 def _users_from(raw: Any, origin: str) -> dict[str, dict[str, Any]]:

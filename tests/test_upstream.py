@@ -8,6 +8,7 @@ behaviour as in front of its embedded Postgres.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -51,10 +52,15 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def upstream(tmp_path_factory):
-    """Debian's PostgreSQL 15 as "the user's existing Postgres": database app, superuser postgres, and
+    with debian_postgres(tmp_path_factory.mktemp("upstream")) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def debian_postgres(root: Path, database: str = "app"):
+    """Debian's PostgreSQL 15 as "the user's existing Postgres": `database`, superuser postgres, and
     a role without rights (plain_user) for the refusal test."""
     run_as = RunAs()  # Postgres refuses to run as root: as `nobody` then, as neon-local does
-    root = tmp_path_factory.mktemp("upstream")
     run_as.give(root)
     pwfile = root / "pwfile"
     pwfile.write_text(PASSWORD + "\n")
@@ -81,18 +87,20 @@ def upstream(tmp_path_factory):
     while True:
         try:
             with psycopg.connect(dbname="postgres", **admin) as conn:
-                conn.execute("create database app")
+                conn.execute(sql.SQL("create database {}").format(sql.Identifier(database)))
                 conn.execute("create role plain_user login password 'plain'")
             break
         except psycopg.OperationalError:
             if server.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError((root / "postgres.log").read_text()) from None
             time.sleep(0.1)
-    url = f"postgresql://postgres:{PASSWORD.replace(' ', '%20')}@127.0.0.1:{port}/app"
-    yield {"port": port, "admin": admin, "url": url, "ca": tls_files.ca_cert,
-           "verified_url": f"{url}?sslmode=verify-full&sslrootcert={tls_files.ca_cert}"}
-    server.terminate()
-    server.wait(30)
+    url = f"postgresql://postgres:{PASSWORD.replace(' ', '%20')}@127.0.0.1:{port}/{database}"
+    try:
+        yield {"port": port, "admin": admin, "url": url, "ca": tls_files.ca_cert,
+               "verified_url": f"{url}?sslmode=verify-full&sslrootcert={tls_files.ca_cert}"}
+    finally:
+        server.terminate()
+        server.wait(30)
 
 
 @pytest.fixture(scope="module")

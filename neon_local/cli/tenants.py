@@ -1,9 +1,13 @@
-"""`neon-local tenants`: the tenant databases of [tenancy] mode "database", in the running emulator's Postgres.
+"""`neon-local tenants`: the tenants of [tenancy] and their databases.
 
-A tenant's database is `prefix + tenant id`, a copy of the template; the emulator makes one on a tenant's
-first request, `create` makes it ahead of time. `migrate` applies SQL files to the template and to every
-tenant database, each file once per database (neon_local/migrations.py, as `up --migrations`), so new
-tenants start migrated and existing ones catch up.
+Mode "database": a tenant's database is `prefix + tenant id` in the running emulator's Postgres, a copy of
+the template; the emulator makes one on a tenant's first request, `create` makes it ahead of time. `migrate`
+applies SQL files to the template and to every tenant database, each file once per database
+(neon_local/migrations.py, as `up --migrations`), so new tenants start migrated and existing ones catch up.
+
+Mode "upstream": a tenant's database is the one its URL in [tenancy.upstreams] names, on a server neon-local
+did not start: `list` shows the map, `migrate` applies the files there (as the URL's user, the owner there),
+and `create`/`drop` refuse, since those databases are the user's to make and drop.
 """
 
 from __future__ import annotations
@@ -15,13 +19,27 @@ from typing import Any
 import click
 
 from neon_local.cli.common import admin_connect, fail, project_options, socket_conninfo
-from neon_local.settings import Settings, Tenancy
+from neon_local.settings import Settings, Tenancy, UpstreamUrl
 
 
 def _tenancy(settings: Settings) -> Tenancy:
     if settings.tenancy is None:
         fail('no [tenancy] in neon_local.toml: add [tenancy] with claim = "org_id" (the claim that names a tenant).')
     return settings.tenancy
+
+
+def _database_mode(settings: Settings, command: str) -> Tenancy:
+    tenancy = _tenancy(settings)
+    if tenancy.mode == "upstream":
+        fail(f'`neon-local tenants {command}` is for [tenancy] mode "database"; in mode "upstream" each tenant\'s database is the '
+             "one its URL in [tenancy.upstreams] names, on a server neon-local did not start: create or drop it there "
+             "(createdb/dropdb), then map or unmap the tenant in neon_local.toml.")
+    return tenancy
+
+
+def _upstreams(tenancy: Tenancy) -> list[tuple[str, UpstreamUrl]]:
+    """Mode "upstream": (tenant, its URL taken apart), by tenant id."""
+    return [(tenant, UpstreamUrl.parse(url)) for tenant, url in sorted(tenancy.upstreams.items())]
 
 
 def _template(settings: Settings) -> str:
@@ -54,11 +72,19 @@ def tenants() -> None:
 
 
 @tenants.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {tenant, database, bytes}.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print a JSON list of {tenant, database, bytes} (mode \"upstream\": {tenant, database, upstream}).")
 @project_options
 def tenants_list(settings: Settings, as_json: bool) -> None:
-    """Every tenant database and its size on disk."""
-    prefix = _tenancy(settings).prefix
+    """Every tenant database and its size on disk; in mode "upstream", every mapped tenant and its Postgres."""
+    tenancy = _tenancy(settings)
+    if tenancy.mode == "upstream":  # read from neon_local.toml: the map is the whole truth, no emulator needed
+        mapped = [{"tenant": tenant, "database": url.dbname or settings.database, "upstream": url.display}
+                  for tenant, url in _upstreams(tenancy)]
+        click.echo(json.dumps(mapped, indent=2) if as_json else
+                   "\n".join(f"{tenant['tenant']:<32} {tenant['upstream']}" for tenant in mapped))
+        return
+    prefix = tenancy.prefix
     with admin_connect(settings, "postgres") as conn:
         rows: list[dict[str, Any]] = [{"tenant": name[len(prefix):], "database": name, "bytes": size}
                 for name, size in _tenant_databases(conn, prefix)]
@@ -77,6 +103,7 @@ def tenants_create(settings: Settings, tenant: str) -> None:
     """Make TENANT's database from the template now, instead of on its first request."""
     import psycopg
 
+    _database_mode(settings, "create")
     dbname, template = _dbname(settings, tenant), _template(settings)
     with admin_connect(settings, "postgres") as conn:
         try:
@@ -97,6 +124,7 @@ def tenants_create(settings: Settings, tenant: str) -> None:
 @project_options
 def tenants_drop(settings: Settings, tenant: str, yes: bool) -> None:
     """Drop TENANT's database and everything in it (its open sessions are ended). Its next request makes a fresh one."""
+    _database_mode(settings, "drop")
     dbname = _dbname(settings, tenant)
     if not yes:
         click.confirm(f'Drop "{dbname}" and all of tenant {tenant}\'s data?', abort=True)
@@ -112,17 +140,25 @@ def tenants_drop(settings: Settings, tenant: str, yes: bool) -> None:
 @project_options
 def tenants_migrate(settings: Settings, files: tuple[Path, ...]) -> None:
     """Apply FILES (SQL, in the order given) as the owner to the app's database, the template and every tenant
-    database, each once per database (recorded in neon_local.migrations, as `up --migrations` does).
+    database, each once per database (recorded in neon_local.migrations, as `up --migrations` does). In mode
+    "upstream": to the app's database and each mapped tenant's, as the user its URL names.
 
     Each file runs in a transaction of its own; the first failure stops there, naming the database, the file
     and its line, and leaves that file out of that database."""
     from neon_local.migrations import Migration, MigrationFailed, apply_migrations, target_databases
 
-    _tenancy(settings)
+    tenancy = _tenancy(settings)
     migrations = [Migration.read(path) for path in files]
-    for dbname in target_databases(socket_conninfo(settings, "postgres"), settings):
+    targets = [(dbname, socket_conninfo(settings, dbname, settings.owner))
+               for dbname in target_databases(socket_conninfo(settings, "postgres"), settings)]
+    if tenancy.mode == "upstream":
+        from neon_local.postgres.upstream import Upstream
+
+        targets += [(f"{tenant} ({url.display})", Upstream(url).conninfo(dbname=url.dbname or settings.database))
+                    for tenant, url in _upstreams(tenancy)]
+    for dbname, conninfo in targets:
         try:
-            outcome = apply_migrations(socket_conninfo(settings, dbname, settings.owner), migrations, dbname)
+            outcome = apply_migrations(conninfo, migrations, dbname)
         except MigrationFailed as exc:
             fail(str(exc))
         for name in outcome.changed:

@@ -18,11 +18,13 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, Protocol, cast
 
+from neon_local.auth.scram import ClientCredential
 from neon_local.auth.verifier import Verifier
 from neon_local.console.request_log import RequestLog
 from neon_local.control_plane import ControlPlane
 from neon_local.limits import ClientLimits
 from neon_local.proxy import tls
+from neon_local.proxy.compute import Opener
 from neon_local.proxy.limits import RoleSlots, at_message_boundary, idle_close_message, tune_keepalive
 from neon_local.proxy.session import MITM_DETAIL, UNENCRYPTED_DATA, ProxyContext, Session
 from neon_local.settings import Settings
@@ -300,13 +302,14 @@ class PgProxyServer:
     def __init__(self, settings: Settings, control_plane: ControlPlane, verifier: Verifier, tls_files: tls.TlsFiles | Path,
                  request_log: RequestLog | None = None) -> None:
         self.settings = settings
-        self.cluster = control_plane.cluster
+        self.cluster, self.control_plane = control_plane.cluster, control_plane
         self.tls_files = tls_files if isinstance(tls_files, tls.TlsFiles) else tls.ensure_tls(Path(tls_files))
         self.context = ProxyContext(
             jwt_roles=settings.jwt_roles,
             verifier=verifier,
             open_backend_socket=self.open_backend_socket,
             backend_credential=self.cluster.credential,
+            tenant_compute=self.tenant_compute,
             control_plane=control_plane,
             tls_context=tls.server_context(self.tls_files),
             channel_binding=tls.channel_binding_data(self.tls_files),
@@ -330,6 +333,17 @@ class PgProxyServer:
         """The private Unix socket of our Postgres, or TCP to an upstream one (`--upstream`)."""
         _, conduit = await self.cluster.open_connection(Conduit)
         return cast(Conduit, conduit)
+
+    def tenant_compute(self, dbname: str, role: str) -> tuple[Opener, str, ClientCredential | None] | None:
+        """A tenant's upstream ([tenancy] mode "upstream"): how to open a socket there, the database, the role's login."""
+        postgres, database = self.control_plane.compute_of(dbname)
+        if postgres is self.cluster:
+            return None
+
+        async def open_socket() -> Conduit:
+            _, conduit = await postgres.open_connection(Conduit)
+            return cast(Conduit, conduit)
+        return open_socket, database, postgres.credential(role)
 
     async def start(self, host: str | socket.socket, port: int = 0) -> int:
         """Listen on host:port (port 0 picks one) or on an already bound socket; returns the port."""

@@ -87,6 +87,8 @@ class ProxyContext:
     open_backend_socket: Opener
     control_plane: SessionControlPlane
     backend_credential: Callable[[str], scram.ClientCredential | None] = lambda role: None  # an upstream's login
+    # (database, role) → (opener, database there, login) when the database is a tenant's upstream ([tenancy] mode "upstream")
+    tenant_compute: Callable[[str, str], tuple[Opener, str, scram.ClientCredential | None] | None] = lambda db, role: None
     cancellations: CancelMap = field(default_factory=CancelMap)
     tls_context: ssl.SSLContext | None = None
     channel_binding: bytes | None = None
@@ -407,11 +409,12 @@ class Session:
         self._rate_check(lambda limits: limits.admit_identity("tcp" if self.client.can_tls else "ws", vetted.user,
                                                               verified.claims.get("sub")))
         vetted = replace(vetted, database=await self.ctx.control_plane.tenant_database(verified.claims, vetted.database))
+        opener, database, credential = (self.ctx.tenant_compute(vetted.database, vetted.user)
+                                        or (self.ctx.open_backend_socket, vetted.database, self.ctx.backend_credential(vetted.user)))
         # The same steps as the HTTP path: a prepared database, a bound backend, a re-signed token.
         backend, signer = await self.ctx.control_plane.start_jwt_session(
             vetted.database, vetted.user,
-            lambda options: open_compute(self.ctx.open_backend_socket, vetted.backend_params(options),
-                                         self.ctx.backend_credential(vetted.user)))
+            lambda options: open_compute(opener, replace(vetted, database=database).backend_params(options), credential))
         try:
             await backend.first_row(session_jwt.INIT_QUERY, [signer.token_for(verified.payload)])
         except BaseException:
