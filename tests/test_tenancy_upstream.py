@@ -132,6 +132,18 @@ async def test_tcp_tenants_reach_their_own_server_only_under_concurrency(emulato
         assert [b for b in stored(servers, tenant) if b.startswith("tcp")] == sorted(f"tcp-{tenant}-{i}" for i in range(6))
 
 
+async def test_a_cancel_reaches_the_tenants_server(emulator, servers):
+    async with await tcp(emulator, "globex", "globex") as conn:
+        running = asyncio.ensure_future(conn.execute("select pg_sleep(30)"))
+        async with await psycopg.AsyncConnection.connect(dbname="globex", **servers["globex"]["admin"]) as admin:
+            while await (await admin.execute("select count(*) from pg_stat_activity where state = 'active'"
+                                             " and query = 'select pg_sleep(30)'")).fetchone() != (1,):
+                await asyncio.sleep(0.05)  # until the query runs on globex's server
+        await conn.cancel_safe()
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            await asyncio.wait_for(running, 10)
+
+
 async def test_websocket_tenants_reach_their_own_server_only(emulator, servers):
     urls = [[tenant, f"postgresql://authenticated:{token(emulator, tenant)}@localhost/{other(tenant)}"]
             for _ in range(3) for tenant in TENANTS]
@@ -254,6 +266,22 @@ def test_tenants_cli_in_upstream_mode(servers, tmp_path):
     for command in (["create", "initech"], ["drop", "acme", "--yes"]):
         refused = neon_local("tenants", *command, cwd=tmp_path)
         assert refused.returncode == 1 and 'is for [tenancy] mode "database"' in refused.stderr
+    (tmp_path / "neon_local.toml").write_text("upstream_yes = true\n" + tenancy_toml(servers))
+    (tmp_path / "001_tags.sql").write_text("create table tags (name text primary key);\n")
+    up = neon_local("up", "--detach", "--http-port", "0", "--pg-port", "0", cwd=tmp_path)
+    assert up.returncode == 0, up.stderr
+    try:
+        displays = {tenant: f"{tenant} (postgresql://postgres@127.0.0.1:{servers[tenant]['port']}/{tenant})" for tenant in TENANTS}
+        migrated = neon_local("tenants", "migrate", "001_tags.sql", cwd=tmp_path)
+        assert migrated.returncode == 0, migrated.stderr
+        assert migrated.stdout.splitlines() == ["neondb: 001_tags.sql", *(f"{displays[t]}: 001_tags.sql" for t in TENANTS)]
+        again = neon_local("tenants", "migrate", "001_tags.sql", cwd=tmp_path)
+        assert again.stdout.splitlines() == ["neondb: up to date", *(f"{displays[t]}: up to date" for t in TENANTS)]
+    finally:
+        neon_local("down", cwd=tmp_path)
+    for tenant in TENANTS:
+        with psycopg.connect(dbname=tenant, **servers[tenant]["admin"]) as conn:
+            assert conn.execute("select to_regclass('tags') is not null").fetchone() == (True,)
 
 
 def test_upstream_mode_config_errors_name_the_key(tmp_path):

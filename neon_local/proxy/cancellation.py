@@ -9,15 +9,19 @@ from __future__ import annotations
 import hmac
 import secrets
 import struct
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
 class CancelKey:
-    """A (pid, secret key) pair as carried by BackendKeyData and CancelRequest."""
+    """A (pid, secret key) pair as carried by BackendKeyData and CancelRequest; a backend's may carry the opener
+    of its server when that is not the proxy's own (a tenant's upstream)."""
 
     pid: int
     key: int
+    opener: Callable[[], Awaitable[Any]] | None = field(default=None, compare=False, repr=False)
 
     def __repr__(self) -> str:
         return f"CancelKey(pid={self.pid}, key=[secure])"

@@ -372,7 +372,7 @@ class Session:
         # Like Postgres, close without a word either way, so keys cannot be probed.
         target = self.ctx.cancellations.lookup(request.pid, request.key)
         if target is not None:
-            await send_cancel(self.ctx.open_backend_socket, target)
+            await send_cancel(target.opener or self.ctx.open_backend_socket, target)
 
     async def _next(self, parse):
         while True:
@@ -415,6 +415,8 @@ class Session:
         backend, signer = await self.ctx.control_plane.start_jwt_session(
             vetted.database, vetted.user,
             lambda options: open_compute(opener, replace(vetted, database=database).backend_params(options), credential))
+        if opener is not self.ctx.open_backend_socket and backend.key is not None:  # a cancel goes to the tenant's server
+            backend.key = replace(backend.key, opener=opener)
         try:
             await backend.first_row(session_jwt.INIT_QUERY, [signer.token_for(verified.payload)])
         except BaseException:
