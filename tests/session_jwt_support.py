@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from contextlib import contextmanager
@@ -9,10 +10,15 @@ from contextlib import contextmanager
 import psycopg
 from psycopg import errors, sql
 
-from neon_local.postgres import session_jwt
+from neon_local.postgres import session_jwt, stub_upgrade
+from neon_local.postgres.extension_path import COMPILED_STUB_FILES_DIR, STUB_FILES_DIR, stub_files_dir
 
 OWNER = "neondb_owner"
 ORG_ID = "11111111-1111-1111-1111-111111111111"
+
+# The stub's two builds, by the language of their auth.* functions: the C one the embedded server gets (its module
+# is built at install), and the SQL one every other server gets. Tests that take a `db` run on both.
+BUILDS = {"c": COMPILED_STUB_FILES_DIR, "sql": STUB_FILES_DIR}
 
 
 def b64url(data: bytes | str) -> str:
@@ -20,18 +26,36 @@ def b64url(data: bytes | str) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
+def build_of(conn) -> str:
+    """Which build of the stub the connected database holds."""
+    return conn.execute("select l.lanname from pg_proc p join pg_language l on l.oid = p.prolang "
+                        "where p.oid = 'auth.user_id()'::regprocedure").fetchone()[0]
+
+
+async def _switch_build(cluster, dbname: str, build: str) -> None:
+    async with await psycopg.AsyncConnection.connect(cluster.conninfo(dbname=dbname), autocommit=True) as conn:
+        await stub_upgrade.refresh_database(conn, dbname, BUILDS[build])
+
+
 @contextmanager
-def scratch_database(cluster, name: str, version: str | None = "0.5.0"):
+def scratch_database(cluster, name: str, version: str | None = "0.5.0", build: str | None = None):
     """A fresh database owned by neondb_owner, with the stub created by that (non-superuser) owner
-    and USAGE on auth for the JWT roles, as local_proxy grants it. Dropped afterwards."""
+    and USAGE on auth for the JWT roles, as local_proxy grants it. Dropped afterwards.
+
+    `build` ("c" or "sql"): the stub's build, made from the server's own as a data directory switches between
+    them (stub_upgrade.refresh_database), so that one server tests both; None keeps the server's."""
     with psycopg.connect(cluster.conninfo(dbname="postgres"), autocommit=True) as admin:
         admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
         admin.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(name), sql.Identifier(OWNER)))
     if version is not None:
         with psycopg.connect(cluster.conninfo(user=OWNER, dbname=name), autocommit=True) as owner:
             owner.execute(sql.SQL("CREATE EXTENSION pg_session_jwt VERSION {}").format(sql.Literal(version)))
+        if build is not None and BUILDS[build] != stub_files_dir(cluster.binaries.major):
+            asyncio.run(_switch_build(cluster, name, build))
         with psycopg.connect(cluster.conninfo(dbname=name), autocommit=True) as admin:
             admin.execute("GRANT USAGE ON SCHEMA auth TO authenticated, anonymous")
+            if build is not None:
+                assert build_of(admin) == build
     try:
         yield name
     finally:

@@ -35,11 +35,10 @@ async def marks(sql_http, dbname: str) -> int:
 
 async def test_a_failing_session_init_skips_the_users_statement(sql_http):
     conn = await fresh_database(sql_http, "init_fails")
-    async with await sql_http.admin("init_fails") as admin:  # the stub's state refuses every token from now on
+    async with await sql_http.admin("init_fails") as admin:  # the stub refuses every token from now on
         await admin.execute("""
-            create function public.refuse() returns trigger language plpgsql as $$
+            create or replace function auth.jwt_session_init(jwt text) returns void language plpgsql as $$
             begin raise exception 'session state is read-only for this test'; end $$;
-            create trigger refuse before update on _pg_session_jwt.backend for each row execute function public.refuse();
         """)
     for body in ({"query": "insert into marks values (1)"},
                  {"queries": [{"query": "insert into marks values (2)"}, {"query": "select 1"}]}):

@@ -12,16 +12,17 @@ import pytest
 from psycopg import sql
 
 from neon_local.postgres import session_jwt
-from session_jwt_support import ORG_ID, OWNER, JwtSession, assert_error, b64url, fail, scratch_database
+from session_jwt_support import BUILDS, ORG_ID, OWNER, JwtSession, assert_error, b64url, build_of, fail, scratch_database
 
 DB = "session_jwt_stub"
 USER_UUID = "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"
 ALL_FUNCTIONS = "auth.session(), auth.jwt(), auth.user_id(), auth.uid(), auth.organization(), auth.organization_id()"
 
 
-@pytest.fixture(scope="module")
-def db(cluster):
-    with scratch_database(cluster, DB) as name:
+@pytest.fixture(scope="module", params=list(BUILDS))
+def db(cluster, request):
+    """The database, in one of the stub's builds (see session_jwt_support.BUILDS): every test runs on both."""
+    with scratch_database(cluster, f"{DB}_{request.param}", build=request.param) as name:
         yield name
 
 
@@ -312,6 +313,34 @@ def test_jwt_session_init_is_a_session_level_set(jwt_session):
     assert first != second
 
 
+def test_savepoints_roll_back_the_tokens_they_accepted(jwt_session):
+    """A token accepted in a rolled-back savepoint is forgotten with the SET that named it; a released one's
+    belongs to the enclosing transaction."""
+    conn = jwt_session.conn
+    jwt_session.login({"sub": "a"})
+    with conn.transaction():
+        conn.execute("savepoint s")
+        jwt_session.login({"sub": "b"})
+        conn.execute("rollback to savepoint s")
+        assert jwt_session.value("select auth.user_id()") == "a"
+        conn.execute("savepoint t")
+        jwt_session.login({"sub": "c"})
+        conn.execute("release savepoint t")
+    assert jwt_session.value("select auth.user_id()") == "c"
+    with conn.transaction():
+        conn.execute("savepoint outer_sp")
+        jwt_session.login({"sub": "d"})
+        conn.execute("savepoint inner_sp")
+        jwt_session.login({"sub": "e"})
+        conn.execute("release savepoint inner_sp")
+        assert jwt_session.value("select auth.user_id()") == "e"
+        conn.execute("rollback to savepoint outer_sp")
+        assert jwt_session.value("select auth.user_id()") == "c"
+    assert jwt_session.value("select auth.user_id()") == "c"
+    jwt_session.login({"sub": "f"})
+    assert jwt_session.value("select auth.user_id()") == "f"
+
+
 def test_init_twice_and_reset_all(jwt_session):
     jwt_session.conn.execute("select auth.init(); select auth.init()")
     jwt_session.login({"sub": "a"})
@@ -449,6 +478,11 @@ def test_installed_by_a_non_superuser_and_owned_by_the_superuser(cluster, db):
         assert grantees == ["anonymous", "authenticated", "cloud_admin"]
         # The private schema's name is usable by all (the inlined readers run as their caller), but of
         # what it holds only the readers' slow ways may be executed by others, and the state table by nobody.
+        if build_of(conn) == "c":  # its state is in backend memory: the private schema is empty, and nobody else's
+            assert row(conn, "select nspacl from pg_namespace where nspname = '_pg_session_jwt'") == (None,)
+            assert row(conn, """select count(*) from pg_class where relnamespace = '_pg_session_jwt'::regnamespace""") == (0,)
+            assert row(conn, """select count(*) from pg_proc where pronamespace = '_pg_session_jwt'::regnamespace""") == (0,)
+            return
         assert row(conn, "select nspacl::text[] from pg_namespace where nspname = '_pg_session_jwt'") == (
             ["cloud_admin=UC/cloud_admin", "=U/cloud_admin"],)
         public = conn.execute("""select p.proname from pg_proc p where p.pronamespace = '_pg_session_jwt'::regnamespace
@@ -486,6 +520,7 @@ def test_reads_after_reset_all_and_relogin(jwt_session):
         jwt_session.conn.execute(statement)
 
 
+@pytest.mark.parametrize("db", ["sql"], indirect=True)
 def test_hmac_pad_matches_rfc_2104(cluster, db):
     """The bit-string XOR gives the same key blocks as a byte-by-byte one."""
     with psycopg.connect(cluster.conninfo(dbname=db), autocommit=True) as admin:

@@ -18,16 +18,17 @@ import pytest
 from psycopg import errors, sql
 
 from neon_local.postgres import session_jwt
-from session_jwt_support import OWNER, JwtSession, assert_error, b64url, fail, scratch_database
+from session_jwt_support import BUILDS, OWNER, JwtSession, assert_error, b64url, build_of, fail, scratch_database
 
 DB = "session_jwt_tamper"
 ALICE = {"sub": "alice", "role": "member"}
 MALLORY = {"sub": "mallory", "role": "admin"}
 
 
-@pytest.fixture(scope="module")
-def db(cluster):
-    with scratch_database(cluster, DB) as name:
+@pytest.fixture(scope="module", params=list(BUILDS))
+def db(cluster, request):
+    """The database, in one of the stub's builds (see session_jwt_support.BUILDS): every attack is tried on both."""
+    with scratch_database(cluster, f"{DB}_{request.param}", build=request.param) as name:
         yield name
 
 
@@ -142,20 +143,33 @@ def test_temp_objects_named_like_the_stubs(alice):
 
 
 @pytest.mark.parametrize("query, message", [
+    ("create function _pg_session_jwt.claims(x int) returns jsonb language sql as 'select null::jsonb'",
+     "permission denied for schema _pg_session_jwt"),
+    ("select pg_read_file('neon_local_session.key')", "permission denied for function pg_read_file"),
+    ("select pg_read_binary_file('neon_local_session.key')", "permission denied for function pg_read_binary_file"),
+    ("set role cloud_admin", "permission denied to set role \"cloud_admin\""),
+    ("create schema _pg_session_jwt_shadow", "permission denied for database {db}"),
+    # the C build's functions: no other entry into its module, and no way to load a copy of it
+    ("create function pg_temp.verify() returns void language c as 'neon_local_session_jwt', 'pgsjwt_init'",
+     "permission denied for language c"),
+    ("load 'neon_local_session_jwt'", 'access to library "neon_local_session_jwt" is not allowed'),
+])
+def test_private_state_and_the_secret_are_out_of_reach(alice, db, query, message):
+    error = fail(alice, query)
+    assert (error.sqlstate, error.diag.message_primary) == ("42501", message.format(db=db))
+    assert_not_mallory(alice)
+
+
+@pytest.mark.parametrize("db", ["sql"], indirect=True)
+@pytest.mark.parametrize("query, message", [
     ("select * from _pg_session_jwt.backend", "permission denied for table backend"),
     ("update _pg_session_jwt.backend set last_jti = 0", "permission denied for table backend"),
     ("select _pg_session_jwt.verify('x')", "permission denied for function verify"),
     ("select _pg_session_jwt.new_state(1, 'x', 'y')", "permission denied for function new_state"),
     ("select _pg_session_jwt.loaded_state()", "permission denied for function loaded_state"),
     ("select _pg_session_jwt.publish('x', '{\"sub\":\"mallory\"}')", "permission denied for function publish"),
-    ("create function _pg_session_jwt.claims(x int) returns jsonb language sql as 'select null::jsonb'",
-     "permission denied for schema _pg_session_jwt"),
-    ("select pg_read_file('neon_local_session.key')", "permission denied for function pg_read_file"),
-    ("select pg_read_binary_file('neon_local_session.key')", "permission denied for function pg_read_binary_file"),
-    ("set role cloud_admin", "permission denied to set role \"cloud_admin\""),
-    ("create schema _pg_session_jwt_shadow", "permission denied for database session_jwt_tamper"),
 ])
-def test_private_state_and_the_secret_are_out_of_reach(alice, query, message):
+def test_the_sql_stubs_private_state_is_out_of_reach(alice, query, message):
     error = fail(alice, query)
     assert (error.sqlstate, error.diag.message_primary) == ("42501", message)
     assert_not_mallory(alice)
@@ -203,6 +217,7 @@ def test_token_for_a_previous_backend_with_the_same_pid(alice):
     assert_not_mallory(alice)
 
 
+@pytest.mark.parametrize("db", ["sql"], indirect=True)  # the C build keeps no state outside the backend
 def test_stale_state_left_by_a_previous_backend_is_not_trusted(cluster, db):
     victim = psycopg.connect(cluster.conninfo(user="authenticated", dbname=db, options=session_jwt.startup_options()),
                              autocommit=True)
@@ -263,11 +278,11 @@ PLANTED = "pgsessionjwt_s," + b"mallory".hex() + ",,,," + json.dumps(MALLORY).en
     "select set_config('backtrace_functions', {value}, false)",
     "select set_config('backtrace_functions', {value}, true)",
     "alter role authenticated set backtrace_functions = {value}",
-    "alter role authenticated in database session_jwt_tamper set backtrace_functions = {value}",
+    "alter role authenticated in database {db} set backtrace_functions = {value}",
 ])
-def test_the_published_claims_cannot_be_planted(alice, statement):
+def test_the_published_claims_cannot_be_planted(alice, db, statement):
     with alice.conn.transaction():
-        error = fail(alice, sql.SQL(statement).format(value=sql.Literal(PLANTED)))
+        error = fail(alice, sql.SQL(statement).format(value=sql.Literal(PLANTED), db=sql.Identifier(db)))
     assert (error.sqlstate, error.diag.message_primary) == ("42501", 'permission denied to set parameter "backtrace_functions"')
     assert_not_mallory(alice)
 
@@ -288,19 +303,21 @@ def test_the_published_claims_cannot_be_planted_by_a_function_set_clause(alice):
 @pytest.mark.parametrize("reset", [None, "reset all", "discard all"])
 def test_claiming_a_token_was_verified_gains_nothing(alice, reset):
     """pg_session_jwt.verified_jwt is any session's to SET: matching it to a forged token keeps the claims
-    this session proved (or, with none published, gets the forged token validated, and refused)."""
+    this session proved (or, with none published, gets the forged token validated, and refused). The C build
+    never reads it: the forged token is validated, and refused."""
     if reset:
         alice.conn.execute(reset)
     token = forged(MALLORY, b"\x00" * 32, alice.pid, alice.backend_start)
     alice.conn.execute(sql.SQL("set pg_session_jwt.jwt = {0}; set pg_session_jwt.verified_jwt = {0}").format(sql.Literal(token)))
-    if reset:
+    if reset or build_of(alice.conn) == "c":
         assert identity(alice) is errors.CheckViolation
     else:
         assert_not_mallory(alice)
 
 
-# --- The backend's row: found by pid and startup JWK, no statistics after the first time ----------------
+# --- The SQL build's backend row: found by pid and startup JWK, no statistics after the first time ------
 
+@pytest.mark.parametrize("db", ["sql"], indirect=True)
 def test_a_row_under_alices_pid_made_under_another_jwk_is_not_trusted(cluster, db, alice):
     """What an earlier backend with the same pid would leave: another connection's key, jti and token."""
     token = f"{b64url('{}')}.{b64url(json.dumps(MALLORY | {'jti': 1}))}.forged"
@@ -316,6 +333,7 @@ def test_a_row_under_alices_pid_made_under_another_jwk_is_not_trusted(cluster, d
     assert_not_mallory(alice)
 
 
+@pytest.mark.parametrize("db", ["sql"], indirect=True)
 @pytest.mark.parametrize("statement", ["reset all", "discard all"])
 def test_the_row_is_found_again_after_a_reset_without_the_statistics(cluster, db, alice, statement):
     """The row is matched by pid and the startup JWK, which both survive the reset: even with a start

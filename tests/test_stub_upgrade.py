@@ -24,6 +24,7 @@ from neon_local.postgres.binaries import find_binaries
 from neon_local.postgres.bootstrap import ROLE_GRANTS
 from neon_local.postgres.cluster import PostgresCluster, RunAs, initdb
 from neon_local.settings import Settings
+from session_jwt_support import build_of
 
 OLD_STUB = Path(__file__).resolve().parent.parent / "fixtures" / "previous-release" / "extension"
 JWT_ROLES = ("authenticated", "anonymous")
@@ -166,6 +167,7 @@ async def test_the_stub_is_what_a_fresh_install_makes_and_the_owner_can_update_i
                 conn.execute(sql.SQL("ALTER EXTENSION pg_session_jwt UPDATE TO {}").format(sql.Literal(version)))
         with superuser(emulator.cluster, "neondb") as upgraded_db, superuser(emulator.cluster, "fresh") as fresh:
             assert upgraded_db.execute(DESCRIBE_STUB).fetchall() == fresh.execute(DESCRIBE_STUB).fetchall(), version
+            assert build_of(upgraded_db) == "c"  # the release's SQL stub became the C build the server has now
     assert await as_user(emulator, "select auth.user_id() as who, auth.organization_id() as org") == [
         {"who": "user_alice", "org": None}]
 
@@ -175,12 +177,13 @@ async def test_a_database_whose_objects_read_the_private_schema_is_left_alone_un
     assert any("database legacy" in m and "use its private schema _pg_session_jwt: view raw_claims." in m
                for m in messages), messages
     data = emulator.cluster.data_dir
-    assert not stub_upgrade.is_current(data)  # so the next start tries again
+    major = emulator.cluster.binaries.major
+    assert not stub_upgrade.is_current(data, major)  # so the next start tries again
     with superuser(emulator.cluster, "legacy") as conn:
         assert conn.execute("SELECT extowner::regrole::text FROM pg_extension WHERE extname = 'pg_session_jwt'"
                             ).fetchone() == ("cloud_admin",)
         conn.execute("DROP VIEW raw_claims")
     assert ("pg_session_jwt 0.3.1 in database legacy: functions refreshed, policies and data kept, "
             "and now belongs to neondb_owner (was cloud_admin)") in await stub_upgrade.upgrade_stub(emulator.cluster)
-    assert stub_upgrade.is_current(data)
+    assert stub_upgrade.is_current(data, major)
     assert await stub_upgrade.upgrade_stub(emulator.cluster) == []  # current now: nothing to do

@@ -1,6 +1,7 @@
 """Make neon-local's extensions installable by CREATE EXTENSION without writing to system directories.
 
-Three sets are offered, in this order of precedence: the pg_session_jwt stub (ahead of the server's own),
+Three sets are offered, in this order of precedence: the pg_session_jwt stub (ahead of the server's own;
+its C build when neon-local's module was built for this server, else the SQL one),
 the server's own extensions, then (see postgres.contrib) neon-local's pgcrypto and uuid-ossp when their
 module was built for this server, and placeholders that explain how to get a Neon-supported extension
 the server lacks. A server's own extension therefore always wins over neon-local's.
@@ -30,7 +31,18 @@ from neon_local.postgres.cache import cache_dir
 log = logging.getLogger(__name__)
 
 STUB_DIR = Path(__file__).parent / "extension"
-STUB_FILES_DIR = STUB_DIR / "extension"
+STUB_FILES_DIR = STUB_DIR / "extension"  # the SQL stub, for any server (and the only one for --upstream)
+COMPILED_STUB_DIR = STUB_DIR / "compiled"
+COMPILED_STUB_FILES_DIR = COMPILED_STUB_DIR / "extension"  # the C build's scripts
+
+
+def stub_root(major: int) -> Path:
+    """The folder whose extension/ holds the pg_session_jwt files a PostgreSQL `major` server gets."""
+    return COMPILED_STUB_DIR if contrib.session_jwt_module_built(major) else STUB_DIR
+
+
+def stub_files_dir(major: int) -> Path:
+    return stub_root(major) / "extension"
 
 
 def server_command(binaries: PgBinaries) -> list[str]:
@@ -41,7 +53,7 @@ def server_command(binaries: PgBinaries) -> list[str]:
         own = [str(contrib.CONTRIB_DIR)] if contrib.own_files(binaries.major) else []
         if not own:
             _warn_if_pgcrypto_missing(binaries)
-        control_path = ":".join([str(STUB_DIR), "$system", *own, str(placeholders)])
+        control_path = ":".join([str(stub_root(binaries.major)), "$system", *own, str(placeholders)])
         return [str(binaries.tool("postgres")), "-c", f"extension_control_path={control_path}", *library_path]
     return [str(shadow_install(binaries, placeholders)), *library_path]
 
@@ -70,7 +82,7 @@ def _pg_config(binaries: PgBinaries) -> dict[str, Path]:
 def shadow_install(binaries: PgBinaries, placeholders: Path) -> Path:
     """Build (once) and return the shadow `postgres` executable for a pre-18 server."""
     paths = _pg_config(binaries)
-    offered = [*STUB_FILES_DIR.iterdir(), *contrib.own_files(binaries.major), placeholders]
+    offered = [*stub_files_dir(binaries.major).iterdir(), *contrib.own_files(binaries.major), placeholders]
     key = hashlib.sha256(f"{binaries.bin_dir}:{binaries.version}:{sorted(map(str, offered))}".encode()).hexdigest()[:12]
     root = cache_dir() / "shadow" / f"pg{binaries.version}-{key}"
     executable = root / paths["bindir"].relative_to("/") / "postgres"
@@ -103,7 +115,7 @@ def _mirror(staging: Path, paths: dict[str, Path], binaries: PgBinaries, placeho
             (share / entry.name).symlink_to(entry)
     extension = share / "extension"
     extension.mkdir()
-    for source in STUB_FILES_DIR.iterdir():
+    for source in stub_files_dir(binaries.major).iterdir():
         (extension / source.name).symlink_to(source)
     # The same precedence as extension_control_path on 18: an extension comes from the first set that has it.
     taken = {p.name.split(".control")[0] for p in extension.glob("*.control")}

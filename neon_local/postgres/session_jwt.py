@@ -1,4 +1,7 @@
-"""Mint the per-request tokens that neon-local's SQL pg_session_jwt stub accepts, bound to one backend connection."""
+"""Mint the per-request tokens that neon-local's pg_session_jwt stub accepts, bound to one backend connection.
+
+The stub has two builds that accept the same tokens: the SQL one (extension/extension) and the C one
+(contrib/src/session_jwt.c, offered when its module was built for the server; see extension_path)."""
 
 from __future__ import annotations
 
@@ -34,7 +37,8 @@ SECRET_FILENAME = "neon_local_session.key"
 
 # Run once per connection as the JWT role: auth.init() checks the startup JWK (as Neon's local_proxy
 # runs it), and the row is the backend identity the stub derives this connection's key from. The
-# backend_start expression must stay byte-for-byte the one in _pg_session_jwt.current_backend().
+# backend_start expression must stay byte-for-byte the one in the SQL stub's _pg_session_jwt.current_backend()
+# and what the C build's backend_identity() computes (extract(epoch ...) of the same timestamp, as text).
 BIND_QUERY = (
     "select a.pid, extract(epoch from a.backend_start)::text as backend_start"
     " from auth.init(), pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid()) as a"

@@ -17,6 +17,11 @@ database that has the extension, in one transaction each:
 
 The installed version stays what it was. A database where something outside the stub depends on its
 private schema is left alone, with a warning saying how to bring it up to date by hand.
+
+The same refresh switches a data directory between the stub's two builds, the SQL one and the C one
+(extension_path.stub_files_dir: the C one when its module was built for the server): the digest covers the
+build's files, so a data directory made with the SQL stub moves to the C functions at its next start with
+the module present (same oids, so policies keep working), and back again when the module is gone.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from neon_local.postgres.cluster import PostgresCluster
-from neon_local.postgres.extension_path import STUB_FILES_DIR
+from neon_local.postgres.extension_path import stub_files_dir
 
 if TYPE_CHECKING:  # psycopg (~0.1 s) only when there is something to upgrade: not on every start
     import psycopg
@@ -40,27 +45,27 @@ PRIVATE_SCHEMA = "_pg_session_jwt"
 STAMP_FILENAME = "neon_local_stub.digest"
 
 
-def stub_digest() -> str:
-    """Names and contents of the stub's files: what makes one build of the stub another."""
+def stub_digest(major: int) -> str:
+    """Names and contents of the stub's files for a PostgreSQL `major` server: what makes one build of the stub another."""
     digest = hashlib.sha256()
-    for stub_file in sorted(STUB_FILES_DIR.iterdir()):
+    for stub_file in sorted(stub_files_dir(major).iterdir()):
         digest.update(stub_file.name.encode() + b"\0" + stub_file.read_bytes())
     return digest.hexdigest()
 
 
-def stamp(pgdata: Path) -> None:
-    """Record that the databases of the cluster at `pgdata` hold the current stub."""
-    (pgdata / STAMP_FILENAME).write_text(stub_digest() + "\n")
+def stamp(pgdata: Path, major: int) -> None:
+    """Record that the databases of the cluster at `pgdata` (a PostgreSQL `major` one) hold the current stub."""
+    (pgdata / STAMP_FILENAME).write_text(stub_digest(major) + "\n")
 
 
-def is_current(pgdata: Path) -> bool:
+def is_current(pgdata: Path, major: int) -> bool:
     try:
-        return (pgdata / STAMP_FILENAME).read_text().strip() == stub_digest()
+        return (pgdata / STAMP_FILENAME).read_text().strip() == stub_digest(major)
     except FileNotFoundError:
         return False
 
 
-def script_chain(version: str, files_dir: Path = STUB_FILES_DIR) -> list[Path]:
+def script_chain(version: str, files_dir: Path) -> list[Path]:
     """The scripts CREATE EXTENSION ... VERSION `version` runs: an install script, then the shortest chain of
     update scripts from its version (as PostgreSQL picks them)."""
     installs = {m.group(1): p for p in files_dir.glob(f"{EXTENSION}--*.sql")
@@ -82,10 +87,10 @@ def script_chain(version: str, files_dir: Path = STUB_FILES_DIR) -> list[Path]:
     return paths[version]
 
 
-def refresh_sql(version: str) -> str:
-    """The scripts for `version` as plain SQL that replaces existing functions (they run outside CREATE EXTENSION,
-    which strips the psql-only \\echo lines the same way)."""
-    text = "\n".join(p.read_text() for p in script_chain(version))
+def refresh_sql(version: str, files_dir: Path) -> str:
+    """The scripts in `files_dir` for `version` as plain SQL that replaces existing functions (they run outside
+    CREATE EXTENSION, which strips the psql-only \\echo lines the same way)."""
+    text = "\n".join(p.read_text() for p in script_chain(version, files_dir))
     text = re.sub(r"^\\echo.*$", "", text, flags=re.MULTILINE)
     return re.sub(r"\bCREATE FUNCTION\b", "CREATE OR REPLACE FUNCTION", text)
 
@@ -166,8 +171,9 @@ class StubUpgradeRefused(Exception):
     """Something outside the stub depends on its private objects: they are left as they are."""
 
 
-async def _refresh_database(conn: psycopg.AsyncConnection, dbname: str) -> str | None:
-    """Refresh the stub in the connected database; what was done, or None when it has no stub."""
+async def refresh_database(conn: psycopg.AsyncConnection, dbname: str, files_dir: Path) -> str | None:
+    """Make the stub in the connected database the one whose scripts are in `files_dir`; what was done, or None
+    when it has no stub."""
     from psycopg import sql
 
     cur = await conn.execute("SELECT oid, extversion, extowner::regrole::text FROM pg_catalog.pg_extension WHERE extname = %s",
@@ -176,7 +182,7 @@ async def _refresh_database(conn: psycopg.AsyncConnection, dbname: str) -> str |
     if row is None:
         return None
     extension, version, owner_before = row
-    script = refresh_sql(version)
+    script = refresh_sql(version, files_dir)
     names = {"extension": extension, "schema": PRIVATE_SCHEMA}
     async with conn.transaction():
         dependents = [r[0] for r in await (await conn.execute(_OUTSIDE_DEPENDENTS, names)).fetchall()]
@@ -203,7 +209,8 @@ async def _refresh_database(conn: psycopg.AsyncConnection, dbname: str) -> str |
 async def upgrade_stub(cluster: PostgresCluster) -> list[str]:
     """Refresh the stub in every database of a running cluster whose stamp is not the current stub's; returns (and
     logs) what was done. Costs one file read when the cluster is current."""
-    if is_current(cluster.data_dir):
+    major = cluster.binaries.major
+    if is_current(cluster.data_dir, major):
         return []
     import psycopg
 
@@ -214,7 +221,7 @@ async def upgrade_stub(cluster: PostgresCluster) -> list[str]:
     for dbname in databases:
         async with await psycopg.AsyncConnection.connect(cluster.conninfo(dbname=dbname), autocommit=True) as conn:
             try:
-                what = await _refresh_database(conn, dbname)
+                what = await refresh_database(conn, dbname, stub_files_dir(major))
             except StubUpgradeRefused as exc:
                 refused.append(dbname)
                 log.warning("%s in database %s was made by an older neon-local and is left as it was, because these use "
@@ -225,5 +232,5 @@ async def upgrade_stub(cluster: PostgresCluster) -> list[str]:
             log.info("data directory from an older neon-local: %s", what)
             done.append(what)
     if not refused:
-        stamp(cluster.data_dir)
+        stamp(cluster.data_dir, major)
     return done

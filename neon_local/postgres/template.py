@@ -29,7 +29,7 @@ FORMAT = 8  # bump when what a template holds changes without its inputs changin
 def _key(binaries: PgBinaries, settings: Settings) -> str:
     digest = hashlib.sha256()
     for part in (FORMAT, binaries.bin_dir, binaries.version, settings.database, settings.owner,
-                 settings.owner_password, settings.jwt_roles, sorted(settings.role_specs.items()), stub_digest()):
+                 settings.owner_password, settings.jwt_roles, sorted(settings.role_specs.items()), stub_digest(binaries.major)):
         digest.update(repr(part).encode())
     return digest.hexdigest()[:12]
 
@@ -59,7 +59,7 @@ async def neon_template(binaries: PgBinaries, settings: Settings) -> Path:
         for leftover in ("postmaster.opts", session_jwt.SECRET_FILENAME):
             (pgdata / leftover).unlink(missing_ok=True)
         _drop_spare_wal(binaries, pgdata)
-        stamp(pgdata)  # copies hold the current stub: no upgrade at their first start
+        stamp(pgdata, binaries.major)  # copies hold the current stub: no upgrade at their first start
         try:
             os.rename(pgdata, target)
         except OSError:  # another process built the same template first: keep theirs

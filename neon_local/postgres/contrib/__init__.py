@@ -3,6 +3,8 @@
 - pgcrypto and uuid-ossp: neon-local's own (control files and scripts in extension/, a C module built from
   src/ when neon-local is installed, into lib/pg<major>/). Offered after the server's own extensions, so a
   server that has PostgreSQL's contrib always uses the real ones.
+- pg_session_jwt's auth.* functions in C: a module of their own (src/session_jwt.c, built beside the other),
+  which postgres.extension_path offers instead of the SQL stub when it was built for the server.
 - Every other extension in NEON_EXTENSIONS: a placeholder, also after the server's own, whose install script
   fails with a message naming the extension and how to get it, instead of Postgres' bare "could not open
   extension control file". Placeholders are listed in pg_available_extensions with version 'unavailable'.
@@ -21,6 +23,7 @@ from neon_local.postgres.cache import cache_dir
 CONTRIB_DIR = Path(__file__).parent
 OWN_FILES_DIR = CONTRIB_DIR / "extension"
 MODULE = "neon_local_contrib"
+SESSION_JWT_MODULE = "neon_local_session_jwt"
 PLACEHOLDER_VERSION = "unavailable"
 
 # Extensions Neon documents as supported that migrations commonly create, with the Debian/Ubuntu package that
@@ -70,6 +73,10 @@ def library_dir(major: int) -> Path:
 
 def own_module_built(major: int) -> bool:
     return (library_dir(major) / f"{MODULE}.so").is_file()
+
+
+def session_jwt_module_built(major: int) -> bool:
+    return (library_dir(major) / f"{SESSION_JWT_MODULE}.so").is_file()
 
 
 def own_files(major: int) -> list[Path]:
