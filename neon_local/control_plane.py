@@ -144,12 +144,11 @@ def tenant_dbname(tenancy: Tenancy, tenant: Any) -> str:
 class TenantUpstream:
     """A tenant's database on its upstream Postgres ([tenancy] mode "upstream"), and the route that names it."""
 
-    def __init__(self, tenant: str, url: str, upstream: Upstream) -> None:
+    def __init__(self, tenant: str, url: str, database: str, upstream: Upstream) -> None:
         self.url = url  # as [tenancy.upstreams] writes it
         self.upstream = upstream  # shared by the tenants on one server and login: one stub secret, one set of passwords
-        self.dbname = upstream.url.dbname
-        where = upstream.url
-        self.route = f"{tenant}:{self.dbname}@{where.host}:{where.port}"  # no "/": it also stands in a Data API path
+        self.dbname = database  # the tenant's own: the shared upstream's URL may name another tenant's
+        self.route = f"{tenant}:{database}@{upstream.url.host}:{upstream.url.port}"  # no "/": it also stands in a Data API path
 
 
 class ControlPlane:
@@ -391,7 +390,7 @@ class ControlPlane:
                 continue
             except UpstreamError as exc:
                 raise UpstreamError(f"[tenancy.upstreams] {tenant}: {exc}") from None
-            prepared[tenant] = TenantUpstream(tenant, url, upstream)
+            prepared[tenant] = TenantUpstream(tenant, url, parsed.dbname or settings.database, upstream)
         if needed:
             raise UpstreamChangesNeeded("of each tenant in [tenancy.upstreams]", needed)
         self._shaped_for = shape

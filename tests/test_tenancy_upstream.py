@@ -26,6 +26,7 @@ from test_reload import edit
 from test_upstream import PASSWORD, debian_postgres
 
 TENANTS = ("acme", "globex")
+SHARED = "hooli"  # a third tenant, in another database of acme's server
 
 SCHEMA = """
 create table notes (id serial primary key, body text not null);
@@ -48,16 +49,24 @@ def tenancy_toml(servers, mapped=TENANTS) -> str:
         f'{tenant} = "{servers[tenant]["verified_url"]}"\n' for tenant in mapped)
 
 
+def shared_url(servers) -> str:
+    return servers["acme"]["verified_url"].replace("/acme?", f"/{SHARED}?")
+
+
 @pytest.fixture(scope="module")
 async def emulator(servers, tmp_path_factory):
     root = tmp_path_factory.mktemp("tenancy-upstream")
-    (root / "neon_local.toml").write_text(tenancy_toml(servers))
+    with psycopg.connect(dbname="postgres", **servers["acme"]["admin"]) as conn:
+        conn.execute(f"create database {SHARED}")
+    (root / "neon_local.toml").write_text(tenancy_toml(servers) + f'{SHARED} = "{shared_url(servers)}"\n')
     settings = load_settings({"http_port": 0, "pg_port": 0, "upstream_yes": True}, config_file=root / "neon_local.toml", env={})
     emu = Emulator(settings, write_state=False)
     await emu.start()
     for tenant in TENANTS:  # the app's migration, run by each tenant's own user (the owner there)
         with psycopg.connect(dbname=tenant, **servers[tenant]["admin"]) as conn:
             conn.execute(SCHEMA.format(tenant=tenant))
+    with psycopg.connect(dbname=SHARED, **servers["acme"]["admin"]) as conn:  # no grants: Neon's default privileges apply
+        conn.execute(f"create table notes (id serial primary key, body text not null); insert into notes (body) values ('seed-{SHARED}')")
     yield emu
     await emu.stop()
 
@@ -132,6 +141,22 @@ async def test_tcp_tenants_reach_their_own_server_only_under_concurrency(emulato
         assert [b for b in stored(servers, tenant) if b.startswith("tcp")] == sorted(f"tcp-{tenant}-{i}" for i in range(6))
 
 
+async def test_tenants_in_two_databases_of_one_server_share_its_roles_and_stay_apart(emulator, servers):
+    """hooli's database got Neon's grants though acme's start made the roles; both log in with the same passwords."""
+    async with httpx.AsyncClient() as client:
+        async def write(tenant, i):
+            response = await sql(client, emulator, tenant, "insert into notes (body) values ($1) returning current_database() as db",
+                                 [f"shared-{tenant}-{i}"], dbname="acme")
+            assert response.status_code == 200, response.text
+            return tenant, response.json()["rows"][0]["db"]
+        for tenant, db in await asyncio.gather(*(write(tenant, i) for i in range(6) for tenant in ("acme", SHARED))):
+            assert db == tenant
+    async with await tcp(emulator, SHARED, "acme") as conn:
+        rows = await (await conn.execute("select body from notes order by body")).fetchall()
+        assert [r[0] for r in rows] == sorted([f"seed-{SHARED}", *(f"shared-{SHARED}-{i}" for i in range(6))])
+    assert not [b for b in stored(servers, "acme") if b.startswith(f"shared-{SHARED}")]
+
+
 async def test_a_cancel_reaches_the_tenants_server(emulator, servers):
     async with await tcp(emulator, "globex", "globex") as conn:
         running = asyncio.ensure_future(conn.execute("select pg_sleep(30)"))
@@ -154,7 +179,7 @@ async def test_websocket_tenants_reach_their_own_server_only(emulator, servers):
     for entry in sessions:
         tenant = entry["tenant"]
         assert (entry["db"], entry["port"]) == (tenant, servers[tenant]["port"]), entry
-        assert all(b == f"seed-{tenant}" or b.startswith((f"ws-{tenant}-", f"http-{tenant}-", f"tcp-{tenant}-"))
+        assert all(b == f"seed-{tenant}" or b.startswith((f"ws-{tenant}-", f"http-{tenant}-", f"tcp-{tenant}-", f"shared-{tenant}-"))
                    for b in entry["bodies"]), entry
     assert refused["code"] == "28000", refused
     assert refused["error"] == "tenant 'initech' (the \"org_id\" claim) has no upstream in [tenancy.upstreams]"

@@ -62,6 +62,17 @@ REVOKE ALL ON _pg_session_jwt.instance_secret FROM PUBLIC;
 """
 
 
+# Whether a JWT role exists, and whether it has Neon's grants in the connected database (the owner's default
+# privileges on new tables in schema public, the last of them to be granted).
+_ROLE_STATE_SQL = """
+select exists (select from pg_catalog.pg_roles where rolname = %s),
+       exists (select from pg_catalog.pg_default_acl d cross join lateral pg_catalog.aclexplode(d.defaclacl) a
+               join pg_catalog.pg_namespace n on n.oid = d.defaclnamespace and n.nspname = 'public'
+               where d.defaclobjtype = 'r' and pg_catalog.pg_get_userbyid(a.grantee) = %s
+                 and pg_catalog.pg_get_userbyid(d.defaclrole) = %s)
+"""
+
+
 class UpstreamError(NeonLocalError):
     """The upstream Postgres cannot be fronted as it is; the message says why and what to do."""
 
@@ -256,18 +267,17 @@ class Upstream:
         (owner,) = await _row(conn, "select pg_catalog.pg_get_userbyid(datdba) from pg_catalog.pg_database"
                                     " where datname = current_database()")
         for role in settings.jwt_roles:
-            cur = await conn.execute("select 1 from pg_catalog.pg_roles where rolname = %s", (role,))
-            if await cur.fetchone() is not None:
-                continue
-            if plan(f"create role {role} (LOGIN, no superuser, createdb, createrole or bypassrls, as Neon's JWT roles)"):
+            # A role made for another database of the server ([tenancy] mode "upstream") still needs the grants here.
+            exists, granted = await _row(conn, _ROLE_STATE_SQL, (role, role, owner))
+            spec = settings.role_specs.get(role)
+            if not exists and plan(f"create role {role} (LOGIN, no superuser, createdb, createrole or bypassrls, as Neon's JWT roles)"):
                 await conn.execute(sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS")
                                    .format(sql.Identifier(role)))
-            spec = settings.role_specs.get(role)
-            if (spec is None or spec.grants != "none") and plan(
+            if not granted and (spec is None or spec.grants != "none") and plan(
                     f"database {settings.database}: grant {role} Neon's documented privileges on schema public "
                     f"(and default privileges on the tables and sequences {owner} creates)"):
                 await grant_role(conn, role, owner)
-            for parent in spec.inherits if spec else ():
+            for parent in spec.inherits if spec and not exists else ():
                 if plan(f"grant {parent} to {role} ([roles.{role}] inherits)"):
                     await conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(parent), sql.Identifier(role)))
 
