@@ -231,8 +231,8 @@ class Settings:
         "Front a Postgres you already run instead of starting the embedded one: postgresql://USER:PASSWORD@HOST:PORT/DB, USER a superuser there "
         "(neon-local creates the JWT roles and installs the pg_session_jwt stub in DB; the URL's DB and USER become the database and owner)."))
     upstream_yes: bool = field(default=False, metadata=_scalar(
-        "Let --upstream make the changes it lists (JWT roles, the pg_session_jwt stub, their passwords); without it a start that needs "
-        "changes stops and lists them (`up` in a terminal asks)."))
+        "Let --upstream and [tenancy.upstreams] make the changes they list (JWT roles, the pg_session_jwt stub, their passwords); without "
+        "it a start that needs changes stops and lists them (`up` in a terminal asks)."))
     live_reload: bool = field(default=True, metadata=_scalar(
         "Apply edits to neon_local.toml (users, roles, providers, tenancy, rate limits, allow-list mode) while running; a file that does not load "
         "is refused and the last good one stays in force."))
