@@ -1,43 +1,71 @@
 """Statement fingerprints with pglast (libpg_query): one hash for `id = 1`, `id = $1` and `IN (1, 2, 3)`.
 
-Parsing costs tens of microseconds, so results are cached by exact text in a bounded LRU: the hot
-path never parses the same text twice. Text longer than MAX_PARSE_CHARS is not parsed at all.
+Parsing costs tens of microseconds, so what a text parsed to is kept, by the text's UTF-8 bytes as
+the wire carries them (a bounded FIFO): the hot path never parses the same text twice. Text longer
+than MAX_PARSE_CHARS is not parsed at all.
 
 A client that writes its values into the text (`pgbench -M simple`, psql) sends a new text each
-time, so a second cache is keyed by the text's *shape*: a plain DML statement with its numeric and
-quoted-string literals replaced by `?`. The fingerprint ignores every literal of such a statement
-(libpg_query hashes an A_Const by its node type alone), so texts of one shape share one fingerprint
-and a regex pass (a few µs) stands in for a parse. Only texts whose lexing that regex gets right
-take this path: no comments, dollar quotes, parameters or backslashes, one statement, and no
-`float(p)` (whose precision picks the type, real or double precision, so it is not a mere literal).
+time, so a plain DML statement's fingerprint is also kept by the text's *shape*: the text with its
+literal values blanked out. The fingerprint ignores every literal of such a statement (libpg_query
+hashes an A_Const by its node type alone), so all texts of one shape are one statement with one
+fingerprint, as long as the blanking keeps everything else that the parse depends on. Two shapes
+do that for different texts: `quick_shape` (digits as 0: a C-level translation, no regex) and
+`lexed_shape` (strings and numbers lexed by a regex); the parser decides for the rest.
 """
 
 from __future__ import annotations
 
 import re
 from collections import OrderedDict
-from typing import NamedTuple
+from typing import Generic, NamedTuple, TypeVar
 
 from pglast import ast, parser
 
-__all__ = ["MAX_PARSE_CHARS", "Fingerprinter", "ParsedStatement", "StatementError", "shape"]
+__all__ = ["MAX_PARSE_CHARS", "Fingerprinter", "ParsedStatement", "StatementError", "lexed_shape", "quick_shape"]
 
 MAX_PARSE_CHARS = 100_000
+CACHE_SIZE = 8192  # texts kept, and as many shapes of each kind
+CACHE_BYTES = 16 << 20  # at most this much text kept in each, however long the texts (up to MAX_PARSE_CHARS)
 _FIRST_WORD = re.compile(r"(?:\s|--[^\n]*\n?|/\*.*?\*/)*([A-Za-z]+)", re.S)
 _TRANSACTION_WORDS = {"begin", "start", "commit", "end", "rollback", "abort", "savepoint", "release"}
-CACHE_SIZE = 4096
-SHAPES_SIZE = 4096
+V = TypeVar("V")
+
 # What a shape may start with: a DML statement, whose numbers and strings are all A_Const literals.
-_DML = re.compile(r"\s*(?:select|insert|update|delete|with|values|table)\b", re.I)
-# A quoted identifier (kept), a string or a number (each replaced by `?`). A number is not part of a
-# name or of another number (`t1`, `1.2.3`; hex `0x1F` stays as written). Each branch starts with a
-# plain character (the lookbehinds come second) so that the engine skips other characters fast.
-_QUOTED_NAME = r'"(?:[^"]|"")*"'
-_LITERALS = (r"'[^']*(?:''[^']*)*'"
-             r"|\d(?<![\w$.]\d)[\d_]*(?:\.[\d_]*)?(?:[eE][+-]?\d+)?(?![\w$.])"
-             r"|\.(?<![\w$.]\.)\d[\d_]*(?:[eE][+-]?\d+)?(?![\w$.])")
-_LITERAL = re.compile(_LITERALS)
-_LITERAL_OR_NAME = re.compile(f"({_QUOTED_NAME})|{_LITERALS}")
+_DML = re.compile(rb"\s*(?:select|insert|update|delete|with|values|table)(?![\w\x80-\xff])", re.I)
+
+# The quick shape: every digit 1-9 as 0, so `aid = 48213` and `aid = 77` differ only in length (a few keys per
+# statement). Sound when every digit is part of a literal's value, which holds unless the text has one of these:
+# a name with a digit (`t1`, `"a 1"`, `$1`, `x$1`, a `$q1$` tag), a number that runs into letters (`0x1F`, `1e5`,
+# `1_000`, a trailing-junk error), `float(p)` (p picks real or double precision, or is out of range), a `[` (a type's
+# array bounds, `int[3]`, are hashed), 10 digits in a row (where the grammar wants an integer, `varchar(3)`, one
+# past int4 is a syntax error), an escape in a string (`E'\101'`, `U&'\0041'`, `U&'!0041' UESCAPE '!'`:
+# its digits decide whether the string is valid), or a NUL (where libpg_query stops reading). Other digits in strings
+# and comments are values or nothing; strings, comments and `;` need no lexing, since texts of one quick shape differ
+# only in their digits and so lex alike. Every one of those conditions holds for a text exactly when it holds for its
+# quick shape. The look for them (only when a text is parsed) translates the text into classes (a name's byte, a
+# digit, one of `$"[\` or NUL) and searches for a few substrings: a regex would cost ~10 ns a byte.
+_ZEROS = bytes.maketrans(b"123456789", b"000000000")
+_NAME_BYTES = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_" + bytes(range(0x80, 0x100))
+_CLASSES = bytes.maketrans(_NAME_BYTES + b"0123456789" + b'$"[\\\0', b"a" * len(_NAME_BYTES) + b"0" * 10 + b"$" * 5)
+
+# The lexed shape, for DML that the quick one leaves out (quoted names, `t1`, a UUID or a timestamp in a string):
+# quoted names kept, a string as \x01, an integer of up to 9 digits (an int4) as NUL, a number that Postgres reads as
+# numeric (`1.5`, `1e5`, 11 digits or more) as \x02, any other number as written (`0x1F`, `1_000`, 10 digits: int4 or
+# not). Where the grammar wants an integer (`varchar(3)`) the others are syntax errors. A number is not part of a
+# name or of another number (`t1`, `1.2.3`). Each branch starts with a plain character (the lookbehinds come second)
+# so that the engine skips other characters fast.
+_NOT_NAME = rb"(?![\w\x80-\xff$.])"
+_EXPONENT = rb"(?:[eE][+-]?\d+)"
+_LEXEMES = re.compile(
+    rb'("(?:[^"]|"")*")'
+    rb"|('[^']*(?:''[^']*)*')"
+    rb"|(\d(?<![\w\x80-\xff$.]\d)\d{0,8}" + _NOT_NAME + rb")"
+    rb"|(\d(?<![\w\x80-\xff$.]\d)(?:\d{10,}|\d*\.\d*" + _EXPONENT + rb"?|\d*" + _EXPONENT + rb")" + _NOT_NAME
+    + rb"|\.(?<![\w\x80-\xff$.]\.)\d+" + _EXPONENT + rb"?" + _NOT_NAME + rb")")
+_MARKERS = (b"", b"", b"\x01", b"\0", b"\x02")  # by the number of the group that matched
+# What the literal regex cannot lex as Postgres does, a number that is more than a value (`float(p)`, `int[3]`), a
+# string whose escapes its digits may make invalid (`U&'!0000' UESCAPE '!'`), or a marker: the parser decides.
+_NOT_LEXED = re.compile(rb"[$\\\0\x01\x02]|--|/\*|float\s*\(|\[\s*\d|u&", re.I)
 
 
 class ParsedStatement(NamedTuple):  # a tuple: made for every new text on the hot path, cheaper than a dataclass
@@ -62,33 +90,53 @@ class StatementError(Exception):
 
 
 class Fingerprinter:
-    """`statements(text)`: the fingerprinted statements of a query string, or StatementError."""
+    """`statements(text)`: the fingerprinted statements of a query string, or StatementError;
+    `known(raw)`: the fingerprints to check in a text (UTF-8 bytes) whose text or shape was parsed before."""
 
-    def __init__(self, size: int = CACHE_SIZE) -> None:
-        self._size = size
-        self._cache: OrderedDict[str, tuple[ParsedStatement, ...] | StatementError] = OrderedDict()
-        self._shapes: dict[str, str] = {}  # shape -> fingerprint; the oldest shape goes first
+    def __init__(self, size: int = CACHE_SIZE, budget: int = CACHE_BYTES) -> None:
+        self._texts: _Fifo[tuple[tuple[ParsedStatement, ...], tuple[str, ...]] | StatementError] = _Fifo(size, budget)
+        # A shape's one DML statement (never BEGIN and the like): its fingerprint, by each kind of shape.
+        self._quick: _Fifo[str] = _Fifo(size, budget)
+        self._lexed: _Fifo[str] = _Fifo(size, budget)
+
+    def known(self, raw: bytes) -> tuple[str, ...] | None:
+        """The fingerprints of `raw`'s statements but transaction control, or None when it needs `statements`."""
+        # Only texts fit for a quick shape have theirs kept, and a text is fit exactly when its quick shape is:
+        # a hit needs no look at the text itself.
+        fingerprint = self._quick.get(raw.translate(_ZEROS))
+        if fingerprint is not None:
+            return (fingerprint,)
+        found = self._texts.get(raw)
+        if found is not None:
+            return None if isinstance(found, StatementError) else found[1]
+        key = lexed_shape(raw)
+        fingerprint = self._lexed.get(key) if key is not None else None
+        return None if fingerprint is None else (fingerprint,)
 
     def statements(self, text: str) -> tuple[ParsedStatement, ...]:
-        found = self._cache.get(text)
-        if found is None:
-            key = shape(text)
-            fingerprint = self._shapes.get(key) if key is not None else None
-            if fingerprint is not None:  # a new text of a known shape: no parse, and no text cached (one-off values)
-                return (ParsedStatement(fingerprint, text),)
-            found = self._parse(text)
-            self._cache[text] = found
-            if len(self._cache) > self._size:
-                self._cache.popitem(last=False)
-            if key is not None and isinstance(found, tuple) and len(found) == 1:
-                self._shapes[key] = found[0].fingerprint
-                if len(self._shapes) > SHAPES_SIZE:
-                    del self._shapes[next(iter(self._shapes))]
-        else:
-            self._cache.move_to_end(text)
-        if isinstance(found, StatementError):
-            raise found
-        return found
+        raw = text.encode("utf-8", "surrogatepass")  # JSON may carry a lone surrogate: texts stay apart all the same
+        fingerprint = self._quick.get(raw.translate(_ZEROS))
+        if fingerprint is None:
+            found = self._texts.get(raw)
+            if found is not None:
+                if isinstance(found, StatementError):
+                    raise found
+                return found[0]
+            lexed = lexed_shape(raw)
+            fingerprint = self._lexed.get(lexed) if lexed is not None else None
+        if fingerprint is not None:  # a new text of a known shape: no parse, and the text not kept (one-off values)
+            return (ParsedStatement(fingerprint, text),)
+        parsed = self._parse(text)
+        if isinstance(parsed, tuple) and len(parsed) == 1 and (quick := quick_shape(raw)) is not None:
+            self._quick.add(quick, parsed[0].fingerprint)
+        elif isinstance(parsed, tuple) and len(parsed) == 1 and lexed is not None:
+            self._lexed.add(lexed, parsed[0].fingerprint)
+        elif len(text) <= MAX_PARSE_CHARS:  # a longer one's error costs nothing to make again
+            self._texts.add(raw, parsed if isinstance(parsed, StatementError) else
+                            (parsed, tuple(s.fingerprint for s in parsed if not s.transaction_control)))
+        if isinstance(parsed, StatementError):
+            raise parsed
+        return parsed
 
     @staticmethod
     def _parse(text: str) -> tuple[ParsedStatement, ...] | StatementError:
@@ -104,16 +152,39 @@ class Fingerprinter:
             return StatementError("42601", exc.args[0], position)
 
 
-def shape(text: str) -> str | None:
-    """A plain DML statement with its literals as `?` (`select a from t where id = ?`), or None when the
-    text is not one that the literal regex lexes exactly as Postgres does."""
-    if len(text) > MAX_PARSE_CHARS or not _DML.match(text):
+class _Fifo(Generic[V]):
+    """At most `size` entries and `budget` bytes of keys; the oldest entry goes first (a hit is one dict lookup)."""
+
+    def __init__(self, size: int, budget: int) -> None:
+        self._items: OrderedDict[bytes, V] = OrderedDict()
+        self.get = self._items.get
+        self._size, self._budget, self._bytes = size, budget, 0
+
+    def add(self, key: bytes, value: V) -> None:
+        self._items[key] = value
+        self._bytes += len(key)
+        while len(self._items) > self._size or self._bytes > self._budget:
+            old, _ = self._items.popitem(last=False)
+            self._bytes -= len(old)
+
+
+def quick_shape(raw: bytes) -> bytes | None:
+    """A plain DML statement (UTF-8) with every digit as 0, or None when its digits may be more than values."""
+    if len(raw) > MAX_PARSE_CHARS or not _DML.match(raw):
         return None
-    # What the literal regex cannot lex as Postgres does, or a number that is more than a value: the parser decides.
-    if "$" in text or "\\" in text or "--" in text or "/*" in text or ("(" in text and "float" in text.lower()):
+    classes = raw.translate(_CLASSES)
+    if (b"$" in classes or b"a0" in classes or b"0a" in classes or b"a&" in classes or b"0" * 10 in classes
+            or b"float" in raw.lower()):
         return None
-    key = _LITERAL.sub("?", text) if '"' not in text else _LITERAL_OR_NAME.sub(lambda m: m[1] or "?", text)
-    if "'" in key or key.count('"') % 2 or ";" in key.rstrip().rstrip(";"):
+    return raw.translate(_ZEROS)
+
+
+def lexed_shape(raw: bytes) -> bytes | None:
+    """A plain DML statement (UTF-8) with its strings and numbers as markers, or None when the regex may lex it wrong."""
+    if len(raw) > MAX_PARSE_CHARS or not _DML.match(raw) or _NOT_LEXED.search(raw):
+        return None
+    key = _LEXEMES.sub(lambda m: m[1] or _MARKERS[m.lastindex or 0], raw)
+    if b"'" in key or key.count(b'"') % 2 or b";" in key.rstrip().rstrip(b";"):
         return None  # an unterminated quote, or more than one statement: the parser decides
     return key
 

@@ -55,7 +55,7 @@ def _message(kind: bytes, body: bytes) -> bytes:
 class StatementFilter:
     """Stands in for the backend conduit on the client's side of the relay; only `write` differs."""
 
-    def __init__(self, backend, check: Callable[[str], None], check_call: Callable[[], None]) -> None:
+    def __init__(self, backend, check: Callable[[bytes], None], check_call: Callable[[], None]) -> None:
         self._backend = backend
         self._check = check
         self._check_call = check_call  # a FunctionCall ('F') runs a function by OID, with no SQL to check
@@ -69,8 +69,14 @@ class StatementFilter:
 
     def write(self, data: bytes) -> None:
         if (data[:1] == b"Q" and len(data) > _HEADER and not self._buffer and not self._dropping
-                and len(data) == 1 + int.from_bytes(data[1:_HEADER], "big")):  # one whole Query: no buffering
-            self._backend.write(self._inspect(data[0], data, 0, len(data)))
+                and len(data) == 1 + int.from_bytes(data[1:_HEADER], "big")):  # one whole Query: no framing, no copy
+            try:
+                self._check(data[_HEADER:-1])
+            except Refused as refused:
+                data = raising_query(refused)
+            else:
+                self._in_batch = False
+            self._backend.write(data)
             return
         buffer = self._buffer
         buffer += data
@@ -96,20 +102,20 @@ class StatementFilter:
             self._dropping = self._in_batch = False
             return b"" if self._sync_answered else bytes(buffer[start:end])
         if kind == ord("Q"):
-            text = buffer[start + _HEADER:end - 1]
+            text = bytes(buffer[start + _HEADER:end - 1])
         elif kind == ord("P"):
             name_end = buffer.find(0, start + _HEADER, end)
             text_end = buffer.find(0, name_end + 1, end) if name_end >= 0 else -1
             if text_end < 0:  # malformed: Postgres refuses it itself
                 return bytes(buffer[start:end])
-            text = buffer[name_end + 1:text_end]
+            text = bytes(buffer[name_end + 1:text_end])
         elif kind == ord("F"):
             text = None
         else:
             self._in_batch = kind != ord("S") and (self._in_batch or kind in _EXTENDED)
             return bytes(buffer[start:end])
         try:
-            self._check_call() if text is None else self._check(text.decode("utf-8", "replace"))
+            self._check_call() if text is None else self._check(text)
         except Refused as refused:
             if kind != ord("P"):
                 return raising_query(refused)
