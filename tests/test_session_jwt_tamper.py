@@ -346,3 +346,20 @@ def test_the_row_is_found_again_after_a_reset_without_the_statistics(cluster, db
     with psycopg.connect(cluster.conninfo(dbname=db), autocommit=True) as admin:
         assert admin.execute("select backend_start, last_jti from _pg_session_jwt.backend where pid = %s",
                              [alice.pid]).fetchone() == ("not what the statistics say", 2)
+
+
+# --- Parallel workers: a worker answers for its leader's session, with the leader's replay guard ------------
+
+@pytest.mark.parametrize("replay", ["an older token", "an older token after reset all"])
+def test_a_replayed_token_is_refused_in_a_parallel_worker(alice, replay):
+    old = alice.token(MALLORY)
+    alice.login(ALICE)
+    if replay.endswith("reset all"):
+        alice.conn.execute("reset all")
+    alice.conn.execute("set max_parallel_workers_per_gather = 2; set debug_parallel_query = on")
+    assert "Gather" in "\n".join(r[0] for r in alice.conn.execute("explain (costs off) select auth.user_id()"))
+    alice.conn.execute(sql.SQL("set pg_session_jwt.jwt = {}").format(sql.Literal(old)))
+    assert_error(fail(alice, "select auth.user_id()"), "Token ID must be strictly monotonically increasing.", "23514")
+    alice.conn.execute("reset all")
+    alice.login(ALICE)
+    assert_not_mallory(alice)

@@ -13,6 +13,12 @@
  * The jti and the cached token follow the transaction, as the SQL stub's table row did (the extension
  * keeps them across a ROLLBACK): a rolled-back (sub)transaction also forgets the tokens it accepted, so
  * the token a ROLLBACK brings back into pg_session_jwt.jwt keeps reading as before.
+ *
+ * A parallel worker has none of its leader's memory, so each backend also publishes its last jti and a
+ * digest of its last accepted token in a shared memory slot of its own (a named DSM segment, one slot per
+ * backend, written only by its owner): a worker takes the leader's token as accepted, and checks any
+ * other against the leader's jti, as the SQL stub's workers read their leader's row. The real extension's
+ * workers start from nothing; neon-local's keep the replay guard.
  */
 #include "postgres.h"
 
@@ -26,8 +32,10 @@
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "nodes/miscnodes.h"
+#include "storage/dsm_registry.h"
 #include "storage/fd.h"
 #include "storage/procnumber.h"
+#include "storage/spin.h"
 #include "utils/backend_status.h"
 #include "utils/builtins.h"
 #include "utils/fmgrprotos.h"
@@ -57,6 +65,7 @@ typedef struct Claims
 {
 	MemoryContext context;
 	char	   *token;			/* the token they came from; NULL in the fallback */
+	uint8		digest[MAC_LEN];	/* HMAC(K_conn, token), what the shared slot shows of it */
 	Jsonb	   *claims;
 	SubKind		sub_kind;
 	text	   *sub;
@@ -90,6 +99,22 @@ static uint8 conn_key[MAC_LEN];
 
 static Claims *fallback;		/* request.jwt.claims as last parsed */
 static char *fallback_text;
+
+/* What a backend shows its parallel workers of its state; pid and started tell it from an earlier
+ * backend's that had the same ProcNumber. */
+typedef struct SharedSlot
+{
+	slock_t		mutex;
+	int			pid;
+	TimestampTz started;
+	int64		last_jti;
+	bool		has_token;
+	uint8		digest[MAC_LEN];
+} SharedSlot;
+
+static SharedSlot *slots;		/* MaxBackends of them */
+
+static void publish(void);
 
 PG_FUNCTION_INFO_V1(pgsjwt_init);
 PG_FUNCTION_INFO_V1(pgsjwt_jwt_session_init);
@@ -275,7 +300,7 @@ member(JsonbContainer *object, const char *key)
 
 /* Claims and what the readers report from them, in a new context under TopMemoryContext. */
 static Claims *
-make_claims(Jsonb *jsonb, const char *token)
+make_claims(Jsonb *jsonb, const char *token, const uint8 *digest)
 {
 	MemoryContext context = AllocSetContextCreate(TopMemoryContext, "pg_session_jwt claims", ALLOCSET_SMALL_SIZES);
 	MemoryContext old = MemoryContextSwitchTo(context);
@@ -283,6 +308,8 @@ make_claims(Jsonb *jsonb, const char *token)
 
 	c->context = context;
 	c->token = token ? pstrdup(token) : NULL;
+	if (digest != NULL)
+		memcpy(c->digest, digest, MAC_LEN);
 	c->claims = palloc(VARSIZE(jsonb));
 	memcpy(c->claims, jsonb, VARSIZE(jsonb));
 	c->sub_kind = SUB_ABSENT;
@@ -360,6 +387,8 @@ pop_saved(void)
 static void
 restore(int level)
 {
+	bool		changed = false;
+
 	while (saved != NULL && saved->level >= level)
 	{
 		Claims	   *abandoned = current.verified;
@@ -367,7 +396,10 @@ restore(int level)
 		current = saved->state;
 		pop_saved();
 		release(abandoned);
+		changed = true;
 	}
+	if (changed)
+		publish();
 }
 
 static void
@@ -407,6 +439,47 @@ subxact_callback(SubXactEvent event, SubTransactionId mySubid, SubTransactionId 
 	}
 }
 
+static void
+init_slots(void *ptr)
+{
+	SharedSlot *all = ptr;
+
+	memset(all, 0, sizeof(SharedSlot) * MaxBackends);
+	for (int i = 0; i < MaxBackends; i++)
+		SpinLockInit(&all[i].mutex);
+}
+
+static SharedSlot *
+slot_of(ProcNumber number)
+{
+	bool		found;
+
+	if (slots == NULL)
+		slots = GetNamedDSMSegment("neon_local_session_jwt", sizeof(SharedSlot) * MaxBackends, init_slots, &found);
+	if (number < 0 || number >= MaxBackends)
+		elog(ERROR, "pg_session_jwt: backend number %d out of range", number);
+	return &slots[number];
+}
+
+/* This backend's state, for its parallel workers (whose own state is theirs alone). */
+static void
+publish(void)
+{
+	SharedSlot *slot;
+
+	if (IsParallelWorker())
+		return;
+	slot = slot_of(MyProcNumber);
+	SpinLockAcquire(&slot->mutex);
+	slot->pid = MyProcPid;
+	slot->started = MyStartTimestamp;
+	slot->last_jti = current.last_jti;
+	slot->has_token = current.verified != NULL;
+	if (current.verified != NULL)
+		memcpy(slot->digest, current.verified->digest, MAC_LEN);
+	SpinLockRelease(&slot->mutex);
+}
+
 /* Accept a token: `claims` becomes the verified one, `jti` the last. */
 static void
 accept_token(Claims *claims, int64 jti)
@@ -432,30 +505,58 @@ accept_token(Claims *claims, int64 jti)
 	current.verified = claims;
 	current.last_jti = jti;
 	release(replaced);
+	publish();
 }
 
 /* --- The connection key and the JWK ----------------------------------------------------------------- */
 
 /* "<pid>:<backend_start>" of the session this process serves (a parallel worker serves its leader's), the
  * start time as extract(epoch FROM backend_start)::text, exactly as the proxy's BIND_QUERY reads it. */
-static char *
-backend_identity(void)
+static void
+session_backend(int *pid, TimestampTz *started)
 {
-	int			pid = MyProcPid;
-	TimestampTz started = MyStartTimestamp;
-	Datum		epoch;
-
+	*pid = MyProcPid;
+	*started = MyStartTimestamp;
 	if (ParallelLeaderProcNumber != INVALID_PROC_NUMBER)
 	{
 		PgBackendStatus *leader = pgstat_get_beentry_by_proc_number(ParallelLeaderProcNumber);
 
 		if (leader == NULL)
 			elog(ERROR, "pg_session_jwt: the parallel leader's activity entry is gone");
-		pid = leader->st_procpid;
-		started = leader->st_proc_start_timestamp;
+		*pid = leader->st_procpid;
+		*started = leader->st_proc_start_timestamp;
 	}
+}
+
+static char *
+backend_identity(void)
+{
+	int			pid;
+	TimestampTz started;
+	Datum		epoch;
+
+	session_backend(&pid, &started);
 	epoch = DirectFunctionCall2(extract_timestamptz, CStringGetTextDatum("epoch"), TimestampTzGetDatum(started));
 	return psprintf("%d:%s", pid, DatumGetCString(DirectFunctionCall1(numeric_out, epoch)));
+}
+
+/* In a parallel worker: the leader's last jti (into *last_jti), and whether `digest` is its last accepted token's. */
+static bool
+leaders_token(const uint8 *digest, int64 *last_jti)
+{
+	int			pid;
+	TimestampTz started;
+	SharedSlot *slot = slot_of(ParallelLeaderProcNumber);
+	SharedSlot	copy;
+
+	session_backend(&pid, &started);
+	SpinLockAcquire(&slot->mutex);
+	copy = *slot;
+	SpinLockRelease(&slot->mutex);
+	if (copy.pid != pid || copy.started != started)	/* the leader has accepted nothing yet */
+		return false;
+	*last_jti = copy.last_jti;
+	return copy.has_token && memcmp(copy.digest, digest, MAC_LEN) == 0;
 }
 
 static void
@@ -577,12 +678,18 @@ verify(const char *jwt)
 	Jsonb	   *payload;
 	JsonbValue *v;
 	int64		jti;
+	int64		last_jti = current.last_jti;
+	uint8		digest[MAC_LEN];
+	bool		leaders = false;
 	int64		now_us;
 	Claims	   *claims;
 
 	load_jwk(GetConfigOption("pg_session_jwt.jwk", true, false));
 	if (current.verified != NULL && strcmp(jwt, current.verified->token) == 0)
 		return current.verified;
+	hmac_sha256(conn_key, MAC_LEN, jwt, len, digest);
+	if (IsParallelWorker())
+		leaders = leaders_token(digest, &last_jti);
 
 	first_dot = strchr(jwt, '.');
 	last_dot = strrchr(jwt, '.');
@@ -595,7 +702,7 @@ verify(const char *jwt)
 	hmac_sha256(conn_key, MAC_LEN, jwt, last_dot - jwt, mac);
 	b64url_encode_mac(mac, expected);
 	for (int i = 0; i < MAC_B64_LEN; i++)	/* the time taken does not depend on how much of it was guessed */
-		diff |= expected[i] ^ (i < signature_len ? signature[i] : 0);
+		diff |= expected[i] ^ ((size_t) i < signature_len ? signature[i] : 0);
 	if (diff != 0 || signature_len != MAC_B64_LEN)
 		ereport(ERROR, (errcode(ERRCODE_CHECK_VIOLATION), errmsg("invalid JWT signature")));
 
@@ -618,9 +725,15 @@ verify(const char *jwt)
 						errdetail("invalid type: %s, expected a map",
 								  TextDatumGetCString(DirectFunctionCall1(jsonb_typeof, JsonbPGetDatum(payload))))));
 
+	if (leaders)				/* the leader's cache hit: no re-check, as there */
+	{
+		claims = make_claims(payload, jwt, digest);
+		accept_token(claims, last_jti);
+		return claims;
+	}
 	if (!json_int(member(&payload->root, "jti"), &jti))
 		encoding_error("JWT payload must contain a valid 'jti' (JWT ID)");
-	if (jti <= current.last_jti)
+	if (jti <= last_jti)
 		ereport(ERROR, (errcode(ERRCODE_CHECK_VIOLATION), errmsg("Token ID must be strictly monotonically increasing.")));
 
 	/* 60 s leeway either way, from the transaction start (pgrx's now()); in microseconds, as int128 */
@@ -642,7 +755,7 @@ verify(const char *jwt)
 							errdetail("exp=" INT64_FORMAT, exp)));
 	}
 
-	claims = make_claims(payload, jwt);
+	claims = make_claims(payload, jwt, digest);
 	accept_token(claims, jti);
 	return claims;
 }
@@ -685,7 +798,7 @@ current_claims(bool *with_jwk)
 	fallback = NULL;
 	fallback_text = NULL;
 	if (parsed != NULL)
-		fallback = make_claims(parsed, NULL);
+		fallback = make_claims(parsed, NULL, NULL);
 	fallback_text = MemoryContextStrdup(TopMemoryContext, text);
 	return fallback;
 }
