@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -23,9 +25,12 @@ from neon_local.postgres.template import neon_template
 from neon_local.settings import Settings, url_host
 from neon_local.state import STATE_FILENAME, read_state
 
-# The server's libraries (aiohttp, psycopg, joserfc, pglast: ~0.4 s) are imported in start(), once Postgres is
-# starting: on a second core, its start-up then costs no wall time.
+# The server's libraries (aiohttp, psycopg, joserfc, pglast: ~0.35 s) are imported in start(), on a thread beside
+# the copy of the template and Postgres' start-up.
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from neon_local.auth.keys import KeyRing
     from neon_local.migrations import MigrationWatcher
     from neon_local.postgres.upstream import Upstream
     from neon_local.reload import ConfigReloader
@@ -34,6 +39,8 @@ if TYPE_CHECKING:
 __all__ = ["AlreadyRunning", "Emulator", "Endpoints"]
 
 log = logging.getLogger(__name__)
+
+START_SWITCH_INTERVAL = 0.0005  # seconds: see start()
 
 
 class AlreadyRunning(NeonLocalError):
@@ -87,6 +94,15 @@ class Endpoints:
 def _memory_dir() -> str | None:
     """tmpfs for --ephemeral data when the machine has it: copying the template there is ~5x faster than to disk."""
     return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+
+
+def _load_services(keys_dir: Path) -> tuple[Callable[..., Awaitable[Services]], KeyRing]:
+    """Import the services and read (or make) the keyring: for a worker thread during start()."""
+    importlib.import_module("neon_local.postgres.bootstrap")  # first: psycopg, what the starting thread needs soonest
+    from neon_local.auth.keys import KeyRing
+    from neon_local.services import start_services
+
+    return start_services, KeyRing.load_or_create(keys_dir)
 
 
 class Emulator:
@@ -164,24 +180,33 @@ class Emulator:
         # Closed again by stop() if the start fails (the services' servers close them otherwise): `up` may retry
         # at once on the same ports (an --upstream the user agreed to change).
         self._stack += [http_sock.close, pg_sock.close]
-        if settings.upstream_url is None:
-            await self._launch_postgres()
-        from neon_local.auth.keys import KeyRing
-        from neon_local.services import start_services
+        # The services' libraries (psycopg, aiohttp, joserfc, cryptography, pglast: ~0.35 s of imports) and the keys
+        # (made on the first start: ~60 ms of CPU) on a thread, while this one copies the template, launches Postgres
+        # and waits for it (subprocesses and sockets, which release the GIL).
+        services_ready = asyncio.get_running_loop().run_in_executor(None, _load_services, self.data_dir / "keys")
+        # This thread's steps are short and many (polls, bootstrap's round trips): by default each would wait up
+        # to 5 ms for the importing thread to hand over the GIL.
+        switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(switch_interval, START_SWITCH_INTERVAL))
+        try:
+            if settings.upstream_url is None:
+                await self._launch_postgres()
+                await self._shape_postgres()
+            else:
+                from neon_local.postgres.upstream import Upstream
 
-        # First start makes RSA/EC/Ed25519 keys (~60 ms of CPU): on a thread, alongside Postgres' start.
-        keyring = asyncio.get_running_loop().run_in_executor(None, KeyRing.load_or_create, self.data_dir / "keys")
-        if settings.upstream_url is not None:
-            from neon_local.postgres.upstream import Upstream
-
-            self.cluster = Upstream(settings.upstream_url)
-            await self.cluster.start(settings)
-        else:
-            await self._shape_postgres()
-        self._endpoints = Endpoints(url_host(settings.host), http_sock.getsockname()[1], pg_sock.getsockname()[1],
-                                   settings.database, settings.owner, settings.owner_password)
+                self.cluster = Upstream(settings.upstream_url)
+                await self.cluster.start(settings)
+            self._endpoints = Endpoints(url_host(settings.host), http_sock.getsockname()[1], pg_sock.getsockname()[1],
+                                       settings.database, settings.owner, settings.owner_password)
+            start_services, keyring = await services_ready
+        except BaseException:
+            services_ready.cancel()  # its thread finishes on its own; nobody waits for it
+            raise
+        finally:
+            sys.setswitchinterval(switch_interval)
         self.services = await start_services(settings, self.cluster, self.data_dir, self.endpoints.issuer_url,
-                                             await keyring, http_sock, pg_sock, self._stack.append)
+                                             keyring, http_sock, pg_sock, self._stack.append)
         if settings.live_reload and settings.config_file is not None:
             from neon_local.reload import ConfigReloader  # watchdog's thread only when there is a file to watch
 

@@ -9,7 +9,6 @@ import shutil
 import signal
 import sys
 import time
-import urllib.request
 from urllib.parse import unquote, urlsplit
 
 import click
@@ -161,6 +160,8 @@ RECENT_REFUSALS = 3  # of the allow-list's, newest first; the console and --json
 
 def _live_limits(state: dict) -> dict | None:
     """The running emulator's client-limit counters, from its console API (the key in state.json opens it)."""
+    import urllib.request  # ~20 ms (http.client, email, ssl): only `status` of a running emulator asks
+
     base, _, key = state["urls"]["console"].partition("/console?key=")
     request = urllib.request.Request(f"{base}/console/api/limits",
                                      headers={"Cookie": f"neon_local_console_{state['http_port']}={key}"})
