@@ -5,20 +5,34 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 from contextlib import contextmanager
+from pathlib import Path
 
 import psycopg
 from psycopg import errors, sql
 
-from neon_local.postgres import session_jwt, stub_upgrade
+from neon_local.postgres import contrib, session_jwt, stub_upgrade
+from neon_local.postgres.binaries import find_binaries
 from neon_local.postgres.extension_path import COMPILED_STUB_FILES_DIR, STUB_FILES_DIR, stub_files_dir
 
 OWNER = "neondb_owner"
 ORG_ID = "11111111-1111-1111-1111-111111111111"
 
-# The stub's two builds, by the language of their auth.* functions: the C one the embedded server gets (its module
-# is built at install), and the SQL one every other server gets. Tests that take a `db` run on both.
+
+
+def _engine_major() -> int:
+    """The PostgreSQL major the tests run on (conftest's `settings`: NEON_LOCAL_PG_BIN, else the embedded server)."""
+    pg_bin = os.environ.get("NEON_LOCAL_PG_BIN")
+    return find_binaries(Path(pg_bin) if pg_bin else None).major
+
+
+# The stub's builds, by the language of their auth.* functions: the C one, which the embedded server gets (its
+# module is built at install), and the SQL one, which every server can have. Tests that take a `db` run on each
+# that the test engine can have.
 BUILDS = {"c": COMPILED_STUB_FILES_DIR, "sql": STUB_FILES_DIR}
+if not contrib.session_jwt_module_built(_engine_major()):
+    del BUILDS["c"]
 
 
 def b64url(data: bytes | str) -> str:

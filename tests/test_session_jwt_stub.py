@@ -6,15 +6,19 @@ import base64
 import json
 import math
 import time
+from pathlib import Path
 
 import psycopg
 import pytest
 from psycopg import sql
 
-from neon_local.postgres import session_jwt
+from conftest import start_cluster
+from neon_local.postgres import contrib, session_jwt
+from neon_local.settings import Settings
 from session_jwt_support import BUILDS, ORG_ID, OWNER, JwtSession, assert_error, b64url, build_of, fail, scratch_database
 
 DB = "session_jwt_stub"
+DEBIAN_PG15 = Path("/usr/lib/postgresql/15/bin")
 USER_UUID = "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"
 ALL_FUNCTIONS = "auth.session(), auth.jwt(), auth.user_id(), auth.uid(), auth.organization(), auth.organization_id()"
 
@@ -448,7 +452,7 @@ def assert_version(conn, version: str) -> None:
     assert {name: args for name, *_, args in rows if args} == {"jwt_session_init": "jwt text"}
 
 
-def test_versions_update_and_downgrade(cluster):
+def assert_versions_update_and_downgrade(cluster, build: str) -> None:
     with scratch_database(cluster, "session_jwt_versions", version=None) as name:
         with psycopg.connect(cluster.conninfo(user=OWNER, dbname=name), autocommit=True) as conn:
             conn.execute("CREATE EXTENSION IF NOT EXISTS pg_session_jwt")  # default_version: what Neon's docs describe
@@ -460,6 +464,26 @@ def test_versions_update_and_downgrade(cluster):
                 conn.execute("DROP EXTENSION pg_session_jwt")
                 conn.execute(sql.SQL("CREATE EXTENSION pg_session_jwt VERSION {}").format(sql.Literal(version)))
                 assert_version(conn, version)
+                assert build_of(conn) == build
+
+
+def test_versions_update_and_downgrade(cluster):
+    assert_versions_update_and_downgrade(cluster, next(iter(BUILDS)))  # the C build where the engine can have it
+
+
+@pytest.fixture(scope="module")
+async def pg15(tmp_path_factory):
+    """Debian's PostgreSQL 15, a server neon-local's module is not built for."""
+    root = tmp_path_factory.mktemp("session-jwt-pg15")
+    settings = Settings(project_dir=root, data_dir=root / "data", http_port=0, pg_port=0, pg_bin=DEBIAN_PG15)
+    pg = await start_cluster(settings, root / "data")
+    yield pg
+    await pg.stop()
+
+
+def test_a_server_without_the_module_gets_the_sql_build_at_every_version(pg15):
+    assert not contrib.session_jwt_module_built(pg15.binaries.major)
+    assert_versions_update_and_downgrade(pg15, "sql")
 
 
 def test_installed_by_a_non_superuser_and_owned_by_the_superuser(cluster, db):
