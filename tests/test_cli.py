@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import urllib.request
 
 import psycopg
 import pytest
@@ -61,6 +62,34 @@ def test_up_detach_status_psql_down_reset(project):
     reset = neon_local("reset", cwd=project, input="y\n")
     assert reset.returncode == 0 and "Deleted" in reset.stdout
     assert not (project / ".neon-local" / "pgdata").exists()
+
+
+def _banner_url(up: subprocess.CompletedProcess, label: str) -> str:
+    return next(line.split()[-1] for line in up.stdout.splitlines() if line.strip().startswith(label))
+
+
+def test_up_detach_answers_at_once_and_down_keeps_what_was_committed(project):
+    """When `up -d` returns, every endpoint it printed answers (no retry here); `down` then `up` keeps committed rows."""
+    up = neon_local("up", "-d", "--http-port", "0", "--pg-port", "0", cwd=project)
+    assert up.returncode == 0, up.stderr
+    try:
+        owner_url, sql_url = _banner_url(up, "Owner URL"), _banner_url(up, "SQL over HTTP")
+        request = urllib.request.Request(sql_url, method="POST", headers={"Neon-Connection-String": owner_url},
+                                         data=json.dumps({"query": "create table kept as select 'committed' as v", "params": []}).encode())
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert response.status == 200 and json.load(response)["command"] == "SELECT"
+        with psycopg.connect(owner_url, connect_timeout=30) as conn:
+            assert conn.execute("select v from kept").fetchall() == [("committed",)]
+    finally:
+        down = neon_local("down", cwd=project)
+    assert down.returncode == 0 and "Stopped neon-local" in down.stdout
+    again = neon_local("up", "-d", "--http-port", "0", "--pg-port", "0", cwd=project)
+    assert again.returncode == 0, again.stderr
+    try:
+        with psycopg.connect(_banner_url(again, "Owner URL"), connect_timeout=30) as conn:
+            assert conn.execute("select v from kept").fetchall() == [("committed",)]
+    finally:
+        neon_local("down", cwd=project)
 
 
 def test_port_in_use_is_a_clear_error(project):

@@ -117,13 +117,39 @@ def down(settings: Settings) -> None:
     if not state:
         click.echo(f"neon-local is not running for {settings.resolved_data_dir}.")
         return
-    os.kill(state["pid"], signal.SIGTERM)
-    for _ in range(3000):
-        if not is_live_neon_local(state["pid"]):  # gone, not just its state.json: --ephemeral data is removed last
-            click.echo(f"Stopped neon-local (pid {state['pid']}).")
-            return
-        time.sleep(0.01)
-    fail(f"neon-local (pid {state['pid']}) did not stop within 30 s; kill it with `kill {state['pid']}`.")
+    pid = state["pid"]
+    exited = _exit_notice(pid)  # opened before the signal: its process is the neon-local read_state checked
+    os.kill(pid, signal.SIGTERM)
+    # Gone, not just its state.json: --ephemeral data is removed last.
+    if not _wait_exit(pid, exited, timeout=30):
+        fail(f"neon-local (pid {pid}) did not stop within 30 s; kill it with `kill {pid}`.")
+    click.echo(f"Stopped neon-local (pid {pid}).")
+
+
+def _exit_notice(pid: int) -> int | None:
+    """A pidfd, readable once `pid` exits (Linux 5.3+); None where there is none, and exit is polled for."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
+
+
+def _wait_exit(pid: int, exited: int | None, timeout: float) -> bool:
+    """Whether `pid` exited within `timeout` seconds; woken by the pidfd `exited`, or polling every 10 ms."""
+    deadline = time.monotonic() + timeout
+    try:
+        while is_live_neon_local(pid):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            if exited is None:
+                time.sleep(min(remaining, 0.01))
+            else:
+                select.select([exited], [], [], remaining)
+        return True
+    finally:
+        if exited is not None:
+            os.close(exited)
 
 
 @click.command()

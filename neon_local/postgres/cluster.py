@@ -203,9 +203,16 @@ class PostgresCluster:
     def remember(self, role: str, credential) -> None:
         """Nothing to keep (see `credential`); an upstream Postgres keeps it to log the proxy in."""
 
-    def prepare(self, template: Path) -> None:
+    @property
+    def exists(self) -> bool:
+        """The data directory holds a cluster already (prepare() then needs no template)."""
+        return (self.data_dir / "PG_VERSION").is_file()
+
+    def prepare(self, template: Path | None) -> None:
         """Create the data directory as a copy of `template` (see postgres.template) when it does not exist yet."""
-        if not (self.data_dir / "PG_VERSION").is_file():
+        if not self.exists:
+            if template is None:
+                raise PostgresError(f"{self.data_dir} holds no Postgres cluster and no template was given to copy.")
             if self.data_dir.exists() and any(self.data_dir.iterdir()):
                 raise PostgresError(f"{self.data_dir} exists but holds no Postgres cluster. Move it away or pick another --data-dir.")
             self.data_dir.parent.mkdir(parents=True, exist_ok=True)
