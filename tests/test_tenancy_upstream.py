@@ -254,6 +254,11 @@ async def test_a_mapping_edited_while_running_applies_and_the_old_one_is_refused
             assert response.json()["rows"] == [{"db": "globex"}], response.text
             response = await sql(client, emulator, "acme", query)
             assert response.status_code == 400 and "has no upstream" in response.json()["message"]
+            await edit(emulator, 'roles = ["auditor"]\n' + tenancy_toml(servers, mapped=("globex",)))  # a new role: on every tenant's server
+            assert emulator.reloader.error is None
+            with psycopg.connect(dbname="globex", **servers["globex"]["admin"]) as conn:
+                conn.execute("create table auditor_probe (x int)")  # the owner's new tables: Neon's default privileges
+                assert conn.execute("select has_table_privilege('auditor', 'auditor_probe', 'select')").fetchone() == (True,)
             await edit(emulator, tenancy_toml(servers, mapped=("globex",)).replace(servers["globex"]["verified_url"],
                                                                                    "postgresql://postgres@127.0.0.1:1/x"))
             assert "[tenancy.upstreams] globex: cannot connect" in emulator.reloader.error
