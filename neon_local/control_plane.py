@@ -359,7 +359,7 @@ class ControlPlane:
         if tenancy != self.tenancy and tenancy is not None:
             where = (f"database {tenancy.prefix}<its \"{tenancy.claim}\" claim>, copied from {tenancy.template} on first use"
                      if tenancy.mode == "database" else
-                     f'the Postgres its "{tenancy.claim}" claim maps to in [tenancy.upstreams] ({len(upstreams)} tenants)')
+                     f'the Postgres its "{tenancy.claim}" claim maps to in [tenancy.upstreams] ({len(upstreams)} mapped)')
             log.warning("[tenancy] (neon-local only; Neon uses the connection string's database): a JWT session uses %s", where)
         self.tenancy, self.tenant_upstreams = tenancy, upstreams
         self._routes = {tenant.route: tenant for tenant in upstreams.values()}
@@ -409,10 +409,14 @@ class ControlPlane:
                                   f'Give your tokens a "{claim}" claim (e.g. [users.alice] {claim} = "acme" in '
                                   "neon_local.toml), or remove [tenancy].")
         if self.tenancy.mode == "upstream":
-            routed = self.tenant_upstreams.get(tenant_id(tenant) or "")
+            key = tenant_id(tenant)
+            if key is None:
+                raise tenancy_refusal(f'the "{claim}" claim {tenant!r} cannot name a tenant',
+                                      "A tenant id is a string or number of letters, digits, _ and -.")
+            routed = self.tenant_upstreams.get(key)
             if routed is None:
-                raise tenancy_refusal(f'tenant {tenant!r} (the "{claim}" claim) has no upstream in [tenancy.upstreams]',
-                                      f'Map it in neon_local.toml ([tenancy.upstreams] {tenant} = "postgresql://..."), or use '
+                raise tenancy_refusal(f'tenant {key!r} (the "{claim}" claim) has no upstream in [tenancy.upstreams]',
+                                      f'Map it in neon_local.toml ([tenancy.upstreams] {key} = "postgresql://..."), or use '
                                       "a token of a mapped tenant; `neon-local tenants list` shows them.")
             return routed.route
         dbname = tenant_dbname(self.tenancy, tenant)

@@ -218,8 +218,10 @@ async def test_an_unmapped_tenant_or_a_token_without_the_claim_is_refused_on_eve
         assert response.status_code == 401, response.text  # no token, no tenant
     with pytest.raises(psycopg.OperationalError, match=r"tenant 'initech' \(the \"org_id\" claim\) has no upstream"):
         await tcp(emulator, "initech", "acme")
-    with pytest.raises(psycopg.OperationalError, match="has no upstream"):  # not a way to name a route either
+    with pytest.raises(psycopg.OperationalError, match=r"the \"org_id\" claim \{'id': 'acme'\} cannot name a tenant"):
         await tcp(emulator, {"id": "acme"}, "acme")
+    with pytest.raises(psycopg.OperationalError, match="tenant '42' .* has no upstream"):  # a number counts as its digits
+        await tcp(emulator, 42, "acme")
 
 
 async def test_password_sessions_stay_on_neon_locals_own_postgres(emulator):
