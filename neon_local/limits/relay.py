@@ -19,6 +19,8 @@ __all__ = ["StatementFilter", "raising_query"]
 
 _HEADER = 5  # type byte + int32 length
 _EXTENDED = b"PBDEC"  # Parse, Bind, Describe, Execute, Close: a batch that a Sync ends
+_CHECKED = b"QPF"  # Query, Parse, FunctionCall: what the allow-list looks at
+_SYNC = ord("S")
 
 
 def dollar_quote(text: str, tag: str) -> str:
@@ -80,24 +82,32 @@ class StatementFilter:
             return
         buffer = self._buffer
         buffer += data
-        out, position, size = [], 0, len(buffer)
+        out: list[bytes | bytearray] = []
+        position, size, passed = 0, len(buffer), 0  # buffer[passed:position]: messages that go on as they are
         while size - position >= _HEADER:
-            end = position + 1 + int.from_bytes(buffer[position + 1:position + 5], "big")
+            kind = buffer[position]
+            end = position + 1 + int.from_bytes(buffer[position + 1:position + _HEADER], "big")
             if end < position + _HEADER:  # a corrupt length: let Postgres refuse the stream as it would
-                out.append(bytes(buffer[position:]))
                 position = size
                 break
             if end > size:
                 break
-            out.append(self._inspect(buffer[position], buffer, position, end))
+            if self._dropping or kind in _CHECKED:
+                out += (buffer[passed:position], self._inspect(kind, buffer, position, end))
+                passed = end
+            else:  # Bind, Execute, Sync...: only the batch's state to follow
+                self._in_batch = kind != _SYNC and (self._in_batch or kind in _EXTENDED)
             position = end
+        if passed < position:
+            out.append(buffer[passed:position])
         del buffer[:position]
         if out:
             self._backend.write(b"".join(out))
 
-    def _inspect(self, kind: int, buffer: bytes | bytearray, start: int, end: int) -> bytes:
+    def _inspect(self, kind: int, buffer: bytearray, start: int, end: int) -> bytes:
+        """A Query, Parse or FunctionCall message, or any message of a batch dropped after a refused Parse."""
         if self._dropping:
-            if kind != ord("S"):
+            if kind != _SYNC:
                 return b""
             self._dropping = self._in_batch = False
             return b"" if self._sync_answered else bytes(buffer[start:end])
@@ -109,11 +119,8 @@ class StatementFilter:
             if text_end < 0:  # malformed: Postgres refuses it itself
                 return bytes(buffer[start:end])
             text = bytes(buffer[name_end + 1:text_end])
-        elif kind == ord("F"):
+        else:  # FunctionCall
             text = None
-        else:
-            self._in_batch = kind != ord("S") and (self._in_batch or kind in _EXTENDED)
-            return bytes(buffer[start:end])
         try:
             self._check_call() if text is None else self._check(text)
         except Refused as refused:
