@@ -200,6 +200,7 @@ async def test_psql_simple_query(enforcing):
     "SeLeCt body FROM lim_items WHERE id = 1 OR true",
     "/* /* nested */ begin */ delete from lim_items",  # comments nest in SQL: this is a DELETE, not a BEGIN
     "begin; delete from lim_items; commit",
+    "select body from lim_items where id = \u0661",  # a column named ARABIC-INDIC DIGIT ONE, not a number
 ])
 async def test_hostile_inputs_refused_on_every_path(enforcing, hostile):
     assert (await enforcing.sql(hostile)).json()["code"] == "42501"
