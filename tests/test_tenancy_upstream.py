@@ -201,6 +201,9 @@ async def test_data_api_tenants_reach_their_own_server_only(emulator, servers):
             assert response.status_code == 200, response.text
             assert [r["body"] for r in response.json()] == sorted(f"api-{tenant}-{i}" for i in range(5))
             assert [b for b in stored(servers, tenant) if b.startswith("api-")] == sorted(f"api-{tenant}-{i}" for i in range(5))
+        # The OpenAPI document names the path the client used, never the route behind it.
+        response = await client.get(f"{base}/acme/rest/v1/", headers={"Authorization": f"Bearer {token(emulator, 'globex')}"})
+        assert response.status_code == 200 and response.json()["basePath"] == "/acme/rest/v1", response.text
 
 
 async def test_an_unmapped_tenant_or_a_token_without_the_claim_is_refused_on_every_path(emulator):

@@ -245,7 +245,8 @@ class DataApi:
                 raise ApiError(429, None, exc.message,
                                headers={"Retry-After": str(max(1, math.ceil(exc.retry_after)))}) from None
         if resource in ("", "openapi.json") and request.method in ("GET", "HEAD"):
-            document = openapi(cached.schema, self._profile(request, config), request.host, f"/{dbname}/rest/v1")
+            # The path the client used: with [tenancy] `dbname` is the tenant's database (or upstream route) behind it
+            document = openapi(cached.schema, self._profile(request, config), request.host, f"/{parts[1]}/rest/v1")
             return web.Response(body=json.dumps(document).encode(), content_type="application/openapi+json",
                                 charset="utf-8")
         if ("/" in resource and not resource.startswith("rpc/")) or resource.count("/") > 1:
