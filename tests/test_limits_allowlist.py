@@ -7,6 +7,7 @@ file is edited as a person or the CLI would and reloaded.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import subprocess
 
@@ -295,5 +296,24 @@ async def test_refused_parse_in_the_middle_of_a_batch(enforcing):
         assert [r.type for r in replies] == [b"1", b"E", b"Z"] and b"C22P02\0" in replies[1].body
         await client.send(m.query(ALLOWED))
         assert [msg.type for msg in await client.read_until_ready()] == [b"T", b"D", b"C", b"Z"]
+    finally:
+        client.writer.close()
+
+
+async def test_messages_cut_across_reads_are_checked_whole(enforcing):
+    """A client's bytes may arrive cut anywhere (in a header, in a text): each statement is still checked as a whole."""
+    client = await RawClient.connect(enforcing.proxy.port)
+    try:
+        await client.login_jwt("authenticated", enforcing.proxy.token())
+        stream = (m.parse("select body from lim_items where id = $1") + m.bind(["2"]) + m.execute() + m.sync()
+                  + m.query(ALLOWED) + m.query(CHANGED))
+        cuts = [0, 3, 17, 40, len(stream) - len(m.query(CHANGED)) + 2, len(stream) - 9, len(stream)]
+        for start, end in itertools.pairwise(cuts):
+            await client.send(stream[start:end])
+            await asyncio.sleep(0.05)  # its own read on the proxy's side
+        assert [r.type for r in await client.read_until_ready()] == [b"1", b"2", b"D", b"C", b"Z"]
+        assert [r.type for r in await client.read_until_ready()] == [b"T", b"D", b"C", b"Z"]
+        error, ready = await client.read_until_ready()
+        assert error.type == b"E" and b"C42501\0" in error.body and ready.type == b"Z"
     finally:
         client.writer.close()

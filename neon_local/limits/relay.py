@@ -70,7 +70,14 @@ class StatementFilter:
         return getattr(self._backend, name)
 
     def write(self, data: bytes) -> None:
-        if (data[:1] == b"Q" and len(data) > _HEADER and not self._buffer and not self._dropping
+        buffer = self._buffer
+        if buffer:  # the rest of a message that an earlier read cut short
+            buffer += data
+            if len(buffer) < _HEADER or len(buffer) <= int.from_bytes(buffer[1:_HEADER], "big"):
+                return  # still not whole: a long message grows in place (no copy per read)
+            data = bytes(buffer)
+            buffer.clear()
+        if (data[:1] == b"Q" and len(data) > _HEADER and not self._dropping
                 and len(data) == 1 + int.from_bytes(data[1:_HEADER], "big")):  # one whole Query: no framing, no copy
             try:
                 self._check(data[_HEADER:-1])
@@ -80,45 +87,46 @@ class StatementFilter:
                 self._in_batch = False
             self._backend.write(data)
             return
-        buffer = self._buffer
-        buffer += data
-        out: list[bytes | bytearray] = []
-        position, size, passed = 0, len(buffer), 0  # buffer[passed:position]: messages that go on as they are
+        out: list[bytes] = []
+        position, size, passed = 0, len(data), 0  # data[passed:position]: messages that go on as they are
         while size - position >= _HEADER:
-            kind = buffer[position]
-            end = position + 1 + int.from_bytes(buffer[position + 1:position + _HEADER], "big")
+            kind = data[position]
+            end = position + 1 + int.from_bytes(data[position + 1:position + _HEADER], "big")
             if end < position + _HEADER:  # a corrupt length: let Postgres refuse the stream as it would
                 position = size
                 break
             if end > size:
                 break
             if self._dropping or kind in _CHECKED:
-                out += (buffer[passed:position], self._inspect(kind, buffer, position, end))
+                out += (data[passed:position], self._inspect(kind, data, position, end))
                 passed = end
             else:  # Bind, Execute, Sync...: only the batch's state to follow
                 self._in_batch = kind != _SYNC and (self._in_batch or kind in _EXTENDED)
             position = end
-        if passed < position:
-            out.append(buffer[passed:position])
-        del buffer[:position]
-        if out:
-            self._backend.write(b"".join(out))
+        if position < size:
+            buffer += data[position:]
+        if not out:  # nothing looked at: the whole messages as they came
+            if position:
+                self._backend.write(data if position == size else data[:position])
+            return
+        out.append(data[passed:position])
+        self._backend.write(b"".join(out))
 
-    def _inspect(self, kind: int, buffer: bytearray, start: int, end: int) -> bytes:
+    def _inspect(self, kind: int, buffer: bytes, start: int, end: int) -> bytes:
         """A Query, Parse or FunctionCall message, or any message of a batch dropped after a refused Parse."""
         if self._dropping:
             if kind != _SYNC:
                 return b""
             self._dropping = self._in_batch = False
-            return b"" if self._sync_answered else bytes(buffer[start:end])
+            return b"" if self._sync_answered else buffer[start:end]
         if kind == ord("Q"):
-            text = bytes(buffer[start + _HEADER:end - 1])
+            text = buffer[start + _HEADER:end - 1]
         elif kind == ord("P"):
             name_end = buffer.find(0, start + _HEADER, end)
             text_end = buffer.find(0, name_end + 1, end) if name_end >= 0 else -1
             if text_end < 0:  # malformed: Postgres refuses it itself
-                return bytes(buffer[start:end])
-            text = bytes(buffer[name_end + 1:text_end])
+                return buffer[start:end]
+            text = buffer[name_end + 1:text_end]
         else:  # FunctionCall
             text = None
         try:
@@ -131,4 +139,4 @@ class StatementFilter:
             self._dropping, self._sync_answered = True, not self._in_batch
             return raising_query(refused) if self._sync_answered else raising_execution(refused)
         self._in_batch = kind == ord("P")
-        return bytes(buffer[start:end])
+        return buffer[start:end]
