@@ -7,6 +7,7 @@ import importlib
 import json
 import logging
 import os
+import secrets
 import shutil
 import sys
 import tempfile
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from neon_local.auth.keys import KeyRing
     from neon_local.migrations import MigrationWatcher
     from neon_local.postgres.upstream import Upstream
+    from neon_local.proxy.server import PgProxyServer
     from neon_local.reload import ConfigReloader
     from neon_local.services import Services
 
@@ -57,10 +59,15 @@ class Endpoints:
     database: str
     owner: str
     owner_password: str
+    console_key: str = ""  # the secret in the console's URL
 
     @property
     def http_url(self) -> str:
         return f"http://{self.host}:{self.http_port}"
+
+    @property
+    def console_url(self) -> str:
+        return f"{self.http_url}/console?key={self.console_key}"
 
     @property
     def sql_url(self) -> str:
@@ -113,7 +120,8 @@ class Emulator:
         self.settings = settings
         self.write_state = write_state
         self._endpoints: Endpoints | None = None
-        self.started_in: float | None = None
+        self.started_in: float | None = None  # seconds until clients could connect
+        self._tls_ca: Path | None = None  # the proxy's CA certificate, once it serves
         self._temp_dir: Path | None = None
         self._stack: list = []  # things to close, in reverse order
         self.services: Services | None = None  # once started: issuer, verifier, control plane, /sql, proxy
@@ -158,7 +166,10 @@ class Emulator:
         return NeonLocalError("the emulator has not started: use it inside `async with Emulator(settings)`, "
                               "or after `await emulator.start()`.")
 
-    async def start(self) -> None:
+    async def start(self, on_ready: Callable[[], None] | None = None) -> None:
+        """Start everything; `on_ready()` is called as soon as clients can use what `state()` lists: Postgres is
+        shaped, the TCP proxy serves and the HTTP socket listens. HTTP connections made before start() returns
+        wait in that socket's backlog while the HTTP side finishes its imports."""
         began = time.perf_counter()
         self.started_at = time.time()
         settings = self.settings
@@ -198,15 +209,32 @@ class Emulator:
                 self.cluster = Upstream(settings.upstream_url)
                 await self.cluster.start(settings)
             self._endpoints = Endpoints(url_host(settings.host), http_sock.getsockname()[1], pg_sock.getsockname()[1],
-                                       settings.database, settings.owner, settings.owner_password)
+                                       settings.database, settings.owner, settings.owner_password, secrets.token_urlsafe(24))
             start_services, keyring = await services_ready
         except BaseException:
-            services_ready.cancel()  # its thread finishes on its own; nobody waits for it
+            # Its thread cannot be stopped, and a start that may follow at once (`up` asking about --upstream's
+            # changes) must not write the keyring beside it.
+            await asyncio.gather(services_ready, return_exceptions=True)
             raise
         finally:
             sys.setswitchinterval(switch_interval)
-        self.services = await start_services(settings, self.cluster, self.data_dir, self.endpoints.issuer_url,
-                                             keyring, http_sock, pg_sock, self._stack.append)
+
+        # With --migrations, once they are applied; with a watched neon_local.toml, once it is watched (an edit made
+        # right after `up -d` returns must not be missed): both after the HTTP side, below.
+        ready_early = settings.migrations is None and not (settings.live_reload and settings.config_file is not None)
+
+        def accepting(pg_proxy: PgProxyServer) -> None:
+            self._tls_ca = pg_proxy.tls_files.ca_cert
+            if on_ready is not None and ready_early:
+                self._ready(began, on_ready)
+
+        sys.setswitchinterval(min(switch_interval, START_SWITCH_INTERVAL))  # the HTTP side imports on a thread
+        try:
+            self.services = await start_services(settings, self.cluster, self.data_dir, self.endpoints.issuer_url,
+                                                 keyring, http_sock, pg_sock, self._stack.append,
+                                                 console_key=self.endpoints.console_key, on_accepting=accepting)
+        finally:
+            sys.setswitchinterval(switch_interval)
         if settings.live_reload and settings.config_file is not None:
             from neon_local.reload import ConfigReloader  # watchdog's thread only when there is a file to watch
 
@@ -221,9 +249,17 @@ class Emulator:
             await self.migrator.start()
         if isinstance(self.cluster, PostgresCluster):
             self._supervisor = asyncio.create_task(self._supervise_postgres())
+        if self.started_in is None:  # on_ready waited (see ready_early), or nobody asked
+            self._ready(began, on_ready)
+        elif self.write_state:
+            self._write_state()  # the live reload's and the migrations' parts
+
+    def _ready(self, began: float, on_ready: Callable[[], None] | None) -> None:
         self.started_in = time.perf_counter() - began
         if self.write_state:
             self._write_state()
+        if on_ready is not None:
+            on_ready()
 
     async def _launch_postgres(self) -> None:
         """The embedded Postgres: a copy of the cached template, its postmaster started (not yet ready)."""
@@ -264,8 +300,8 @@ class Emulator:
 
     def state(self) -> dict:
         """What `status --json` prints: URLs, ports, pids, data dir, Postgres version."""
-        e, services = self.endpoints, self.services
-        assert services is not None and services.console is not None  # started, as endpoints says
+        e = self.endpoints
+        assert self._tls_ca is not None  # the proxy serves, as endpoints says
         return {
             "pid": os.getpid(), "version": __version__, "started_at": self.started_at,
             "data_dir": str(self.data_dir), "ephemeral": self.settings.ephemeral,
@@ -274,9 +310,9 @@ class Emulator:
             "postgres": self._postgres_state(),
             "host": e.host, "http_port": e.http_port, "pg_port": e.pg_port,
             "urls": {"owner": e.owner_url, "authenticated": e.authenticated_url, "sql": e.sql_url,
-                     "websocket": e.ws_url, "issuer": e.issuer_url, "console": services.console.url,
+                     "websocket": e.ws_url, "issuer": e.issuer_url, "console": e.console_url,
                      "data_api": e.data_api_url if self.settings.data_api else None},
-            "tls_ca": str(services.pg_proxy.tls_files.ca_cert),
+            "tls_ca": str(self._tls_ca),
             "started_in": round(self.started_in or 0, 3),
             "config_error": self.reloader.error if self.reloader else None,
             "migration_error": self.migrator.error if self.migrator else None,

@@ -17,13 +17,14 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import aiohttp
+from typing import TYPE_CHECKING, Any
 
 from neon_local.auth.keys import PublicKeySet
 from neon_local.errors import NeonLocalError
 from neon_local.settings import Provider, Settings
+
+if TYPE_CHECKING:
+    import aiohttp
 
 __all__ = ["FetchError", "Limits", "ProviderCache"]
 
@@ -227,6 +228,8 @@ async def fetch_jwks(url: str, limits: Limits, provider_id: str = "") -> Any:
     where = f"provider {provider_id}: {url}"
     if not url.startswith(("http://", "https://")):
         raise FetchError(f"{where}: only http:// and https:// JWKS URLs are fetched")
+    import aiohttp  # ~0.1 s: not for the TCP proxy's start, which imports this module
+
     timeout = aiohttp.ClientTimeout(total=limits.total_timeout, sock_connect=limits.connect_timeout)
     async with aiohttp.ClientSession(timeout=timeout, headers={"User-Agent": USER_AGENT}) as session:
         attempt = 0
@@ -245,6 +248,8 @@ class _Transient(Exception):
 
 
 async def _get_once(session: aiohttp.ClientSession, url: str, limits: Limits, where: str) -> Any:
+    import aiohttp  # imported by fetch_jwks already
+
     try:
         async with session.get(url, allow_redirects=False) as response:
             if response.status in _TRANSIENT_STATUS:

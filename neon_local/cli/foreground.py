@@ -53,7 +53,7 @@ def _print_banner(state: dict) -> None:
 async def _serve(settings: Settings, on_ready: Callable[[dict], None]) -> None:
     emulator = Emulator(settings)
     try:
-        await emulator.start()
+        await emulator.start(on_ready=lambda: on_ready(emulator.state()))  # before the HTTP side's imports end
     except NeonLocalError as exc:  # raised on purpose: the text is for the user
         await emulator.stop()
         if _is_upstream_changes_needed(exc):  # --upstream without --upstream-yes: ask, when someone can answer
@@ -65,7 +65,6 @@ async def _serve(settings: Settings, on_ready: Callable[[dict], None]) -> None:
     except BaseException:
         await emulator.stop()
         raise
-    on_ready(emulator.state())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):

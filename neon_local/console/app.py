@@ -53,14 +53,15 @@ def _static(name: str) -> bytes:
 class Console:
     """`install(app)` adds its routes; `url` is what `up` prints (with the secret)."""
 
-    def __init__(self, settings: Settings, services, http_port: int, pg_port: int) -> None:
-        """`services`: neon_local.services.Services (not imported: services imports this module)."""
+    def __init__(self, settings: Settings, services, http_port: int, pg_port: int, secret: str | None = None) -> None:
+        """`services`: neon_local.services.Services (not imported: services imports this module); `secret`: the
+        key of the console's URL (default: a new one)."""
         self.settings = settings
         self.services = services
         self.host = url_host(settings.host)
         self.http_url = f"http://{self.host}:{http_port}"
         self.pg_port = pg_port
-        self.guard = ConsoleGuard(http_port)
+        self.guard = ConsoleGuard(http_port, secret)
         self.tokens = token_factory(services.issuer)
         self.requests = services.sql.request_log
         self.database = self.settings.database
