@@ -92,6 +92,18 @@ def test_up_detach_answers_at_once_and_down_keeps_what_was_committed(project):
         neon_local("down", cwd=project)
 
 
+def test_down_right_after_up_detach_stops_everything_in_order(project):
+    """`down` while the HTTP side may still be loading: neon-local stops Postgres (fast shutdown) before it exits."""
+    up = neon_local("up", "-d", "--http-port", "0", "--pg-port", "0", cwd=project)
+    assert up.returncode == 0, up.stderr
+    state = json.loads((project / ".neon-local" / "state.json").read_text())
+    down = neon_local("down", cwd=project)
+    assert down.returncode == 0 and "Stopped neon-local" in down.stdout
+    assert not os.path.exists(f"/proc/{state['postgres']['pid']}")
+    assert not (project / ".neon-local" / "state.json").exists()
+    assert "database system is shut down" in (project / ".neon-local" / "postgres.log").read_text()
+
+
 def test_port_in_use_is_a_clear_error(project):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

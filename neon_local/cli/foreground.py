@@ -52,8 +52,17 @@ def _print_banner(state: dict) -> None:
 
 async def _serve(settings: Settings, on_ready: Callable[[dict], None]) -> None:
     emulator = Emulator(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def ready() -> None:
+        # From here `down` may find it (state.json): a signal now stops it in order, once start() has finished.
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            loop.add_signal_handler(signum, stop.set)
+        on_ready(emulator.state())
+
     try:
-        await emulator.start(on_ready=lambda: on_ready(emulator.state()))  # before the HTTP side's imports end
+        await emulator.start(on_ready=ready)  # before the HTTP side's imports end (see Emulator.start)
     except NeonLocalError as exc:  # raised on purpose: the text is for the user
         await emulator.stop()
         if _is_upstream_changes_needed(exc):  # --upstream without --upstream-yes: ask, when someone can answer
@@ -65,10 +74,6 @@ async def _serve(settings: Settings, on_ready: Callable[[dict], None]) -> None:
     except BaseException:
         await emulator.stop()
         raise
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        loop.add_signal_handler(signum, stop.set)
     await stop.wait()
     click.echo("Stopping...", err=True)
     await emulator.stop()
