@@ -147,3 +147,11 @@ def test_what_has_a_shape(text, quick, lexed):
     raw = text.encode()
     assert quick_shape(raw) == (None if quick is None else quick.encode())
     assert lexed_shape(raw) == (None if lexed is None else lexed.encode())
+
+
+def test_a_lone_surrogate_is_refused_as_postgres_refuses_bad_utf8():
+    fingerprints = Fingerprinter()
+    for _ in range(2):  # the second time from the cache
+        with pytest.raises(StatementError) as refused:
+            fingerprints.statements("select '\ud800'")
+        assert (refused.value.code, refused.value.message) == ("22021", 'invalid byte sequence for encoding "UTF8": 0xed 0xa0 0x80')

@@ -117,8 +117,8 @@ class Fingerprinter:
         return None if fingerprint is None else (fingerprint,)
 
     def statements(self, text: str) -> tuple[ParsedStatement, ...]:
-        raw = text.encode("utf-8", "surrogatepass")  # JSON may carry a lone surrogate: texts stay apart all the same
-        fingerprint = self._quick.get(raw.translate(_ZEROS))
+        raw = text.encode("utf-8", "surrogatepass")  # a lone surrogate (refused by the parse) keeps texts apart too
+        fingerprint, lexed = self._quick.get(raw.translate(_ZEROS)), None
         if fingerprint is None:
             found = self._texts.get(raw)
             if found is not None:
@@ -153,6 +153,9 @@ class Fingerprinter:
         except parser.ParseError as exc:  # Postgres' own syntax error text, with its 1-based position
             position = exc.args[1] + 1 if len(exc.args) > 1 and isinstance(exc.args[1], int) else None
             return StatementError("42601", exc.args[0], position)
+        except UnicodeEncodeError as exc:  # a lone surrogate (what Python's json reads): Postgres' own refusal
+            sequence = " ".join(f"0x{b:02x}" for b in exc.object[exc.start:exc.end].encode("utf-8", "surrogatepass"))
+            return StatementError("22021", f'invalid byte sequence for encoding "UTF8": {sequence}')
 
 
 class _Fifo(Generic[V]):
