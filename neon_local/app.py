@@ -103,13 +103,25 @@ def _memory_dir() -> str | None:
     return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
 
 
-def _load_services(keys_dir: Path) -> tuple[Callable[..., Awaitable[Services]], KeyRing]:
-    """Import the services and read (or make) the keyring: for a worker thread during start()."""
+def _load_services(keys_dir: Path, tcp_loaded: Callable[[tuple[Callable[..., Awaitable[Services]], KeyRing]], object]) -> None:
+    """For a worker thread during start(): import the services and read (or make) the keyring, hand them to
+    `tcp_loaded`, then import the HTTP side, which start_services() waits for once the TCP proxy serves."""
     importlib.import_module("neon_local.postgres.bootstrap")  # first: psycopg, what the starting thread needs soonest
     from neon_local.auth.keys import KeyRing
-    from neon_local.services import start_services
+    from neon_local.services import import_http_modules, start_services
 
-    return start_services, KeyRing.load_or_create(keys_dir)
+    tcp_loaded((start_services, KeyRing.load_or_create(keys_dir)))
+    import_http_modules()
+
+
+def _fail_pending(pending: asyncio.Future, done: asyncio.Future) -> None:
+    """`done` finished (a loading thread): `pending`, if it still waits for that thread's result, fails with it."""
+    if pending.done():
+        return
+    if done.cancelled():
+        pending.cancel()
+    else:
+        pending.set_exception(done.exception() or RuntimeError("the services were not loaded"))
 
 
 class Emulator:
@@ -194,7 +206,11 @@ class Emulator:
         # The services' libraries (psycopg, aiohttp, joserfc, cryptography, pglast: ~0.35 s of imports) and the keys
         # (made on the first start: ~60 ms of CPU) on a thread, while this one copies the template, launches Postgres
         # and waits for it (subprocesses and sockets, which release the GIL).
-        services_ready = asyncio.get_running_loop().run_in_executor(None, _load_services, self.data_dir / "keys")
+        loop = asyncio.get_running_loop()
+        tcp_loaded: asyncio.Future[tuple[Callable[..., Awaitable[Services]], KeyRing]] = loop.create_future()
+        loading = loop.run_in_executor(None, _load_services, self.data_dir / "keys",
+                                       lambda loaded: loop.call_soon_threadsafe(tcp_loaded.set_result, loaded))
+        loading.add_done_callback(lambda done: _fail_pending(tcp_loaded, done))
         # This thread's steps are short and many (polls, bootstrap's round trips): by default each would wait up
         # to 5 ms for the importing thread to hand over the GIL.
         switch_interval = sys.getswitchinterval()
@@ -210,11 +226,11 @@ class Emulator:
                 await self.cluster.start(settings)
             self._endpoints = Endpoints(url_host(settings.host), http_sock.getsockname()[1], pg_sock.getsockname()[1],
                                        settings.database, settings.owner, settings.owner_password, secrets.token_urlsafe(24))
-            start_services, keyring = await services_ready
+            start_services, keyring = await tcp_loaded
         except BaseException:
             # Its thread cannot be stopped, and a start that may follow at once (`up` asking about --upstream's
             # changes) must not write the keyring beside it.
-            await asyncio.gather(services_ready, return_exceptions=True)
+            await asyncio.gather(loading, return_exceptions=True)
             raise
         finally:
             sys.setswitchinterval(switch_interval)
@@ -233,6 +249,7 @@ class Emulator:
             self.services = await start_services(settings, self.cluster, self.data_dir, self.endpoints.issuer_url,
                                                  keyring, http_sock, pg_sock, self._stack.append,
                                                  console_key=self.endpoints.console_key, on_accepting=accepting)
+            await loading  # done by now (start_services waited for its imports); raises what it raised
         finally:
             sys.setswitchinterval(switch_interval)
         if settings.live_reload and settings.config_file is not None:

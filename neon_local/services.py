@@ -79,7 +79,7 @@ async def start_services(settings: Settings, cluster: PostgresCluster | Upstream
     add_closer(pg_proxy.close)
     if on_accepting is not None:
         on_accepting(pg_proxy)
-    await asyncio.to_thread(_import_http_modules)
+    await asyncio.to_thread(import_http_modules)
     from aiohttp import web
 
     from neon_local.auth.issuer import Issuer
@@ -106,7 +106,8 @@ async def start_services(settings: Settings, cluster: PostgresCluster | Upstream
     return services
 
 
-def _import_http_modules() -> None:
+def import_http_modules() -> None:
+    """What the HTTP side imports (also started early by the emulator's loading thread: a second call waits for it)."""
     for module in HTTP_MODULES:
         importlib.import_module(module)
 
