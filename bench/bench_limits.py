@@ -3,7 +3,9 @@
 One emulator's Postgres (`bench.common.emulator`) and three sets of neon-local's services on it
 (`bench.common.services`: /sql and the TCP proxy, in this process) that differ only in their limits.
 TCP rows are `pgbench -S` as `authenticated` (a JWT as the password, plain loopback); `-M simple` sends
-a new text per transaction (a fingerprint each: nothing to cache), `-M prepared` one Parse per client.
+a new text per transaction (all of one shape: no parse after the first), `-M prepared` one Parse per
+client, then Bind/Execute/Sync that the relay only frames. The proxy runs in this process, so its CPU
+per transaction is measured too: steadier than throughput when the cores are shared.
 /sql rows use the common load generator (16 keep-alive clients, bench_http's one-row RLS select). The
 rate limiter runs Neon's three-bucket shape with numbers the load never reaches, so what is measured is
 its cost. Rounds alternate between variants; medians of ROUNDS rounds, ratios per round.
