@@ -89,25 +89,16 @@ class AllowList:
 
     def mode_for(self, role: str, jwt: bool) -> str:
         self._ensure_watcher()
-        return self._mode(role, jwt)
-
-    def _mode(self, role: str, jwt: bool) -> str:
         content = self._content
         if role in content.modes:
             return content.modes[role]
         return (content.mode or self.default_mode) if jwt else "off"
 
-    def check(self, role: str, jwt: bool, text: str | bytes, path: str, note: str = "") -> None:
-        """`text` as bytes: as the wire carries it (UTF-8), per Query or Parse message of a session that began with
-        `mode_for` (which started the watcher). A text, or a shape, approved before then costs a few lookups and no
-        decoding. `note`: what a reviewer reads next to a statement first recorded here (the Data API's request shape)."""
-        mode = self._mode(role, jwt) if isinstance(text, bytes) else self.mode_for(role, jwt)
+    def check(self, role: str, jwt: bool, text: str, path: str, note: str = "") -> None:
+        """`note`: what a reviewer reads next to a statement first recorded here (the Data API's request shape)."""
+        mode = self.mode_for(role, jwt)
         if mode == "off":
             return
-        if isinstance(text, bytes):
-            if mode != "learn" and self._approved(role, self.fingerprints.known(text), path):
-                return  # learn mode records every sighting: it takes the long way
-            text = text.decode("utf-8", "replace")
         try:
             statements = self.fingerprints.statements(text)
         except StatementError as exc:
@@ -119,16 +110,32 @@ class AllowList:
             if not statement.transaction_control:
                 self._check_one(role, mode, statement, path, note)
 
-    def _approved(self, role: str, fingerprints: tuple[str, ...] | None, path: str) -> bool:
-        if fingerprints is None:
-            return False
-        approved = self._content.statements
-        for fingerprint in fingerprints:
-            entry = approved.get(fingerprint)
-            if entry is None or role not in entry.roles:
-                return False
-        self.counts["allowed", path] += len(fingerprints)
-        return True
+    def wire_check(self, role: str, jwt: bool, path: str) -> Callable[[bytes], None]:
+        """`check` for the Query and Parse texts of a TCP or WebSocket session (UTF-8 bytes, as the wire carries them),
+        which began with `mode_for` (that started the watcher). Called per message: a text, or a shape, approved
+        before costs a few lookups, no decoding and no call between; anything else goes to `check` (learn mode too,
+        since it records every sighting)."""
+        known, counts, allowed = self.fingerprints.known, self.counts, ("allowed", path)
+
+        def check_wire(raw: bytes) -> None:
+            content = self._content
+            mode = content.modes.get(role, (content.mode or self.default_mode) if jwt else "off")
+            if mode == "enforce" or mode == "warn":
+                fingerprints = known(raw)
+                if fingerprints is not None:
+                    approved = content.statements
+                    for fingerprint in fingerprints:
+                        entry = approved.get(fingerprint)
+                        if entry is None or role not in entry.roles:
+                            break
+                    else:
+                        counts[allowed] += len(fingerprints)
+                        return
+            elif mode == "off":
+                return
+            self.check(role, jwt, raw.decode("utf-8", "replace"), path)
+
+        return check_wire
 
     def check_function_call(self, role: str, jwt: bool, path: str) -> None:
         """A FunctionCall message names a function by OID: nothing to fingerprint, so only enforce has a say."""

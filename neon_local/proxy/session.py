@@ -292,7 +292,7 @@ class Session:
         if limits is None or limits.allowlist.mode_for(self.role, jwt) == "off":
             return conduit
         path = "tcp" if self.client.can_tls else "ws"
-        return StatementFilter(conduit, lambda text: limits.allowlist.check(self.role, jwt, text, path),
+        return StatementFilter(conduit, limits.allowlist.wire_check(self.role, jwt, path),
                                lambda: limits.allowlist.check_function_call(self.role, jwt, path))
 
     def _log_session(self, error: str | None) -> None:
