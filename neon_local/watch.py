@@ -20,6 +20,9 @@ __all__ = ["FolderWatch"]
 log = logging.getLogger(__name__)
 
 SETTLE_SECONDS = 0.1  # an editor's save is several events (truncate, write, rename): act once they stop
+# watchdog also reports reads (inotify's open and close-without-write): the callback's own reading of the files
+# must not count as a change, or every pass would start the next one.
+READS = frozenset(("opened", "closed_no_write"))
 
 
 class _FileEvents(FileSystemEventHandler):
@@ -29,6 +32,8 @@ class _FileEvents(FileSystemEventHandler):
         self._wanted, self._notify = wanted, notify
 
     def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type in READS:
+            return
         paths = (event.src_path, getattr(event, "dest_path", None))
         if any(isinstance(path, str) and path and self._wanted(path) for path in paths):
             self._notify()
