@@ -11,8 +11,9 @@ for JWT roles; here SQL over HTTP, the Data API, TCP and WebSocket all call this
 - catalog lookups (which types are arrays, for the JSON encoding);
 - tenancy (neon-local only): with [tenancy], a JWT session's database is the one its tenant claim
   names, whatever the connection string says: in mode "database" a database of our Postgres, created
-  from the template on first use; in mode "upstream" the database of the Postgres URL the tenant is
-  mapped to, prepared at start as --upstream prepares one. Such a session's database name is then a
+  from the template on first use (the spare copy made ahead of time, renamed: neon_local/tenant_spare.py);
+  in mode "upstream" the database of the Postgres URL the tenant is mapped to, prepared at start as
+  --upstream prepares one. Such a session's database name is then a
   route ("acme:app@db2.internal:5432") that this module alone turns into a server and a database.
 
 Its superuser connections never linger: the one for pg_authid closes when idle, the others close
@@ -37,7 +38,8 @@ from neon_local.postgres import session_jwt
 from neon_local.postgres.bootstrap import jwt_role_statements
 from neon_local.postgres.upstream import Upstream, UpstreamChangesNeeded, UpstreamError
 from neon_local.serverless.pg_conn import PgConnection, Statement, connect
-from neon_local.settings import TENANT_KEY, Settings, Tenancy, UpstreamUrl
+from neon_local.settings import SPARE_TENANT_DATABASE, TENANT_KEY, Settings, Tenancy, UpstreamUrl
+from neon_local.tenant_spare import SpareDatabase
 
 __all__ = ["TEMPLATE_DATABASES", "ControlPlane", "JwtSessionBackend", "TenantUpstream", "claim_at", "tenant_dbname"]
 
@@ -134,7 +136,7 @@ def tenant_dbname(tenancy: Tenancy, tenant: Any) -> str:
     """The database of `tenant` (a claim's value) in mode "database"; a refusal (28000) when it cannot name one."""
     key = tenant_id(tenant)
     dbname = tenancy.prefix + key if key is not None else None
-    if dbname is None or len(dbname.encode()) > 63:
+    if dbname is None or len(dbname.encode()) > 63 or dbname == SPARE_TENANT_DATABASE:
         raise tenancy_refusal(f'the "{tenancy.claim}" claim {tenant!r} cannot name a tenant database',
                               "A tenant id is a string or number of letters, digits, _ and -, "
                               f"at most {63 - len(tenancy.prefix.encode())} characters.")
@@ -164,6 +166,11 @@ class ControlPlane:
         self.tenancy: Tenancy | None = None  # with the template resolved
         self.pools: list = []  # the paths' ConnPools: asked to let go of the template before it is copied
         self._tenants: dict[str, asyncio.Future] = {}
+        # Mode "database" on our own Postgres: a copy of the template kept ready for the next new tenant.
+        self._spare = None if isinstance(cluster, Upstream) else SpareDatabase(
+            lambda dbname: self.conninfo(ADMIN_USER, dbname), self._close_idle, self._install)
+        self._spare_roles: tuple[str, ...] = ()  # the roles a spare is prepared for
+        self._taking_spare = asyncio.Lock()  # one new tenant at a time takes the spare (or waits for the next)
         self.tenant_upstreams: dict[str, TenantUpstream] = {}  # mode "upstream": tenant id → its database
         self._routes: dict[str, TenantUpstream] = {}  # route → the same, for every path's later calls
         self._routed_roles: frozenset[str] = frozenset()  # the roles that may reach a route: JWT roles, the Data API's
@@ -317,15 +324,19 @@ class ControlPlane:
         async with self._prepare_lock:
             admin = await connect(self.conninfo(ADMIN_USER, dbname))  # first: a missing database is Postgres's 3D000
             try:
-                routed = self._routes.get(dbname)
-                installer = routed.upstream.install_stub if routed is not None else self.stub_installer
-                if installer is not None:
-                    await installer(routed.dbname if routed is not None else dbname)
-                (owner,) = cast(tuple, await admin.first_row(_DATABASE_OWNER_SQL))
-                statements = jwt_role_statements(role, owner, self.session_jwt_version, extension=installer is None)
-                await admin.run([Statement(sql) for sql in statements])
+                await self._install(admin, dbname, [role])
             finally:
                 await admin.close()
+
+    async def _install(self, admin: PgConnection, dbname: str, roles: Sequence[str]) -> None:
+        """Prepare `dbname` for the JWT `roles`, on `admin`, a superuser connection to it."""
+        routed = self._routes.get(dbname)
+        installer = routed.upstream.install_stub if routed is not None else self.stub_installer
+        if installer is not None:
+            await installer(routed.dbname if routed is not None else dbname)
+        (owner,) = cast(tuple, await admin.first_row(_DATABASE_OWNER_SQL))
+        await admin.run([Statement(sql) for role in roles
+                         for sql in jwt_role_statements(role, owner, self.session_jwt_version, extension=installer is None)])
 
     async def _clear_role_defaults(self, dbname: str, role: str, refusal: PostgresErrorResponse) -> bool:
         """Reset a JWT role's own defaults (on the server of `dbname`) when they stop it from connecting; False if it has none."""
@@ -356,6 +367,7 @@ class ControlPlane:
         if tenancy is not None and tenancy.mode == "database":
             tenancy = replace(tenancy, template=tenancy.template or settings.database)
         upstreams = await self._prepare_upstreams(settings) if tenancy is not None and tenancy.mode == "upstream" else {}
+        self._use_spare(tenancy, settings)
         if tenancy != self.tenancy and tenancy is not None:
             where = (f"database {tenancy.prefix}<its \"{tenancy.claim}\" claim>, copied from {tenancy.template} on first use"
                      if tenancy.mode == "database" else
@@ -364,6 +376,27 @@ class ControlPlane:
         self.tenancy, self.tenant_upstreams = tenancy, upstreams
         self._routes = {tenant.route: tenant for tenant in upstreams.values()}
         self._routed_roles = frozenset((*settings.jwt_roles, AUTHENTICATOR))
+
+    def _use_spare(self, tenancy: Tenancy | None, settings: Settings) -> None:
+        """Start, renew or retire the spare tenant database as [tenancy] starts, changes its template or ends."""
+        if self._spare is None:
+            return
+        was = self.tenancy.template if self.tenancy is not None and self.tenancy.mode == "database" else None
+        self._spare_roles = (*settings.jwt_roles, *((AUTHENTICATOR,) if settings.data_api else ()))
+        if tenancy is not None and tenancy.mode == "database":
+            if tenancy.template != was:
+                self._spare.renew(tenancy.template, self._spare_roles)
+        elif was is not None:
+            self._spare.retire()
+
+    def template_changed(self) -> None:
+        """neon-local changed the template (a migration): the spare is a copy of what it was, so another is made."""
+        if self._spare is not None and self.tenancy is not None and self.tenancy.mode == "database":
+            self._spare.renew(self.tenancy.template, self._spare_roles)
+
+    async def spare_ready(self) -> bool:
+        """Wait for the spare tenant database being made; whether one is ready for the next new tenant."""
+        return self._spare is not None and await self._spare.ready()
 
     async def _prepare_upstreams(self, settings: Settings) -> dict[str, TenantUpstream]:
         """Every mapped tenant's upstream, checked and shaped (roles, stub, passwords, Data API) as --upstream does;
@@ -436,13 +469,26 @@ class ControlPlane:
         try:
             if await admin.first_row("select 1 from pg_catalog.pg_database where datname = $1", [dbname]):
                 return
+            if self._spare is not None:
+                try:
+                    async with self._taking_spare:
+                        roles = await self._spare.take(admin, template, dbname)
+                except PostgresErrorResponse as exc:
+                    if exc.sqlstate == "42P04":  # made by `neon-local tenants create` meanwhile
+                        return
+                    raise
+                if roles is not None:
+                    for role in roles:  # as their first sessions there would have prepared it
+                        self._prepared[(dbname, role)] = prepared = asyncio.get_running_loop().create_future()
+                        prepared.set_result(None)
+                    return
             # Owned as the template is (the owner's), so the owner's migrations reach the copy too.
             owner = await admin.first_row("select pg_catalog.pg_get_userbyid(datdba) from pg_catalog.pg_database"
                                           " where datname = $1", [template])
             owned_by = f" OWNER {_quote_ident(owner[0])}" if owner else ""
             for attempt in range(TEMPLATE_BUSY_RETRIES + 1):
                 # Sessions on the template block the copy: our own idle pooled ones go first.
-                await asyncio.gather(*(pool.close_idle(template) for pool in self.pools))
+                await self._close_idle(template)
                 try:
                     await admin.run([Statement(f"CREATE DATABASE {_quote_ident(dbname)} TEMPLATE {_quote_ident(template)}{owned_by}")])
                     log.info("tenant database %s created from %s", dbname, template)
@@ -454,6 +500,11 @@ class ControlPlane:
                         raise self._template_refusal(dbname, template, exc) from None
         finally:
             await admin.close()
+            if self._spare is not None and self.tenancy is not None and self.tenancy.mode == "database":
+                self._spare.keep(self.tenancy.template, self._spare_roles)  # for the next new tenant
+
+    async def _close_idle(self, dbname: str) -> None:
+        await asyncio.gather(*(pool.close_idle(dbname) for pool in self.pools))
 
     @staticmethod
     def _template_refusal(dbname: str, template: str, exc: PostgresErrorResponse) -> PostgresErrorResponse:
@@ -472,9 +523,12 @@ class ControlPlane:
         missing = [oid for oid in oids if oid >= 16384 and (known is None or oid not in known)]
         if known is not None and not missing:
             return known
+        server = self.compute_of(dbname)[0]
+        if known is None and not missing and server in self._builtin_arrays:  # a new database: nothing to look up
+            known = self._arrays[dbname] = dict(self._builtin_arrays[server])
+            return known
         admin = await connect(self.conninfo(ADMIN_USER, dbname))
         try:
-            server = self.compute_of(dbname)[0]
             if server not in self._builtin_arrays:  # built-in types are the same in every database of a server
                 (pairs,) = cast(tuple, await admin.first_row(_ARRAYS_SQL.format("t.oid < 16384")))
                 self._builtin_arrays[server] = _pairs(pairs)
@@ -503,6 +557,8 @@ class ControlPlane:
         future.add_done_callback(self._closing.discard)
 
     async def close(self) -> None:
+        if self._spare is not None:
+            await self._spare.close()
         if self._authid_closer is not None:
             self._authid_closer.cancel()
         if self._authid is not None:

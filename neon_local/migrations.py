@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import psycopg
 
 from neon_local.errors import NeonLocalError
-from neon_local.settings import ConfigError, Settings
+from neon_local.settings import SPARE_TENANT_DATABASE, ConfigError, Settings
 
 if TYPE_CHECKING:
     from neon_local.watch import FolderWatch
@@ -120,8 +120,8 @@ def target_databases(admin_conninfo: str, settings: Settings) -> list[str]:
         names.append(settings.tenancy.template or settings.database)
         with psycopg.connect(admin_conninfo, autocommit=True) as conn:
             names += [name for (name,) in conn.execute(
-                "select datname from pg_database where starts_with(datname, %s) order by datname",
-                [settings.tenancy.prefix]).fetchall()]
+                "select datname from pg_database where starts_with(datname, %s) and datname <> %s order by datname",
+                [settings.tenancy.prefix, SPARE_TENANT_DATABASE]).fetchall()]
     return list(dict.fromkeys(names))
 
 
@@ -274,9 +274,12 @@ class MigrationWatcher:
         except (psycopg.Error, OSError) as exc:
             self._report(f"applying the migrations in {self.folder} failed: {exc}")
             return
+        tenancy = self._emulator.settings.tenancy
         for dbname, outcome in outcomes.items():
             if outcome.applied:
                 log.info("migrations applied to %s: %s", dbname, ", ".join(outcome.applied))
+                if tenancy is not None and dbname == (tenancy.template or self._emulator.settings.database):
+                    self._emulator.services.control_plane.template_changed()  # the spare tenant database is older
             for name in outcome.changed:
                 if (dbname, name, migrations[name].hash) not in self._warned:
                     self._warned.add((dbname, name, migrations[name].hash))

@@ -87,6 +87,9 @@ class RoleSpec:
 
 TENANCY_MODES = ("database", "upstream")
 TENANT_KEY = re.compile(r"[A-Za-z0-9_-]+")  # tenant ids as auth providers make them (org_2abc, acme-inc, 42)
+# [tenancy] mode "database": the next new tenant's database, copied from the template ahead of time (a dot, which no
+# tenant id holds); neon_local/tenant_spare.py.
+SPARE_TENANT_DATABASE = "neon_local.next_tenant"
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import pytest
 
 from neon_local.app import Emulator
 from neon_local.migrations import line_and_column
-from neon_local.settings import load_settings
+from neon_local.settings import SPARE_TENANT_DATABASE, load_settings
 from test_cli import neon_local
 from test_engine import DRIZZLE_MIGRATION
 
@@ -152,6 +152,16 @@ async def test_with_tenancy_the_template_and_every_tenant_database_take_the_file
         assert answer.status_code == 200 and answer.json()["rows"] == [{"db": "tenant_org_acme"}], answer.text
         write(folder, "0001_tag.sql", NOTES_TAG)
         await until(lambda: len(recorded(emulator, "tenant_org_acme")) == 2, "0001_tag.sql in the tenant's database")
+        # The spare tenant database copied before 0001 was replaced: a new tenant gets the
+        # migrated template (checked first: a session on the template, such as recorded()'s, makes the spare stale).
+        assert await emulator.services.control_plane.spare_ready()
+        with psycopg.connect(emulator.cluster.conninfo(dbname="postgres")) as conn:
+            (spare,) = conn.execute("select oid from pg_database where datname = %s", [SPARE_TENANT_DATABASE]).fetchone()
+        answer = await sql(emulator, "select tag, current_database() as db from notes", "bob")
+        assert answer.json()["rows"] == [] and [c["name"] for c in answer.json()["fields"]] == ["tag", "db"], answer.text
+        assert [name for name, _ in recorded(emulator, "tenant_org_globex")] == ["0000_notes.sql", "0001_tag.sql"]
+        with psycopg.connect(emulator.cluster.conninfo(dbname="postgres")) as conn:
+            assert conn.execute("select oid from pg_database where datname = 'tenant_org_globex'").fetchone() == (spare,)
         assert [name for name, _ in recorded(emulator)] == ["0000_notes.sql", "0001_tag.sql"]
         answer = await sql(emulator, "select body, tag from notes", "alice")
         assert answer.json()["rows"] == [{"body": "acme", "tag": "none"}]

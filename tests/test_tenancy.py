@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 
 import httpx
 import psycopg
@@ -16,8 +17,10 @@ import pytest
 
 from http_support import run_node
 from neon_local.app import Emulator
-from neon_local.control_plane import claim_at
-from neon_local.settings import ConfigError, Settings, Tenancy, read_config_file
+from neon_local.control_plane import claim_at, tenant_dbname
+from neon_local.errors import PostgresErrorResponse
+from neon_local.migrations import target_databases
+from neon_local.settings import SPARE_TENANT_DATABASE, ConfigError, Settings, Tenancy, read_config_file
 from test_cli import neon_local
 
 MIGRATION = """
@@ -71,12 +74,73 @@ async def test_first_request_creates_the_tenant_database_from_the_template(emula
     assert response.json()["rows"] == [{"db": "tenant_firstco", "b": ["template-row"]}]
 
 
+async def database_oid(emulator, dbname: str) -> int | None:
+    async with await psycopg.AsyncConnection.connect(emulator.cluster.conninfo(dbname="postgres")) as conn:
+        row = await (await conn.execute("select oid from pg_database where datname = %s", [dbname])).fetchone()
+    return row and row[0]
+
+
 async def test_a_tenant_is_created_once_when_its_first_requests_race(emulator):
+    assert await emulator.services.control_plane.spare_ready()
+    spare = await database_oid(emulator, SPARE_TENANT_DATABASE)
     async with httpx.AsyncClient() as client:
         responses = await asyncio.gather(*(sql(client, emulator, "raceco", "select current_database() as db")
                                            for _ in range(12)))
     assert [r.status_code for r in responses] == [200] * 12, [r.text for r in responses]
     assert {r.json()["rows"][0]["db"] for r in responses} == {"tenant_raceco"}
+    assert await database_oid(emulator, "tenant_raceco") == spare  # the spare, renamed
+
+
+async def test_concurrent_first_requests_of_different_tenants_each_get_a_copy_of_the_template(emulator):
+    assert await emulator.services.control_plane.spare_ready()
+    orgs = [f"burst{i}" for i in range(6)]
+    async with httpx.AsyncClient(timeout=60) as client:
+        responses = await asyncio.gather(*(sql(client, emulator, org, "insert into notes (body) values ($1)"
+                                                " returning current_database() as db", [org]) for org in orgs))
+    assert [r.status_code for r in responses] == [200] * len(orgs), [r.text for r in responses]
+    assert [r.json()["rows"][0]["db"] for r in responses] == [f"tenant_{org}" for org in orgs]
+    for org in orgs:
+        assert await bodies(emulator, org) == (f"tenant_{org}", sorted(["template-row", org]))
+    assert await emulator.services.control_plane.spare_ready()  # and another spare for the next one
+
+
+async def test_a_tenant_made_after_the_template_changed_has_its_current_schema(emulator):
+    """A spare copied before the owner changed the template (here over /sql, which neon-local does not watch)
+    is not used: the tenant's database is a copy of the template as it is now."""
+    control_plane = emulator.services.control_plane
+    assert await control_plane.spare_ready()
+    stale = await database_oid(emulator, SPARE_TENANT_DATABASE)
+    async with await psycopg.AsyncConnection.connect(emulator.endpoints.owner_url, autocommit=True) as owner:
+        await owner.execute("create table if not exists added_later (id int); grant select on added_later to authenticated;"
+                            "insert into added_later values (7)")
+    async with httpx.AsyncClient() as client:
+        response = await sql(client, emulator, "laterco", "select id from added_later")
+        assert response.status_code == 200 and response.json()["rows"] == [{"id": 7}], response.text
+        assert await database_oid(emulator, "tenant_laterco") != stale
+        # The next spare is copied from the changed template, and the next tenant gets it.
+        assert await control_plane.spare_ready()
+        fresh = await database_oid(emulator, SPARE_TENANT_DATABASE)
+        response = await sql(client, emulator, "laterco2", "select id from added_later")
+        assert response.status_code == 200 and response.json()["rows"] == [{"id": 7}], response.text
+    assert await database_oid(emulator, "tenant_laterco2") == fresh
+
+
+async def test_the_spare_is_nobody_s_tenant(emulator):
+    with pytest.raises(PostgresErrorResponse, match="cannot name a tenant database"):
+        tenant_dbname(Tenancy(claim="org_id", prefix="neon_local."), "next_tenant")
+    assert await emulator.services.control_plane.spare_ready()
+    settings = replace(emulator.settings, tenancy=Tenancy(claim="org_id", prefix="neon_local."))
+    assert SPARE_TENANT_DATABASE not in target_databases(emulator.cluster.conninfo(dbname="postgres"), settings)
+    async with await psycopg.AsyncConnection.connect(emulator.cluster.conninfo(dbname="postgres")) as conn:
+        (comment,) = await (await conn.execute("select shobj_description(oid, 'pg_database') from pg_database"
+                                               " where datname = %s", [SPARE_TENANT_DATABASE])).fetchone()
+        assert comment.startswith("neon-local: a copy of the [tenancy] template neondb")
+    async with httpx.AsyncClient() as client:
+        assert (await sql(client, emulator, "nocomment", "select 1")).status_code == 200
+    async with await psycopg.AsyncConnection.connect(emulator.cluster.conninfo(dbname="postgres")) as conn:
+        (tenant_comment,) = await (await conn.execute("select shobj_description(oid, 'pg_database') from pg_database"
+                                                      " where datname = 'tenant_nocomment'")).fetchone()
+        assert tenant_comment is None  # the spare's comment went with the rename
 
 
 async def test_sql_over_http_tenants_never_see_each_other_under_concurrency(emulator):
@@ -181,6 +245,21 @@ async def test_password_roles_are_not_routed(emulator):
     async with await psycopg.AsyncConnection.connect(emulator.endpoints.owner_url) as owner:
         row = await (await owner.execute("select current_database(), array_agg(body) from notes")).fetchone()
     assert row == ("neondb", ["template-row"])
+
+
+async def test_a_spare_left_by_an_earlier_run_is_replaced(tmp_path):
+    """A stop or crash before the spare was renamed leaves it behind: it is dropped and copied again, never used."""
+    settings = Settings(project_dir=tmp_path, data_dir=tmp_path / "data", http_port=0, pg_port=0)
+    async with Emulator(settings, write_state=False) as emu:
+        async with await psycopg.AsyncConnection.connect(emu.cluster.conninfo(dbname="postgres"), autocommit=True) as conn:
+            await conn.execute(f'create database "{SPARE_TENANT_DATABASE}"')
+        async with await psycopg.AsyncConnection.connect(emu.cluster.conninfo(dbname=SPARE_TENANT_DATABASE), autocommit=True) as conn:
+            await conn.execute("create table left_over (id int)")
+    async with Emulator(replace(settings, tenancy=Tenancy(claim="org_id")), write_state=False) as emu:
+        assert await emu.services.control_plane.spare_ready()
+        async with httpx.AsyncClient() as client:
+            response = await sql(client, emu, "after", "select to_regclass('left_over') is null as gone, current_database() as db")
+        assert response.status_code == 200 and response.json()["rows"] == [{"gone": True, "db": "tenant_after"}], response.text
 
 
 def test_tenant_claim_paths_and_config(tmp_path):

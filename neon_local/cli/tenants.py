@@ -19,7 +19,7 @@ from typing import Any
 import click
 
 from neon_local.cli.common import admin_connect, fail, project_options, socket_conninfo
-from neon_local.settings import Settings, Tenancy, UpstreamUrl
+from neon_local.settings import SPARE_TENANT_DATABASE, Settings, Tenancy, UpstreamUrl
 
 
 def _tenancy(settings: Settings) -> Tenancy:
@@ -61,8 +61,9 @@ def _quote(name: str) -> str:
 
 
 def _tenant_databases(conn, prefix: str) -> list[tuple[str, int]]:
+    # Not the spare copy of the template (the next new tenant's, not yet a tenant's), whatever the prefix.
     rows = conn.execute("select datname, pg_database_size(oid) from pg_database where starts_with(datname, %s)"
-                        " order by datname", [prefix]).fetchall()
+                        " and datname <> %s order by datname", [prefix, SPARE_TENANT_DATABASE]).fetchall()
     return [(name, size) for name, size in rows]
 
 
