@@ -114,6 +114,11 @@ def _load_services(keys_dir: Path, tcp_loaded: Callable[[tuple[Callable[..., Awa
     import_http_modules()
 
 
+def _settle(pending: asyncio.Future, result: object) -> None:
+    if not pending.done():  # not cancelled with the start that awaited it
+        pending.set_result(result)
+
+
 def _fail_pending(pending: asyncio.Future, done: asyncio.Future) -> None:
     """`done` finished (a loading thread): `pending`, if it still waits for that thread's result, fails with it."""
     if pending.done():
@@ -209,7 +214,7 @@ class Emulator:
         loop = asyncio.get_running_loop()
         tcp_loaded: asyncio.Future[tuple[Callable[..., Awaitable[Services]], KeyRing]] = loop.create_future()
         loading = loop.run_in_executor(None, _load_services, self.data_dir / "keys",
-                                       lambda loaded: loop.call_soon_threadsafe(tcp_loaded.set_result, loaded))
+                                       lambda loaded: loop.call_soon_threadsafe(_settle, tcp_loaded, loaded))
         loading.add_done_callback(lambda done: _fail_pending(tcp_loaded, done))
         # This thread's steps are short and many (polls, bootstrap's round trips): by default each would wait up
         # to 5 ms for the importing thread to hand over the GIL.
