@@ -29,6 +29,7 @@ CACHE_BYTES = 16 << 20  # at most this much text kept in each, however long the 
 _FIRST_WORD = re.compile(r"(?:\s|--[^\n]*\n?|/\*.*?\*/)*([A-Za-z]+)", re.S)
 _TRANSACTION_WORDS = {"begin", "start", "commit", "end", "rollback", "abort", "savepoint", "release"}
 V = TypeVar("V")
+_Parsed = tuple[tuple["ParsedStatement", ...], tuple[str, ...]]  # statements, and the fingerprints the list checks
 
 # What a shape may start with: a DML statement, whose numbers and strings are all A_Const literals.
 _DML = re.compile(rb"\s*(?:select|insert|update|delete|with|values|table)(?![\w\x80-\xff])", re.I)
@@ -97,48 +98,51 @@ class Fingerprinter:
     `known(raw)`: the fingerprints to check in a text (UTF-8 bytes) whose text or shape was parsed before."""
 
     def __init__(self, size: int = CACHE_SIZE, budget: int = CACHE_BYTES) -> None:
-        self._texts: _Fifo[tuple[tuple[ParsedStatement, ...], tuple[str, ...]] | StatementError] = _Fifo(size, budget)
-        # A shape's one DML statement (never BEGIN and the like): its fingerprint, by each kind of shape.
-        self._quick: _Fifo[str] = _Fifo(size, budget)
-        self._lexed: _Fifo[str] = _Fifo(size, budget)
+        # What a text parsed to: its statements, and the fingerprints of those but transaction control.
+        self._texts: _Fifo[_Parsed | StatementError] = _Fifo(size, budget)
+        # The same for a shape's one DML statement (parsed from the first text of that shape), by each kind of shape.
+        self._quick: _Fifo[_Parsed] = _Fifo(size, budget)
+        self._lexed: _Fifo[_Parsed] = _Fifo(size, budget)
 
     def known(self, raw: bytes) -> tuple[str, ...] | None:
         """The fingerprints of `raw`'s statements but transaction control, or None when it needs `statements`."""
         # Only texts fit for a quick shape have theirs kept, and a text is fit exactly when its quick shape is:
         # a hit needs no look at the text itself.
-        fingerprint = self._quick.get(raw.translate(_ZEROS))
-        if fingerprint is not None:
-            return (fingerprint,)
-        found = self._texts.get(raw)
+        found = self._quick.get(raw.translate(_ZEROS))
         if found is not None:
-            return None if isinstance(found, StatementError) else found[1]
-        key = lexed_shape(raw)
-        fingerprint = self._lexed.get(key) if key is not None else None
-        return None if fingerprint is None else (fingerprint,)
+            return found[1]
+        kept = self._texts.get(raw)
+        if kept is None:
+            key = lexed_shape(raw)
+            kept = self._lexed.get(key) if key is not None else None
+        return None if kept is None or isinstance(kept, StatementError) else kept[1]
 
     def statements(self, text: str) -> tuple[ParsedStatement, ...]:
         raw = text.encode("utf-8", "surrogatepass")  # a lone surrogate (refused by the parse) keeps texts apart too
-        fingerprint, lexed = self._quick.get(raw.translate(_ZEROS)), None
-        if fingerprint is None:
-            found = self._texts.get(raw)
-            if found is not None:
-                if isinstance(found, StatementError):
-                    raise found
-                return found[0]
+        found = self._texts.get(raw) or self._quick.get(raw.translate(_ZEROS))
+        lexed = None
+        if found is None:
             lexed = lexed_shape(raw)
-            fingerprint = self._lexed.get(lexed) if lexed is not None else None
-        if fingerprint is not None:  # a new text of a known shape: no parse, and the text not kept (one-off values)
-            return (ParsedStatement(fingerprint, text),)
+            found = self._lexed.get(lexed) if lexed is not None else None
+        if isinstance(found, StatementError):
+            raise found
+        if found is not None:
+            statements = found[0]
+            if len(statements) == 1 and statements[0].text != text:  # another text of its shape: no parse
+                return (ParsedStatement(statements[0].fingerprint, text),)
+            return statements
         parsed = self._parse(text)
-        if isinstance(parsed, tuple) and len(parsed) == 1 and (quick := quick_shape(raw)) is not None:
-            self._quick.add(quick, parsed[0].fingerprint)
-        elif isinstance(parsed, tuple) and len(parsed) == 1 and lexed is not None:
-            self._lexed.add(lexed, parsed[0].fingerprint)
-        elif len(text) <= MAX_PARSE_CHARS:  # a longer one's error costs nothing to make again
-            self._texts.add(raw, parsed if isinstance(parsed, StatementError) else
-                            (parsed, tuple(s.fingerprint for s in parsed if not s.transaction_control)))
         if isinstance(parsed, StatementError):
+            if len(text) <= MAX_PARSE_CHARS:  # a longer one's error costs nothing to make again
+                self._texts.add(raw, parsed)
             raise parsed
+        kept = (parsed, tuple(s.fingerprint for s in parsed if not s.transaction_control))
+        if len(parsed) == 1 and (quick := quick_shape(raw)) is not None:
+            self._quick.add(quick, kept)
+        elif len(parsed) == 1 and lexed is not None:
+            self._lexed.add(lexed, kept)
+        else:
+            self._texts.add(raw, kept)
         return parsed
 
     @staticmethod
