@@ -20,6 +20,7 @@ from neon_local.app import Emulator
 from neon_local.control_plane import claim_at, tenant_dbname
 from neon_local.errors import PostgresErrorResponse
 from neon_local.migrations import target_databases
+from neon_local.reload import apply_settings
 from neon_local.settings import SPARE_TENANT_DATABASE, ConfigError, Settings, Tenancy, read_config_file
 from test_cli import neon_local
 
@@ -247,8 +248,9 @@ async def test_password_roles_are_not_routed(emulator):
     assert row == ("neondb", ["template-row"])
 
 
-async def test_a_spare_left_by_an_earlier_run_is_replaced(tmp_path):
-    """A stop or crash before the spare was renamed leaves it behind: it is dropped and copied again, never used."""
+async def test_a_spare_left_by_an_earlier_run_or_of_an_earlier_template_is_replaced(tmp_path):
+    """A stop or crash before the spare was renamed leaves it behind: it is dropped and copied again, never used.
+    A reload that changes [tenancy] template replaces the spare with a copy of the new template."""
     settings = Settings(project_dir=tmp_path, data_dir=tmp_path / "data", http_port=0, pg_port=0)
     async with Emulator(settings, write_state=False) as emu:
         async with await psycopg.AsyncConnection.connect(emu.cluster.conninfo(dbname="postgres"), autocommit=True) as conn:
@@ -260,6 +262,19 @@ async def test_a_spare_left_by_an_earlier_run_is_replaced(tmp_path):
         async with httpx.AsyncClient() as client:
             response = await sql(client, emu, "after", "select to_regclass('left_over') is null as gone, current_database() as db")
         assert response.status_code == 200 and response.json()["rows"] == [{"gone": True, "db": "tenant_after"}], response.text
+
+        # A reload that names another template: the spare is replaced by a copy of that one.
+        async with await psycopg.AsyncConnection.connect(emu.cluster.conninfo(dbname="postgres"), autocommit=True) as conn:
+            await conn.execute(f"create database other_template owner {emu.settings.owner}")
+        async with await psycopg.AsyncConnection.connect(emu.cluster.conninfo(dbname="other_template"), autocommit=True) as conn:
+            await conn.execute("create table marker (id int); grant select on marker to authenticated")
+        await apply_settings(emu, replace(emu.settings, tenancy=Tenancy(claim="org_id", template="other_template")))
+        assert await emu.services.control_plane.spare_ready()
+        spare = await database_oid(emu, SPARE_TENANT_DATABASE)
+        async with httpx.AsyncClient() as client:
+            response = await sql(client, emu, "other", "select count(*)::int as n from marker")
+        assert response.status_code == 200 and response.json()["rows"] == [{"n": 0}], response.text
+        assert await database_oid(emu, "tenant_other") == spare
 
 
 def test_tenant_claim_paths_and_config(tmp_path):
