@@ -125,8 +125,9 @@ class SpareDatabase:
                      "copying the template for %s", template, dbname)
             return None
         try:
-            await admin.run([Statement("BEGIN"), Statement(f"ALTER DATABASE {_quote(SPARE_TENANT_DATABASE)} RENAME TO {_quote(dbname)}"),
-                             Statement(f"COMMENT ON DATABASE {_quote(dbname)} IS NULL"), Statement("COMMIT")])
+            # One pipeline, so one implicit transaction: both or neither, and a failure leaves no transaction open.
+            await admin.run([Statement(f"ALTER DATABASE {_quote(SPARE_TENANT_DATABASE)} RENAME TO {_quote(dbname)}"),
+                             Statement(f"COMMENT ON DATABASE {_quote(dbname)} IS NULL")])
         except PostgresErrorResponse as exc:
             if exc.sqlstate == "42P04":  # made meanwhile (`neon-local tenants create`): the spare stays one
                 self._ready = ready

@@ -126,6 +126,18 @@ async def test_a_tenant_made_after_the_template_changed_has_its_current_schema(e
     assert await database_oid(emulator, "tenant_laterco2") == fresh
 
 
+async def test_a_session_on_the_spare_keeps_it_from_being_used(emulator):
+    """Someone connected to the spare (and may have changed it): the tenant's database is copied from the template."""
+    assert await emulator.services.control_plane.spare_ready()
+    spare = await database_oid(emulator, SPARE_TENANT_DATABASE)
+    async with await psycopg.AsyncConnection.connect(emulator.cluster.conninfo(dbname=SPARE_TENANT_DATABASE), autocommit=True) as conn:
+        await conn.execute("create table meddled (id int)")
+    async with httpx.AsyncClient() as client:
+        response = await sql(client, emulator, "meddled", "select to_regclass('meddled') is null as clean, array_agg(body) as b from notes")
+    assert response.status_code == 200 and response.json()["rows"] == [{"clean": True, "b": ["template-row"]}], response.text
+    assert await database_oid(emulator, "tenant_meddled") != spare
+
+
 async def test_the_spare_is_nobody_s_tenant(emulator):
     with pytest.raises(PostgresErrorResponse, match="cannot name a tenant database"):
         tenant_dbname(Tenancy(claim="org_id", prefix="neon_local."), "next_tenant")
