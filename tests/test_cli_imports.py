@@ -63,3 +63,13 @@ def test_up_detach_leaves_the_imports_to_the_server_and_quick_commands_stay_quic
 
 def test_token_offers_the_algorithms_the_keyring_signs_with():
     assert TOKEN_ALGORITHMS == KEYRING_ALGORITHMS
+
+
+def test_the_servers_modules_leave_pglast_to_the_first_fingerprint():
+    """`up` loads these on its start path (app._load_services); pglast (~25 ms) waits until the allow-list parses."""
+    probe_imports = ("import sys, neon_local.postgres.bootstrap, neon_local.services as s; s.import_http_modules(); "
+                     "from neon_local.limits.fingerprint import Fingerprinter; assert 'pglast' not in sys.modules; "
+                     "Fingerprinter().statements('select 1'); print('pglast' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", probe_imports], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "True"

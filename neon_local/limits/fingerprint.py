@@ -15,11 +15,10 @@ do that for different texts: `quick_shape` (digits as 0: a C-level translation, 
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import OrderedDict
 from typing import Generic, NamedTuple, TypeVar
-
-from pglast import ast, parser
 
 __all__ = ["MAX_PARSE_CHARS", "Fingerprinter", "ParsedStatement", "StatementError", "lexed_shape", "quick_shape"]
 
@@ -72,6 +71,15 @@ _FLOAT_PRECISION = re.compile(rb"float\s*\(")  # in the lowered text
 _ARRAY_BOUNDS = re.compile(rb"\[\s*\d")
 
 
+@functools.cache
+def _pglast():
+    """pglast's parser and ast modules, imported on the first parse: ~25 ms that a start with the allow-list off
+    never pays (only texts not seen before are parsed, so the call costs nothing on the hot path)."""
+    from pglast import ast, parser
+
+    return parser, ast
+
+
 class ParsedStatement(NamedTuple):  # a tuple: made for every new text on the hot path, cheaper than a dataclass
     fingerprint: str
     text: str  # the statement as sent, one of a `;`-joined string's parts
@@ -79,6 +87,7 @@ class ParsedStatement(NamedTuple):  # a tuple: made for every new text on the ho
 
     def normalized(self) -> str:
         """The statement with its literals as $n, for people to review (computed only when recorded)."""
+        parser, _ = _pglast()
         try:
             return " ".join(parser.normalize(self.text).split())
         except parser.ParseError:
@@ -150,6 +159,7 @@ class Fingerprinter:
         if len(text) > MAX_PARSE_CHARS:
             return StatementError("54000", f"statement is too long for the allow-list check ({len(text)} characters, "
                                            f"at most {MAX_PARSE_CHARS}); split it, or move it into a function")
+        parser, _ = _pglast()
         try:
             body = text.rstrip().rstrip(";")  # no `;` left: at most one statement, no need to split
             parts = parser.split(text) if ";" in body else (text,) if body.strip() else ()
@@ -208,4 +218,5 @@ def _is_transaction_control(statement: str) -> bool:
     first = _FIRST_WORD.match(statement)
     if first is None or first[1].lower() not in _TRANSACTION_WORDS:
         return False
+    parser, ast = _pglast()
     return isinstance(parser.parse_sql(statement)[0].stmt, ast.TransactionStmt)
