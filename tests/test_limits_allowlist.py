@@ -18,7 +18,7 @@ from aiohttp import web
 
 from http_support import serve_sql_http
 from neon_local.limits import ClientLimits
-from neon_local.limits.store import read_list, write_list
+from neon_local.limits.store import Entry, read_list, write_list
 from neon_local.serverless.websocket import WebSocketAdapter
 from neon_local.testing.websocket import WebSocketBridge
 from neon_local.wire import messages as m
@@ -235,6 +235,7 @@ async def test_owner_is_exempt(enforcing):
 
 async def test_live_changes_apply_without_restart(enforcing):
     assert (await enforcing.sql(CHANGED)).status_code == 400
+    enforcing.allowlist.flush()  # the refusal on file now, not at the watcher's next round
     content = read_list(enforcing.allowlist.path)
     content.statements[fingerprint(CHANGED)] = content.refused.pop(fingerprint(CHANGED))
     content.statements[fingerprint(CHANGED)].roles = ["authenticated"]
@@ -317,3 +318,104 @@ async def test_messages_cut_across_reads_are_checked_whole(enforcing):
         assert error.type == b"E" and b"C42501\0" in error.body and ready.type == b"Z"
     finally:
         client.writer.close()
+
+
+# With standard_conforming_strings on (how pglast reads SQL) this is `body = $1 and body = $2`, an approved shape;
+# with it off, Postgres reads `'\' and body = '` as one string and runs `body = $1 or true`: every row.
+SMUGGLED = r"select body from lim_items where body = '\' and body = ' or true --'"
+STRINGS_OFF = "set standard_conforming_strings = off"
+STRINGS_REFUSED = "standard_conforming_strings is off in this session, and the allow-list reads SQL with it on"
+
+
+@pytest.fixture
+async def strings_approved(guarded):
+    """SMUGGLED's shape, ALLOWED and `SET standard_conforming_strings = off` (one fingerprint with `= on`) approved;
+    enforce."""
+    guarded.allowlist.flush()
+    content = read_list(guarded.allowlist.path)
+    for statement in ("select body from lim_items where body = 'a' and body = 'b'", STRINGS_OFF, ALLOWED):
+        content.statements[fingerprint(statement)] = Entry(statement, ["authenticated"])
+    write_list(guarded.allowlist.path, content)
+    guarded.set_mode("enforce")
+    yield guarded
+    guarded.set_mode("learn")
+
+
+@pytest.mark.parametrize("path", ["tcp", "ws"])
+async def test_statements_refused_while_standard_conforming_strings_is_off(strings_approved, path):
+    url = strings_approved.tcp_url() if path == "tcp" else strings_approved.ws_url()
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        assert await (await conn.execute(SMUGGLED)).fetchall() == []  # read as approved: nothing matches
+        await conn.execute(STRINGS_OFF)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege) as refused:
+            await conn.execute(SMUGGLED)
+        assert refused.value.diag.message_primary.startswith(STRINGS_REFUSED)
+        assert "SET standard_conforming_strings = on" in refused.value.diag.message_hint
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):  # every statement, not only those with a backslash
+            await conn.execute(ALLOWED)
+        await conn.execute("SET standard_conforming_strings TO on")  # let through: the way back
+        assert await (await conn.execute(SMUGGLED)).fetchall() == []
+        assert await (await conn.execute(ALLOWED)).fetchall() == [("one",)]
+
+
+async def test_pipelined_statement_with_a_backslash_refused_after_one_that_may_turn_it_off(strings_approved):
+    """Postgres reports the change only at ReadyForQuery: a text sent before that cannot be trusted to read as checked."""
+    client = await RawClient.connect(strings_approved.proxy.port)
+    try:
+        await client.login_jwt("authenticated", strings_approved.proxy.token())
+        await client.send(m.query(STRINGS_OFF) + m.query(SMUGGLED))
+        assert [r.type for r in await client.read_until_ready()] == [b"C", b"S", b"Z"]
+        error, ready = await client.read_until_ready()
+        assert error.type == b"E" and b"C42501\0" in error.body and b"sent before Postgres answered" in error.body
+        assert ready == m.Message(b"Z", b"I")
+        await client.send(m.parse(STRINGS_OFF.replace("off", "on")) + m.bind([]) + m.execute()
+                          + m.parse(SMUGGLED) + m.bind([]) + m.execute() + m.sync())
+        replies = await client.read_until_ready()
+        assert replies[-2].type == b"E" and b"C42501\0" in replies[-2].body and replies[-1].type == b"Z"
+    finally:
+        client.writer.close()
+
+
+async def test_sql_batch_that_turns_it_off_is_refused_before_anything_runs(strings_approved):
+    batch = {"queries": [{"query": STRINGS_OFF, "params": []}, {"query": SMUGGLED, "params": []}]}
+    refused = await strings_approved.sql(batch)
+    assert refused.status_code == 400 and refused.json()["code"] == "42501"
+    assert "standard_conforming_strings off" in refused.json()["message"]
+    ok = await strings_approved.sql({"queries": [{"query": STRINGS_OFF, "params": []}, {"query": ALLOWED, "params": []}]})
+    assert ok.status_code == 200  # no backslash: read alike either way
+
+
+async def test_sql_on_a_connection_whose_role_default_turns_it_off(strings_approved):
+    http = strings_approved.http
+    admin = await http.admin()
+    database = http.settings.database
+    try:
+        await admin.execute(f"alter role authenticated in database {database} set standard_conforming_strings = off")
+        await http.handler.pools.close_idle(database)
+        refused = await strings_approved.sql(ALLOWED)
+        assert refused.status_code == 400 and refused.json()["message"].startswith(STRINGS_REFUSED)
+        strings_approved.set_mode("warn")
+        warned = strings_approved.allowlist.counts["warned", "http"]
+        assert (await strings_approved.sql(ALLOWED)).json()["rows"] == [{"body": "one"}]
+        assert strings_approved.allowlist.counts["warned", "http"] == warned + 1
+    finally:
+        await admin.execute(f"alter role authenticated in database {database} reset standard_conforming_strings")
+        await admin.close()
+        await http.handler.pools.close_idle(database)
+
+
+async def test_warn_serves_and_counts_statements_while_it_is_off(strings_approved):
+    strings_approved.set_mode("warn")
+    async with await psycopg.AsyncConnection.connect(strings_approved.tcp_url(), autocommit=True) as conn:
+        await conn.execute(STRINGS_OFF)
+        warned = strings_approved.allowlist.counts["warned", "tcp"]
+        assert len(await (await conn.execute(SMUGGLED)).fetchall()) >= 2  # served as Postgres reads it
+        assert strings_approved.allowlist.counts["warned", "tcp"] == warned + 1
+
+
+async def test_startup_option_that_turns_it_off_refused(strings_approved):
+    with pytest.raises(psycopg.OperationalError, match="standard_conforming_strings=off refused"):
+        await psycopg.AsyncConnection.connect(strings_approved.tcp_url(), options="-c standard_conforming_strings=off")
+    async with await psycopg.AsyncConnection.connect(strings_approved.tcp_url(), autocommit=True,
+                                                     options="-c standard_conforming_strings=on") as conn:
+        assert await (await conn.execute(ALLOWED)).fetchall() == [("one",)]

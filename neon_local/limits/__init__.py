@@ -86,6 +86,15 @@ class ClientLimits:
             for text in texts:
                 self.allowlist.check(role, jwt, text, path)
 
+    def check_strings(self, role: str, jwt: bool, on: bool, texts, path: str) -> None:
+        """/sql's texts on a connection whose standard_conforming_strings Postgres last reported `on` or off (see
+        limits.relay): raises Refused while it is off. A batch runs as one pipeline, which Postgres answers only at its
+        end, so a text with a backslash after the first may follow one that turned it off."""
+        if self.allowlist.mode_for(role, jwt) in ("enforce", "warn"):
+            for index, text in enumerate(texts):
+                if not on or (index and "\\" in text):
+                    self.allowlist.check_strings(role, jwt, path, text.encode("utf-8", "surrogatepass"), on)
+
     def summary(self) -> dict:
         """What `neon-local status --json` and the console show: modes, limits, counts per path since start."""
         counts = self.allowlist.counts

@@ -15,6 +15,7 @@ import collections
 import datetime
 import logging
 import os
+import re
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +29,12 @@ log = logging.getLogger(__name__)
 PARSER_HINT = ("The allow-list reads statements with pglast (PostgreSQL 17's parser) and refuses, in enforce mode, "
                "what it cannot read.")
 RELOAD_INTERVAL = 1.0  # seconds between checks of the file's mtime (in a background task)
+STRINGS_HINT = ("Run SET standard_conforming_strings = on (a role or database default that turns it off: "
+                "ALTER ROLE/DATABASE ... RESET standard_conforming_strings); write backslash escapes as E'...' strings.")
+# The one statement let through while standard_conforming_strings is off, without the list: it only turns it back on,
+# and reads the same with it on or off (no backslash, no quote but around the value).
+_STRINGS_ON = re.compile(rb"\s*set\s+(?:session\s+|local\s+)?standard_conforming_strings\s*(?:=|to)\s*"
+                         rb"(?:on|true|'on'|'true')\s*;?\s*\Z", re.I)
 
 
 class Refused(Exception):
@@ -54,6 +61,17 @@ def refusal(role: str, statement: ParsedStatement) -> Refused:
                             f"approve it with: neon-local allowlist approve {fp}",
                    hint="neon-local allowlist list shows what is approved; learn mode records what your tests run.",
                    detail=f"normalised statement: {statement.normalized()}")
+
+
+def strings_refusal(maybe: bool) -> Refused:
+    """Statements refused while standard_conforming_strings is off (or, `maybe`, may be): with it off Postgres reads
+    `'...\\'...'` otherwise than the parser that fingerprints it, so an approved text could run as another statement."""
+    if maybe:
+        return Refused("42501", "statement with a backslash sent before Postgres answered the statements ahead of it, "
+                                "which may turn standard_conforming_strings off; the allow-list reads SQL with it on",
+                       hint="Send it once those are answered, or pass the value as a parameter.")
+    return Refused("42501", "standard_conforming_strings is off in this session, and the allow-list reads SQL with it "
+                            "on: statements are refused until it is on again", hint=STRINGS_HINT)
 
 
 class AllowList:
@@ -136,6 +154,22 @@ class AllowList:
             self.check(role, jwt, raw.decode("utf-8", "replace"), path)
 
         return check_wire
+
+    def check_strings(self, role: str, jwt: bool, path: str, raw: bytes, on: bool) -> bool:
+        """A text (UTF-8) sent while standard_conforming_strings is off, or (`on`) while it may have been turned off
+        by statements not yet answered: raises Refused in enforce, counts and logs in warn. True for the statement
+        that turns it back on while it is off: let through without the list."""
+        if not on and _STRINGS_ON.match(raw):
+            return True
+        mode = self.mode_for(role, jwt)
+        if mode == "enforce" or mode == "warn":
+            refused = strings_refusal(on)
+            if mode == "enforce":
+                self.counts["refused", path] += 1
+                raise refused
+            self.counts["warned", path] += 1
+            log.warning("allow-list (warn): %s", refused.message)
+        return False
 
     def check_function_call(self, role: str, jwt: bool, path: str) -> None:
         """A FunctionCall message names a function by OID: nothing to fingerprint, so only enforce has a say."""

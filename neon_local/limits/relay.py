@@ -7,6 +7,12 @@ refused message is replaced by a DO block that makes Postgres raise the error it
 session and its transaction end up exactly as after any other error. For a refused Parse the rest
 of the extended-protocol batch, up to and including its Sync, is dropped: the DO block's own
 ReadyForQuery answers that Sync.
+
+The fingerprints read SQL with standard_conforming_strings on; with it off Postgres reads a `\\` in a
+'...' string as an escape, so one text could be two statements. The relay follows the setting from
+the server's ParameterStatus (`BackendWatch`, on the Postgres→client side) and has the allow-list
+refuse every text while it is off. Postgres reports a change only at the next ReadyForQuery, so a
+text with a backslash sent while earlier statements are unanswered (pipelined) is treated the same.
 """
 
 from __future__ import annotations
@@ -21,6 +27,9 @@ _HEADER = 5  # type byte + int32 length
 _EXTENDED = b"PBDEC"  # Parse, Bind, Describe, Execute, Close: a batch that a Sync ends
 _CHECKED = b"QPF"  # Query, Parse, FunctionCall: what the allow-list looks at
 _SYNC = ord("S")
+_ANSWERED = b"QSF"  # what Postgres answers with one ReadyForQuery: Query, Sync, FunctionCall
+_READY, _PARAMETER = ord("Z"), ord("S")
+_STRINGS = b"standard_conforming_strings\0"
 
 
 def dollar_quote(text: str, tag: str) -> str:
@@ -57,10 +66,14 @@ def _message(kind: bytes, body: bytes) -> bytes:
 class StatementFilter:
     """Stands in for the backend conduit on the client's side of the relay; only `write` differs."""
 
-    def __init__(self, backend, check: Callable[[bytes], None], check_call: Callable[[], None]) -> None:
+    def __init__(self, backend, check: Callable[[bytes], None], check_call: Callable[[], None],
+                 check_strings: Callable[[bytes, bool], bool] = lambda raw, on: False, strings_on: bool = True) -> None:
         self._backend = backend
-        self._check = check
+        self._check_list = check
         self._check_call = check_call  # a FunctionCall ('F') runs a function by OID, with no SQL to check
+        self._check_strings = check_strings  # AllowList.check_strings of this session
+        self.strings_on = strings_on  # standard_conforming_strings, as Postgres last reported it
+        self.unanswered = 0  # Query, Sync and FunctionCall messages sent on whose ReadyForQuery has not come back
         self._buffer = bytearray()
         self._dropping = False  # after a refused Parse, until the batch's Sync
         self._sync_answered = False  # whether the refusal's own ReadyForQuery stands in for that Sync
@@ -68,6 +81,16 @@ class StatementFilter:
 
     def __getattr__(self, name: str):
         return getattr(self._backend, name)
+
+    def join(self, peer, pending: bytes = b"") -> None:
+        """The backend's messages go to `peer` through a BackendWatch that reports standard_conforming_strings here."""
+        self._backend.join(BackendWatch(peer, self), pending)
+
+    def _check(self, raw: bytes) -> None:
+        on = self.strings_on
+        if (not on or ((self.unanswered or self._in_batch) and b"\\" in raw)) and self._check_strings(raw, on):
+            return  # the statement that turns it back on
+        self._check_list(raw)
 
     def write(self, data: bytes) -> None:
         buffer = self._buffer
@@ -85,6 +108,7 @@ class StatementFilter:
                 data = raising_query(refused)
             else:
                 self._in_batch = False
+            self.unanswered += 1
             self._backend.write(data)
             return
         out: list[bytes] = []
@@ -98,10 +122,13 @@ class StatementFilter:
             if end > size:
                 break
             if self._dropping or kind in _CHECKED:
-                out += (data[passed:position], self._inspect(kind, data, position, end))
+                inspected = self._inspect(kind, data, position, end)
+                out += (data[passed:position], inspected)
                 passed = end
+                self.unanswered += inspected[:1] in (b"Q", b"S", b"F")
             else:  # Bind, Execute, Sync...: only the batch's state to follow
                 self._in_batch = kind != _SYNC and (self._in_batch or kind in _EXTENDED)
+                self.unanswered += kind == _SYNC
             position = end
         if position < size:
             buffer += data[position:]
@@ -140,3 +167,50 @@ class StatementFilter:
             return raising_query(refused) if self._sync_answered else raising_execution(refused)
         self._in_batch = kind == ord("P")
         return buffer[start:end]
+
+
+class BackendWatch:
+    """Stands in for the client as the backend's relay peer: frames what Postgres sends, on its way unchanged, for the
+    ParameterStatus of standard_conforming_strings and each ReadyForQuery; tells the StatementFilter of both."""
+
+    def __init__(self, peer, statements: StatementFilter) -> None:
+        self._peer = peer
+        self._statements = statements
+        self._skip = 0  # bytes of the current message still to come
+        self._carry = b""  # the start of a message whose header, or whole ParameterStatus, has not all come
+
+    def __getattr__(self, name: str):
+        return getattr(self._peer, name)
+
+    def write(self, data: bytes) -> None:
+        self._scan(data)
+        self._peer.write(data)
+
+    def _scan(self, data: bytes) -> None:
+        position, size = self._skip, len(data)
+        if position >= size:
+            self._skip = position - size
+            return
+        if self._carry:  # only ever with nothing to skip
+            data, self._carry = self._carry + data, b""
+            size = len(data)
+        statements = self._statements
+        while size - position >= _HEADER:
+            kind = data[position]
+            end = position + 1 + int.from_bytes(data[position + 1:position + _HEADER], "big")
+            if end < position + _HEADER:  # a corrupt stream: assume the worst from here on
+                statements.strings_on, self._skip = False, 1 << 62
+                return
+            if kind == _READY:
+                statements.unanswered -= 1
+            elif kind == _PARAMETER:
+                if end > size:
+                    self._skip, self._carry = 0, data[position:]
+                    return
+                if data.startswith(_STRINGS, position + _HEADER):
+                    statements.strings_on = data[position + _HEADER + len(_STRINGS):end] == b"on\0"
+            position = end
+        if position > size:
+            self._skip = position - size
+        else:
+            self._skip, self._carry = 0, data[position:]

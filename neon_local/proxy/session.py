@@ -39,6 +39,7 @@ FORWARDED_PARAMS = {"application_name", "client_encoding", "datestyle", "timezon
 DENIED_GUC_PREFIXES = ("pg_session_jwt.", "request.")
 DENIED_GUCS = {"role", "session_authorization"}
 IGNORED_OPTION_PREFIXES = ("endpoint=", "project=", "neon_")  # Neon's routing hints: meaningless locally
+TRUE_WORDS = {"on", "1", "t", "tr", "tru", "true", "y", "ye", "yes"}  # what Postgres reads as a boolean's true
 INSECURE = "connection is insecure (try using `sslmode=require`)"
 UNENCRYPTED_DATA = "received unencrypted data after SSL request"
 MITM_DETAIL = "This could be either a client-software bug or evidence of an attempted man-in-the-middle attack."
@@ -284,16 +285,19 @@ class Session:
                 raise
         if backend is not None:
             self._log_session(None)
-            await self.client.relay(self._checked(backend.conduit), self.decoder.take_rest(), backend.take_rest())
+            await self.client.relay(self._checked(backend), self.decoder.take_rest(), backend.take_rest())
 
-    def _checked(self, conduit):
+    def _checked(self, backend: ComputeConnection):
         """The backend as the client's side of the relay sees it: behind the allow-list if it checks this role."""
-        limits, jwt = self.ctx.limits, self.role in self.ctx.jwt_roles
-        if limits is None or limits.allowlist.mode_for(self.role, jwt) == "off":
+        limits, role, conduit = self.ctx.limits, cast(str, self.role), backend.conduit
+        jwt = role in self.ctx.jwt_roles
+        if limits is None or limits.allowlist.mode_for(role, jwt) == "off":
             return conduit
-        path = "tcp" if self.client.can_tls else "ws"
-        return StatementFilter(conduit, limits.allowlist.wire_check(self.role, jwt, path),
-                               lambda: limits.allowlist.check_function_call(self.role, jwt, path))
+        path, allowlist = "tcp" if self.client.can_tls else "ws", limits.allowlist
+        return StatementFilter(conduit, allowlist.wire_check(role, jwt, path),
+                               lambda: allowlist.check_function_call(role, jwt, path),
+                               lambda raw, on: allowlist.check_strings(role, jwt, path, raw, on),
+                               backend.parameters.get("standard_conforming_strings") == "on")
 
     def _log_session(self, error: str | None) -> None:
         """One request-log entry per session that got as far as naming its role: opened, or refused and why."""
@@ -320,11 +324,24 @@ class Session:
         self.role = vetted.user
         self._rate_check(lambda limits: limits.admit_endpoint("tcp" if self.client.can_tls else "ws"))
         if vetted.user in self.ctx.jwt_roles:
+            self._refuse_nonstandard_strings(vetted)
             backend, final = await self._jwt_login(vetted), b""
         else:
             backend, final = await self._password_login(vetted)
         self._greet(backend, final)
         return backend
+
+    def _refuse_nonstandard_strings(self, vetted: ClientStartup) -> None:
+        """A JWT session that asks for standard_conforming_strings off while the allow-list enforces: refused, since
+        every statement would be (the allow-list reads SQL with it on)."""
+        limits = self.ctx.limits
+        if limits is None or limits.allowlist.mode_for(vetted.user, True) != "enforce":
+            return
+        for name, value in vetted.gucs:
+            if name.lower() == "standard_conforming_strings" and value.lower() not in TRUE_WORDS:
+                raise ClientError(f'standard_conforming_strings={value} refused for role "{vetted.user}": the query '
+                                  "allow-list reads SQL with standard_conforming_strings on", "42501",
+                                  hint="Leave it out of the connection's options; write backslash escapes as E'...' strings.")
 
     def _rate_check(self, check) -> None:
         """Neon's answer to a connection past a rate limit: an ErrorResponse with XX000."""

@@ -151,6 +151,11 @@ class PgConnection:
         # connection idles, drains what arrives (the reset's results, notices) and notices a closed socket.
         self._loop.add_reader(self._fd, self._on_readable)
 
+    @property
+    def standard_strings(self) -> bool:
+        """standard_conforming_strings as Postgres last reported it (libpq keeps each ParameterStatus)."""
+        return self.pg.parameter_status(b"standard_conforming_strings") == b"on"
+
     def _on_readable(self) -> None:
         if self._waiter is not None:
             if not self._waiter.done():

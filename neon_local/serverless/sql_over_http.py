@@ -354,6 +354,12 @@ class SqlOverHttp:
         isolation level (it must come before any query).
         """
         backend = await self._connect(info, verified is not None)
+        try:  # the allow-list's check that needs the connection: what it says of standard_conforming_strings
+            self.limits.check_strings(info.user, verified is not None, backend.standard_strings,
+                                      [q.text for q in payload.queries], "http")
+        except Refused as exc:
+            self.pools.release(backend)
+            raise SqlOverHttpError.postgres(exc.fields()) from None
         try:
             if payload.has_nul:  # libpq would cut the text at the NUL: refused as Postgres does, after the init
                 if verified is not None:
