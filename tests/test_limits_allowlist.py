@@ -419,3 +419,20 @@ async def test_startup_option_that_turns_it_off_refused(strings_approved):
     async with await psycopg.AsyncConnection.connect(strings_approved.tcp_url(), autocommit=True,
                                                      options="-c standard_conforming_strings=on") as conn:
         assert await (await conn.execute(ALLOWED)).fetchall() == [("one",)]
+
+
+async def test_statements_learned_while_the_watcher_saves_are_all_kept(tmp_path):
+    """The watcher's file I/O runs in a thread while the event loop goes on learning: nothing learned is dropped."""
+    from neon_local.limits.allowlist import AllowList
+
+    learner = AllowList(tmp_path / "allow.toml", default_mode="learn")
+    texts: list[str] = []
+    loop = asyncio.get_running_loop()
+    until = loop.time() + 2.5  # several of the watcher's rounds (one a second), learning all along
+    while loop.time() < until:
+        # letters only: pglast gives one fingerprint for names that differ in their digits
+        texts.append(f"select body from lim_items_{len(texts):x}".translate(str.maketrans("0123456789", "ghijklmnop")))
+        learner.check("authenticated", True, texts[-1], "http")
+        await asyncio.sleep(0)
+    learner.flush()
+    assert set(read_list(learner.path).statements) == {fingerprint(text) for text in texts}

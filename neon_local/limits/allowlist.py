@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from neon_local.limits.fingerprint import Fingerprinter, ParsedStatement, StatementError
-from neon_local.limits.store import ALLOWLIST_FILENAME, Entry, ListFile, ListFileError, read_list, write_list
+from neon_local.limits.store import ALLOWLIST_FILENAME, Entry, ListFile, ListFileError, read_list, render, write_rendered
 
 __all__ = ["AllowList", "Refused"]
 
@@ -94,13 +94,16 @@ class AllowList:
         atexit.register(self.flush)
 
     def load(self) -> None:
-        """Read the file (blocking: at start and from the watcher's thread); a broken file keeps the last good list."""
+        """Read the file (blocking: at start); a broken file keeps the last good list."""
         try:
-            mtime = self.path.stat().st_mtime if self.path.exists() else None
+            mtime = _mtime(self.path)
             content = read_list(self.path)
         except (OSError, ListFileError) as exc:
             log.error("allow-list not reloaded, keeping the previous one: %s", exc)
             return
+        self._adopt(content, mtime)
+
+    def _adopt(self, content: ListFile, mtime: float | None) -> None:
         self._content, self._mtime = content, mtime
         if self.on_load is not None:
             self.on_load(content)
@@ -225,22 +228,25 @@ class AllowList:
         self._dirty = True
 
     def flush(self) -> None:
-        """Write what learn mode recorded, merged into the file as it is now (the CLI may have changed it)."""
-        with self._saving:
-            self._flush()
-
-    def _flush(self) -> None:
+        """Write what learn mode recorded, merged into the file as it is now (the CLI may have changed it).
+        Blocking, for synchronous callers (the CLI, tests, exit); the watcher saves without blocking the loop."""
         if not self._dirty:
             return
-        self._dirty = False
         try:
-            merged = read_list(self.path)
+            text = render(self._merged(read_list(self.path)))
+            with self._saving:
+                self._mtime = write_rendered(self.path, text)
         except (OSError, ListFileError) as exc:
-            log.error("allow-list not saved: %s", exc)
-            return
+            self._dirty = True
+            log.error("allow-list not saved to %s: %s", self.path, exc)
+
+    def _merged(self, merged: ListFile) -> ListFile:
+        """`merged` (the file as read) with what was learned here added, made the list in force. Called on the thread
+        that records (the event loop's), and with no await inside, so nothing learned while it runs can be lost."""
+        self._dirty = False
         for name in ("statements", "refused"):
             mine, theirs = getattr(self._content, name), getattr(merged, name)
-            for fp, entry in list(mine.items()):  # a C-level copy: the event loop may be adding entries
+            for fp, entry in mine.items():
                 if fp in theirs:
                     theirs[fp].roles = sorted(set(theirs[fp].roles) | set(entry.roles))
                     theirs[fp].paths = sorted(set(theirs[fp].paths) | set(entry.paths))
@@ -249,13 +255,8 @@ class AllowList:
                     theirs[fp] = entry
         for fp in merged.statements:
             merged.refused.pop(fp, None)
-        try:
-            write_list(self.path, merged)
-            self._content, self._mtime = merged, self.path.stat().st_mtime
-            if self.on_load is not None:
-                self.on_load(merged)
-        except OSError as exc:
-            log.error("allow-list not saved to %s: %s", self.path, exc)
+        self._adopt(merged, self._mtime)
+        return merged
 
     def _ensure_watcher(self) -> None:
         try:
@@ -267,15 +268,32 @@ class AllowList:
             self._watcher = loop.create_task(self._watch())
 
     async def _watch(self) -> None:
+        """Save what was learned and pick up edits. Only the file's I/O runs in a thread: the list in force is
+        swapped on the event loop, where statements are recorded, so a swap never drops one learned meanwhile."""
         while True:
             await asyncio.sleep(RELOAD_INTERVAL)
             try:
-                if self._dirty:
-                    await asyncio.to_thread(self.flush)
-                if await asyncio.to_thread(_mtime, self.path) != self._mtime:
-                    await asyncio.to_thread(self.load)
+                mtime = await asyncio.to_thread(_mtime, self.path)
+                if not self._dirty and mtime == self._mtime:
+                    continue
+                on_disk = await asyncio.to_thread(read_list, self.path)
+                if not self._dirty:
+                    self._adopt(on_disk, mtime)
+                    continue
+                text = render(self._merged(on_disk))
+                try:
+                    self._mtime = await asyncio.to_thread(self._write, text)
+                except OSError:
+                    self._dirty = True
+                    raise
+            except (OSError, ListFileError) as exc:
+                log.error("allow-list not saved or reloaded (%s): %s", self.path, exc)
             except Exception:  # keep watching whatever one round met
                 log.exception("allow-list watcher")
+
+    def _write(self, text: str) -> float:
+        with self._saving:  # a synchronous flush() may be writing too
+            return write_rendered(self.path, text)
 
 
 def _mtime(path: Path) -> float | None:

@@ -118,8 +118,13 @@ def render(content: ListFile) -> str:
 
 
 def write_list(path: Path, content: ListFile) -> None:
-    """Replace the file atomically, so a reader never sees half of it."""
+    write_rendered(path, render(content))
+
+
+def write_rendered(path: Path, text: str) -> float:
+    """Replace the file with `text` (a rendered list) atomically, so a reader never sees half of it; its new mtime."""
     descriptor, temporary = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     with os.fdopen(descriptor, "w") as file:
-        file.write(render(content))
+        file.write(text)
     os.replace(temporary, path)
+    return path.stat().st_mtime
