@@ -51,19 +51,26 @@ PLAIN_QUERY = "select id, body from bench_notes where user_id = 'user_7'"
 DRIVER_HEADERS = {"Neon-Raw-Text-Output": "true", "Neon-Array-Mode": "true"}
 
 # For pgbench only: mints, inside Postgres, the token the proxy would send on this backend (the stub's
-# scheme: HMAC under the connection's key, jti one past the last accepted). Reads the stub's private
-# state, so it is created by the superuser; signing in SQL makes the floor a little slower, not faster.
+# scheme: HMAC-SHA256 under K_conn = HMAC(secret, "<pid>:<backend_start>"); the jti from the clock, which
+# only has to grow). Reads the instance secret, so it is created by the superuser; it uses pgcrypto's
+# hmac(), so it works on the compiled stub and the SQL one alike. Signing in SQL makes the floor a little
+# slower, not faster.
 SIGNER_SQL = """
+create extension if not exists pgcrypto;
 create schema if not exists bench;
+create or replace function bench.b64url(data bytea) returns text
+language sql immutable as $$ select rtrim(translate(encode(data, 'base64'), E'+/\\n', '-_'), '=') $$;
 create or replace function bench.session_token(payload jsonb) returns text
-language plpgsql volatile security definer set search_path = pg_catalog, pg_temp as $$
+language plpgsql volatile security definer set search_path = pg_catalog, public, bench, pg_temp as $$
 declare
-    state _pg_session_jwt.backend := _pg_session_jwt.loaded_state();
-    signing_input text := 'eyJhbGciOiJIUzI1NiJ9.' || _pg_session_jwt.b64url_encode(
-        convert_to((payload || jsonb_build_object('jti', state.last_jti + 1))::text, 'UTF8'));
+    me text := (select pg_backend_pid() || ':' || extract(epoch from a.backend_start)::text
+                from pg_stat_get_activity(pg_backend_pid()) as a);
+    conn_key bytea := hmac(convert_to(me, 'UTF8'),
+                           decode(btrim(pg_read_file('neon_local_session.key'), E' \\n'), 'hex'), 'sha256');
+    jti bigint := (extract(epoch from clock_timestamp()) * 1000000)::bigint;
+    signing_input text := 'eyJhbGciOiJIUzI1NiJ9.' || b64url(convert_to((payload || jsonb_build_object('jti', jti))::text, 'UTF8'));
 begin
-    return signing_input || '.' || _pg_session_jwt.b64url_encode(
-        _pg_session_jwt.hmac(state.ipad, state.opad, convert_to(signing_input, 'UTF8')));
+    return signing_input || '.' || b64url(hmac(convert_to(signing_input, 'UTF8'), conn_key, 'sha256'));
 end
 $$;
 grant usage on schema bench to authenticated;
