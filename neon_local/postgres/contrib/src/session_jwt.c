@@ -674,7 +674,7 @@ verify(const char *jwt)
 	size_t		segment_len;
 	char	   *decoded;
 	size_t		decoded_len;
-	char	   *problem;
+	char	   *problem = NULL;	/* set by parse_jsonb() when it fails; NULL quiets gcc */
 	Jsonb	   *payload;
 	JsonbValue *v;
 	int64		jti;
