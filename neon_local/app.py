@@ -23,7 +23,7 @@ from neon_local.ports import bind
 from neon_local.postgres.binaries import PgBinaries, find_binaries
 from neon_local.postgres.cluster import PostgresCluster, PostgresError
 from neon_local.postgres.template import neon_template
-from neon_local.settings import Settings, url_host
+from neon_local.settings import ConfigError, Settings, file_version, load_settings, url_host
 from neon_local.state import STATE_FILENAME, read_state
 
 # The server's libraries (aiohttp, psycopg, joserfc, pglast: ~0.35 s) are imported in start(), on a thread beside
@@ -208,6 +208,7 @@ class Emulator:
         # Closed again by stop() if the start fails (the services' servers close them otherwise): `up` may retry
         # at once on the same ports (an --upstream the user agreed to change).
         self._stack += [http_sock.close, pg_sock.close]
+        config_read = self._read_config_file() if settings.live_reload and settings.config_file is not None else None
         # The services' libraries (psycopg, aiohttp, joserfc, cryptography, pglast: ~0.35 s of imports) and the keys
         # (made on the first start: ~60 ms of CPU) on a thread, while this one copies the template, launches Postgres
         # and waits for it (subprocesses and sockets, which release the GIL).
@@ -240,9 +241,9 @@ class Emulator:
         finally:
             sys.setswitchinterval(switch_interval)
 
-        # With --migrations, once they are applied; with a watched neon_local.toml, once it is watched (an edit made
-        # right after `up -d` returns must not be missed): both after the HTTP side, below.
-        ready_early = settings.migrations is None and not (settings.live_reload and settings.config_file is not None)
+        # With --migrations, once they are applied (after the HTTP side, below). A watched neon_local.toml is watched
+        # only then too, but it was read above: an edit made right after `up -d` returns is found by comparing.
+        ready_early = settings.migrations is None
 
         def accepting(pg_proxy: PgProxyServer) -> None:
             self._tls_ca = pg_proxy.tls_files.ca_cert
@@ -257,10 +258,10 @@ class Emulator:
             await loading  # done by now (start_services waited for its imports); raises what it raised
         finally:
             sys.setswitchinterval(switch_interval)
-        if settings.live_reload and settings.config_file is not None:
+        if config_read is not None:
             from neon_local.reload import ConfigReloader  # watchdog's thread only when there is a file to watch
 
-            self.reloader = ConfigReloader(self)
+            self.reloader = ConfigReloader(self, config_read)
             self.reloader.start()
             self._stack.append(self.reloader.stop)
         if settings.migrations is not None:
@@ -275,6 +276,17 @@ class Emulator:
             self._ready(began, on_ready)
         elif self.write_state:
             self._write_state()  # the live reload's and the migrations' parts
+
+    def _read_config_file(self) -> tuple[tuple[int, int] | None, Settings]:
+        """The watched config file's version and its settings without CLI flags, as live reload compares edits with.
+        A file changed or broken since `up` read it gets no version, so the reloader reads it again at once."""
+        path = self.settings.config_file
+        assert path is not None  # only called with a config file
+        try:
+            version = file_version(path)
+            return version, load_settings(config_file=path)
+        except (OSError, ConfigError):
+            return None, self.settings
 
     def _ready(self, began: float, on_ready: Callable[[], None] | None) -> None:
         self.started_in = time.perf_counter() - began

@@ -21,7 +21,7 @@ import psycopg
 
 from neon_local.limits import ClientLimits
 from neon_local.postgres.upstream import UpstreamError
-from neon_local.settings import ConfigError, Settings, load_settings
+from neon_local.settings import ConfigError, Settings, file_version, load_settings
 from neon_local.watch import FolderWatch
 
 __all__ = ["RELOADED", "ConfigReloader"]
@@ -35,19 +35,26 @@ RELOADED = ("users", "roles", "role_specs", "providers", "tenancy", "upstream_ye
 class ConfigReloader:
     """Watches the emulator's config file; `error` is the last refused edit's message (None when the file loads)."""
 
-    def __init__(self, emulator) -> None:  # a started neon_local.app.Emulator (not imported: app imports this module)
+    def __init__(self, emulator, read_at_start: tuple[tuple[int, int] | None, Settings]) -> None:
+        """`emulator`: a started neon_local.app.Emulator (not imported: app imports this module). `read_at_start`:
+        the file's version (inode, mtime) and its settings without CLI flags, as the emulator read them at start."""
         self._emulator = emulator
         self.path: Path = emulator.settings.config_file
         self.error: str | None = None
-        self.seen: tuple[int, int] | None = None  # (inode, mtime) of the file as last read, applied or refused
+        # (inode, mtime) of the file as last read, applied or refused; _from_file: what it said, to see what an edit changes
+        self.seen, self._from_file = read_at_start
         self._read = asyncio.Condition()
         self._reading: tuple[int, int] | None = None
-        self._from_file = self._load()  # without CLI flags: what the file said, to see what an edit changes
         self._watch = FolderWatch(self.path.parent, lambda path: path == str(self.path), self.reload,
                                   f"reloading {self.path} failed; the last good configuration stays in force")
 
     def start(self) -> None:
-        self._watch.start()
+        # `up` reports ready before the watch begins (see Emulator.start): an edit made meanwhile is read at once.
+        try:
+            changed = file_version(self.path) != self.seen
+        except OSError:  # gone meanwhile: reading it says so
+            changed = True
+        self._watch.start(changed=changed)
 
     async def stop(self) -> None:
         await self._watch.stop()
@@ -58,8 +65,7 @@ class ConfigReloader:
             await self._read.wait_for(lambda: self.seen == seen)
 
     def _load(self) -> Settings:
-        stat = self.path.stat()
-        self._reading = (stat.st_ino, stat.st_mtime_ns)
+        self._reading = file_version(self.path)
         return load_settings(config_file=self.path)
 
     async def reload(self) -> None:

@@ -478,6 +478,12 @@ def _users_from(raw: Any, origin: str) -> dict[str, dict[str, Any]]:
     return users
 
 
+def file_version(path: Path) -> tuple[int, int]:
+    """What tells one version of a config file from the next: its inode (editors replace the file) and mtime."""
+    stat = path.stat()
+    return stat.st_ino, stat.st_mtime_ns
+
+
 def read_config_file(path: Path, text: str | None = None) -> dict[str, Any]:
     """Parse neon_local.toml into Settings keyword arguments, with errors that name the line and the key.
     With `text`, check that candidate content for `path` instead of reading it (`neon-local config set`)."""

@@ -50,7 +50,8 @@ class FolderWatch:
         self._observer: BaseObserver | None = None
         self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
+    def start(self, changed: bool = False) -> None:
+        """`changed`: also call `on_change()` at once, for a change that may have come before the watch began."""
         loop = asyncio.get_running_loop()
         self._observer = Observer()
         self._observer.schedule(_FileEvents(self._wanted, lambda: loop.call_soon_threadsafe(self._changed.set)),
@@ -58,6 +59,8 @@ class FolderWatch:
         self._observer.daemon = True
         self._observer.start()
         self._task = loop.create_task(self._run())
+        if changed:
+            self._changed.set()
 
     async def stop(self) -> None:
         if self._task is not None:

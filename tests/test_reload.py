@@ -163,3 +163,29 @@ def test_status_of_a_running_emulator_shows_a_refused_edit(tmp_path):
         assert "is running" in status_until(tmp_path, shows=False)
     finally:
         assert neon_local("down", cwd=tmp_path).returncode == 0
+
+
+def test_an_edit_made_right_after_up_detach_returns_is_applied(tmp_path):
+    """`up -d` reports ready before the watch begins; an edit made at once is still read and applied."""
+    config = tmp_path / "neon_local.toml"
+    config.write_text(FIRST)
+    up = neon_local("up", "-d", cwd=tmp_path)
+    assert up.returncode == 0, up.stderr
+    try:
+        config.write_text(FIRST + '\n[users.dave]\nsub = "user_dave"\n')
+        for _ in range(300):
+            token = neon_local("token", "dave", cwd=tmp_path)
+            if token.returncode == 0:
+                break
+            time.sleep(0.1)
+        assert token.returncode == 0, token.stderr
+        assert json.loads(base64_payload(token.stdout.strip()))["sub"] == "user_dave"
+    finally:
+        assert neon_local("down", cwd=tmp_path).returncode == 0
+
+
+def base64_payload(token: str) -> bytes:
+    import base64
+
+    payload = token.split(".")[1]
+    return base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
