@@ -39,7 +39,7 @@ from neon_local.postgres.bootstrap import jwt_role_statements
 from neon_local.postgres.upstream import Upstream, UpstreamChangesNeeded, UpstreamError
 from neon_local.serverless.pg_conn import PgConnection, Statement, connect
 from neon_local.settings import SPARE_TENANT_DATABASE, TENANT_KEY, Settings, Tenancy, UpstreamUrl
-from neon_local.tenant_spare import SpareDatabase
+from neon_local.tenant_spare import TEMPLATE_OWNER_SQL, SpareDatabase, copy_database_sql
 
 __all__ = ["TEMPLATE_DATABASES", "ControlPlane", "JwtSessionBackend", "TenantUpstream", "claim_at", "tenant_dbname"]
 
@@ -482,15 +482,12 @@ class ControlPlane:
                         self._prepared[(dbname, role)] = prepared = asyncio.get_running_loop().create_future()
                         prepared.set_result(None)
                     return
-            # Owned as the template is (the owner's), so the owner's migrations reach the copy too.
-            owner = await admin.first_row("select pg_catalog.pg_get_userbyid(datdba) from pg_catalog.pg_database"
-                                          " where datname = $1", [template])
-            owned_by = f" OWNER {_quote_ident(owner[0])}" if owner else ""
+            (owner,) = await admin.first_row(TEMPLATE_OWNER_SQL, [template]) or (None,)
             for attempt in range(TEMPLATE_BUSY_RETRIES + 1):
                 # Sessions on the template block the copy: our own idle pooled ones go first.
                 await self._close_idle(template)
                 try:
-                    await admin.run([Statement(f"CREATE DATABASE {_quote_ident(dbname)} TEMPLATE {_quote_ident(template)}{owned_by}")])
+                    await admin.run([Statement(copy_database_sql(dbname, template, owner))])
                     log.info("tenant database %s created from %s", dbname, template)
                     return
                 except PostgresErrorResponse as exc:

@@ -27,13 +27,17 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+from psycopg import sql
+
 from neon_local.errors import PostgresErrorResponse
 from neon_local.serverless.pg_conn import PgConnection, Statement, connect
 from neon_local.settings import SPARE_TENANT_DATABASE
 
-__all__ = ["SpareDatabase"]
+__all__ = ["TEMPLATE_OWNER_SQL", "SpareDatabase", "copy_database_sql"]
 
 log = logging.getLogger(__name__)
+
+_SPARE = sql.Identifier(SPARE_TENANT_DATABASE).as_string()
 
 QUIET_SECONDS = 2.0  # how long making a spare waits for sessions on the template (or the spare) to end
 QUIET_POLL_SECONDS = 0.02
@@ -51,6 +55,16 @@ _STAMPS_SQL = (
     " where b.datname in ($1, $2) and a.pid <> pg_catalog.pg_backend_pid() and a.backend_type <> 'autovacuum worker'),"
     " pg_catalog.current_setting('track_counts')::bool"
     " from pg_catalog.pg_database d where d.datname in ($1, $2)")
+
+
+# A tenant's database is owned as its template is (the owner's), so that the owner's migrations reach the copy too.
+TEMPLATE_OWNER_SQL = "select pg_catalog.pg_get_userbyid(datdba) from pg_catalog.pg_database where datname = $1"
+
+
+def copy_database_sql(dbname: str, template: str, owner: str | None) -> str:
+    """CREATE DATABASE `dbname` as a copy of `template`, owned by `owner` (the template's, TEMPLATE_OWNER_SQL)."""
+    owned_by = sql.SQL(" OWNER {}").format(sql.Identifier(owner)) if owner else sql.SQL("")
+    return sql.SQL("CREATE DATABASE {} TEMPLATE {}{}").format(sql.Identifier(dbname), sql.Identifier(template), owned_by).as_string()
 
 
 @dataclass(frozen=True)
@@ -114,10 +128,9 @@ class SpareDatabase:
             self._ready = None
             return None
         ready, self._ready = self._ready, None
-        spare = ready.result() if ready is not None else None
-        if spare is None:
-            return None
-        if spare.template != template:
+        assert ready is not None  # ready() said so
+        spare = ready.result()
+        if spare is None or spare.template != template:
             return None
         stamps, busy, counted = await _stamps(admin, template)
         if busy or not counted or stamps != spare.stamps:
@@ -126,8 +139,8 @@ class SpareDatabase:
             return None
         try:
             # One pipeline, so one implicit transaction: both or neither, and a failure leaves no transaction open.
-            await admin.run([Statement(f"ALTER DATABASE {_quote(SPARE_TENANT_DATABASE)} RENAME TO {_quote(dbname)}"),
-                             Statement(f"COMMENT ON DATABASE {_quote(dbname)} IS NULL")])
+            await admin.run([Statement(f"ALTER DATABASE {_SPARE} RENAME TO {sql.Identifier(dbname).as_string()}"),
+                             Statement(f"COMMENT ON DATABASE {sql.Identifier(dbname).as_string()} IS NULL")])
         except PostgresErrorResponse as exc:
             if exc.sqlstate == "42P04":  # made meanwhile (`neon-local tenants create`): the spare stays one
                 self._ready = ready
@@ -142,7 +155,7 @@ class SpareDatabase:
         admin = await connect(self._conninfo("postgres"))
         try:
             for _ in range(MAKE_ATTEMPTS):
-                await admin.run([Statement(f"DROP DATABASE IF EXISTS {_quote(SPARE_TENANT_DATABASE)} WITH (FORCE)")])
+                await admin.run([Statement(f"DROP DATABASE IF EXISTS {_SPARE} WITH (FORCE)")])
                 if template is None:
                     return None
                 spare = await self._copy(admin, template, roles)
@@ -159,12 +172,10 @@ class SpareDatabase:
         stamps = await _quiet_stamps(admin, template)
         if stamps is None:
             return None
-        # Owned as the template is (the owner's), as a tenant's database copied from it would be.
-        (owner,) = await admin.first_row("select pg_catalog.pg_get_userbyid(datdba) from pg_catalog.pg_database"
-                                         " where datname = $1", [template]) or (None,)
-        owned_by = f" OWNER {_quote(owner)}" if owner else ""
-        await admin.run([Statement(f"CREATE DATABASE {_quote(SPARE_TENANT_DATABASE)} TEMPLATE {_quote(template)}{owned_by}")])
-        await admin.run([Statement(f"COMMENT ON DATABASE {_quote(SPARE_TENANT_DATABASE)} IS {_literal(COMMENT.format(template))}")])
+        (owner,) = await admin.first_row(TEMPLATE_OWNER_SQL, [template]) or (None,)
+        await admin.run([Statement(copy_database_sql(SPARE_TENANT_DATABASE, template, owner))])
+        await admin.run([Statement(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+            sql.Identifier(SPARE_TENANT_DATABASE), sql.Literal(COMMENT.format(template))).as_string())])
         spare = await connect(self._conninfo(SPARE_TENANT_DATABASE))
         try:
             await self._install(spare, SPARE_TENANT_DATABASE, sorted(roles))
@@ -197,10 +208,3 @@ async def _quiet_stamps(admin: PgConnection, template: str) -> str | None:
             return None
         await asyncio.sleep(QUIET_POLL_SECONDS)
 
-
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"

@@ -104,13 +104,15 @@ def tenants_create(settings: Settings, tenant: str) -> None:
     """Make TENANT's database from the template now, instead of on its first request."""
     import psycopg
 
+    from neon_local.tenant_spare import copy_database_sql
+
     _database_mode(settings, "create")
     dbname, template = _dbname(settings, tenant), _template(settings)
     with admin_connect(settings, "postgres") as conn:
         try:
             # Owned as the template is (the owner's), as the emulator makes a tenant's database.
             owner = conn.execute("select pg_get_userbyid(datdba) from pg_database where datname = %s", [template]).fetchone()
-            conn.execute(f"CREATE DATABASE {_quote(dbname)} TEMPLATE {_quote(template)}" + (f" OWNER {_quote(owner[0])}" if owner else ""))
+            conn.execute(copy_database_sql(dbname, template, owner[0] if owner else None))
         except psycopg.errors.DuplicateDatabase:
             fail(f'tenant {tenant} already has its database "{dbname}".')
         except psycopg.errors.ObjectInUse:
