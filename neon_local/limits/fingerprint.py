@@ -115,24 +115,22 @@ class Fingerprinter:
 
     def known(self, raw: bytes) -> tuple[str, ...] | None:
         """The fingerprints of `raw`'s statements but transaction control, or None when it needs `statements`."""
-        # Only texts fit for a quick shape have theirs kept, and a text is fit exactly when its quick shape is:
-        # a hit needs no look at the text itself.
-        found = self._quick.get(raw.translate(_ZEROS))
+        found, _ = self._lookup(raw)
+        return None if found is None or isinstance(found, StatementError) else found[1]
+
+    def _lookup(self, raw: bytes) -> tuple[_Parsed | StatementError | None, bytes | None]:
+        """What `raw`, or a text of its shape, parsed to before (None: nothing yet), and its lexed shape if that was
+        needed. Only texts fit for a quick shape have theirs kept, and a text is fit exactly when its quick shape is:
+        a hit needs no look at the text itself."""
+        found = self._quick.get(raw.translate(_ZEROS)) or self._texts.get(raw)
         if found is not None:
-            return found[1]
-        kept = self._texts.get(raw)
-        if kept is None:
-            key = lexed_shape(raw)
-            kept = self._lexed.get(key) if key is not None else None
-        return None if kept is None or isinstance(kept, StatementError) else kept[1]
+            return found, None
+        lexed = lexed_shape(raw)
+        return (self._lexed.get(lexed) if lexed is not None else None), lexed
 
     def statements(self, text: str) -> tuple[ParsedStatement, ...]:
         raw = text.encode("utf-8", "surrogatepass")  # a lone surrogate (refused by the parse) keeps texts apart too
-        found = self._texts.get(raw) or self._quick.get(raw.translate(_ZEROS))
-        lexed = None
-        if found is None:
-            lexed = lexed_shape(raw)
-            found = self._lexed.get(lexed) if lexed is not None else None
+        found, lexed = self._lookup(raw)
         if isinstance(found, StatementError):
             raise found
         if found is not None:
