@@ -4,6 +4,7 @@ requests are in flight; a bad edit is refused (log and `status`) and the last go
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -149,29 +150,32 @@ def status_until(cwd, shows: bool) -> str:
     raise AssertionError(f"status never {'showed' if shows else 'cleared'} the config error:\n{output.stdout}{output.stderr}")
 
 
-def test_status_of_a_running_emulator_shows_a_refused_edit(tmp_path):
-    config = tmp_path / "neon_local.toml"
+@contextlib.contextmanager
+def detached(project):
+    """`neon-local up -d` in `project` (its neon_local.toml: FIRST) for the block, then `down`; the config file's path."""
+    config = project / "neon_local.toml"
     config.write_text(FIRST)
-    up = neon_local("up", "-d", cwd=tmp_path)
+    up = neon_local("up", "-d", cwd=project)
     assert up.returncode == 0, up.stderr
     try:
+        yield config
+    finally:
+        assert neon_local("down", cwd=project).returncode == 0
+
+
+def test_status_of_a_running_emulator_shows_a_refused_edit(tmp_path):
+    with detached(tmp_path) as config:
         config.write_text(FIRST + "[[jwks]]\nid = \"clerk\"\n")
         shown = status_until(tmp_path, shows=True)
         assert "is running" in shown and "[[jwks]] entry 1 (clerk) needs jwks_url or jwks_file" in shown
         assert "the last good configuration stays in force" in shown
         config.write_text(FIRST)
         assert "is running" in status_until(tmp_path, shows=False)
-    finally:
-        assert neon_local("down", cwd=tmp_path).returncode == 0
 
 
 def test_an_edit_made_right_after_up_detach_returns_is_applied(tmp_path):
     """`up -d` reports ready before the watch begins; an edit made at once is still read and applied."""
-    config = tmp_path / "neon_local.toml"
-    config.write_text(FIRST)
-    up = neon_local("up", "-d", cwd=tmp_path)
-    assert up.returncode == 0, up.stderr
-    try:
+    with detached(tmp_path) as config:
         config.write_text(FIRST + '\n[users.dave]\nsub = "user_dave"\n')
         for _ in range(300):
             token = neon_local("token", "dave", cwd=tmp_path)
@@ -180,8 +184,6 @@ def test_an_edit_made_right_after_up_detach_returns_is_applied(tmp_path):
             time.sleep(0.1)
         assert token.returncode == 0, token.stderr
         assert json.loads(base64_payload(token.stdout.strip()))["sub"] == "user_dave"
-    finally:
-        assert neon_local("down", cwd=tmp_path).returncode == 0
 
 
 def base64_payload(token: str) -> bytes:
