@@ -14,7 +14,7 @@ The CLI catches `NeonLocalError` and prints its message; anything else is a bug 
 
 from __future__ import annotations
 
-__all__ = ["NeonLocalError", "PostgresErrorResponse", "PostgresUnavailable"]
+__all__ = ["NeonLocalError", "PostgresErrorResponse", "PostgresUnavailable", "UpstreamChangesNeeded", "UpstreamError"]
 
 
 class NeonLocalError(Exception):
@@ -35,3 +35,18 @@ class PostgresErrorResponse(NeonLocalError):
 
 class PostgresUnavailable(NeonLocalError):
     """Postgres could not be reached or dropped the connection; the text says how."""
+
+
+class UpstreamError(NeonLocalError):
+    """The upstream Postgres cannot be fronted as it is; the message says why and what to do."""
+
+
+class UpstreamChangesNeeded(UpstreamError):
+    """The upstream needs changes and `upstream_yes` is off: nothing was changed; `changes` says what would be."""
+
+    def __init__(self, display: str, changes: list[str]) -> None:
+        self.changes = changes
+        self.listing = (f"the upstream {display} needs these changes before neon-local can front it:\n"
+                        + "".join(f"  - {change}\n" for change in changes))
+        super().__init__(self.listing + "Nothing was changed. Run again with --upstream-yes (NEON_LOCAL_UPSTREAM_YES=true, or "
+                           "upstream_yes = true in neon_local.toml) to make them, or make them yourself.")

@@ -7,17 +7,13 @@ import gc
 import signal
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, cast
 
 import click
 
 from neon_local.app import Emulator
 from neon_local.cli.common import banner, fail, process_age
-from neon_local.errors import NeonLocalError
+from neon_local.errors import NeonLocalError, UpstreamChangesNeeded
 from neon_local.settings import Settings
-
-if TYPE_CHECKING:
-    from neon_local.postgres.upstream import UpstreamChangesNeeded
 
 
 def serve(settings: Settings, on_ready: Callable[[dict], None] | None = None) -> None:
@@ -31,13 +27,6 @@ def serve(settings: Settings, on_ready: Callable[[dict], None] | None = None) ->
     # Everything is stopped. The interpreter's exit would now walk the whole heap of the server's libraries
     # with the collector (~0.1-0.2 s that `down` waits for); frozen objects are left to the OS.
     gc.freeze()
-
-
-def _is_upstream_changes_needed(exc: NeonLocalError) -> bool:
-    """Without importing postgres.upstream (and psycopg with it) before Postgres is launched: only an
-    emulator that imported it can have raised its exception."""
-    upstream = sys.modules.get("neon_local.postgres.upstream")
-    return upstream is not None and isinstance(exc, upstream.UpstreamChangesNeeded)
 
 
 def _confirm_upstream_changes(needed: UpstreamChangesNeeded) -> bool:
@@ -65,8 +54,8 @@ async def _serve(settings: Settings, on_ready: Callable[[dict], None]) -> None:
         await emulator.start(on_ready=ready)  # before the HTTP side's imports end (see Emulator.start)
     except NeonLocalError as exc:  # raised on purpose: the text is for the user
         await emulator.stop()
-        if _is_upstream_changes_needed(exc):  # --upstream without --upstream-yes: ask, when someone can answer
-            if not (sys.stdin.isatty() and _confirm_upstream_changes(cast("UpstreamChangesNeeded", exc))):
+        if isinstance(exc, UpstreamChangesNeeded):  # --upstream without --upstream-yes: ask, when someone can answer
+            if not (sys.stdin.isatty() and _confirm_upstream_changes(exc)):
                 fail(str(exc))
             await _serve(settings.with_overrides(upstream_yes=True), on_ready)
             return

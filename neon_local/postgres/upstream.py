@@ -28,7 +28,7 @@ from psycopg.conninfo import make_conninfo
 
 from neon_local.auth.scram import ClientCredential, ScramVerifier
 from neon_local.data_api import setup as data_api_setup
-from neon_local.errors import NeonLocalError
+from neon_local.errors import UpstreamChangesNeeded, UpstreamError
 from neon_local.postgres import session_jwt
 from neon_local.postgres.bootstrap import grant_role
 from neon_local.postgres.client_tls import context_for
@@ -71,21 +71,6 @@ select exists (select from pg_catalog.pg_roles where rolname = %s),
                where d.defaclobjtype = 'r' and pg_catalog.pg_get_userbyid(a.grantee) = %s
                  and pg_catalog.pg_get_userbyid(d.defaclrole) = %s)
 """
-
-
-class UpstreamError(NeonLocalError):
-    """The upstream Postgres cannot be fronted as it is; the message says why and what to do."""
-
-
-class UpstreamChangesNeeded(UpstreamError):
-    """The upstream needs changes and `upstream_yes` is off: nothing was changed; `changes` says what would be."""
-
-    def __init__(self, display: str, changes: list[str]) -> None:
-        self.changes = changes
-        self.listing = (f"the upstream {display} needs these changes before neon-local can front it:\n"
-                        + "".join(f"  - {change}\n" for change in changes))
-        super().__init__(self.listing + "Nothing was changed. Run again with --upstream-yes (NEON_LOCAL_UPSTREAM_YES=true, or "
-                           "upstream_yes = true in neon_local.toml) to make them, or make them yourself.")
 
 
 class _Plan:
