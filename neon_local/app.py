@@ -360,10 +360,13 @@ class Emulator:
     def _write_state(self) -> None:
         path = self.settings.resolved_data_dir / STATE_FILENAME
         path.parent.mkdir(parents=True, exist_ok=True)
-        # Only this user may read it: the console URL in it carries the console's secret.
-        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as handle:
+        # Written again while running (once the HTTP side is up, on a config change): replaced whole, so that
+        # `status` and `down` never read half of it. mkstemp's file is this user's only: the console URL in it
+        # carries the console's secret.
+        descriptor, temporary = tempfile.mkstemp(prefix=STATE_FILENAME + ".", dir=path.parent)
+        with os.fdopen(descriptor, "w") as handle:
             handle.write(json.dumps(self.state(), indent=2) + "\n")
-        path.chmod(0o600)  # a file left by an older version keeps its mode on open
+        os.replace(temporary, path)
         if not self._state_written:
             self._state_written = True
             self._stack.append(lambda: path.unlink(missing_ok=True))
