@@ -1,9 +1,9 @@
 """The cached template cluster: initdb plus the Neon-shaped bootstrap, done once so new data dirs are copies.
 
 A template is keyed by the Postgres install, by the settings the bootstrap reads (database, owner,
-password, JWT roles) and by the stub's files, so changing any of them builds a new one. Building
-happens in a staging directory renamed into place at the end, so parallel test workers racing to
-build the same template each end up with a complete one.
+password, JWT roles, pg_session_jwt version) and by the stub's files, so changing any of them builds a
+new one. Building happens in a staging directory renamed into place at the end, so parallel test
+workers racing to build the same template each end up with a complete one.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ FORMAT = 8  # bump when what a template holds changes without its inputs changin
 def _key(binaries: PgBinaries, settings: Settings) -> str:
     digest = hashlib.sha256()
     for part in (FORMAT, binaries.bin_dir, binaries.version, settings.database, settings.owner,
-                 settings.owner_password, settings.jwt_roles, sorted(settings.role_specs.items()), stub_digest(binaries.major)):
+                 settings.owner_password, settings.jwt_roles, sorted(settings.role_specs.items()), settings.session_jwt_version,
+                 stub_digest(binaries.major)):
         digest.update(repr(part).encode())
     return digest.hexdigest()[:12]
 
