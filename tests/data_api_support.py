@@ -94,6 +94,7 @@ class Rest:
     api: DataApi
     client: httpx.AsyncClient
     admin_conninfo: str
+    stranger: Issuer  # signs with keys the verifier has never seen
 
     @property
     def url(self) -> str:
@@ -102,6 +103,9 @@ class Rest:
     def token(self, sub: str | None = "u1", role: str | None = "authenticated", **kwargs) -> str:
         claims = {} if role is None else {"role": role}
         return self.issuer.mint(sub=sub or "nobody", claims=claims, **kwargs)
+
+    def stranger_token(self) -> str:
+        return self.stranger.mint(sub="u1", claims={"role": "authenticated"})
 
     async def request(self, method: str, path: str, *, token: str | None = "default", headers: dict | None = None,
                       **kwargs) -> httpx.Response:
@@ -140,12 +144,13 @@ async def serve_rest(settings, cluster, directory):
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     issuer = Issuer(settings, keyring, f"http://127.0.0.1:{port}")
+    stranger = Issuer(settings, KeyRing.load_or_create(directory / "stranger-keys"), f"http://127.0.0.1:{port}")
     runner = web.AppRunner(build_app(api, issuer), access_log=None, handle_signals=False)
     await runner.setup()
     await web.SockSite(runner, sock).start()
     try:
         async with httpx.AsyncClient() as client:
-            yield Rest(port, issuer, api, client, cluster.conninfo(dbname=DB))
+            yield Rest(port, issuer, api, client, cluster.conninfo(dbname=DB), stranger)
     finally:
         await runner.cleanup()
         await api.close()

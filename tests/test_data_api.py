@@ -1,6 +1,8 @@
 """The Data API against the reference's test cases (neon-data-api.md §6), over real HTTP and real Postgres.
 
-Each case is (id, method, path, options, expected status, check); paths are relative to /<db>/rest/v1.
+Each case is (id, method, path, options, expected status, check); paths are relative to /<db>/rest/v1
+unless `from_root`. The id starts with the reference's case number: READS run in any order, WRITES in
+theirs; case 36 alone is a function of its own (it adds a foreign key for the time of the test).
 The fixture (tests/data_api_support.py) follows the reference: authors, books with RLS, reviews, extra.notes.
 """
 
@@ -39,13 +41,28 @@ def both(*checks):
     return lambda r: all(check(r) for check in checks)
 
 
+PREFLIGHT = {"Origin": "http://app.test", "Access-Control-Request-Method": "POST",
+             "Access-Control-Request-Headers": "authorization,prefer"}
+
 READS = [
     ("1 all rows", "GET", "/books", {}, 200, both(rows(4), header("Content-Range", "0-3/*"))),
     ("2 no token: anonymous role", "GET", "/books", {"token": None}, 200, ids(3)),
+    ("3 expired", "GET", "/books", {"token": lambda rest: rest.token(expired=True)}, 401,
+     error(None, "JWT token has expired (exp=")),
+    ("3b unknown key", "GET", "/books", {"token": lambda rest: rest.stranger_token()}, 401, error(None, "jwk not found")),
+    ("3c not a jwt", "GET", "/books", {"token": "not.a.jwt"}, 401, error(None)),
+    ("3d not bearer", "GET", "/books", {"token": None, "headers": {"Authorization": "Basic abc"}}, 401,
+     error(None, "missing authentication credentials")),
     ("4 token without role: anonymous", "GET", "/books", {"role": None}, 200, ids(3)),
     ("5 unknown role", "GET", "/books", {"role": "nosuch"}, 401, error("22023", 'role "nosuch" does not exist')),
+    ("6 preflight", "OPTIONS", "/books", {"token": None, "headers": PREFLIGHT}, 200,
+     both(lambda r: r.content == b"", header("Access-Control-Allow-Origin", "*"),
+          header("Access-Control-Allow-Headers", "authorization,prefer, Authorization"),
+          lambda r: "PATCH" in r.headers["Access-Control-Allow-Methods"],
+          lambda r: "Access-Control-Allow-Private-Network" not in r.headers)),  # not asked for
     ("7 unknown table", "GET", "/nosuch", {}, 404, error("PGRST205", "Could not find the table 'public.nosuch'")),
     ("7b perhaps you meant", "GET", "/book", {}, 404, lambda r: r.json()["hint"] == "Perhaps you meant the table 'public.books'"),
+    ("8 outside the prefix", "GET", f"/{DB}/rest/v2/books", {"from_root": True}, 404, error("PGRST125")),
     ("9 select and eq", "GET", "/books?select=id,title&id=eq.1", {}, 200, lambda r: r.json() == [{"id": 1, "title": "Harry One"}]),
     ("9b alias", "GET", "/books?select=t:title&id=eq.1", {}, 200, lambda r: r.json() == [{"t": "Harry One"}]),
     ("10 cast", "GET", "/books?select=id,year::text&id=eq.3", {}, 200, lambda r: r.json() == [{"id": 3, "year": "1990"}]),
@@ -123,6 +140,7 @@ READS = [
      lambda r: [x["id"] for x in r.json()] == [3, 4, 1, 2]),
     # permissions, RPC, profiles, GUCs
     ("51 no privilege", "GET", "/secrets", {}, 403, error("42501", "permission denied for table secrets")),
+    ("51b no privilege, anonymous: 403 as Neon", "GET", "/secrets", {"token": None}, 403, error("42501")),
     ("53 rpc post", "POST", "/rpc/add", {"json": {"a": 1, "b": 2}}, 200, lambda r: r.json() == 3),
     ("53b rpc get", "GET", "/rpc/add?a=1&b=2", {}, 200, lambda r: r.json() == 3),
     ("54 table-returning rpc", "GET", "/rpc/books_by?author=1&select=title&order=title.desc", {}, 200,
@@ -149,6 +167,11 @@ async def send(rest, method, path, options):
     token = options.pop("token", "default")
     if token == "default":
         token = rest.token(role=role)
+    elif callable(token):
+        token = token(rest)
+    if options.pop("from_root", False):
+        sent = {**options.pop("headers", {}), **({"Authorization": f"Bearer {token}"} if token else {})}
+        return await rest.client.request(method, f"http://127.0.0.1:{rest.port}{path}", headers=sent, **options)
     return await rest.request(method, path, token=token, **options)
 
 
@@ -160,26 +183,6 @@ async def test_reads_rpc_and_embedding(rest, case):
     assert check(response), response.text
 
 
-async def test_expired_and_foreign_tokens(rest):
-    expired = await rest.request("GET", "/books", token=rest.token(expired=True))
-    assert expired.status_code == 401 and expired.json()["message"].startswith("JWT token has expired")
-    bad = await rest.request("GET", "/books", token="not.a.jwt")
-    assert bad.status_code == 401 and bad.json()["code"] is None
-    basic = await rest.request("GET", "/books", token=None, headers={"Authorization": "Basic abc"})
-    assert basic.status_code == 401 and basic.json()["message"].startswith("missing authentication credentials")
-
-
-async def test_preflight(rest):
-    response = await rest.client.options(rest.url + "/books", headers={
-        "Origin": "http://app.test", "Access-Control-Request-Method": "POST",
-        "Access-Control-Request-Headers": "authorization,prefer"})
-    assert response.status_code == 200 and response.content == b""
-    assert response.headers["Access-Control-Allow-Origin"] == "*"
-    assert response.headers["Access-Control-Allow-Headers"] == "authorization,prefer, Authorization"
-    assert "PATCH" in response.headers["Access-Control-Allow-Methods"]
-    assert "Access-Control-Allow-Private-Network" not in response.headers  # not asked for
-
-
 @pytest.mark.parametrize("origin, allowed", [("http://localhost:3000", True), ("https://evil.example", False)])
 async def test_private_network_access_only_for_admitted_origins(rest, origin, allowed):
     response = await rest.client.options(rest.url + "/books", headers={
@@ -188,12 +191,8 @@ async def test_private_network_access_only_for_admitted_origins(rest, origin, al
     assert (response.headers.get("Access-Control-Allow-Private-Network") == "true") is allowed
 
 
-async def test_outside_the_prefix(rest):
-    response = await rest.client.get(f"http://127.0.0.1:{rest.port}/{DB}/rest/v2/books")
-    assert response.status_code == 404
-
-
 async def test_ambiguous_embed(rest):
+    """Case 36, the one outside the tables: it adds a second foreign key for the time of the test."""
     async with await rest.admin() as conn:
         await conn.execute("alter table books add column editor_id int references authors")
     try:
@@ -217,66 +216,71 @@ async def test_new_table_is_found_without_a_restart(rest):
     assert response.status_code == 200 and response.json() == [{"id": 7}]
 
 
-async def test_insert_update_delete_as_the_owner_of_the_rows(rest):
-    u1 = rest.token("u1")
-    # 39: minimal insert, owner defaults to auth.user_id()
-    created = await rest.request("POST", "/books", token=u1, json={"title": "N", "author_id": 1})
-    assert created.status_code == 201 and created.content == b"" and created.headers["Content-Range"] == "*/*"
-    # 40: representation with select
-    shown = await rest.request("POST", "/books?select=title,owner", token=u1, json={"title": "R", "author_id": 1},
-                               headers={"Prefer": "return=representation"})
-    assert shown.status_code == 201 and shown.json() == [{"title": "R", "owner": "u1"}]
-    # 41: bulk with columns
-    bulk = await rest.request("POST", '/books?columns="title","author_id"&select=title', token=u1,
-                              json=[{"title": "B1", "author_id": 1}, {"title": "B2"}],
-                              headers={"Prefer": "return=representation"})
-    assert bulk.status_code == 201 and [r["title"] for r in bulk.json()] == ["B1", "B2"]
-    # 42: unknown column, invalid JSON
-    unknown = await rest.request("POST", "/books", token=u1, json={"nosuch": 1})
-    assert unknown.status_code == 400 and unknown.json()["code"] == "PGRST204"
-    invalid = await rest.request("POST", "/books", token=u1, content=b"{", headers={"Content-Type": "application/json"})
-    assert invalid.status_code == 400 and invalid.json() == {
-        "code": "PGRST102", "details": None, "hint": None, "message": "Empty or invalid json"}
-    mismatched = await rest.request("POST", "/books", token=u1, json=[{"title": "a"}, {"year": 1}])
-    assert mismatched.json()["message"] == "All object keys must match"
-    # 43, 44: not null, foreign key, duplicate key
-    assert (await rest.request("POST", "/books", token=u1, json={"title": None})).json()["code"] == "23502"
-    fk = await rest.request("POST", "/books", token=u1, json={"title": "x", "author_id": 99})
-    assert fk.status_code == 409 and fk.json()["code"] == "23503"
-    duplicate = await rest.request("POST", "/reviews", token=u1, json={"book_id": 1, "reviewer": "r", "stars": 1})
-    assert duplicate.status_code == 409 and duplicate.json()["code"] == "23505"
-    # 45: RLS refuses a row for another owner
-    forged = await rest.request("POST", "/books", token=u1, json={"title": "x", "owner": "u2"})
-    assert forged.status_code == 403 and forged.json()["message"] == 'new row violates row-level security policy for table "books"'
-    # 46, 47: upserts
-    merged = await rest.request("POST", "/reviews?on_conflict=book_id,reviewer", token=u1,
-                                json={"book_id": 1, "reviewer": "r", "stars": 4},
-                                headers={"Prefer": "resolution=merge-duplicates,return=representation"})
-    assert merged.status_code == 201 and merged.json() == [{"book_id": 1, "reviewer": "r", "stars": 4}]
-    assert "resolution=merge-duplicates" in merged.headers["Preference-Applied"]
-    ignored = await rest.request("POST", "/reviews", token=u1, json={"book_id": 1, "reviewer": "r", "stars": 1},
-                                 headers={"Prefer": "resolution=ignore-duplicates,return=representation"})
-    assert ignored.status_code == 201 and ignored.json() == []
-    # 48: update
-    patched = await rest.request("PATCH", "/books?title=eq.N", token=u1, json={"title": "Z"})
-    assert patched.status_code == 204
-    patched = await rest.request("PATCH", "/books?title=eq.Z&select=title", token=u1, json={"year": 1},
-                                 headers={"Prefer": "return=representation"})
-    assert patched.status_code == 200 and patched.json() == [{"title": "Z"}]
-    # 49: RLS hides u2's row from u1's update
-    hidden = await rest.request("PATCH", "/books?id=eq.3", token=u1, json={"title": "Z"})
-    assert hidden.status_code == 204
-    assert (await rest.request("GET", "/books?id=eq.3&select=title")).json() == [{"title": "Old"}]
-    # 50: delete
-    deleted = await rest.request("DELETE", "/books?title=in.(Z,R,B1,B2)&select=title&order=title", token=u1,
-                                 headers={"Prefer": "return=representation"})
-    assert deleted.status_code == 200 and sorted(r["title"] for r in deleted.json()) == ["B1", "B2", "R", "Z"]
-    assert (await rest.request("DELETE", "/books?id=eq.99", token=u1)).status_code == 204
-    # single object after a write
-    single = await rest.request("POST", "/books?select=title", token=u1, json={"title": "S"},
-                                headers={"Prefer": "return=representation", **OBJECT})
-    assert single.status_code == 201 and single.json() == {"title": "S"}
-    await rest.request("DELETE", "/books?title=eq.S", token=u1)
+RETURN = {"Prefer": "return=representation"}
+
+# Writes change the fixture, so they run in this order, each step seeing what the ones before it left;
+# the last steps put the fixture back as the reads expect it. The default token is u1's (role authenticated).
+WRITES = [
+    ("39 minimal insert, owner from auth.user_id()", "POST", "/books", {"json": {"title": "N", "author_id": 1}}, 201,
+     both(lambda r: r.content == b"", header("Content-Range", "*/*"))),
+    ("40 representation with select", "POST", "/books?select=title,owner", {"json": {"title": "R", "author_id": 1},
+     "headers": RETURN}, 201, lambda r: r.json() == [{"title": "R", "owner": "u1"}]),
+    ("41 bulk with columns", "POST", '/books?columns="title","author_id"&select=title',
+     {"json": [{"title": "B1", "author_id": 1}, {"title": "B2"}], "headers": RETURN}, 201,
+     lambda r: [x["title"] for x in r.json()] == ["B1", "B2"]),
+    ("42 unknown column", "POST", "/books", {"json": {"nosuch": 1}}, 400, error("PGRST204")),
+    ("42b invalid json", "POST", "/books", {"content": b"{", "headers": {"Content-Type": "application/json"}}, 400,
+     lambda r: r.json() == {"code": "PGRST102", "details": None, "hint": None, "message": "Empty or invalid json"}),
+    ("42c keys must match", "POST", "/books", {"json": [{"title": "a"}, {"year": 1}]}, 400,
+     error("PGRST102", "All object keys must match")),
+    ("43 not null", "POST", "/books", {"json": {"title": None}}, 400, error("23502")),
+    ("44 foreign key", "POST", "/books", {"json": {"title": "x", "author_id": 99}}, 409, error("23503")),
+    ("44b duplicate key", "POST", "/reviews", {"json": {"book_id": 1, "reviewer": "r", "stars": 1}}, 409, error("23505")),
+    ("45 RLS refuses a row for another owner", "POST", "/books", {"json": {"title": "x", "owner": "u2"}}, 403,
+     error("42501", 'new row violates row-level security policy for table "books"')),
+    ("46 merge-duplicates: 201 as Neon", "POST", "/reviews?on_conflict=book_id,reviewer",
+     {"json": {"book_id": 1, "reviewer": "r", "stars": 4}, "headers": {"Prefer": "resolution=merge-duplicates,return=representation"}},
+     201, both(lambda r: r.json() == [{"book_id": 1, "reviewer": "r", "stars": 4}],
+               lambda r: "resolution=merge-duplicates" in r.headers["Preference-Applied"])),
+    ("47 ignore-duplicates", "POST", "/reviews", {"json": {"book_id": 1, "reviewer": "r", "stars": 1},
+     "headers": {"Prefer": "resolution=ignore-duplicates,return=representation"}}, 201, lambda r: r.json() == []),
+    ("47b the existing row is unchanged", "GET", "/reviews?book_id=eq.1&reviewer=eq.r&select=stars", {}, 200,
+     lambda r: r.json() == [{"stars": 4}]),
+    ("48 update, minimal", "PATCH", "/books?title=eq.N", {"json": {"title": "Z"}}, 204, lambda r: r.content == b""),
+    ("48b update, representation", "PATCH", "/books?title=eq.Z&select=title", {"json": {"year": 1}, "headers": RETURN}, 200,
+     lambda r: r.json() == [{"title": "Z"}]),
+    ("49 RLS hides u2's row from u1's update: 204", "PATCH", "/books?id=eq.3", {"json": {"title": "Z"}}, 204,
+     lambda r: r.content == b""),
+    ("49b nothing changed", "GET", "/books?id=eq.3&select=title", {}, 200, lambda r: r.json() == [{"title": "Old"}]),
+    ("50 delete, representation", "DELETE", "/books?title=in.(Z,R,B1,B2)&select=title", {"headers": RETURN}, 200,
+     lambda r: sorted(x["title"] for x in r.json()) == ["B1", "B2", "R", "Z"]),
+    ("50b delete, minimal", "DELETE", "/books?id=eq.99", {}, 204, lambda r: r.content == b""),
+    ("single object after a write", "POST", "/books?select=title", {"json": {"title": "S"}, "headers": {**RETURN, **OBJECT}},
+     201, lambda r: r.json() == {"title": "S"}),
+    ("single object, cleaned up", "DELETE", "/books?title=eq.S", {}, 204, lambda r: r.content == b""),
+    ("PUT inserts", "PUT", "/reviews?book_id=eq.2&reviewer=eq.p", {"json": {"book_id": 2, "reviewer": "p", "stars": 2},
+     "headers": RETURN}, 200, lambda r: r.json() == [{"book_id": 2, "reviewer": "p", "stars": 2}]),
+    ("PUT updates", "PUT", "/reviews?book_id=eq.2&reviewer=eq.p", {"json": {"book_id": 2, "reviewer": "p", "stars": 5}}, 204,
+     lambda r: r.content == b""),
+    ("PUT updated", "GET", "/reviews?book_id=eq.2&select=stars", {}, 200, lambda r: r.json() == [{"stars": 5}]),
+    ("52 PUT body key differs from the URL's", "PUT", "/reviews?book_id=eq.2&reviewer=eq.p",
+     {"json": {"book_id": 2, "reviewer": "q", "stars": 1}}, 400, error("PGRST115")),
+    ("52b PUT without the whole key", "PUT", "/reviews?book_id=eq.2", {"json": {"book_id": 2, "reviewer": "p"}}, 405,
+     error("PGRST105")),
+    ("52c PUT with limit", "PUT", "/reviews?book_id=eq.2&reviewer=eq.p&limit=1", {"json": {"book_id": 2, "reviewer": "p"}},
+     400, error("PGRST114")),
+    ("restore: PUT row gone", "DELETE", "/reviews?book_id=eq.2", {}, 204, lambda r: r.content == b""),
+    ("restore: review stars", "PATCH", "/reviews?book_id=eq.1&reviewer=eq.r", {"json": {"stars": 5}}, 204,
+     lambda r: r.content == b""),
+]
+
+
+async def test_writes_in_order(rest):
+    for case in WRITES:
+        name, method, path, options, status, check = case
+        response = await send(rest, method, path, options)
+        assert response.status_code == status, f"{name}: {response.text}"
+        assert check(response), f"{name}: {response.text}"
 
 
 async def test_error_body_never_carries_sql_from_the_input(rest):
@@ -333,23 +337,6 @@ async def test_openapi_document(rest):
         assert "Foreign Key to `authors.id`" in books["properties"]["author_id"]["description"]
     extra = await rest.request("GET", "/", headers={"Accept-Profile": "extra"})
     assert set(extra.json()["definitions"]) == {"notes"}
-
-
-async def test_put_upserts_the_row_its_url_names(rest):
-    created = await rest.request("PUT", "/reviews?book_id=eq.2&reviewer=eq.p", json={"book_id": 2, "reviewer": "p", "stars": 2},
-                                 headers={"Prefer": "return=representation"})
-    assert created.status_code == 200 and created.json() == [{"book_id": 2, "reviewer": "p", "stars": 2}]
-    updated = await rest.request("PUT", "/reviews?book_id=eq.2&reviewer=eq.p", json={"book_id": 2, "reviewer": "p", "stars": 5})
-    assert updated.status_code == 204
-    assert (await rest.request("GET", "/reviews?book_id=eq.2&select=stars")).json() == [{"stars": 5}]
-    # 52: the body's key differs from the URL's
-    mismatch = await rest.request("PUT", "/reviews?book_id=eq.2&reviewer=eq.p", json={"book_id": 2, "reviewer": "q", "stars": 1})
-    assert mismatch.status_code == 400 and mismatch.json()["code"] == "PGRST115"
-    partial = await rest.request("PUT", "/reviews?book_id=eq.2", json={"book_id": 2, "reviewer": "p"})
-    assert partial.status_code == 405 and partial.json()["code"] == "PGRST105"
-    paged = await rest.request("PUT", "/reviews?book_id=eq.2&reviewer=eq.p&limit=1", json={"book_id": 2, "reviewer": "p"})
-    assert paged.status_code == 400 and paged.json()["code"] == "PGRST114"
-    assert (await rest.request("DELETE", "/reviews?book_id=eq.2")).status_code == 204
 
 
 async def test_missing_default_fills_absent_keys_with_defaults(rest):
