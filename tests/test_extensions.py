@@ -432,7 +432,8 @@ async def test_over_neons_sql_http_a_migration_and_the_hint_arrive(sql_http):
     assert body["detail"].startswith("Neon supports postgis") and "--pg-bin" in body["hint"]
 
 
-# Run from an install of neon-local made without a C compiler: start the default engine, create pgcrypto as the owner.
+# Run from an install of neon-local made without a C compiler: start the default engine; as the owner, read pg_session_jwt's
+# version and build, and create pgcrypto and uuid-ossp.
 WITHOUT_MODULE = """
 import asyncio, json, logging, sys
 from pathlib import Path
@@ -445,11 +446,16 @@ async def main(root):
     pg = await start_cluster(Settings(project_dir=root, data_dir=root / "data", http_port=0, pg_port=0), root)
     try:
         with psycopg.connect(pg.conninfo(user="neondb_owner"), autocommit=True) as conn:
-            try:
-                conn.execute("CREATE EXTENSION pgcrypto")
-            except psycopg.Error as error:
-                print(json.dumps({"package": neon_local.__file__, "sqlstate": error.sqlstate,
-                                  "message": error.diag.message_primary, "hint": error.diag.message_hint}))
+            outcome = {"package": neon_local.__file__, "session_jwt": conn.execute(
+                "select e.extversion, l.lanname from pg_extension e, pg_proc p join pg_language l on l.oid = p.prolang "
+                "where e.extname = 'pg_session_jwt' and p.oid = 'auth.uid()'::regprocedure").fetchone()}
+            for name in ("pgcrypto", "uuid-ossp"):
+                try:
+                    conn.execute(f'CREATE EXTENSION "{name}"')
+                except psycopg.Error as error:
+                    outcome[name] = {"sqlstate": error.sqlstate, "message": error.diag.message_primary,
+                                     "hint": error.diag.message_hint}
+            print(json.dumps(outcome))
     finally:
         await pg.stop()
 
@@ -459,8 +465,9 @@ asyncio.run(main(Path(sys.argv[1])))
 
 
 def test_an_install_without_a_compiler_works_and_says_how_to_get_pgcrypto(tmp_path):
-    """No C compiler at install (CC=false): the install succeeds without the module, start-up warns, and CREATE
-    EXTENSION pgcrypto fails with what to install, instead of Postgres' bare message."""
+    """No C compiler at install (CC=false): the install succeeds without the modules, start-up warns, CREATE
+    EXTENSION pgcrypto and uuid-ossp fail with what to install, instead of Postgres' bare message, and
+    pg_session_jwt is the SQL build, with auth.uid()."""
     source, target = tmp_path / "source", tmp_path / "site"
     # A copy without build products, so that nothing built earlier in the checkout can stand in for the compiler.
     shutil.copytree(README.parent, source, ignore=shutil.ignore_patterns(
@@ -480,8 +487,10 @@ def test_an_install_without_a_compiler_works_and_says_how_to_get_pgcrypto(tmp_pa
     assert run.stdout.strip(), run.stderr
     outcome = json.loads(run.stdout.strip().splitlines()[-1])
     assert outcome["package"].startswith(str(target))
-    assert (outcome["sqlstate"], outcome["message"]) == ("0A000", 'extension "pgcrypto" is not available')
-    assert "libcrypt-dev" in outcome["hint"] and "--pg-bin" in outcome["hint"]
+    for name in ("pgcrypto", "uuid-ossp"):
+        assert (outcome[name]["sqlstate"], outcome[name]["message"]) == ("0A000", f'extension "{name}" is not available')
+        assert "libcrypt-dev" in outcome[name]["hint"] and "--pg-bin" in outcome[name]["hint"]
+    assert outcome["session_jwt"] == ["0.4.0", "sql"]  # the SQL build of the stub, at Neon's docs version
     assert "pgcrypto and uuid-ossp are not available" in run.stderr
 
 
