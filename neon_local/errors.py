@@ -8,17 +8,31 @@ What each family means to a user (the message always says what to do next):
 - `PostgresErrorResponse`: Postgres refused something; `fields` carry its SQLSTATE and texts for the client.
 - `PostgresUnavailable`: Postgres cannot be reached (restarting, out of connections, gone).
 - `JwtError`, `SqlOverHttpError`, `ClientError`: refusals shaped for one client protocol.
+- `Refused`, `RateLimited`, `TooManySessions` (limits): the allow-list, a rate or a session cap said no.
+- `ClientGone`: the client hung up; nobody is left to answer.
+- `CodegenError`, `ListFileError`, `MatrixError`, `IdentityError`: a file, table or identity the user named
+  cannot be used; the text names it.
+- `QueryError`, `MigrationError`, `NotRunning`, `NotAJwt` (neon_local.testing): a test's query, migration,
+  emulator or token went wrong.
+Names with a leading underscore are signals inside one module; they never reach a user.
+Every exception class in the package derives from `NeonLocalError` (tests/test_layout.py holds this).
 
 The CLI catches `NeonLocalError` and prints its message; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
-__all__ = ["NeonLocalError", "PostgresErrorResponse", "PostgresUnavailable", "UpstreamChangesNeeded", "UpstreamError"]
+__all__ = ["ClientGone", "NeonLocalError", "PostgresErrorResponse", "PostgresUnavailable", "UpstreamChangesNeeded",
+           "UpstreamError"]
 
 
 class NeonLocalError(Exception):
     """Base of every error neon-local raises on purpose; its text is fit to show a user."""
+
+
+class ClientGone(NeonLocalError):
+    """The client hung up (a TCP or WebSocket session before its relay began, an HTTP request while it ran):
+    nobody is left to answer."""
 
 
 class PostgresErrorResponse(NeonLocalError):

@@ -1,10 +1,14 @@
-"""The package's shape: no import circles (type-only imports count too), and one name per class."""
+"""The package's shape: no import circles (type-only imports count too), one name per class, one error base."""
 
 from __future__ import annotations
 
 import ast
+import importlib
+import inspect
 from collections import Counter
 from pathlib import Path
+
+from neon_local.errors import NeonLocalError
 
 PACKAGE = Path(__file__).parent.parent / "neon_local"
 
@@ -63,3 +67,17 @@ def test_each_class_name_is_used_once():
             if isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
                 names[node.name] += 1
     assert [name for name, count in names.items() if count > 1] == []
+
+
+def test_every_exception_neon_local_defines_derives_from_neon_local_error():
+    """One base, so `except NeonLocalError` (the CLI's) catches whatever neon-local raises on purpose."""
+    strays = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = _module_name(path)
+        if name.endswith("__main__"):  # running it runs the CLI
+            continue
+        module = importlib.import_module(name)
+        strays += [f"{name}.{cls.__name__}" for cls in vars(module).values()
+                   if inspect.isclass(cls) and issubclass(cls, BaseException) and cls.__module__ == name
+                   and not issubclass(cls, NeonLocalError)]
+    assert strays == []

@@ -243,7 +243,7 @@ async def fetch_jwks(url: str, limits: Limits, provider_id: str = "") -> Any:
             attempt += 1
 
 
-class _Transient(Exception):
+class _Transient(NeonLocalError):
     pass
 
 

@@ -30,7 +30,7 @@ class ScramError(NeonLocalError):
     """The client broke the SCRAM exchange (malformed message, binding mismatch); the text is Postgres's."""
 
 
-class AuthenticationFailed(Exception):
+class AuthenticationFailed(NeonLocalError):
     """The password (or SCRAM proof) did not match the role's verifier, or the role has none."""
 
 

@@ -91,7 +91,7 @@ class _Token(NamedTuple):
     audience: tuple[str, ...]
 
 
-class _DuplicateKey(Exception):
+class _DuplicateKey(NeonLocalError):
     pass
 
 

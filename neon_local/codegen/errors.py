@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from neon_local.errors import NeonLocalError
 
-class CodegenError(Exception):
+
+class CodegenError(NeonLocalError):
     def __init__(self, path: Path, line: int, message: str) -> None:
         """`line` 0: the message is about the whole file or folder."""
         super().__init__(f"{path}:{line}: {message}" if line else f"{path}: {message}")

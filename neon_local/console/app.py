@@ -27,6 +27,7 @@ from neon_local.auth.verifier import JwtError, parse_token
 from neon_local.console import catalog
 from neon_local.console.guard import ConsoleGuard
 from neon_local.console.identities import IdentityError, defined, resolve, token_factory
+from neon_local.errors import NeonLocalError
 from neon_local.settings import Settings, url_host
 from neon_local.testing.explain import Explainer
 from neon_local.testing.tokens import claims_of
@@ -40,7 +41,7 @@ _MIGRATION_NAME = re.compile(r"[a-z0-9_]{1,60}")
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class ConsoleRequestError(Exception):
+class ConsoleRequestError(NeonLocalError):
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.status = status

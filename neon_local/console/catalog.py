@@ -18,6 +18,7 @@ from psycopg import sql
 from psycopg.rows import dict_row, tuple_row
 
 from neon_local.advisor.lints import SYSTEM_SCHEMAS
+from neon_local.errors import NeonLocalError
 from neon_local.testing.explain import Explainer
 from neon_local.testing.explain import Identity as ExplainedIdentity
 
@@ -151,7 +152,7 @@ def template_sql(name: str, schema: str, table: str, params: dict[str, str]) -> 
 
 # --- the policy test matrix ------------------------------------------------------------------------------
 
-class MatrixError(ValueError):
+class MatrixError(NeonLocalError, ValueError):
     """The table cannot be measured (it does not exist, or has no column an UPDATE could set)."""
 
 

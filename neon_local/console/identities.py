@@ -17,13 +17,14 @@ from typing import Any, cast
 from urllib.parse import quote
 
 from neon_local.auth.issuer import Issuer, IssuerError
+from neon_local.errors import NeonLocalError
 from neon_local.settings import Settings
 from neon_local.testing.tokens import TokenFactory, claims_of
 
 __all__ = ["ConsoleIdentity", "IdentityError", "resolve"]
 
 
-class IdentityError(ValueError):
+class IdentityError(NeonLocalError, ValueError):
     """The page asked for an identity that cannot be made; the message says why."""
 
 

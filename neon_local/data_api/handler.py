@@ -48,7 +48,7 @@ from neon_local.data_api.listener import Listeners
 from neon_local.data_api.openapi import openapi
 from neon_local.data_api.schema import INTROSPECTION_SQL, Schema
 from neon_local.data_api.sql import Builder, Plan, env_query, ident
-from neon_local.errors import PostgresErrorResponse
+from neon_local.errors import NeonLocalError, PostgresErrorResponse
 from neon_local.limits import ClientLimits, RateLimited, Refused
 from neon_local.origins import PNA_ALLOW, PNA_REQUEST, OriginPolicy
 from neon_local.postgres import session_jwt
@@ -107,7 +107,7 @@ class _Cached:
     version: str
 
 
-class _StaleSchema(Exception):
+class _StaleSchema(NeonLocalError):
     """DDL ran since the schema cache was read: plan the request again on a fresh cache."""
 
 

@@ -20,6 +20,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from neon_local.errors import NeonLocalError
 from neon_local.limits.fingerprint import Fingerprinter, ParsedStatement, StatementError
 from neon_local.limits.store import ALLOWLIST_FILENAME, Entry, ListFile, ListFileError, read_list, render, write_rendered
 
@@ -37,7 +38,7 @@ _STRINGS_ON = re.compile(rb"\s*set\s+(?:session\s+|local\s+)?standard_conforming
                          rb"(?:on|true|'on'|'true')\s*;?\s*\Z", re.I)
 
 
-class Refused(Exception):
+class Refused(NeonLocalError):
     """A statement the allow-list refuses: Postgres error fields for the client."""
 
     def __init__(self, code: str, message: str, hint: str | None = None, detail: str | None = None,

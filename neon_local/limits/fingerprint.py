@@ -20,6 +20,8 @@ import re
 from collections import OrderedDict
 from typing import Generic, NamedTuple, TypeVar
 
+from neon_local.errors import NeonLocalError
+
 __all__ = ["MAX_PARSE_CHARS", "Fingerprinter", "ParsedStatement", "StatementError", "lexed_shape", "quick_shape"]
 
 MAX_PARSE_CHARS = 100_000
@@ -94,7 +96,7 @@ class ParsedStatement(NamedTuple):  # a tuple: made for every new text on the ho
             return self.text
 
 
-class StatementError(Exception):
+class StatementError(NeonLocalError):
     """Text the allow-list cannot check: `code` and `message` are what Postgres would say, or ours."""
 
     def __init__(self, code: str, message: str, position: int | None = None) -> None:

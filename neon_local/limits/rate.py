@@ -13,6 +13,8 @@ import re
 import time
 from dataclasses import dataclass
 
+from neon_local.errors import NeonLocalError
+
 __all__ = ["NEON_PRESET", "TOO_MANY", "RateBucket", "RateLimited", "RateLimiter", "WindowedLimiter", "parse_spec"]
 
 TOO_MANY = "Too many connections to this endpoint. Please try again later."
@@ -33,7 +35,7 @@ class RateBucket:
         return self.rps * self.interval
 
 
-class RateLimited(Exception):
+class RateLimited(NeonLocalError):
     """Refused by a limiter: `message` for the client, `retry_after` seconds until the fullest window restarts."""
 
     def __init__(self, message: str, retry_after: float, endpoint: bool = True) -> None:

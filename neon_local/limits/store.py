@@ -14,6 +14,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from neon_local.errors import NeonLocalError
+
 __all__ = ["ALLOWLIST_FILENAME", "MODES", "Entry", "ListFile", "parse_list", "read_list", "write_list"]
 
 ALLOWLIST_FILENAME = "neon_local.allowlist.toml"
@@ -48,7 +50,7 @@ class ListFile:
     limits: dict[str, str] = field(default_factory=dict)  # rate_limit / rate_limit_identity, over the settings
 
 
-class ListFileError(ValueError):
+class ListFileError(NeonLocalError, ValueError):
     """The file is not a valid allow-list; the message names the file and the key."""
 
 

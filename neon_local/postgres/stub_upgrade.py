@@ -32,6 +32,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from neon_local.errors import NeonLocalError
 from neon_local.postgres.cluster import PostgresCluster
 from neon_local.postgres.extension_path import stub_files_dir
 
@@ -167,7 +168,7 @@ def _auth_functions(script: str) -> list[str]:
     return [re.sub(r"\((\w+) (\w+)\)", r"(\2)", name) for name in made]
 
 
-class StubUpgradeRefused(Exception):
+class StubUpgradeRefused(NeonLocalError):
     """Something outside the stub depends on its private objects: they are left as they are."""
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import socket
 
+from neon_local.errors import NeonLocalError
 from neon_local.wire import messages as m
 
 __all__ = ["RoleSlots", "TooManySessions", "at_message_boundary", "idle_close_message", "tune_keepalive"]
@@ -20,7 +21,7 @@ KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT, USER_TIMEOUT_MS = 60, 10, 6
 _READY_FOR_QUERY_HEAD = b"Z\0\0\0\x05"
 
 
-class TooManySessions(Exception):
+class TooManySessions(NeonLocalError):
     """A role is at its session cap; `message` and `hint` are for the client."""
 
     def __init__(self, role: str, limit: int) -> None:

@@ -23,7 +23,7 @@ from typing import Any, Protocol, cast
 from neon_local.auth import scram
 from neon_local.auth.verifier import JwtError, Verifier
 from neon_local.console.request_log import RequestLog
-from neon_local.errors import NeonLocalError, PostgresErrorResponse, PostgresUnavailable
+from neon_local.errors import ClientGone, NeonLocalError, PostgresErrorResponse, PostgresUnavailable
 from neon_local.limits import ClientLimits, RateLimited
 from neon_local.limits.relay import StatementFilter
 from neon_local.postgres import session_jwt
@@ -129,10 +129,6 @@ def jwt_refusal_hint(message: str, token: str, role: str) -> str:
     if message == "jwk not found":
         return f"No provider whose role_names include {role} has this token's kid: check [[jwks]] in neon_local.toml."
     return "Check the token, e.g. by decoding it; `neon-local token alice` makes a valid one."
-
-
-class ClientGone(Exception):
-    """The client closed the connection before the relay began."""
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from functools import lru_cache
 from typing import cast
 from urllib.parse import unquote_to_bytes, urlsplit
 
+from neon_local.errors import NeonLocalError
 from neon_local.serverless.errors import SqlOverHttpError
 from neon_local.serverless.json import params_to_pg_text
 
@@ -197,7 +198,7 @@ def _decode(component: str) -> str:
 # --- body -----------------------------------------------------------------------------------------------
 
 
-class _Constant(ValueError):
+class _Constant(NeonLocalError, ValueError):
     """NaN or ±Infinity, which Python's json reads and serde_json refuses."""
 
 
@@ -220,7 +221,7 @@ def parse_body(body: bytes) -> Payload:
     raise _bad_request("could not parse the HTTP request body: " + UNTAGGED)
 
 
-class _SerdeError(ValueError):
+class _SerdeError(NeonLocalError, ValueError):
     """What serde_json refuses and Python's json reads: nesting past its limit, lone UTF-16 surrogates."""
 
     def __init__(self, message: str, text: str, end: int) -> None:

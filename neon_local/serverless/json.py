@@ -13,6 +13,8 @@ from itertools import chain
 from json.encoder import encode_basestring  # escapes like serde_json: '"', '\\', controls; not non-ASCII
 from typing import NamedTuple
 
+from neon_local.errors import NeonLocalError
+
 __all__ = [
     "Column", "PgTextError", "ResponseTooLarge", "ResponseWriter",
     "command_and_count", "fields_json", "params_to_pg_text", "row_encoder",
@@ -31,11 +33,11 @@ _ESCAPES_AS_QUOTE = bytes(34 if byte < 32 or byte == 92 else byte for byte in ra
 Encoder = Callable[[str], str]
 
 
-class PgTextError(ValueError):
+class PgTextError(NeonLocalError, ValueError):
     """Postgres sent text we cannot shape into JSON; Neon answers 500 `could not parse postgres response`."""
 
 
-class ResponseTooLarge(Exception):
+class ResponseTooLarge(NeonLocalError):
     """The JSON response passed the size limit; Neon answers 507."""
 
     def __init__(self, limit: int) -> None:

@@ -24,7 +24,7 @@ from multidict import CIMultiDict
 from neon_local.auth.verifier import JwtError, VerifiedToken, Verifier
 from neon_local.console.request_log import RequestLog
 from neon_local.control_plane import ControlPlane
-from neon_local.errors import PostgresErrorResponse
+from neon_local.errors import ClientGone, NeonLocalError, PostgresErrorResponse
 from neon_local.limits import ClientLimits, RateLimited, Refused
 from neon_local.origins import PNA_ALLOW, PNA_REQUEST, OriginPolicy
 from neon_local.postgres import session_jwt
@@ -72,11 +72,7 @@ def _unavailable(exc: BaseException | None) -> bool:
     return isinstance(exc, psycopg.OperationalError) if sqlstate is None else sqlstate[:2] in ("08", "53", "57", "58")
 
 
-class _ClientGone(Exception):
-    """The HTTP client disconnected while its request ran."""
-
-
-class _InitFailed(Exception):
+class _InitFailed(NeonLocalError):
     """The session init (the proxy's own SQL) failed with `error`, a PgError; the user's SQL did not run."""
 
     def __init__(self, error: PgError) -> None:
@@ -84,7 +80,7 @@ class _InitFailed(Exception):
         self.error = error
 
 
-class _RefusedInPipeline(Exception):
+class _RefusedInPipeline(NeonLocalError):
     """The user's first statement refused to run after the session init in one transaction; `error` is its answer."""
 
     def __init__(self, error: SqlOverHttpError) -> None:
@@ -243,7 +239,7 @@ class SqlOverHttp:
             body, extra = await self._serve(request)
         except SqlOverHttpError as exc:
             return _json_response(exc.status, exc.body(), request, getattr(exc, "headers", None))
-        except _ClientGone:
+        except ClientGone:
             return _json_response(400, cancelled_body(), request)
         except Exception as exc:  # a bug of ours still answers Neon's JSON, never aiohttp's plain-text 500
             log.exception("unexpected error in a /sql request")
@@ -278,7 +274,7 @@ class SqlOverHttp:
                 if not watch.fired:
                     raise
                 cast("asyncio.Task[Any]", asyncio.current_task()).uncancel()
-                raise _ClientGone() from None
+                raise ClientGone() from None
             self.request_log.record_sql(info.user, info.jwt, [q.text for q in payload.queries], began, body=body)
             return body, headers.echo() if payload.batch else {}
 

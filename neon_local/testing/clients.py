@@ -19,6 +19,7 @@ from psycopg.adapt import Transformer
 from psycopg.pq import Format, TransactionStatus
 from psycopg.rows import DictRow, dict_row
 
+from neon_local.errors import NeonLocalError
 from neon_local.testing.explain import Explainer, Identity, is_refusal
 
 HTTP_TIMEOUT = 30.0
@@ -27,7 +28,7 @@ _TRANSACTION_CONTROL = re.compile(r"^\s*(commit|end|rollback|abort|begin|start)(
 AUTH_REFUSED = "28000"  # invalid_authorization_specification, as the TCP proxy sends it
 
 
-class QueryError(Exception):
+class QueryError(NeonLocalError):
     """SQL over HTTP or the Data API answered with an error: the message, the SQLSTATE (or PGRST code) as `code`,
     the HTTP `status` and `body`.
 

@@ -13,6 +13,7 @@ from typing import cast
 
 import psycopg
 
+from neon_local.errors import NeonLocalError
 from neon_local.migrations import locate
 
 Spec = str | os.PathLike[str] | Callable[[str], None]
@@ -20,7 +21,7 @@ _CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 OUTPUT_TAIL = 30  # lines of a failed command's output worth showing
 
 
-class MigrationError(Exception):
+class MigrationError(NeonLocalError):
     """A migration or seed step failed; the message names the step (file and line) and what Postgres said."""
 
 

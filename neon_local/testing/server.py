@@ -20,6 +20,7 @@ from urllib.parse import quote
 import httpx
 
 from neon_local.app import Emulator, Endpoints
+from neon_local.errors import NeonLocalError
 from neon_local.postgres.cluster import SOCKET_PORT, SUPERUSER, PostgresCluster
 from neon_local.settings import Settings, load_settings
 from neon_local.state import read_state
@@ -30,7 +31,7 @@ START_TIMEOUT = 60.0
 HTTP_TIMEOUT = 30.0
 
 
-class NotRunning(Exception):
+class NotRunning(NeonLocalError):
     """Reuse was asked for, but no neon-local runs for the project's data directory."""
 
 

@@ -8,10 +8,12 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from neon_local.errors import NeonLocalError
+
 MINTED_KEPT = 100_000  # tokens whose claims the factory vouches for; a session mints far fewer
 
 
-class NotAJwt(ValueError):
+class NotAJwt(NeonLocalError, ValueError):
     """The text is not a compact JWT with a JSON payload: the proxy will refuse it, as Neon's does."""
 
 

@@ -8,6 +8,7 @@ close the connection without a word).
 
 from __future__ import annotations
 
+from neon_local.errors import NeonLocalError
 from neon_local.wire.messages import (
     CANCEL_REQUEST_CODE,
     GSSENC_REQUEST_CODE,
@@ -25,7 +26,7 @@ from neon_local.wire.messages import (
 )
 
 
-class ProtocolViolation(Exception):
+class ProtocolViolation(NeonLocalError):
     """The peer broke the protocol; `message` is None when Postgres closes silently in that case.
 
     `legacy` marks errors for a protocol 2 client, which Postgres answers in the old error format.
