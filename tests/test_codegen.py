@@ -200,6 +200,53 @@ void pet;
     assert "wrong.ts(6,23): error TS2322: Type '\"angry\"' is not assignable to type" in wrong.stdout
 
 
+JSON_QUERIES = """\
+-- name: KeepPrefs :one
+INSERT INTO people (name, prefs, meta) VALUES ('json', @prefs, sqlc.narg(meta)) RETURNING prefs, meta;
+
+-- name: EchoDocs :one
+-- nonnull: docs
+SELECT sqlc.arg(docs)::jsonb[] AS docs;
+"""
+
+
+def test_json_parameters_reach_postgres_as_json(emulator, tmp_path):
+    """The driver would send a top-level array as a Postgres array literal and a string as raw text; the
+    generated function sends JSON text, so every value its `Json` type admits arrives as that JSON value."""
+    _, state = emulator
+    (tmp_path / "queries.ts").write_text(_generate(state, tmp_path / "queries", {"json.sql": JSON_QUERIES}))
+    assert _interface((tmp_path / "queries.ts").read_text(), "KeepPrefsParams") == (
+        "export interface KeepPrefsParams {\n  prefs: Json;\n  meta: Json | null;\n}")
+    assert _interface((tmp_path / "queries.ts").read_text(), "EchoDocsRow") == "export interface EchoDocsRow {\n  docs: Json[];\n}"
+    (tmp_path / "json.ts").write_text("""\
+import { neon, neonConfig } from '@neondatabase/serverless';
+import * as db from './queries.js';
+declare const process: { env: Record<string, string> };
+neonConfig.fetchEndpoint = process.env.SQL_URL;
+const sql = neon(process.env.OWNER_URL);
+const values: db.Json[] = [[1, null, 'a'], 'text', { a: [1, { b: null }] }, 3, true, null, []];
+const out = [];
+for (const value of values) {
+  const row = await db.keepPrefs(sql, { prefs: value, meta: value });
+  out.push([row?.prefs, row?.meta]);
+}
+const missing = await db.keepPrefs(sql, { prefs: {}, meta: null });
+out.push([missing?.prefs, missing?.meta]);
+const echoed = await db.echoDocs(sql, { docs: values });
+out.push(echoed?.docs ?? 'no row');
+console.log(JSON.stringify(out));
+""")
+    compiled = _compile(tmp_path, "queries.ts", "json.ts", out_dir="dist")
+    assert compiled.returncode == 0, compiled.stdout + compiled.stderr
+    env = {**os.environ, "SQL_URL": state["urls"]["sql"], "OWNER_URL": state["urls"]["owner"]}
+    run = subprocess.run(["node", "dist/json.js"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout) == [
+        [[1, None, "a"], [1, None, "a"]], ["text", "text"], [{"a": [1, {"b": None}]}] * 2, [3, 3], [True, True],
+        [None, None],  # JSON null in the NOT NULL column; sqlc.narg's null is SQL NULL, read back as null too
+        [[], []], [{}, None], [[1, None, "a"], "text", {"a": [1, {"b": None}]}, 3, True, None, []]]
+
+
 def test_a_migration_changes_the_generated_types(emulator, tmp_path):
     _, state = emulator
     files = {"snap.sql": "-- name: Snap :many\nSELECT id, label FROM snap;\n"}

@@ -8,6 +8,7 @@ import re
 
 from neon_local.codegen.describe import Described
 from neon_local.codegen.errors import CodegenError
+from neon_local.codegen.typemap import JSON
 
 _IDENTIFIER = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]*\Z")
 _RESERVED = frozenset(
@@ -80,7 +81,7 @@ def _statement(d: Described, queries: list[Described]) -> str:
         fields = "".join(f"  {param}: {ts};\n" for param, ts in d.params)
         blocks.append(f"export interface {type_name}Params {{\n{fields}}}\n")
         params_arg = f", params: {type_name}Params"
-        args = "[" + ", ".join(f"params.{param}" for param, _ in d.params) + "]"
+        args = "[" + ", ".join(_argument(param, ts) for param, ts in d.params) + "]"
     if statement.kind in ("many", "one"):
         fields = "".join(f"  {_key(c.name)}: {c.type}{' | null' if c.nullable else ''};\n" for c in d.columns)
         blocks.append(f"export interface {type_name}Row {{\n{fields}}}\n")
@@ -129,6 +130,16 @@ export function use{type_name}(sql: Sql) {{
 }}
 """)
     return "\n" + head + "\n".join(blocks)
+
+
+def _argument(param: str, ts: str) -> str:
+    """A json value goes as JSON text: the driver would send a top-level array as a Postgres array literal and
+    a string as raw text. sqlc.narg()'s null stays SQL NULL."""
+    value = f"params.{param}"
+    text = {JSON: f"JSON.stringify({value})", f"{JSON}[]": f"{value}.map((item) => JSON.stringify(item))"}
+    if ts.endswith(" | null") and ts.removesuffix(" | null") in text:
+        return f"{value} === null ? null : {text[ts.removesuffix(' | null')]}"
+    return text.get(ts, value)
 
 
 def _key(name: str) -> str:

@@ -1,7 +1,7 @@
 // The module `neon-local codegen` writes for fixtures/todos/queries, used as an app would: its functions over
 // the real driver as alice and bob, and its query/mutation options with query-core's QueryClient.
 // Env: SQL_URL (the /sql endpoint), JWT_URL (the authenticated role's URL), ALICE and BOB (tokens).
-// Prints one JSON object for tests/test_codegen_node.py to assert on.
+// Prints one JSON object for tests/test_codegen.py to assert on.
 import { neon, neonConfig } from '@neondatabase/serverless';
 import { MutationObserver, QueryClient } from '@tanstack/query-core';
 import * as db from './queries.js';
