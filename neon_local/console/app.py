@@ -237,7 +237,7 @@ class Console:
             raise ConsoleRequestError("a migration name is lower-case letters, digits and _ (at most 60)")
         if not isinstance(text, str) or not text.strip():
             raise ConsoleRequestError("nothing to write")
-        folder = self.settings.project_dir / "migrations"
+        folder = self.settings.migrations or self.settings.project_dir / "migrations"  # where `up --migrations` reads
         stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
         path = folder / f"{stamp}_{name}.sql"
         try:
