@@ -218,6 +218,13 @@ def test_the_request_log_shows_a_node_apps_request(page, emulator):
     page.fill("#log-filter", "alice")
     expect(entry).to_be_visible()
     page.screenshot(path=DOCS / "console-log.png")
+    with psycopg.connect(emulator["urls"]["owner"]):  # a TCP session: a log row with no statement to re-run
+        pass
+    session = page.locator("#log tbody tr", has_text="(session)").first
+    expect(session).to_contain_text("tcp")
+    page.fill("#log-filter", "")
+    session.click()
+    assert page.url.endswith("#log")
     entry.click()  # re-run in the editor as that identity
     expect(page.locator("#editor")).to_have_value(re.compile("-- from node"))
     expect(page.locator("#custom-claims")).to_have_value(re.compile('"sub":"user_alice"'))

@@ -331,8 +331,10 @@ async function decode() {
 // --- request log ------------------------------------------------------------------------------------
 const logEntries = [];
 function logRow(e) {
-  // A Data API request (it has a method) shows its query string, which is not SQL to run again.
-  const tr = h("tr", { title: e.statement, onclick: e.method ? null : () => rerun(e) },
+  // A Data API request (it has a method) shows its query string, and a TCP or WebSocket entry is a whole
+  // session: neither is SQL to run again.
+  const sql = !e.method && e.path !== "tcp" && e.path !== "ws";
+  const tr = h("tr", { title: e.statement, class: sql ? "rerun" : "", onclick: sql ? () => rerun(e) : null },
     h("td", {}, new Date(e.time * 1000).toLocaleTimeString()), h("td", {}, e.method ? `${e.method} ${e.path}` : e.path),
     h("td", {}, e.role || ""), h("td", {}, e.sub || ""), h("td", { class: "stmt" }, e.statement), h("td", {}, e.duration_ms ?? ""),
     h("td", {}, e.rows ?? ""), h("td", { class: e.status >= 400 ? "bad" : "" }, e.status ?? ""), h("td", { class: e.error ? "bad" : "" }, e.error || ""));
