@@ -72,6 +72,18 @@ async def test_nul_in_query_text_and_in_a_batch(emulator, client):
     assert result.json()["rows"] == [{"n": 0}]
 
 
+@pytest.mark.parametrize("where", ["database", "user"])
+@pytest.mark.parametrize("jwt", [False, True], ids=["owner", "jwt"])
+async def test_nul_in_the_connection_string_is_refused_not_cut(emulator, client, where, jwt):
+    # libpq reads names up to a NUL: "neondb%00x" would land on neondb, and a JWT session lose its startup options.
+    s = emulator.settings
+    user = "authenticated" if jwt else s.owner
+    user, dbname = (user, "neondb%00x") if where == "database" else (user + "%00x", "neondb")
+    conn = f"postgresql://{user}@localhost/{dbname}" if jwt else f"postgresql://{user}:{s.owner_password}@localhost/{dbname}"
+    token = emulator.services.issuer.mint(sub="user_alice") if jwt else None
+    _assert_nul_refused(await post_sql(client, emulator, {"query": "select 1"}, token=token, conn=conn))
+
+
 async def test_nul_escaped_inside_arrays_and_objects_reaches_postgres_as_text(emulator, client):
     # Neon binds arrays and objects as their JSON text, where U+0000 stays the escape \u0000: no NUL byte.
     response = await post_sql(client, emulator, {"query": "select $1::jsonb->>'k' as v", "params": [{"k": "a\u0000b"}]})
@@ -98,6 +110,25 @@ async def test_nul_over_websocket_with_the_neon_driver(emulator):
     })
     assert result["owner"] == {"code": "22021", "message": NUL_MESSAGE}
     assert result["jwt"] == {"code": "22021", "message": NUL_MESSAGE}
+
+
+async def test_nul_in_a_data_api_value_is_refused_not_cut(tmp_path):
+    # PostgREST binds each value with its length, so Postgres itself refuses the NUL (22021, 400).
+    async with running_emulator(tmp_path, data_api=True) as emulator, httpx.AsyncClient() as client:
+        owner = emulator.cluster.conninfo(user=emulator.settings.owner, dbname="neondb")
+        async with await psycopg.AsyncConnection.connect(owner, autocommit=True) as admin:
+            await admin.execute("create table accounts (name text); grant select on accounts to authenticated;"
+                                " insert into accounts values ('alice')")
+            await admin.execute("create function stored(name text) returns text language sql as $$ select name $$")
+        token = emulator.services.issuer.mint(sub="user_alice")
+        api = emulator.endpoints.data_api_url
+        # A filter's value is a bound parameter; a function's arguments go in as JSON, whose \u0000 text refuses.
+        for url, code in ((f"{api}/accounts?name=eq.alice%00anything", "22021"), (f"{api}/rpc/stored?name=admin%00ignored", "22P05")):
+            response = await client.get(url, headers={"Authorization": f"Bearer {token}"})
+            assert response.status_code == 400, response.text
+            assert response.json()["code"] == code and (code != "22021" or response.json()["message"] == NUL_MESSAGE)
+        response = await client.get(f"{api}/accounts?name=eq.alice", headers={"Authorization": f"Bearer {token}"})
+        assert response.json() == [{"name": "alice"}]
 
 
 async def test_nul_inside_a_protocol_string_is_refused_by_postgres(emulator):

@@ -15,7 +15,7 @@ from typing import cast
 from urllib.parse import unquote_to_bytes, urlsplit
 
 from neon_local.errors import NeonLocalError
-from neon_local.serverless.errors import SqlOverHttpError
+from neon_local.serverless.errors import SqlOverHttpError, nul_byte_error
 from neon_local.serverless.json import params_to_pg_text
 
 __all__ = ["MAX_REQUEST_BYTES", "ConnInfo", "Headers", "Payload", "Query", "parse_body", "parse_conn_info", "parse_headers"]
@@ -189,6 +189,8 @@ def _parse_url(text: str):
 
 def _decode(component: str) -> str:
     raw = unquote_to_bytes(component)
+    if b"\0" in raw:  # libpq would cut the name at it: a session elsewhere, or without its startup options
+        raise nul_byte_error()
     try:
         return raw.decode()
     except UnicodeDecodeError as exc:

@@ -29,6 +29,7 @@ from neon_local.auth.scram import ClientCredential, ScramError, answer_authentic
 from neon_local.errors import PostgresErrorResponse, PostgresUnavailable
 from neon_local.postgres import session_jwt
 from neon_local.postgres.client_tls import context_for
+from neon_local.serverless.errors import NUL_FIELDS
 from neon_local.serverless.json import Column
 from neon_local.wire.messages import ssl_request
 
@@ -208,7 +209,12 @@ class PgConnection:
         on whether the request left a transaction open), and its results are read when the connection
         is next taken from the pool. Anything escaping but a PgError (a sink's error, cancellation)
         leaves the connection mid-pipeline, so it is marked broken and must be discarded.
+        A NUL in a statement's text or a parameter is refused (22021, as Postgres refuses a NUL it is sent)
+        before anything is sent: libpq would cut the text at it, so it would pass one check and mean another.
         """
+        for index, statement in enumerate(statements):
+            if "\x00" in statement.sql or any(p is not None and "\x00" in p for p in statement.params):
+                raise PgError(dict(NUL_FIELDS), index)
         self._running = True
         self._reading = 0
         try:
@@ -346,6 +352,8 @@ class PgConnection:
 
 async def connect(conninfo: str) -> PgConnection:
     """Open a connection; a refusal raises PgError with Postgres's own fields (e.g. 3D000)."""
+    if "\x00" in conninfo:  # libpq would read it up to the NUL, dropping the parameters after it
+        raise PgError(dict(NUL_FIELDS))
     try:
         conn = await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
     except psycopg.OperationalError as exc:
