@@ -399,6 +399,19 @@ def _providers_from(raw: Any, origin: str) -> tuple[Provider, ...]:
     return tuple(providers)
 
 
+def _data_api_from(raw: dict[str, Any], known: Mapping[str, Scalar], origin: str) -> dict[str, Any]:
+    """A [data_api] table: the data_api_* settings under the management API's short names (enabled, schemas, ...)."""
+    values = {}
+    for key, value in raw.items():
+        name = "data_api" if key == "enabled" else f"data_api_{key}"
+        if name not in known:
+            names = ["enabled", *(n.removeprefix("data_api_") for n in known if n.startswith("data_api_"))]
+            raise ConfigError(f"{origin}: [data_api] has no setting {key!r}; known: {', '.join(names)}. The token provider "
+                              "and its audience are a [[jwks]] entry with role_names = [\"authenticator\"] and jwt_audience.")
+        values[name] = _coerce(known[name], value, f"{origin}: [data_api]")
+    return values
+
+
 def _roles_from(raw: Any, origin: str) -> tuple[tuple[str, ...], dict[str, RoleSpec]]:
     """`roles = ["admin"]`, or `[roles.admin]` tables with `inherits` and `grants`."""
     shape = ("roles must be a list of role names, e.g. roles = [\"admin\"], or [roles.NAME] tables "
@@ -497,7 +510,12 @@ def read_config_file(path: Path, text: str | None = None) -> dict[str, Any]:
     known = {s.name: s for s in SCALARS}
     values: dict[str, Any] = {}
     for key, value in raw.items():
-        if key in known:
+        if key == "data_api" and isinstance(value, dict):
+            section = _data_api_from(value, known, origin)
+            if twice := sorted(set(section) & set(raw) - {"data_api"}):
+                raise ConfigError(f"{origin}: {twice[0]} is set twice, at the top and in [data_api]; keep one.")
+            values.update(section)
+        elif key in known:
             values[key] = _coerce(known[key], value, origin)
         elif key == "users":
             values["users"] = _users_from(value, origin)

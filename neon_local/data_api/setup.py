@@ -34,9 +34,13 @@ def cluster_statements(settings) -> list[sql.Composable]:
     auth = sql.Identifier(AUTHENTICATOR)
     statements: list[sql.Composable] = [sql.SQL(
         "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'authenticator') THEN "
-        "CREATE ROLE authenticator LOGIN NOINHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS; END IF; END $$")]
+        "CREATE ROLE authenticator LOGIN NOINHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS; END IF; END $$"),
+        # A [[jwks]] entry for the Data API lists authenticator among its roles, as Neon's rules do, so bootstrap
+        # may have made it first as a JWT role: it still must hold nothing itself.
+        sql.SQL("ALTER ROLE authenticator LOGIN NOINHERIT")]
     for role in settings.jwt_roles:
-        statements.append(sql.SQL("GRANT {} TO {}").format(sql.Identifier(role), auth))
+        if role != AUTHENTICATOR:  # a role cannot be a member of itself
+            statements.append(sql.SQL("GRANT {} TO {}").format(sql.Identifier(role), auth))
     return statements
 
 
