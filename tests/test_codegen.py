@@ -19,6 +19,7 @@ import pytest
 
 from http_support import NODE_DIR
 from neon_local.codegen.generate import generate
+from neon_local.limits.store import read_list
 from test_cli import neon_local
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "todos"
@@ -410,3 +411,26 @@ def test_watch_regenerates_on_sql_and_schema_changes(emulator):
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_watch_with_emit_allowlist_approves_what_it_regenerates(emulator):
+    project, _ = emulator
+    queries = project / "approved_queries"
+    queries.mkdir()
+    (queries / "tasks.sql").write_text("-- name: FirstTask :one\nSELECT task FROM todos ORDER BY id LIMIT 1;\n")
+    process = subprocess.Popen([sys.executable, "-m", "neon_local", "codegen", "--watch", "--emit-allowlist",
+                                "--queries", "approved_queries", "--out", "src/db/approved.ts"],
+                               cwd=project, stdout=subprocess.PIPE, text=True)
+    try:
+        lines = _lines(process)
+        assert _until(lines, "Approved")[-1].startswith("Approved 1 statements in ")
+        _until(lines, "Watching")
+        with (queries / "tasks.sql").open("a") as file:
+            file.write("\n-- name: LastTask :one\nSELECT task FROM todos ORDER BY id DESC LIMIT 1;\n")
+        assert _until(lines, "Approved")[-1] == (
+            f"Approved 2 statements in {project.resolve() / 'neon_local.allowlist.toml'} for authenticated.")
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    notes = [entry.note for entry in read_list(project / "neon_local.allowlist.toml").statements.values()]
+    assert "neon-local codegen: LastTask (tasks.sql:4)" in notes

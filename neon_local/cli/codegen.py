@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from neon_local.cli.common import fail, project_options
+from neon_local.errors import NeonLocalError
 from neon_local.settings import Settings
 from neon_local.state import read_state
 
@@ -30,7 +31,6 @@ def codegen(settings: Settings, queries: Path | None, out: Path | None, watch: b
     from the database, so run your migrations first."""
     import psycopg
 
-    from neon_local.codegen.errors import CodegenError
     from neon_local.codegen.generate import generate, write_atomically
     from neon_local.codegen.typescript import is_mutation
 
@@ -51,12 +51,13 @@ def codegen(settings: Settings, queries: Path | None, out: Path | None, watch: b
             mutations = sum(map(is_mutation, described))
             click.echo(f"Wrote {out}: {_count(len(described) - mutations, 'query', 'queries')} and "
                        f"{_count(mutations, 'mutation', 'mutations')} from {queries}/.")
-            if emit_allowlist:
-                _approve(settings, described, roles)
+            approve = (lambda described: _approve(settings, described, roles)) if emit_allowlist else None
+            if approve:
+                click.echo(approve(described))
             if watch:
                 click.echo(f"Watching {queries}/*.sql and the schema; Ctrl-C stops.")
-                keep_watching(conn, queries, out, seen, described, click.echo)
-    except CodegenError as exc:
+                keep_watching(conn, queries, out, seen, described, click.echo, approve)
+    except NeonLocalError as exc:  # a CodegenError, or an allow-list file that does not read (ListFileError)
         fail(str(exc))
     except psycopg.OperationalError as exc:
         fail(f"cannot reach the emulator's Postgres (is it still running?): {exc}")
@@ -73,15 +74,12 @@ def _shown(path: Path) -> Path:
     return path.relative_to(Path.cwd()) if path.is_absolute() and path.is_relative_to(Path.cwd()) else path
 
 
-def _approve(settings: Settings, described, roles: tuple[str, ...]) -> None:
+def _approve(settings: Settings, described, roles: tuple[str, ...]) -> str:
+    """Approve the statements in the allow-list; the line saying so."""
     from neon_local.codegen.allowed import approve
     from neon_local.limits.allowlist import default_path
-    from neon_local.limits.store import ListFileError
 
     path = default_path(settings)
     roles = roles or settings.jwt_roles[:1]  # as `allowlist approve` does
-    try:
-        fingerprints = approve(path, described, roles)
-    except ListFileError as exc:
-        fail(str(exc))
-    click.echo(f"Approved {len(set(fingerprints))} statements in {path} for {', '.join(roles)}.")
+    fingerprints = approve(path, described, roles)
+    return f"Approved {len(set(fingerprints))} statements in {path} for {', '.join(roles)}."

@@ -16,6 +16,7 @@ from psycopg import Connection
 from neon_local.codegen.describe import Described
 from neon_local.codegen.errors import CodegenError
 from neon_local.codegen.generate import generate, write_atomically
+from neon_local.errors import NeonLocalError
 
 _SCHEMA_SQL = """
 select md5(coalesce(string_agg(part, ',' order by part), '')) from (
@@ -58,8 +59,11 @@ def snapshot(conn: Connection, queries: Path) -> tuple[tuple, str]:
 
 
 def watch(conn: Connection, queries: Path, out: Path, seen: tuple[tuple, str], described: list[Described],
-          echo: Callable[[str], None], interval: float = 0.1, schema_every: int = 5) -> None:
-    """Runs until interrupted; the .sql files are looked at every `interval`, the schema every `schema_every` ticks."""
+          echo: Callable[[str], None], written: Callable[[list[Described]], str] | None = None,
+          interval: float = 0.1, schema_every: int = 5) -> None:
+    """Runs until interrupted; the .sql files are looked at every `interval`, the schema every `schema_every` ticks.
+    `written` runs after each rewrite (--emit-allowlist's approval) and returns a line to print; an error from it
+    is printed, and watching goes on."""
     fields = signatures(described)
     files, schema = seen
     tick = 0
@@ -82,3 +86,8 @@ def watch(conn: Connection, queries: Path, out: Path, seen: tuple[tuple, str], d
         echo("\n".join([f"{time.strftime('%H:%M:%S')} {why} changed; wrote {out}",
                         *(changes(fields, now_fields) or ["  (no type changed)"])]))
         fields = now_fields
+        if written:
+            try:
+                echo(written(now_described))
+            except NeonLocalError as exc:  # a statement the allow-list cannot read, a list file that does not parse
+                echo(f"error: {exc}")
