@@ -322,6 +322,37 @@ async def test_nothing_carries_from_one_request_to_the_next(rest):
         assert seen["path"] == ('"extra"' if profile else '"public"')
 
 
+@pytest.mark.parametrize("method, function, read_only", [("GET", "gucs", "on"), ("POST", "gucs", "on"),
+                                                           ("POST", "gucs_volatile", "off")])
+async def test_each_request_sets_neons_gucs_in_one_read_committed_transaction(rest, method, function, read_only):
+    """request.method/path/headers/get/cookies as Neon sets them; READ ONLY for GET and non-volatile RPC."""
+    options = {"params": {"tag": "a"}} if method == "GET" else {"json": {"tag": "a"}}
+    response = await rest.request(method, f"/rpc/{function}", headers={"X-App": "web"}, **options)
+    assert response.status_code == 200, response.text
+    query = "?tag=a" if method == "GET" else ""
+    assert response.json() == {"method": method, "path": f"/{DB}/rest/v1/rpc/{function}{query}", "app": "web",
+                               "authorization": True, "get": {"tag": "a"} if method == "GET" else {}, "cookies": "{}",
+                               "read_only": read_only, "isolation": "read committed"}
+
+
+async def test_the_set_up_neon_makes_when_the_data_api_is_enabled(rest):
+    """authenticator: LOGIN, NOINHERIT, a member of each JWT role; schema pgrst with pre_config() it may run."""
+    await rest.request("GET", "/books")  # the set-up runs before a database's first request
+    async with await rest.admin() as conn:
+        row = await (await conn.execute(
+            "select rolcanlogin, rolinherit, pg_has_role('authenticator', 'authenticated', 'member'),"
+            " pg_has_role('authenticator', 'anonymous', 'member'), has_schema_privilege('authenticator', 'pgrst', 'usage'),"
+            " has_function_privilege('authenticator', 'pgrst.pre_config()', 'execute')"
+            " from pg_roles where rolname = 'authenticator'")).fetchone()
+        assert row == (True, False, True, True, True, True)
+        async with conn.transaction():
+            await conn.execute("select pgrst.pre_config()")
+            config = await (await conn.execute(
+                "select current_setting('pgrst.db_schemas'), current_setting('pgrst.db_anon_role'),"
+                " current_setting('pgrst.db_aggregates_enabled'), current_setting('pgrst.jwt_role_claim_key')")).fetchone()
+        assert config == ("public", "anonymous", "true", ".role")
+
+
 async def test_openapi_document(rest):
     for path in ("/", "/openapi.json"):
         response = await rest.request("GET", path)
