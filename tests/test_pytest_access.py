@@ -95,6 +95,79 @@ def test_an_insert_policy_that_forgets_the_org_is_named(pytester):
     assert "carol (authenticated)" not in result.stdout.str()
 
 
+TODOS_RLS = """
+    ACCESS = \"\"\"
+    public.todos  select  insert   update  delete
+    alice         2       allowed  2       2
+    bob           1       allowed  1       1
+    carol         0       allowed  0       0
+    anonymous     0       refused  0       0
+    \"\"\"
+    EXPECTED = {
+        "alice": {"select": 2, "insert": True, "update": 2, "delete": 2},
+        "bob": {"select": 1, "insert": True, "update": 1, "delete": 1},
+        "carol": {"select": 0, "insert": True, "update": 0, "delete": 0},
+        "anonymous": {"select": 0, "insert": False, "update": 0, "delete": 0},
+    }
+    POLICIES = [f"crud-authenticated-policy-{command}" for command in ("select", "insert", "update", "delete")]
+
+    def test_access(neon_db):
+        neon_db.assert_access("todos", EXPECTED, new_row={"task": "x"})
+
+    def test_matrix(neon_db):
+        assert neon_db.access_matrix("todos", list(EXPECTED), new_row={"task": "x"}) == ACCESS
+
+    def test_policies(neon_db):
+        neon_db.assert_policies("todos", POLICIES)
+        neon_db.assert_policy("todos", "crud-authenticated-policy-delete", cmd="DELETE", roles=["authenticated"],
+                              permissive=True)
+"""
+
+
+def test_on_the_sample_app_each_assertion_passes_then_names_the_one_broken_policy(pytester):
+    app = sample(pytester, "todos", keep_tests=False)
+    app.makepyfile(test_rls=TODOS_RLS)
+    app.runpytest().assert_outcomes(passed=3)
+    # The delete policy, widened to every command and every row, as a hurried `FOR ALL USING (true)` would be.
+    path = app.path / "migrations" / "0000_todos.sql"
+    broken = 'ON "todos" AS PERMISSIVE FOR DELETE TO "authenticated" USING ((select auth.user_id() = "todos"."user_id"))'
+    assert broken in path.read_text()
+    path.write_text(path.read_text().replace(broken, 'ON "todos" AS PERMISSIVE FOR ALL TO "authenticated" USING (true)'))
+    result = app.runpytest()
+    result.assert_outcomes(failed=3)
+    deciding = 'E *deciding: "crud-authenticated-policy-delete" PERMISSIVE FOR ALL USING true admits 3 of 3 row(s) for {}'
+    result.stdout.fnmatch_lines([
+        "E *AssertionError: access to public.todos is not as expected (over the TCP proxy, each statement rolled back):",
+        "E *alice (authenticated) SELECT: expected 2 row(s), got 3 row(s)",
+        deciding.format("alice"),
+        "E *alice (authenticated) UPDATE: expected 2 row(s), got 3 row(s)",
+        "E *alice (authenticated) DELETE: expected 2 row(s), got 3 row(s)",
+        "E *carol (authenticated) SELECT: expected 0 row(s), got 3 row(s)",
+        deciding.format("carol"),
+    ])
+    result.stdout.fnmatch_lines([  # what pytest shows before it cuts a long diff: one line per user, the policy once
+        "E *assert access matrix of public.todos differs from the expectation (over the TCP proxy):",
+        "E *alice (authenticated) SELECT: expected 2, got 3 row(s); UPDATE: expected 2, got 3 row(s); "
+        "DELETE: expected 2, got 3 row(s)",
+        deciding.format("alice"),
+        "E *with alice's claims auth.user_id() is \"user_alice\"",
+        "E *bob (authenticated) SELECT: expected 1, got 3 row(s); UPDATE: expected 1, got 3 row(s); "
+        "DELETE: expected 1, got 3 row(s)",
+    ])
+    result.stdout.fnmatch_lines(['E *AssertionError: policy "crud-authenticated-policy-delete" on public.todos is FOR ALL, '
+                                 "expected FOR DELETE: *"])
+    assert "anonymous (anonymous)" not in result.stdout.str()  # the policy is for authenticated only
+    result = app.runpytest("-vv", "-k", "matrix")  # the whole diff, and the measured table to paste once reviewed
+    result.stdout.fnmatch_lines([
+        "E *carol (authenticated) SELECT: expected 0, got 3 row(s); *",
+        deciding.format("carol"),
+        "E *measured:",
+        "E *public.todos  select  insert   update  delete",
+        "E *alice         3       allowed  3       3",
+        "E *anonymous     0       refused  0       0",
+    ])
+
+
 def test_policy_shape_assertions_fail_with_what_differs(pytester):
     app = sample(pytester, "orgs")
     edit_orgs(app, '"everyone reads public projects" ON projects FOR SELECT TO authenticated, anonymous',
@@ -236,9 +309,12 @@ ROLLBACK_TESTS = """
         assert count(neon_owner) == 3
         neon_owner.execute("delete from todos")
 
-    def test_{c}_other_sessions_say_they_cannot_see_the_transaction(neon_http):
+    def test_{c}_other_sessions_say_they_cannot_see_the_transaction(neon_db, neon_http):
         with pytest.raises(RuntimeError, match="cannot see this test's rolled-back transaction"):
             neon_http("alice")
+        for url in ("url", "direct_url"):  # an app's own connection would commit into the shared database
+            with pytest.raises(RuntimeError, match=f"neon_db.{{url}} opens a session of its own"):
+                getattr(neon_db, url)
 
     @pytest.mark.neon_clone
     def test_{d}_a_clone_when_marked(neon_db, neon_http):

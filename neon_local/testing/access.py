@@ -363,15 +363,21 @@ class AccessMatrix:
             lines.append(f"  header: expected {' '.join(header[0])!r}, got {' '.join([self.table, *self.commands])!r}")
         for user in sorted(set(self.users) ^ {u for u, _ in want}):
             lines.append(f"  user {user}: {'not expected' if user in self.users else 'expected but not measured'}")
-        for user in self.users:
+        for user in self.users:  # one line per user, then each deciding policy once: pytest cuts long diffs
+            subject = self._subjects[user]
+            cells: list[str] = []
+            explained: list[str] = []
             for command in self.commands:
                 cell = want.get((user, command))
                 got = self.cells[user, command]
                 if cell is not None and got.cell(command) != cell:
-                    subject = self._subjects[user]
-                    lines.append(f"  {user} ({subject.user.role}) {command.upper()}: expected {cell}, got "
-                                 f"{got.describe(command)}")
-                    lines += self._probe.explain(subject, command, int(cell) if cell.isdigit() else cell == ALLOWED, got)
+                    cells.append(f"{command.upper()}: expected {cell}, got {got.describe(command)}")
+                    want_value = int(cell) if cell.isdigit() else cell == ALLOWED
+                    explained += [line for line in self._probe.explain(subject, command, want_value, got)
+                                  if line not in explained]
+            if cells:
+                lines.append(f"  {user} ({subject.user.role}) " + "; ".join(cells))
+                lines += sorted(explained, key=lambda line: line.lstrip().startswith("with "))  # claims last
         return lines
 
 

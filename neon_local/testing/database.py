@@ -195,7 +195,8 @@ class RollbackDatabase(Database):
     `owner()` and `authenticate_as(...)` share that one session (as the owner, and as a user in a savepoint),
     so they see each other's uncommitted rows. `commit()` and `rollback()` on it, and COMMIT/ROLLBACK sent as
     SQL, act on a savepoint, as pytest-django's TestCase does: code that commits still leaves no trace.
-    HTTP, TCP and WebSocket clients open sessions of their own, which cannot see the transaction.
+    HTTP, TCP and WebSocket clients, and an app given `url`, open sessions of their own, which cannot see the
+    transaction and whose commits would stay for the next tests: they raise instead.
     """
 
     mode = "rollback"
@@ -204,6 +205,14 @@ class RollbackDatabase(Database):
         super().__init__(name, server)
         self._superuser: SharedSession = session
         session.begin_test(server.settings.owner)
+
+    @property
+    def url(self) -> str:
+        raise self._own_session("neon_db.url")
+
+    @property
+    def direct_url(self) -> str:
+        raise self._own_session("neon_db.direct_url")
 
     def owner(self) -> NeonConnection:
         return self._superuser
