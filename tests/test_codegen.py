@@ -23,6 +23,7 @@ from neon_local.limits.store import read_list
 from test_cli import neon_local
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "todos"
+README = Path(__file__).parent.parent / "README.md"
 TSC = NODE_DIR / "node_modules" / ".bin" / "tsc"
 
 TRICKY_SCHEMA = """
@@ -111,13 +112,17 @@ def _interface(text: str, name: str) -> str:
     return text[start:text.index("}\n", start) + 1]
 
 
-def _compile(folder: Path, *files: str, out_dir: str | None = None) -> subprocess.CompletedProcess:
+NODE = ("--module", "nodenext", "--moduleResolution", "nodenext")
+BUNDLER = ("--jsx", "react-jsx", "--module", "esnext", "--moduleResolution", "bundler")  # a React app's imports
+
+
+def _compile(folder: Path, *files: str, out_dir: str | None = None, modules: tuple[str, ...] = NODE) -> subprocess.CompletedProcess:
     """tsc --strict over files in `folder`, which gets tests/node's node_modules as its own."""
     if not (folder / "node_modules").exists():
         os.symlink(NODE_DIR / "node_modules", folder / "node_modules")
         (folder / "package.json").write_text('{"type": "module"}\n')
     emit = ["--outDir", out_dir] if out_dir else ["--noEmit"]
-    args = [str(TSC), "--strict", *emit, "--target", "es2022", "--module", "nodenext", "--moduleResolution", "nodenext", *files]
+    args = [str(TSC), "--strict", *emit, "--target", "es2022", *modules, *files]
     return subprocess.run(args, cwd=folder, capture_output=True, text=True, timeout=300)
 
 
@@ -209,6 +214,20 @@ INSERT INTO people (name, prefs, meta) VALUES ('json', @prefs, sqlc.narg(meta)) 
 -- nonnull: docs
 SELECT sqlc.arg(docs)::jsonb[] AS docs;
 """
+
+
+def test_the_readme_component_compiles_against_the_sample(emulator, tmp_path):
+    """The README's React component, over the module generated for fixtures/todos, passes tsc --strict."""
+    _, state = emulator
+    db = tmp_path / "db"
+    db.mkdir()
+    (db / "queries.ts").write_text(_generate(state, tmp_path / "queries", {"todos.sql": (FIXTURE / "queries" / "todos.sql").read_text()}))
+    section = README.read_text().split("### Typed queries and React Query hooks", 1)[1]
+    component = section.split("```tsx\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "Todos.tsx").write_text("declare const process: { env: Record<string, string | undefined> };\n"
+                                        "declare function getToken(): Promise<string>;\n" + component)
+    compiled = _compile(tmp_path, "Todos.tsx", modules=BUNDLER)
+    assert compiled.returncode == 0, compiled.stdout + compiled.stderr
 
 
 def test_json_parameters_reach_postgres_as_json(emulator, tmp_path):
