@@ -355,11 +355,20 @@ def test_an_unknown_isolation_is_a_usage_error(pytester):
 
 def test_xdist_prints_a_total_line(pytester):
     app = sample(pytester, "orgs")
+    app.makepyfile(**{"tests/test_rolled_back": """
+        import pytest
+
+        @pytest.mark.neon_rollback
+        @pytest.mark.parametrize("attempt", range(6))
+        def test_rolled_back(neon_db, neon_owner, attempt):
+            assert neon_owner.execute("select count(*) as n from projects").fetchone() == {"n": 3}
+            neon_owner.execute("delete from projects")
+    """})
     result = app.runpytest_subprocess("-n", "2")
-    result.assert_outcomes(passed=ORGS_TESTS)
+    result.assert_outcomes(passed=ORGS_TESTS + 6)
     result.stdout.fnmatch_lines_random([
         "[[]gw0[]] neon-local: emulator started in * s; template nl_gw0_* built once *",
         "[[]gw1[]] neon-local: emulator started in * s; template nl_gw1_* built once *",
         f"neon-local total over 2 worker(s): 2 emulator(s) started; 2 template(s) built; {ORGS_TESTS} database(s) cloned, "
-        "* ms median, * ms p95 to clone",
+        "* ms median, * ms p95 to clone; 6 rolled-back test(s), * ms median, * ms p95 to begin and roll back",
     ])
