@@ -169,6 +169,42 @@ def test_tricky_statements_types(emulator, tmp_path):
     assert "any" not in text.replace("many", "")
 
 
+def _invalidated(text: str, name: str) -> list[str]:
+    """The query names a generated mutation's onSuccess invalidates."""
+    options = text[text.index(f"export function {name}MutationOptions"):]
+    options = options[:options.index("\n}\n")]
+    return [line.split("'")[3] for line in options.splitlines() if "invalidateQueries" in line]
+
+
+def test_a_query_through_a_view_is_invalidated_by_writes_to_its_tables(emulator, tmp_path):
+    _, state = emulator
+    with _owner(state) as conn:
+        conn.execute("create view pet_view as select id, name, owner_id from pets; "
+                     "create view pet_view_names as select name from pet_view")
+    text = _generate(state, tmp_path / "queries", {"views.sql": """\
+-- name: ViewPets :many
+SELECT name FROM pet_view;
+
+-- name: ViewOfView :many
+SELECT name FROM pet_view_names;
+
+-- name: TablePets :many
+SELECT name FROM pets;
+
+-- name: People :many
+SELECT name FROM people;
+
+-- name: AddPet :exec
+INSERT INTO pets (owner_id, name) VALUES (@owner, @name);
+
+-- name: RenameInView :exec
+UPDATE pet_view SET name = @name WHERE id = @id;
+"""})
+    assert _invalidated(text, "addPet") == ["viewPets", "viewOfView", "tablePets"]
+    assert _invalidated(text, "renameInView") == ["viewPets", "viewOfView", "tablePets"]
+    assert "// ViewOfView :many (views.sql:4) reads pet_view, pet_view_names, pets\n" in text
+
+
 def test_generated_module_compiles_and_its_types_catch_mistakes(emulator, tmp_path):
     _project, state = emulator
     (tmp_path / "queries.ts").write_text(_generate(state, tmp_path / "queries", {"tricky.sql": TRICKY_QUERIES}))

@@ -29,6 +29,21 @@ where a.attnotnull and (a.attrelid, a.attnum) in (select * from unnest(%s::oid[]
 _RELATIONS_SQL = """
 select n, c.oid::int, c.oid::regclass::text from unnest(%s::text[]) n join pg_class c on c.oid = to_regclass(n)
 """
+# The relations under each view (views in views too), from the dependencies of its SELECT rule: a query on a view
+# reads them, and a write through an updatable view writes them. Materialized views change only on REFRESH.
+_UNDER_VIEWS_SQL = """
+with recursive under(top, rel) as (
+  select oid, oid from pg_class where oid = any(%s::oid[])
+  union
+  select under.top, d.refobjid from under
+  join pg_class v on v.oid = under.rel and v.relkind = 'v'
+  join pg_rewrite r on r.ev_class = v.oid and r.ev_type = '1'
+  join pg_depend d on d.classid = 'pg_rewrite'::regclass and d.objid = r.oid
+                  and d.refclassid = 'pg_class'::regclass and d.refobjid <> v.oid
+)
+select top::int, rel::regclass::text from under join pg_class c on c.oid = under.rel
+where rel <> top and c.relkind in ('r', 'p', 'v', 'm', 'f')
+"""
 
 
 @dataclass(frozen=True)
@@ -62,7 +77,10 @@ def describe_all(conn: Connection, statements: list[NamedStatement]) -> list[Des
     not_null = {tuple(row) for row in conn.execute(_NOT_NULL_SQL, ([p[0] for p in pairs], [p[1] for p in pairs]))}
     names = {name for raw in raws for name in raw.tables.read | raw.tables.written | raw.tables.outer_nullable}
     relations = {name: (oid, text) for name, oid, text in conn.execute(_RELATIONS_SQL, (sorted(names),))}
-    return [_typed(raw, types, not_null, relations) for raw in raws]
+    under: dict[int, set[str]] = {}
+    for view, relation in conn.execute(_UNDER_VIEWS_SQL, (sorted({oid for oid, _ in relations.values()}),)):
+        under.setdefault(view, set()).add(relation)
+    return [_typed(raw, types, not_null, relations, under) for raw in raws]
 
 
 def _describe(conn: Connection, statement: NamedStatement) -> _Raw:
@@ -97,7 +115,8 @@ def _types(conn: Connection, oids: set[int]) -> dict[int, PgType]:
     return types
 
 
-def _typed(raw: _Raw, types: dict[int, PgType], not_null: set, relations: dict[str, tuple[int, str]]) -> Described:
+def _typed(raw: _Raw, types: dict[int, PgType], not_null: set, relations: dict[str, tuple[int, str]],
+           under: dict[int, set[str]]) -> Described:
     statement = raw.statement
     outer = {relations[name][0] for name in raw.tables.outer_nullable if name in relations}
     names = [f[0] for f in raw.fields]
@@ -115,6 +134,8 @@ def _typed(raw: _Raw, types: dict[int, PgType], not_null: set, relations: dict[s
                    for name, oid in zip(statement.params, raw.param_oids))
 
     def regclass(names: frozenset[str]) -> frozenset[str]:
-        return frozenset(relations[name][1] for name in names if name in relations)
+        """The relations named, and those under the views among them."""
+        found = [relations[name] for name in names if name in relations]
+        return frozenset(text for oid, text in found).union(*(under.get(oid, set()) for oid, _ in found))
 
     return Described(statement, params, columns, regclass(raw.tables.read), regclass(raw.tables.written))
