@@ -24,7 +24,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from typing import Any, cast
-from urllib.parse import parse_qsl, unquote_plus
+from urllib.parse import parse_qsl, unquote_plus, urlencode
 
 import psycopg
 from aiohttp import web
@@ -412,7 +412,7 @@ class DataApi:
         builder = Builder(cached.schema, query, cached.config.max_rows)
         plan = await self._lookup(dbname, cached, lambda s: _rebuild(builder, s).write(
             table, "POST" if method == "PUT" else method, rows, columns, representation, singular, resolution,
-            prefs.missing_default))
+            prefs.missing_default, location=prefs.representation == "headers-only"))
         return plan, {"offset": 0, "table": table}
 
     async def _rpc_plan(self, dbname, cached, schema_name, name, method, pairs, body, media, prefs):
@@ -572,7 +572,7 @@ class DataApi:
     # --- responses -------------------------------------------------------------------------------------
 
     def _respond(self, request, method, plan: Plan, row: tuple, media, prefs, extra, schema_name, config) -> web.Response:
-        total_text, page_text, body, headers_text, status_text = row
+        total_text, page_text, body, headers_text, status_text = row[:5]
         page_total = int(page_text)
         total = int(total_text) if total_text is not None else None
         headers: dict[str, str] = {}
@@ -597,6 +597,10 @@ class DataApi:
         elif method == "POST":
             status = 201
             headers["Content-Range"] = f"*/{'*' if total is None else total}"
+            if plan.location_keys and row[5] is not None:  # one row inserted, return=headers-only
+                keys = zip(plan.location_keys, json.loads(row[5]), strict=True)
+                headers["Location"] = f"/{extra['table'].name}?" + urlencode(
+                    [(k, "is.null" if v is None else f"eq.{v}") for k, v in keys])
         else:
             status = 200 if prefs.representation == "representation" else 204
             headers["Content-Range"] = (f"0-{page_total - 1}" if page_total else "*") + "/*"

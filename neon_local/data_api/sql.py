@@ -82,6 +82,7 @@ class Plan:
     singular: bool = False  # the body is one object (object+json, or a non-SETOF function)
     scalar: bool = False
     void: bool = False
+    location_keys: tuple[str, ...] = ()  # the primary key the sixth column holds, for the Location header
 
 
 _TAIL = (", nullif(pg_catalog.current_setting('response.headers', true), '') as response_headers"
@@ -280,7 +281,9 @@ class Builder:
         return Plan(sql, self.params.values, True, singular)
 
     def write(self, table: Table, method: str, rows: list[dict] | None, columns: list[str], representation: bool,
-              singular: bool, resolution: str | None = None, missing_default: bool = False) -> Plan:
+              singular: bool, resolution: str | None = None, missing_default: bool = False, location: bool = False) -> Plan:
+        """`location`: also return the primary key of a single inserted row (a sixth column, JSON text of the
+        values in column order), for the Location header PostgREST sends with return=headers-only."""
         target = qualified(table.schema, table.name)
         alias = "pgrst_t0"
         for name in columns:
@@ -325,18 +328,25 @@ class Builder:
         else:  # DELETE
             where = [self.condition(alias, table, f, {}) for f in self.query.root.filters]
             stmt = f"delete from {target} as {alias}" + (" where " + " and ".join(where) if where else "")
+        keys = [c for c in table.columns if c in table.pk] if location and method == "POST" else []
         if stmt is None:  # PATCH with {}: nothing to update
             write_cte = f"pgrst_write as (select * from {target} as {alias} where false)"
         else:
-            write_cte = f"pgrst_write as ({stmt} returning {alias + '.*' if representation else '1'})"
+            returned = alias + ".*" if representation else ", ".join(f"{alias}.{ident(c)}" for c in keys) or "1"
+            write_cte = f"pgrst_write as ({stmt} returning {returned})"
         if representation:
             level = self.level(table, self.query.select, (), alias, f"pgrst_write as {alias}", [], apply_filters=False)
             self.check_paths()
             sql = self._wrap(f"{write_cte}, pgrst_source as ({level.query()})", False, singular, None)
             return Plan(sql, self.params.values, False, singular)
+        located = ""
+        if keys:  # the values as json_each_text spells them, as PostgREST's Location shows them
+            key_values = ", ".join(f"pg_catalog.min(pg_catalog.to_jsonb({ident(c)}) #>> '{{}}')" for c in keys)
+            located = (f", case when pg_catalog.count(*) = 1 then pg_catalog.json_build_array({key_values})::text end"
+                       " as location")
         sql = (f"with {write_cte} select null::bigint as total_result_set, pg_catalog.count(*) as page_total, "
-               f"'' as body{_TAIL} from pgrst_write")
-        return Plan(sql, self.params.values, False, singular)
+               f"'' as body{_TAIL}{located} from pgrst_write")
+        return Plan(sql, self.params.values, False, singular, location_keys=tuple(keys) if located else ())
 
     def call(self, function: Function, args: dict | None, raw_json: str | None, read_only: bool, count: bool,
              singular: bool) -> Plan:
