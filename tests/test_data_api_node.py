@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from data_api_support import rest  # noqa: F401 (fixture)
+from data_api_support import rest, serve_rest  # noqa: F401 (fixture)
 from http_support import run_node
 
 pytestmark = pytest.mark.asyncio
@@ -48,3 +48,23 @@ async def test_errors_surface_with_their_codes(clients, client):
     assert r["bad_column"]["status"] == 400 and r["bad_column"]["error"]["code"] == "42703"
     assert r["missing_table"]["status"] == 404 and r["missing_table"]["error"]["code"] == "PGRST205"
     assert r["missing_table"]["error"]["message"] == "Could not find the table 'public.nosuch' in the schema cache"
+
+
+@pytest.fixture(scope="module")
+async def neon_errors(rest, settings, cluster, tmp_path_factory):
+    """The same clients against data_api_errors = "neon" (Neon's `detail` key)."""
+    neon_settings = settings.with_overrides(data_api_errors="neon")
+    async with serve_rest(neon_settings, cluster, tmp_path_factory.mktemp("rest-neon")) as neon:
+        env = {"REST_URL": neon.url, "ALICE": neon.issuer.mint("alice"), "BOB": neon.issuer.mint("bob")}
+        return await run_node("data_api_clients.mjs", env)
+
+
+@pytest.mark.parametrize("client", ["supabase", "neon", "neonjs"])
+async def test_what_the_clients_show_of_a_postgres_errors_detail(clients, neon_errors, client):
+    """PostgREST's `details` reaches error.details; with Neon's `detail` key the clients show none."""
+    detail = 'Key is not present in table "lists".'  # no value: todos has RLS
+    assert clients[client]["foreign_key"] == {"status": 409, "error": {
+        "code": "23503", "details": detail, "hint": None,
+        "message": 'insert or update on table "todos" violates foreign key constraint "todos_list_id_fkey"'}}
+    shown = neon_errors[client]["foreign_key"]
+    assert shown["status"] == 409 and shown["error"]["code"] == "23503" and shown["error"]["details"] is None

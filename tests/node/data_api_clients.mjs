@@ -48,6 +48,8 @@ for (const [name, make] of Object.entries(clients)) {
   r.rpc_get = rpcGet.data;
   const bad = await alice.from('todos').select('nosuch');
   r.bad_column = { status: bad.status, error: err(bad.error) };
+  const fk = await alice.from('todos').insert({ task: 'fk', list_id: 99 });
+  r.foreign_key = { status: fk.status, error: err(fk.error) };
   const missing = await alice.from('nosuch').select();
   r.missing_table = { status: missing.status, error: err(missing.error) };
   const deleted = await alice.from('todos').delete().eq('id', inserted.data.id).select('task');
