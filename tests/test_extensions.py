@@ -464,7 +464,7 @@ asyncio.run(main(Path(sys.argv[1])))
 """
 
 
-def test_an_install_without_a_compiler_works_and_says_how_to_get_pgcrypto(tmp_path):
+def test_an_install_without_a_compiler_works_and_says_how_to_get_pgcrypto_and_uuid_ossp(tmp_path):
     """No C compiler at install (CC=false): the install succeeds without the modules, start-up warns, CREATE
     EXTENSION pgcrypto and uuid-ossp fail with what to install, instead of Postgres' bare message, and
     pg_session_jwt is the SQL build, with auth.uid()."""
