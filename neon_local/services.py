@@ -132,6 +132,8 @@ def build_http_app(services: Services) -> web.Application:
                 return await services.sql.handle_sql(request)
             if request.method == "OPTIONS":
                 return await services.sql.handle_options(request)
+        if request.path == "/data-api/refresh" and request.method == "POST" and services.data_api is not None:
+            return await services.data_api.handle_refresh(request)
         # Neon's rest broker takes every path whose second segment starts with "rest": /<db>/rest/v1/...
         if services.data_api is not None and request.path.split("/")[2:3] and request.path.split("/")[2].startswith("rest"):
             return await services.data_api.handle(request)

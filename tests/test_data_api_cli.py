@@ -1,5 +1,6 @@
-"""The Data API in the product: `neon-local up` serves /<db>/rest/v1 (status prints it), `data-api types` and
-`data-api refresh` work against the running emulator, and a token from `neon-local token alice` is enough."""
+"""The Data API in the product: `neon-local up` serves /<db>/rest/v1 (status prints it), `data-api types`,
+`data-api refresh` and `POST /data-api/refresh` work against the running emulator, and a token from
+`neon-local token alice` is enough."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import json
 import httpx
 import psycopg
 
+from neon_local.cli.common import socket_conninfo
+from neon_local.settings import load_settings
 from test_cli import neon_local, project  # noqa: F401 (fixture)
 
 TABLE_SQL = """
@@ -37,5 +40,16 @@ def test_up_serves_the_data_api(project):
         refresh = neon_local("data-api", "refresh", cwd=project)
         assert refresh.returncode == 0 and "reloads" in refresh.stdout
         assert httpx.get(f"{url}/todos?select=task", headers=headers).status_code == 200
+        # A config change is no DDL: the HTTP refresh endpoint makes the Data API read it (a page may not).
+        httpx.post(f"{url}/todos", json={"task": "second"}, headers=headers)
+        with psycopg.connect(socket_conninfo(load_settings(cwd=project, env={}), None), autocommit=True) as conn:
+            conn.execute("alter role authenticator set pgrst.db_max_rows = '1'")  # what Neon's Console settings do
+        assert len(httpx.get(f"{url}/todos", headers=headers).json()) == 2
+        refresh_url = url.replace("/neondb/rest/v1", "/data-api/refresh")
+        foreign = httpx.post(refresh_url, headers={"Origin": "https://evil.example"})
+        assert foreign.status_code == 403 and "refuses" in foreign.json()["message"]
+        refreshed = httpx.post(refresh_url + "?db=neondb")
+        assert refreshed.status_code == 200 and refreshed.json()["db"] == "neondb"
+        assert len(httpx.get(f"{url}/todos", headers=headers).json()) == 1
     finally:
         neon_local("down", cwd=project)

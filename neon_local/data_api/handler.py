@@ -169,6 +169,20 @@ class DataApi:
 
     # --- HTTP -------------------------------------------------------------------------------------
 
+    async def handle_refresh(self, request: web.Request) -> web.Response:
+        """`POST /data-api/refresh[?db=NAME]`, neon-local only (Neon: the Console's "Refresh schema cache" or the
+        management API's PATCH): that database's schema and pgrst.* settings (or every one's) are read again on
+        its next request. Web pages get it only from the origins `allowed_origins` admits."""
+        origin = request.headers.get("Origin")
+        if origin is not None and not self._origins.allows(origin):
+            message = OriginPolicy.refusal(origin, "refreshing the Data API's schema cache")
+            return web.json_response({"message": message}, status=403)
+        dbname = request.query.get("db") or None
+        self.forget(dbname)
+        log.info("the Data API reloads the schema cache of %s on the next request (POST /data-api/refresh)",
+                 dbname or "every database")
+        return web.json_response({"message": "The Data API reloads its schema cache on the next request.", "db": dbname})
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
         request_id = str(uuid.uuid4())
         began = time.perf_counter()
