@@ -465,3 +465,36 @@ async def test_notify_pgrst_reloads_the_schema_cache(rest):
         async with await rest.admin() as conn:
             await conn.execute(f"alter role authenticator in database {DB} reset pgrst.db_max_rows")
             await conn.execute("notify pgrst, 'reload config'")
+
+
+async def test_extra_search_path_and_cors_origins_from_pgrst_settings(rest):
+    """pgrst.db_extra_search_path joins search_path; pgrst.server_cors_allowed_origins echoes a listed origin
+    and leaves the header out for others (unset: `*`), as Neon's rest broker reads them."""
+    settings = {"db_extra_search_path": "extra", "server_cors_allowed_origins": "https://app.example"}
+
+    async def configure(sql: str) -> None:
+        async with await rest.admin() as conn:
+            for key, value in settings.items():
+                await conn.execute(sql.format(db=DB, key=key, value=value))
+            await conn.execute("notify pgrst, 'reload config'")
+
+    await configure("alter role authenticator in database {db} set pgrst.{key} = '{value}'")
+    try:
+        for _ in range(100):  # the listener hears it asynchronously
+            seen = await rest.request("GET", "/rpc/peek")
+            if seen.json()["path"] != '"public"':
+                break
+            await asyncio.sleep(0.05)
+        assert seen.json()["path"] == '"public", "extra"'
+        listed = await rest.request("GET", "/books?select=id", headers={"Origin": "https://app.example"})
+        assert listed.headers["Access-Control-Allow-Origin"] == "https://app.example"
+        other = await rest.request("GET", "/books?select=id", headers={"Origin": "https://other.example"})
+        assert other.status_code == 200 and "Access-Control-Allow-Origin" not in other.headers
+    finally:
+        await configure("alter role authenticator in database {db} reset pgrst.{key}")
+    for _ in range(100):
+        if (await rest.request("GET", "/rpc/peek")).json()["path"] == '"public"':
+            break
+        await asyncio.sleep(0.05)
+    anywhere = await rest.request("GET", "/books?select=id", headers={"Origin": "https://other.example"})
+    assert anywhere.headers["Access-Control-Allow-Origin"] == "*"
