@@ -608,16 +608,17 @@ class DataApi:
                 status = 206
             if plan.void:
                 status = 204
-        elif method == "POST":
-            status = 201
-            headers["Content-Range"] = f"*/{'*' if total is None else total}"
+        elif method in ("POST", "DELETE"):
+            # As PostgREST: no range for an insert or a delete, and the rows written as the total when counted.
+            status = 201 if method == "POST" else 200 if prefs.representation == "representation" else 204
+            headers["Content-Range"] = f"*/{page_total if prefs.count else '*'}"
             if plan.location_keys and row[5] is not None:  # one row inserted, return=headers-only
                 keys = zip(plan.location_keys, json.loads(row[5]), strict=True)
                 headers["Location"] = f"/{extra['table'].name}?" + urlencode(
                     [(k, "is.null" if v is None else f"eq.{v}") for k, v in keys])
         else:
             status = 200 if prefs.representation == "representation" else 204
-            headers["Content-Range"] = (f"0-{page_total - 1}" if page_total else "*") + "/*"
+            headers["Content-Range"] = (f"0-{page_total - 1}" if page_total else "*") + f"/{page_total if prefs.count else '*'}"
         if headers_text:
             try:
                 for item in json.loads(headers_text):
