@@ -56,3 +56,16 @@ async def test_a_provider_for_authenticator_is_the_data_apis_with_its_audience(s
         assert other.status_code == 401 and other.json()["message"] == "invalid JWT token audience"
         builtin = await rest.request("GET", "/books", token=rest.token())  # the built-in issuer serves authenticated only
         assert builtin.status_code == 401 and builtin.json()["message"] == "jwk not found"
+
+
+async def test_an_empty_anon_role_refuses_requests_without_a_role(settings, cluster, tmp_path):
+    """data_api_anon_role = "": no token gets Neon's missing-credentials text, a token without `role` PGRST302."""
+    await create_fixture_db(settings, cluster)
+    async with serve_rest(settings.with_overrides(data_api_anon_role=""), cluster, tmp_path) as rest:
+        tokenless = await rest.request("GET", "/books", token=None)
+        assert tokenless.status_code == 401 and tokenless.json() == {"code": None, "details": None, "hint": None, "message":
+            "missing authentication credentials: required authorization bearer token in JWT format"}
+        roleless = await rest.request("GET", "/books", token=rest.token(role=None))
+        assert roleless.status_code == 401 and roleless.json()["code"] == "PGRST302"
+        assert roleless.json()["message"] == "Anonymous access is disabled"
+        assert (await rest.request("GET", "/books?select=id")).status_code == 200
