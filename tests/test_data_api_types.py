@@ -32,6 +32,7 @@ async def test_generated_types_compile_and_catch_mistakes(rest):
         bad = await _tsc("data_api_typed_wrong.ts")
         assert bad.returncode != 0
         assert "nosuch" in bad.stdout and "Type 'string' is not assignable to type 'number'" in bad.stdout
+        assert "nosuch_neon" in bad.stdout  # neon-js's createClient<Database> checks the columns too
     finally:
         generated.unlink()
 
