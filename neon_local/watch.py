@@ -1,4 +1,5 @@
-"""Watching a folder for file changes (watchdog), for live reload of neon_local.toml and `up --migrations --watch`.
+"""Watching a folder for file changes (watchdog), for live reload of neon_local.toml and `up --migrations --watch`
+(FileEvents also serves `codegen --watch`, which waits on a threading.Event instead of an event loop).
 
 watchdog calls from its own thread; the change is handed to the event loop, and the callback runs there once
 the events settle, one call at a time.
@@ -15,7 +16,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
-__all__ = ["FolderWatch"]
+__all__ = ["FileEvents", "FolderWatch"]
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ SETTLE_SECONDS = 0.1  # an editor's save is several events (truncate, write, ren
 READS = frozenset(("opened", "closed_no_write"))
 
 
-class _FileEvents(FileSystemEventHandler):
+class FileEvents(FileSystemEventHandler):
     """Calls `notify` (from watchdog's thread) when an event touches a path that `wanted` accepts."""
 
     def __init__(self, wanted: Callable[[str], bool], notify: Callable[[], object]) -> None:
@@ -54,7 +55,7 @@ class FolderWatch:
         """`changed`: also call `on_change()` at once, for a change that may have come before the watch began."""
         loop = asyncio.get_running_loop()
         self._observer = Observer()
-        self._observer.schedule(_FileEvents(self._wanted, lambda: loop.call_soon_threadsafe(self._changed.set)),
+        self._observer.schedule(FileEvents(self._wanted, lambda: loop.call_soon_threadsafe(self._changed.set)),
                                 str(self._directory), recursive=False)
         self._observer.daemon = True
         self._observer.start()

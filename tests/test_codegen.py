@@ -421,19 +421,23 @@ def test_sample_app_runs_as_alice_and_bob(emulator):
 
 
 def _lines(process: subprocess.Popen) -> queue.Queue:
+    """The process's stdout lines, then None when it closes (the process ended)."""
     lines: queue.Queue = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in process.stdout], daemon=True).start()
+    threading.Thread(target=lambda: [*map(lines.put, process.stdout), lines.put(None)], daemon=True).start()
     return lines
 
 
 def _until(lines: queue.Queue, wanted: str) -> list[str]:
-    """Lines read until one containing `wanted` (a hung watcher fails the test after a minute)."""
+    """Lines read until one containing `wanted` (a watcher that exits or hangs for a minute fails the test)."""
     seen = []
     while not seen or wanted not in seen[-1]:
         try:
-            seen.append(lines.get(timeout=60).rstrip("\n"))
+            line = lines.get(timeout=60)
         except queue.Empty:
             raise AssertionError(f"no line with {wanted!r} after {seen}") from None
+        if line is None:
+            raise AssertionError(f"the watcher exited before a line with {wanted!r}, after {seen}")
+        seen.append(line.rstrip("\n"))
     return seen
 
 
@@ -450,19 +454,46 @@ def test_watch_regenerates_on_sql_and_schema_changes(emulator):
     try:
         lines = _lines(process)
         assert _until(lines, "Watching")[-1] == "Watching watch_queries/*.sql and the schema; Ctrl-C stops."
-        with (queries / "notes.sql").open("a") as file:
-            file.write("\n-- name: Notes :many\nSELECT id, note FROM watched;\n")
+        # rewritten in place as an editor saves: several events, coalesced into one regeneration
+        (queries / "notes.sql").write_text("-- name: NoteIds :many\nSELECT id FROM watched;\n"
+                                           "\n-- name: Notes :many\nSELECT id, note FROM watched;\n")
         added = _until(lines, "NotesRow.note")
         assert added[-4].endswith("the SQL files changed; wrote src/db/watch.ts")
         assert added[-3:] == ["  + Notes :many", "  + NotesRow.id: number", "  + NotesRow.note: string"]
         assert "export interface NotesRow" in out.read_text()
         with _owner(state) as conn:
             conn.execute("alter table watched alter column note drop not null")
-        assert _until(lines, "NotesRow.note")[-1] == "  ~ NotesRow.note: string -> string | null"
+        # nothing regenerates in between: not the save's later events, nor the watcher's own reading of the files
+        schema = _until(lines, "NotesRow.note")
+        assert schema[0].endswith("the schema changed; wrote src/db/watch.ts")
+        assert schema[1:] == ["  ~ NotesRow.note: string -> string | null"]
         assert "  note: string | null;" in out.read_text()
         (queries / "notes.sql").write_text("-- name: Broken :many\nSELECT nosuch FROM watched;\n")
         assert "Broken does not describe" in _until(lines, "left as it was")[-1]
         assert "export interface NotesRow" in out.read_text()
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_watch_starts_on_a_broken_file_and_writes_the_module_once_it_is_fixed(emulator):
+    project, _ = emulator
+    queries = project / "broken_queries"
+    queries.mkdir()
+    (queries / "tasks.sql").write_text("-- name: Tasks :many\nSELECT nosuch FROM todos;\n")
+    out = project / "src" / "db" / "fixed.ts"
+    process = subprocess.Popen([sys.executable, "-m", "neon_local", "codegen", "--watch", "--queries", "broken_queries",
+                                "--out", "src/db/fixed.ts"], cwd=project, stdout=subprocess.PIPE, text=True)
+    try:
+        lines = _lines(process)
+        started = _until(lines, "Watching")
+        assert started[0].startswith("error: broken_queries/tasks.sql:2: Tasks does not describe")
+        assert started[0].endswith("(src/db/fixed.ts left as it was)") and not out.exists()
+        (queries / "tasks.sql").write_text("-- name: Tasks :many\nSELECT task FROM todos;\n")
+        fixed = _until(lines, "TasksRow.task")
+        assert fixed[-3].endswith("the SQL files changed; wrote src/db/fixed.ts")
+        assert fixed[-2:] == ["  + Tasks :many", "  + TasksRow.task: string"]
+        assert "export async function tasks(" in out.read_text()
     finally:
         process.terminate()
         process.wait(timeout=30)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -10,6 +12,9 @@ from neon_local.cli.common import fail, project_options
 from neon_local.errors import NeonLocalError
 from neon_local.settings import Settings
 from neon_local.state import read_state
+
+if TYPE_CHECKING:
+    from neon_local.codegen.describe import Described
 
 
 @click.command()
@@ -31,38 +36,52 @@ def codegen(settings: Settings, queries: Path | None, out: Path | None, watch: b
     from the database, so run your migrations first."""
     import psycopg
 
-    from neon_local.codegen.generate import generate, write_atomically
-    from neon_local.codegen.typescript import is_mutation
+    from neon_local.codegen.errors import CodegenError
 
     queries = _shown(queries or settings.project_dir / (settings.codegen_queries or "queries"))
     out = _shown(out or settings.project_dir / (settings.codegen_out or "src/db/queries.ts"))
     state = read_state(settings.resolved_data_dir)
     if not state:
         fail("neon-local is not running; start it with `neon-local up -d` and run your migrations first.")
+    if watch and not queries.is_dir():
+        fail(f"no folder {queries}/ to watch; create it (or name another with --queries).")
+    approve = (lambda described: _approve(settings, described, roles)) if emit_allowlist else None
     try:
         with psycopg.connect(state["urls"]["owner"], autocommit=True) as conn:
-            if watch:
-                from neon_local.codegen.watch import snapshot
-                from neon_local.codegen.watch import watch as keep_watching
+            if not watch:
+                _write(conn, queries, out, approve)
+                return
+            from neon_local.codegen.watch import Watch
 
-                seen = snapshot(conn, queries)
-            text, described = generate(conn, queries)
-            write_atomically(out, text)
-            mutations = sum(map(is_mutation, described))
-            click.echo(f"Wrote {out}: {_count(len(described) - mutations, 'query', 'queries')} and "
-                       f"{_count(mutations, 'mutation', 'mutations')} from {queries}/.")
-            approve = (lambda described: _approve(settings, described, roles)) if emit_allowlist else None
-            if approve:
-                click.echo(approve(described))
-            if watch:
+            with Watch(conn, queries) as changes:
+                try:
+                    described = _write(conn, queries, out, approve)
+                except CodegenError as exc:  # keep watching: fixing the file writes the module
+                    click.echo(f"error: {exc} ({out} left as it was)")
+                    described = []
                 click.echo(f"Watching {queries}/*.sql and the schema; Ctrl-C stops.")
-                keep_watching(conn, queries, out, seen, described, click.echo, approve)
+                changes.run(out, described, click.echo, approve)
     except NeonLocalError as exc:  # a CodegenError, or an allow-list file that does not read (ListFileError)
         fail(str(exc))
     except psycopg.OperationalError as exc:
         fail(f"cannot reach the emulator's Postgres (is it still running?): {exc}")
     except KeyboardInterrupt:
         pass
+
+
+def _write(conn, queries: Path, out: Path, approve: Callable[[list[Described]], str] | None) -> list[Described]:
+    """Generate and write the module once, saying what was written (and approved)."""
+    from neon_local.codegen.generate import generate, write_atomically
+    from neon_local.codegen.typescript import is_mutation
+
+    text, described = generate(conn, queries)
+    write_atomically(out, text)
+    mutations = sum(map(is_mutation, described))
+    click.echo(f"Wrote {out}: {_count(len(described) - mutations, 'query', 'queries')} and "
+               f"{_count(mutations, 'mutation', 'mutations')} from {queries}/.")
+    if approve:
+        click.echo(approve(described))
+    return described
 
 
 def _count(n: int, one: str, many: str) -> str:
