@@ -210,9 +210,14 @@ class Settings:
     data_api_anon_role: str = field(default="anonymous", metadata=_scalar(
         "Role for Data API requests whose token has no role claim, or that carry no token (empty: refuse them)."))
     data_api_max_rows: int = field(default=0, metadata=_scalar("Most rows one Data API response returns (pgrst.db_max_rows; 0: no limit)."))
-    data_api_errors: str = field(default="postgrest", metadata=_scalar(
-        'Data API error bodies: "postgrest" sends details (what postgrest-js reads), "neon" sends Neon\'s detail key.',
-        choices=("postgrest", "neon")))
+    data_api_compat: str = field(default="postgrest", metadata=_scalar(
+        'Where Neon\'s rest broker and PostgREST v13 answer differently: "postgrest" as PostgREST (error bodies with details, '
+        'what postgrest-js reads); "neon" as Neon (detail key, 404 for a PATCH matching no row, 403 for 42501 without a '
+        'token, no Location, Preference-Applied only for resolution, no charset).', choices=("postgrest", "neon")))
+    data_api_openapi_mode: str = field(default="ignore-privileges", metadata=_scalar(
+        'The Data API\'s OpenAPI document at /<db>/rest/v1/ and openapi.json (Neon\'s openapi_mode): "ignore-privileges" lists '
+        'every exposed table and function; "disabled" answers 404, as Neon does by default.',
+        choices=("ignore-privileges", "disabled")))
     session_jwt_version: str = field(default="0.4.0", metadata=_scalar(
         "pg_session_jwt version installed in a database that has none yet (0.4.0: Neon's docs, with auth.uid() and auth.jwt(); an existing one "
         "keeps its version).", choices=("0.3.1", "0.4.0", "0.5.0")))

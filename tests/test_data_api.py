@@ -158,7 +158,8 @@ READS = [
      lambda r: [x["id"] for x in r.json()] == [3, 4, 1, 2]),
     # permissions, RPC, profiles, GUCs
     ("51 no privilege", "GET", "/secrets", {}, 403, error("42501", "permission denied for table secrets")),
-    ("51b no privilege, anonymous: 403 as Neon", "GET", "/secrets", {"token": None}, 403, error("42501")),
+    ("51b no privilege, no token: 401 as PostgREST", "GET", "/secrets", {"token": None}, 401, error("42501")),
+    ("51c no privilege, anonymous role's token: 403", "GET", "/secrets", {"role": "anonymous"}, 403, error("42501")),
     ("53 rpc post", "POST", "/rpc/add", {"json": {"a": 1, "b": 2}}, 200, lambda r: r.json() == 3),
     ("53b rpc get", "GET", "/rpc/add?a=1&b=2", {}, 200, lambda r: r.json() == 3),
     ("54 table-returning rpc", "GET", "/rpc/books_by?author=1&select=title&order=title.desc", {}, 200,
@@ -324,13 +325,54 @@ async def test_error_body_never_carries_sql_from_the_input(rest):
     assert (await rest.request("GET", "/books?select=id")).status_code == 200
 
 
-async def test_neon_error_keys(settings, cluster, tmp_path):
+async def test_data_api_compat_neon_answers_as_neons_rest_broker(settings, cluster, tmp_path):
+    """data_api_compat = "neon": each of its differences from the default (PostgREST's), over HTTP."""
     from data_api_support import serve_rest
-    async with serve_rest(settings.with_overrides(data_api_errors="neon"), cluster, tmp_path) as neon:
+    async with serve_rest(settings.with_overrides(data_api_compat="neon"), cluster, tmp_path) as neon:
         response = await neon.request("GET", "/books?id=eq.abc")
         assert set(response.json()) == {"code", "detail", "hint", "message"}
+        assert response.headers["Content-Type"] == "application/json"  # no charset
         paid = await neon.request("POST", "/rpc/pay")
         assert paid.status_code == 402 and paid.json()["message"] == "Postgres error" and paid.json()["code"] is None
+        assert (await neon.request("GET", "/secrets", token=None)).status_code == 403  # 42501 without a token
+        hidden = await neon.request("PATCH", "/books?id=eq.3", json={"title": "Z"})  # RLS hides u2's row from u1
+        assert (hidden.status_code, hidden.content) == (404, b"")
+        shown = await neon.request("PATCH", "/books?id=eq.3&select=title", json={"title": "Z"}, headers=RETURN)
+        assert (shown.status_code, shown.json()) == (404, [])
+        assert (await neon.request("PATCH", "/books?id=eq.3", json={})).status_code == 204  # no columns: no 404
+        inserted = await neon.request("POST", "/reviews", json={"book_id": 2, "reviewer": "neon"},
+                                      headers={"Prefer": "return=headers-only, count=exact"})
+        assert inserted.status_code == 201 and "Location" not in inserted.headers
+        assert "Preference-Applied" not in inserted.headers
+        upserted = await neon.request("POST", "/reviews", json={"book_id": 2, "reviewer": "neon", "stars": 3},
+                                      headers={"Prefer": "resolution=merge-duplicates, return=representation"})
+        assert upserted.headers["Preference-Applied"] == "resolution=merge-duplicates"
+        assert upserted.headers["Content-Type"] == "application/json"
+        assert (await neon.request("DELETE", "/reviews?reviewer=eq.neon")).status_code == 204
+
+
+async def test_data_api_compat_postgrest_answers_as_postgrest(rest):
+    """The default side of the same requests (the WRITES cases check Location and the 204 for a hidden row)."""
+    response = await rest.request("GET", "/books?id=eq.abc")
+    assert set(response.json()) == {"code", "details", "hint", "message"}
+    assert response.headers["Content-Type"] == "application/json; charset=utf-8"
+    shown = await rest.request("PATCH", "/books?id=eq.3&select=title", json={"title": "Z"}, headers=RETURN)
+    assert (shown.status_code, shown.json()) == (200, [])
+    inserted = await rest.request("POST", "/reviews", json={"book_id": 2, "reviewer": "pgrst"},
+                                  headers={"Prefer": "return=headers-only, count=exact"})
+    assert inserted.headers["Preference-Applied"] == "return=headers-only, count=exact"
+    assert inserted.headers["Location"] == "/reviews?book_id=eq.2&reviewer=eq.pgrst"
+    assert (await rest.request("DELETE", "/reviews?reviewer=eq.pgrst")).status_code == 204
+
+
+@pytest.mark.parametrize("path, code, message", [("/", "PGRST126", "Root endpoint metadata is disabled"),
+                                                 ("/openapi.json", None, "Entry 'openapi.json' not found")])
+async def test_openapi_mode_disabled_serves_no_document(settings, cluster, tmp_path, path, code, message):
+    from data_api_support import serve_rest
+    async with serve_rest(settings.with_overrides(data_api_openapi_mode="disabled"), cluster, tmp_path) as rest:
+        response = await rest.request("GET", path)
+        assert response.status_code == 404 and (response.json()["code"], response.json()["message"]) == (code, message)
+        assert (await rest.request("GET", "/books?select=id&id=eq.1")).status_code == 200
 
 
 async def test_nothing_carries_from_one_request_to_the_next(rest):
@@ -471,6 +513,36 @@ async def test_notify_pgrst_reloads_the_schema_cache(rest):
         async with await rest.admin() as conn:
             await conn.execute(f"alter role authenticator in database {DB} reset pgrst.db_max_rows")
             await conn.execute("notify pgrst, 'reload config'")
+
+
+async def test_the_owner_overrides_pgrst_settings_on_authenticator(rest, settings, cluster):
+    """As on Neon, the owner (not only the superuser) runs ALTER ROLE authenticator SET pgrst.<key>; it holds
+    ADMIN OPTION on authenticator through neon_superuser, none of its privileges (PostgreSQL 16+: before, ADMIN
+    OPTION came with membership, so the owner may not)."""
+    owner = cluster.conninfo(settings.owner, DB, password=settings.owner_password)
+    async with await psycopg.AsyncConnection.connect(owner, autocommit=True) as conn:
+        row = await (await conn.execute("select pg_has_role('authenticator', 'usage'), pg_has_role('authenticator', 'set')"
+                                        )).fetchone()
+        assert row == (False, False)
+        if cluster.binaries.major < 16:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                await conn.execute("alter role authenticator set pgrst.db_max_rows = '1'")
+            return
+        await conn.execute("alter role authenticator set pgrst.db_max_rows = '1'")
+        try:
+            await conn.execute("notify pgrst, 'reload config'")
+            for _ in range(100):  # the listener hears it asynchronously
+                if len((await rest.request("GET", "/books?select=id")).json()) == 1:
+                    break
+                await asyncio.sleep(0.05)
+            assert len((await rest.request("GET", "/books?select=id")).json()) == 1
+        finally:
+            await conn.execute("alter role authenticator reset pgrst.db_max_rows")
+            await conn.execute("notify pgrst, 'reload config'")
+    for _ in range(100):
+        if len((await rest.request("GET", "/books?select=id")).json()) > 1:
+            break
+        await asyncio.sleep(0.05)
 
 
 async def test_extra_search_path_and_cors_origins_from_pgrst_settings(rest):

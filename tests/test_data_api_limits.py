@@ -92,7 +92,7 @@ async def test_writes_rpc_and_the_anonymous_role_are_checked_too(guarded):
 
 async def test_neon_error_keys_on_a_refusal(settings, cluster, tmp_path):
     await create_fixture_db(settings, cluster)
-    strict = settings.with_overrides(allowlist="enforce", data_api_errors="neon", allowlist_file=tmp_path / "a.toml")
+    strict = settings.with_overrides(allowlist="enforce", data_api_compat="neon", allowlist_file=tmp_path / "a.toml")
     async with serve_rest(strict, cluster, tmp_path) as rest:
         refused = await rest.request("GET", "/authors?select=name")
         assert refused.status_code == 403

@@ -51,20 +51,31 @@ async def test_errors_surface_with_their_codes(clients, client):
 
 
 @pytest.fixture(scope="module")
-async def neon_errors(rest, settings, cluster, tmp_path_factory):
-    """The same clients against data_api_errors = "neon" (Neon's `detail` key)."""
-    neon_settings = settings.with_overrides(data_api_errors="neon")
+async def neon_side(rest, settings, cluster, tmp_path_factory):
+    """The same clients against data_api_compat = "neon" (Neon's `detail` key, 404 for an update matching nothing...)."""
+    neon_settings = settings.with_overrides(data_api_compat="neon")
     async with serve_rest(neon_settings, cluster, tmp_path_factory.mktemp("rest-neon")) as neon:
         env = {"REST_URL": neon.url, "ALICE": neon.issuer.mint("alice"), "BOB": neon.issuer.mint("bob")}
         return await run_node("data_api_clients.mjs", env)
 
 
 @pytest.mark.parametrize("client", ["supabase", "neon", "neonjs"])
-async def test_what_the_clients_show_of_a_postgres_errors_detail(clients, neon_errors, client):
+async def test_what_the_clients_show_of_a_postgres_errors_detail(clients, neon_side, client):
     """PostgREST's `details` reaches error.details; with Neon's `detail` key the clients show none."""
     detail = 'Key is not present in table "lists".'  # no value: todos has RLS
     assert clients[client]["foreign_key"] == {"status": 409, "error": {
         "code": "23503", "details": detail, "hint": None,
         "message": 'insert or update on table "todos" violates foreign key constraint "todos_list_id_fkey"'}}
-    shown = neon_errors[client]["foreign_key"]
+    shown = neon_side[client]["foreign_key"]
     assert shown["status"] == 409 and shown["error"]["code"] == "23503" and shown["error"]["details"] is None
+
+
+@pytest.mark.parametrize("client", ["supabase", "neon", "neonjs"])
+async def test_the_clients_work_the_same_against_neons_answers(clients, neon_side, client):
+    """data_api_compat = "neon": bob's update matching nothing is a 404 with [], which postgrest-js shows as
+    200 with no rows; all the clients see is as against PostgREST's answers but errors' details (Neon's key is detail)."""
+    def seen(result):
+        return {k: {**v, "error": {**v["error"], "details": None}} if isinstance(v, dict) and v.get("error") else v
+                for k, v in result.items()}
+    assert seen(neon_side[client]) == seen(clients[client])
+    assert neon_side[client]["bob_update"] == {"status": 200, "data": []}

@@ -24,16 +24,17 @@ def settings_from(tmp_path, text: str):
 
 async def test_a_data_api_table_sets_the_data_api_settings(tmp_path):
     settings = settings_from(tmp_path, '[data_api]\nenabled = false\nschemas = ["api", "public"]\nanon_role = ""\n'
-                                       'max_rows = 100\nerrors = "neon"\n')
+                                       'max_rows = 100\ncompat = "neon"\nopenapi_mode = "disabled"\n')
     assert (settings.data_api, settings.data_api_schemas, settings.data_api_anon_role) == (False, ("api", "public"), "")
-    assert (settings.data_api_max_rows, settings.data_api_errors) == (100, "neon")
+    assert (settings.data_api_max_rows, settings.data_api_compat, settings.data_api_openapi_mode) == (100, "neon", "disabled")
     assert settings_from(tmp_path, "data_api_max_rows = 7\n").data_api_max_rows == 7  # the flat names still work
 
 
 @pytest.mark.parametrize("text, message", [
     ("data_api_max_rows = 1\n[data_api]\nmax_rows = 2\n", "data_api_max_rows is set twice, at the top and in [data_api]"),
     ('[data_api]\njwks_url = "https://x"\n', "[data_api] has no setting 'jwks_url'; known: enabled, schemas, anon_role"),
-    ('[data_api]\nerrors = "subzero"\n', '[data_api]: data_api_errors must be one of "postgrest", "neon"'),
+    ('[data_api]\ncompat = "subzero"\n', '[data_api]: data_api_compat must be one of "postgrest", "neon"'),
+    ('[data_api]\nopenapi_mode = "follow-privileges"\n', 'data_api_openapi_mode must be one of "ignore-privileges", "disabled"'),
 ])
 async def test_a_bad_data_api_table_is_refused_with_the_fix(tmp_path, text, message):
     with pytest.raises(ConfigError) as caught:

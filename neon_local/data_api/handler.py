@@ -69,11 +69,9 @@ STALE_RETRIES = 3  # plannings again after DDL raced the request
 _UNPREPARED = frozenset(("3F000", "42883", "42P01"))
 _VERSION_SQL = "select pgrst.schema_version()::text"
 _ASSERT_VERSION_SQL = "select pgrst.assert_schema_version_is($1)"
-CONFIG_KEYS = ("db_schemas", "db_anon_role", "db_max_rows", "db_extra_search_path", "server_cors_allowed_origins",
-               "db_aggregates_enabled", "jwt_role_claim_key")
 # The keys pre_config() set in this transaction; json_strip_nulls drops the unset ones.
 _CONFIG_SQL = ("select pg_catalog.json_strip_nulls(pg_catalog.json_build_object("
-               + ", ".join(f"'{key}', pg_catalog.current_setting('pgrst.{key}', true)" for key in CONFIG_KEYS)
+               + ", ".join(f"'{key}', pg_catalog.current_setting('pgrst.{key}', true)" for key in setup.CONFIG_KEYS)
                + "))::text")
 _ROLE_CONFIG_SQL = (
     "select coalesce(pg_catalog.json_agg(c order by s.setdatabase), '[]')::text "
@@ -137,7 +135,10 @@ class DataApi:
         self.control_plane = control_plane
         self.pools = ConnPool(control_plane)
         self._verifier = verifier
-        self._detail_key = "detail" if settings.data_api_errors == "neon" else "details"
+        # data_api_compat = "neon": the answers of Neon's rest broker where they differ from PostgREST's (README)
+        self._neon = settings.data_api_compat == "neon"
+        self._detail_key = "detail" if self._neon else "details"
+        self._charset = None if self._neon else "utf-8"  # Neon's Content-Type carries no charset
         self._origins = OriginPolicy(settings.allowed_origins)
         self._listeners = Listeners(lambda dbname: control_plane.conninfo("cloud_admin", dbname), self.forget)
         self._cache: dict[str, _Cached] = {}
@@ -194,7 +195,7 @@ class DataApi:
         except ApiError as exc:
             body = exc.body(self._detail_key)
             response = web.Response(status=exc.status, body=body, headers=exc.headers,
-                                    content_type="application/json", charset="utf-8")
+                                    content_type="application/json", charset=self._charset)
             error = exc.message
         except Exception as exc:  # a bug of ours still answers PostgREST's JSON
             log.exception("unexpected error in a Data API request")
@@ -259,6 +260,10 @@ class DataApi:
                 raise ApiError(429, None, exc.message,
                                headers={"Retry-After": str(max(1, math.ceil(exc.retry_after)))}) from None
         if resource in ("", "openapi.json") and request.method in ("GET", "HEAD"):
+            if self.settings.data_api_openapi_mode == "disabled":
+                if resource:  # Neon's answer with openapi_mode off (its troubleshooting page)
+                    raise ApiError(404, None, "Entry 'openapi.json' not found")
+                raise ApiError(404, "PGRST126", "Root endpoint metadata is disabled")
             # The path the client used: with [tenancy] `dbname` is the tenant's database (or upstream route) behind it
             document = openapi(cached.schema, self._profile(request, config), request.host, f"/{parts[1]}/rest/v1")
             return web.Response(body=json.dumps(document).encode(), content_type="application/openapi+json",
@@ -287,6 +292,10 @@ class DataApi:
             try:
                 row = await self._run(dbname, role, claims_payload, plan, settings, cached.version)
                 break
+            except ApiError as exc:
+                if exc.code == "42501" and token is None and not self._neon:
+                    exc.status = 401  # PostgREST: a request without a token lacks a privilege unauthenticated
+                raise
             except _StaleSchema:
                 if attempt == STALE_RETRIES:
                     raise ApiError(503, "PGRST002", "Could not query the database for the schema cache. Retrying.",
@@ -426,8 +435,8 @@ class DataApi:
         builder = Builder(cached.schema, query, cached.config.max_rows)
         plan = await self._lookup(dbname, cached, lambda s: _rebuild(builder, s).write(
             table, "POST" if method == "PUT" else method, rows, columns, representation, singular, resolution,
-            prefs.missing_default, location=prefs.representation == "headers-only"))
-        return plan, {"offset": 0, "table": table}
+            prefs.missing_default, location=prefs.representation == "headers-only" and not self._neon))
+        return plan, {"offset": 0, "table": table, "patched": method == "PATCH" and bool(columns)}
 
     async def _rpc_plan(self, dbname, cached, schema_name, name, method, pairs, body, media, prefs):
         if method not in ("GET", "HEAD", "POST"):
@@ -592,8 +601,10 @@ class DataApi:
         headers: dict[str, str] = {}
         if len(config.schemas) > 1:
             headers["Content-Profile"] = schema_name
-        if prefs.applied and method in ("POST", "PATCH", "DELETE", "PUT"):
-            headers["Preference-Applied"] = ", ".join(prefs.applied)
+        # Neon's rest broker names only the resolution it was asked for
+        applied = [p for p in prefs.applied if p.startswith("resolution=")] if self._neon else prefs.applied
+        if applied and method in ("POST", "PATCH", "DELETE", "PUT"):
+            headers["Preference-Applied"] = ", ".join(applied)
         offset = extra.get("offset", 0)
         status = 200
         if method in ("GET", "HEAD") or "function" in extra:
@@ -618,6 +629,8 @@ class DataApi:
                     [(k, "is.null" if v is None else f"eq.{v}") for k, v in keys])
         else:
             status = 200 if prefs.representation == "representation" else 204
+            if self._neon and method == "PATCH" and extra.get("patched") and page_total == 0:
+                status = 404  # Neon: an update with columns that matched no row
             headers["Content-Range"] = (f"0-{page_total - 1}" if page_total else "*") + f"/{page_total if prefs.count else '*'}"
         if headers_text:
             try:
@@ -644,7 +657,7 @@ class DataApi:
         if text is not None:
             response.body = text.encode()
             response.content_type = content_type
-            response.charset = "utf-8"
+            response.charset = self._charset
         return response
 
 

@@ -1,7 +1,8 @@
 """The Postgres side of "enable the Data API", as Neon sets it up (reference §1.4, §2.2):
 
 - `authenticator`: the LOGIN role requests connect as (NOINHERIT: it holds nothing itself), a member of
-  every JWT role so `set_config('role', ...)` can switch to the token's role;
+  every JWT role so `set_config('role', ...)` can switch to the token's role; neon_superuser administers it
+  (PostgreSQL 16+), so the owner can set its `pgrst.*` role settings;
 - schema `pgrst` with `pgrst.pre_config()` setting the `pgrst.*` keys from neon_local.toml's data_api
   settings (Neon writes it from the Console settings the same way), USAGE/EXECUTE for `authenticator`;
 - neon-local only: an event trigger that bumps `pgrst.schema_version` after DDL (temp objects aside), so the schema cache
@@ -12,9 +13,12 @@ from __future__ import annotations
 
 from psycopg import sql
 
-__all__ = ["AUTHENTICATOR", "STALE_SCHEMA", "cluster_statements", "config_values", "setup_statements"]
+__all__ = ["AUTHENTICATOR", "CONFIG_KEYS", "STALE_SCHEMA", "cluster_statements", "config_values", "setup_statements"]
 
 AUTHENTICATOR = "authenticator"
+# The pgrst.* keys the Data API reads (as Neon's rest broker), from pre_config() and authenticator's role settings.
+CONFIG_KEYS = ("db_schemas", "db_anon_role", "db_max_rows", "db_extra_search_path", "server_cors_allowed_origins",
+               "db_aggregates_enabled", "jwt_role_claim_key")
 STALE_SCHEMA = "PGRSV"  # raised by pgrst.assert_schema_version_is()
 
 
@@ -37,7 +41,17 @@ def cluster_statements(settings) -> list[sql.Composable]:
         "CREATE ROLE authenticator LOGIN NOINHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS; END IF; END $$"),
         # A [[jwks]] entry for the Data API lists authenticator among its roles, as Neon's rules do, so bootstrap
         # may have made it first as a JWT role: it still must hold nothing itself.
-        sql.SQL("ALTER ROLE authenticator LOGIN NOINHERIT")]
+        sql.SQL("ALTER ROLE authenticator LOGIN NOINHERIT"),
+        # From PostgreSQL 16 the owner (a member of neon_superuser) may then run `ALTER ROLE authenticator SET
+        # pgrst.<key>`, the way the Data API's settings are overridden on Neon: ADMIN on the role (none of its
+        # privileges) and SET on the keys (a name no extension defines counts as superuser-only). Only a superuser
+        # grants these (an upstream's owner that created authenticator administers it already).
+        sql.SQL("DO $$ BEGIN IF pg_catalog.current_setting('server_version_num')::int >= 160000 AND EXISTS "
+                "(SELECT FROM pg_catalog.pg_roles WHERE rolname = 'neon_superuser') AND (SELECT rolsuper FROM "
+                "pg_catalog.pg_roles WHERE rolname = CURRENT_USER) THEN "
+                "GRANT authenticator TO neon_superuser WITH ADMIN OPTION, INHERIT FALSE, SET FALSE; "
+                "GRANT SET ON PARAMETER {} TO neon_superuser; END IF; END $$").format(
+                    sql.SQL(", ").join(sql.SQL("pgrst." + key) for key in CONFIG_KEYS))]
     for role in settings.jwt_roles:
         if role != AUTHENTICATOR:  # a role cannot be a member of itself
             statements.append(sql.SQL("GRANT {} TO {}").format(sql.Identifier(role), auth))
