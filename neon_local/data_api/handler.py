@@ -139,6 +139,7 @@ class DataApi:
         self._neon = settings.data_api_compat == "neon"
         self._detail_key = "detail" if self._neon else "details"
         self._charset = None if self._neon else "utf-8"  # Neon's Content-Type carries no charset
+        self._openapi = settings.data_api_openapi_mode != "disabled"
         self._origins = OriginPolicy(settings.allowed_origins)
         self._listeners = Listeners(lambda dbname: control_plane.conninfo("cloud_admin", dbname), self.forget)
         self._cache: dict[str, _Cached] = {}
@@ -260,7 +261,7 @@ class DataApi:
                 raise ApiError(429, None, exc.message,
                                headers={"Retry-After": str(max(1, math.ceil(exc.retry_after)))}) from None
         if resource in ("", "openapi.json") and request.method in ("GET", "HEAD"):
-            if self.settings.data_api_openapi_mode == "disabled":
+            if not self._openapi:
                 if resource:  # Neon's answer with openapi_mode off (its troubleshooting page)
                     raise ApiError(404, None, "Entry 'openapi.json' not found")
                 raise ApiError(404, "PGRST126", "Root endpoint metadata is disabled")

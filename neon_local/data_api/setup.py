@@ -48,8 +48,8 @@ def cluster_statements(settings) -> list[sql.Composable]:
         # grants these (an upstream's owner that created authenticator administers it already).
         sql.SQL("DO $$ BEGIN IF pg_catalog.current_setting('server_version_num')::int >= 160000 AND EXISTS "
                 "(SELECT FROM pg_catalog.pg_roles WHERE rolname = 'neon_superuser') AND (SELECT rolsuper FROM "
-                "pg_catalog.pg_roles WHERE rolname = CURRENT_USER) THEN "
-                "GRANT authenticator TO neon_superuser WITH ADMIN OPTION, INHERIT FALSE, SET FALSE; "
+                "pg_catalog.pg_roles WHERE rolname = CURRENT_USER) THEN "  # EXECUTE: 15 cannot parse the grant
+                "EXECUTE 'GRANT authenticator TO neon_superuser WITH ADMIN OPTION, INHERIT FALSE, SET FALSE'; "
                 "GRANT SET ON PARAMETER {} TO neon_superuser; END IF; END $$").format(
                     sql.SQL(", ").join(sql.SQL("pgrst." + key) for key in CONFIG_KEYS))]
     for role in settings.jwt_roles:
