@@ -4,6 +4,7 @@ change shows in the generated types, and bad input is a clear error with file an
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -420,11 +422,18 @@ def test_sample_app_runs_as_alice_and_bob(emulator):
     assert seen["aliceLeft"] == ["alice 2"]
 
 
-def _lines(process: subprocess.Popen) -> queue.Queue:
-    """The process's stdout lines, then None when it closes (the process ended)."""
+@contextlib.contextmanager
+def _watching(project: Path, *args: str) -> Iterator[queue.Queue]:
+    """`neon-local codegen --watch ARGS` in `project`: its stdout lines, then None if it ends; stopped on exit."""
+    process = subprocess.Popen([sys.executable, "-m", "neon_local", "codegen", "--watch", *args],
+                               cwd=project, stdout=subprocess.PIPE, text=True)
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [*map(lines.put, process.stdout), lines.put(None)], daemon=True).start()
-    return lines
+    try:
+        yield lines
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
 
 
 def _until(lines: queue.Queue, wanted: str) -> list[str]:
@@ -449,10 +458,7 @@ def test_watch_regenerates_on_sql_and_schema_changes(emulator):
     queries.mkdir()
     (queries / "notes.sql").write_text("-- name: NoteIds :many\nSELECT id FROM watched;\n")
     out = project / "src" / "db" / "watch.ts"
-    process = subprocess.Popen([sys.executable, "-m", "neon_local", "codegen", "--watch", "--queries", "watch_queries",
-                                "--out", "src/db/watch.ts"], cwd=project, stdout=subprocess.PIPE, text=True)
-    try:
-        lines = _lines(process)
+    with _watching(project, "--queries", "watch_queries", "--out", "src/db/watch.ts") as lines:
         assert _until(lines, "Watching")[-1] == "Watching watch_queries/*.sql and the schema; Ctrl-C stops."
         # rewritten in place as an editor saves: several events, coalesced into one regeneration
         (queries / "notes.sql").write_text("-- name: NoteIds :many\nSELECT id FROM watched;\n"
@@ -471,9 +477,6 @@ def test_watch_regenerates_on_sql_and_schema_changes(emulator):
         (queries / "notes.sql").write_text("-- name: Broken :many\nSELECT nosuch FROM watched;\n")
         assert "Broken does not describe" in _until(lines, "left as it was")[-1]
         assert "export interface NotesRow" in out.read_text()
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def test_watch_starts_on_a_broken_file_and_writes_the_module_once_it_is_fixed(emulator):
@@ -482,10 +485,7 @@ def test_watch_starts_on_a_broken_file_and_writes_the_module_once_it_is_fixed(em
     queries.mkdir()
     (queries / "tasks.sql").write_text("-- name: Tasks :many\nSELECT nosuch FROM todos;\n")
     out = project / "src" / "db" / "fixed.ts"
-    process = subprocess.Popen([sys.executable, "-m", "neon_local", "codegen", "--watch", "--queries", "broken_queries",
-                                "--out", "src/db/fixed.ts"], cwd=project, stdout=subprocess.PIPE, text=True)
-    try:
-        lines = _lines(process)
+    with _watching(project, "--queries", "broken_queries", "--out", "src/db/fixed.ts") as lines:
         started = _until(lines, "Watching")
         assert started[0].startswith("error: broken_queries/tasks.sql:2: Tasks does not describe")
         assert started[0].endswith("(src/db/fixed.ts left as it was)") and not out.exists()
@@ -494,9 +494,6 @@ def test_watch_starts_on_a_broken_file_and_writes_the_module_once_it_is_fixed(em
         assert fixed[-3].endswith("the SQL files changed; wrote src/db/fixed.ts")
         assert fixed[-2:] == ["  + Tasks :many", "  + TasksRow.task: string"]
         assert "export async function tasks(" in out.read_text()
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def test_watch_with_emit_allowlist_approves_what_it_regenerates(emulator):
@@ -504,19 +501,12 @@ def test_watch_with_emit_allowlist_approves_what_it_regenerates(emulator):
     queries = project / "approved_queries"
     queries.mkdir()
     (queries / "tasks.sql").write_text("-- name: FirstTask :one\nSELECT task FROM todos ORDER BY id LIMIT 1;\n")
-    process = subprocess.Popen([sys.executable, "-m", "neon_local", "codegen", "--watch", "--emit-allowlist",
-                                "--queries", "approved_queries", "--out", "src/db/approved.ts"],
-                               cwd=project, stdout=subprocess.PIPE, text=True)
-    try:
-        lines = _lines(process)
+    with _watching(project, "--emit-allowlist", "--queries", "approved_queries", "--out", "src/db/approved.ts") as lines:
         assert _until(lines, "Approved")[-1].startswith("Approved 1 statements in ")
         _until(lines, "Watching")
         with (queries / "tasks.sql").open("a") as file:
             file.write("\n-- name: LastTask :one\nSELECT task FROM todos ORDER BY id DESC LIMIT 1;\n")
         assert _until(lines, "Approved")[-1] == (
             f"Approved 2 statements in {project.resolve() / 'neon_local.allowlist.toml'} for authenticated.")
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
     notes = [entry.note for entry in read_list(project / "neon_local.allowlist.toml").statements.values()]
     assert "neon-local codegen: LastTask (tasks.sql:4)" in notes

@@ -9,6 +9,8 @@ The fixture (tests/data_api_support.py) follows the reference: authors, books wi
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from typing import Any
 
 import psycopg
 import pytest
@@ -496,6 +498,16 @@ async def test_hostile_paths_get_a_json_error_not_a_500(rest, path):
     assert set(response.json()) == {"code", "details", "hint", "message"}
 
 
+async def _once_reloaded(rest, path: str, done: Callable[[Any], bool]) -> Any:
+    """The JSON of GET `path` once `done` holds of it, or after 5 s: the listener hears NOTIFY asynchronously."""
+    for _ in range(100):
+        body = (await rest.request("GET", path)).json()
+        if done(body):
+            break
+        await asyncio.sleep(0.05)
+    return body
+
+
 async def test_notify_pgrst_reloads_the_schema_cache(rest):
     """A config change has no DDL to notice: NOTIFY pgrst, 'reload config' makes the next request read it."""
     assert (await rest.request("GET", "/books?select=id&order=id")).status_code == 200
@@ -504,11 +516,7 @@ async def test_notify_pgrst_reloads_the_schema_cache(rest):
     try:
         async with await rest.admin() as conn:
             await conn.execute("notify pgrst, 'reload config'")
-        for _ in range(100):  # the listener hears it asynchronously
-            if len((await rest.request("GET", "/books?select=id")).json()) == 1:
-                break
-            await asyncio.sleep(0.05)
-        assert len((await rest.request("GET", "/books?select=id")).json()) == 1
+        assert len(await _once_reloaded(rest, "/books?select=id", lambda rows: len(rows) == 1)) == 1
     finally:
         async with await rest.admin() as conn:
             await conn.execute(f"alter role authenticator in database {DB} reset pgrst.db_max_rows")
@@ -530,18 +538,11 @@ async def test_the_owner_overrides_pgrst_settings_on_authenticator(rest, setting
         await conn.execute("alter role authenticator set pgrst.db_max_rows = '1'")
         try:
             await conn.execute("notify pgrst, 'reload config'")
-            for _ in range(100):  # the listener hears it asynchronously
-                if len((await rest.request("GET", "/books?select=id")).json()) == 1:
-                    break
-                await asyncio.sleep(0.05)
-            assert len((await rest.request("GET", "/books?select=id")).json()) == 1
+            assert len(await _once_reloaded(rest, "/books?select=id", lambda rows: len(rows) == 1)) == 1
         finally:
             await conn.execute("alter role authenticator reset pgrst.db_max_rows")
             await conn.execute("notify pgrst, 'reload config'")
-    for _ in range(100):
-        if len((await rest.request("GET", "/books?select=id")).json()) > 1:
-            break
-        await asyncio.sleep(0.05)
+    await _once_reloaded(rest, "/books?select=id", lambda rows: len(rows) > 1)
 
 
 async def test_extra_search_path_and_cors_origins_from_pgrst_settings(rest):
@@ -557,21 +558,14 @@ async def test_extra_search_path_and_cors_origins_from_pgrst_settings(rest):
 
     await configure("alter role authenticator in database {db} set pgrst.{key} = '{value}'")
     try:
-        for _ in range(100):  # the listener hears it asynchronously
-            seen = await rest.request("GET", "/rpc/peek")
-            if seen.json()["path"] != '"public"':
-                break
-            await asyncio.sleep(0.05)
-        assert seen.json()["path"] == '"public", "extra"'
+        assert (await _once_reloaded(rest, "/rpc/peek", lambda peek: peek["path"] != '"public"'))["path"] == (
+            '"public", "extra"')
         listed = await rest.request("GET", "/books?select=id", headers={"Origin": "https://app.example"})
         assert listed.headers["Access-Control-Allow-Origin"] == "https://app.example"
         other = await rest.request("GET", "/books?select=id", headers={"Origin": "https://other.example"})
         assert other.status_code == 200 and "Access-Control-Allow-Origin" not in other.headers
     finally:
         await configure("alter role authenticator in database {db} reset pgrst.{key}")
-    for _ in range(100):
-        if (await rest.request("GET", "/rpc/peek")).json()["path"] == '"public"':
-            break
-        await asyncio.sleep(0.05)
+    await _once_reloaded(rest, "/rpc/peek", lambda peek: peek["path"] == '"public"')
     anywhere = await rest.request("GET", "/books?select=id", headers={"Origin": "https://other.example"})
     assert anywhere.headers["Access-Control-Allow-Origin"] == "*"
