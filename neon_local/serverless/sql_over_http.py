@@ -356,8 +356,9 @@ class SqlOverHttp:
         except Refused as exc:
             self.pools.release(backend)
             raise SqlOverHttpError.postgres(exc.fields()) from None
+        has_nul = payload.has_nul
         try:
-            if payload.has_nul:  # libpq would cut the text at the NUL: refused as Postgres does, after the init
+            if has_nul:  # libpq would cut the text at the NUL: refused as Postgres does, after the init
                 if verified is not None:
                     await self._run(backend, [self._init(backend, verified)], init_at=0)
                 body = b""
@@ -367,7 +368,7 @@ class SqlOverHttp:
             self.pools.discard(backend)
             raise
         self.pools.release(backend)
-        if payload.has_nul:
+        if has_nul:
             raise nul_byte_error()
         return body
 
